@@ -1,0 +1,47 @@
+"""`ferkit` command line. Each subcommand lives in its own module exposing ``register(subparsers)``.
+
+Errors the user can fix (bad paths, bad data, unknown names) are printed as one plain line and
+exit with status 2; tracebacks are reserved for bugs (or shown with ``FERKIT_DEBUG=1``).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Optional, Sequence
+
+# one entry per subcommand module in ferkit/cli/ (add yours here)
+COMMAND_MODULES: list[str] = [
+]
+
+#: exception types that mean "the user's input was wrong", not "ferkit has a bug"
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, KeyError, ValueError, RuntimeError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"ferkit.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("ferkit: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if os.environ.get("FERKIT_DEBUG"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"ferkit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

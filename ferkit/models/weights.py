@@ -1,0 +1,157 @@
+"""Shipped and trained weights: one entry carries the file, the preprocessing and the metadata.
+
+In the spirit of torchvision's weights enums: the preprocessing travels with the weights, so the
+app, ``ferkit predict`` and ``ferkit eval`` can never disagree on how a model is fed.
+
+On disk a shipped entry is three files in ``resources/weights/``:
+``<name>.json`` (this dataclass, machine-readable card), ``<name>.pt`` (state dict, usually fp16)
+and ``<name>.md`` (the human model card). A training checkpoint stores the same JSON under the key
+``"weights_meta"`` and its model under ``"modules"]["model"]``, so every command that takes
+``--weights NAME`` also takes ``--checkpoint PATH``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ferkit.paths import weights_dir
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a face crop becomes a model input. ``alignment`` names a crop style of ferkit.face."""
+
+    input_size: int = 48
+    grayscale: bool = True
+    mean: float = 0.5
+    std: float = 0.5
+    alignment: str = "fer2013"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` (already the right size and channel count) -> float model input."""
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return (images - self.mean) / self.std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-range float images -> [0, 1] (for showing synthesised faces)."""
+        return (x * self.std + self.mean).clamp(0.0, 1.0)
+
+
+@dataclass
+class Weights:
+    name: str
+    architecture: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    model_cfg: dict[str, Any] = field(default_factory=dict)
+    file: Optional[str] = None
+    #: measured numbers, each key says the data split and rule, e.g. "fer2013valid_accuracy_majority"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: str = ""
+    recipe: str = ""
+    epochs: Optional[int] = None
+    hardware: str = ""
+    wall_time_s: Optional[float] = None
+    #: cosine-similarity threshold of the identity feature, from `ferkit eval-verification`
+    identity_threshold: Optional[float] = None
+    notes: str = ""
+    #: where the entry was read from (json card or checkpoint); not serialised
+    source: Optional[str] = None
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: Optional[str] = None) -> "Weights":
+        d = dict(d)
+        d.pop("source", None)
+        d["preprocessing"] = Preprocessing(**d.get("preprocessing", {}))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known}, source=source)
+
+    def save_card(self, path: Path) -> None:
+        from ferkit.utils.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+    # ---- model construction ------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from ferkit.models.registry import create_model
+
+        return create_model(self.architecture, **self.model_cfg)
+
+    def state_dict(self, map_location: Union[str, torch.device] = "cpu") -> dict[str, torch.Tensor]:
+        if self.source is None:
+            raise FileNotFoundError(f"weights {self.name!r} have no file to load")
+        src = Path(self.source)
+        if src.suffix == ".json":
+            if not self.file:
+                raise FileNotFoundError(f"card {src} names no weights file")
+            blob = torch.load(src.parent / self.file, map_location=map_location, weights_only=True)
+            return blob
+        checkpoint = torch.load(src, map_location=map_location, weights_only=False)
+        return checkpoint["modules"]["model"]
+
+
+def list_weights() -> list[str]:
+    folder = weights_dir()
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def get_weights(name_or_path: Union[str, Path]) -> Weights:
+    """A shipped entry by name, a card by path, or a training checkpoint by path."""
+    path = Path(name_or_path)
+    if path.suffix in {".pt", ".pth", ".ckpt"} and path.exists():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if "weights_meta" not in checkpoint:
+            raise ValueError(f"{path} is not a ferkit training checkpoint (no 'weights_meta' entry)")
+        return Weights.from_dict(checkpoint["weights_meta"], source=str(path))
+    if path.suffix == ".json" and path.exists():
+        return Weights.from_dict(json.loads(path.read_text()), source=str(path))
+    card = weights_dir() / f"{name_or_path}.json"
+    if not card.exists():
+        known = ", ".join(list_weights()) or "none"
+        raise KeyError(f"no weights named {str(name_or_path)!r} in {weights_dir()} (shipped: {known}); "
+                       "pass a shipped name, a .json card or a training checkpoint .pt")
+    return Weights.from_dict(json.loads(card.read_text()), source=str(card))
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    weights: Weights
+    device: torch.device
+
+
+def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; an explicit ``cuda`` without a GPU is a clear error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return dev
+
+
+def load_weights(name_or_path: Union[str, Path], device: Union[str, torch.device, None] = "auto") -> LoadedModel:
+    """Build the model, load its weights (fp16 files are upcast) and put it in eval mode, offline."""
+    weights = get_weights(name_or_path)
+    dev = resolve_device(device)
+    model = weights.build_model()
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in weights.state_dict().items()}
+    model.load_state_dict(state)
+    model.to(dev).eval()
+    return LoadedModel(model=model, weights=weights, device=dev)
