@@ -1,0 +1,29 @@
+"""Test-wide settings: Qt offscreen, small CPU thread count, and the shared-data skip marker."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ferkit.paths import shared_data_dir  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` when this checkout has it; the test is skipped otherwise."""
+    root = shared_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"real data not present at {root}")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
