@@ -85,6 +85,16 @@ class Recipe(abc.ABC):
     def validate_data(cls, data_dir: Path) -> None:
         """Raise ``ferkit.data.errors.DataError`` with the path and what is wrong before any training."""
 
+    #: True when the recipe takes ``folds`` / ``fold`` / ``split_seed`` options and holds out
+    #: fold ``fold`` of ``ferkit.evaluation.kfold.subject_kfold(subjects, folds, split_seed)``
+    #: (subject-independent protocol; ``evaluate`` then reports on the held-out fold)
+    supports_folds: bool = False
+
+    @classmethod
+    def load_dataset(cls, data_dir: Path) -> "Any":
+        """The full labelled ``FaceDataset`` this recipe trains on (``ferkit cv`` splits it the same way)."""
+        raise NotImplementedError(f"recipe {cls.name!r} does not expose its dataset")
+
     @abc.abstractmethod
     def setup(self, ctx: TrainContext) -> None:
         """Load data (onto ``ctx.device`` where it fits), build modules, optimisers, schedulers."""
