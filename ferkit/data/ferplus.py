@@ -1,0 +1,155 @@
+"""FER+ (Microsoft's 10-annotator relabelling of FER2013) in the layout its own tools write.
+
+Layout: ``<split>/label.csv`` (no header) with rows
+``ferNNNNNNN.png,"(x, y, w, h)",neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF``
+(vote counts of 10 taggers) beside the 48x48 gray PNGs (``FER2013Train``, ``FER2013Valid``,
+``FER2013Test``). Rows without the face-box column (an older FERPlus release) are accepted too.
+
+Vote rules (``vote=``), recorded in ``dataset.meta["vote"]``:
+
+* ``"majority"`` (default; the papers' protocol and the FER+ reference code's ``majority`` mode,
+  microsoft/FERPlus ``src/ferplus.py::_process_data``): first every category with a single vote
+  is zeroed (outlier removal); the image is kept only if its top category then holds *more than
+  half* of the remaining votes (unknown and NF included in the total) and that category is one of
+  the 8 emotions. Ties can never pass this test, so the label is unambiguous.
+* ``"plurality"``: the emotion with the most raw votes among the 8 emotions (no outlier removal).
+  The image is dropped when unknown or NF has at least as many votes as that emotion (the
+  taggers did not see a clear expression) and when two emotions tie for the top — we do not
+  invent an order between emotions (a first-index tie-break, common in public code, inflates
+  "neutral").
+
+``soft_labels`` are always filled: the raw vote counts of the 8 emotions divided by their sum
+(the FER+ paper's probability target before any outlier removal).
+"""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ferkit.data.cache import cached_dataset
+from ferkit.data.dataset import FaceDataset
+from ferkit.data.errors import DataError
+from ferkit.data.images import read_images
+
+FERPLUS_CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+#: all ten vote columns of label.csv, in order
+VOTE_COLUMNS = FERPLUS_CLASSES + ["unknown", "NF"]
+VOTE_RULES = ("majority", "plurality")
+SPLITS = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
+
+_BOX = re.compile(r"^\(\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)$")
+
+
+def majority_label(votes: np.ndarray) -> Optional[int]:
+    """FER+ reference rule on the 10 vote counts; the emotion index or None (image dropped)."""
+    v = np.asarray(votes, dtype=np.float64).copy()
+    v[v <= 1.0] = 0.0  # a single vote is an outlier
+    total = v.sum()
+    top = int(np.argmax(v))
+    if total <= 0 or v[top] <= 0.5 * total or top >= len(FERPLUS_CLASSES):
+        return None
+    return top
+
+
+def plurality_label(votes: np.ndarray) -> Optional[int]:
+    """Most-voted of the 8 emotions; None on a tie between emotions or when unknown/NF match it."""
+    v = np.asarray(votes, dtype=np.int64)
+    emotions = v[: len(FERPLUS_CLASSES)]
+    best = int(emotions.max())
+    if best <= 0 or int((emotions == best).sum()) > 1 or int(v[len(FERPLUS_CLASSES):].max()) >= best:
+        return None
+    return int(np.argmax(emotions))
+
+
+def vote_label(votes: np.ndarray, vote: str) -> Optional[int]:
+    if vote == "majority":
+        return majority_label(votes)
+    if vote == "plurality":
+        return plurality_label(votes)
+    raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(VOTE_RULES)}")
+
+
+def read_label_csv(label_csv: Union[str, Path]) -> list[tuple[str, np.ndarray, int]]:
+    """``(file name, 10 vote counts, line number)`` per row; DataError naming the line if malformed."""
+    label_csv = Path(label_csv)
+    if not label_csv.is_file():
+        raise DataError(label_csv, "label.csv is missing",
+                        hint="point at a FER+ split folder such as .../FER2013Train")
+    rows: list[tuple[str, np.ndarray, int]] = []
+    with open(label_csv, newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if lineno == 1 and row[0].strip().lower() in {"image name", "name", "image"}:
+                continue  # tolerate a header line
+            if len(row) == 12:
+                if not _BOX.match(row[1].strip()):
+                    raise DataError(label_csv, f"face box {row[1]!r} is not '(x, y, w, h)'", line=lineno)
+                counts = row[2:]
+            elif len(row) == 11:
+                counts = row[1:]
+            else:
+                raise DataError(label_csv, f"expected 12 fields (name, box, 10 vote counts), got {len(row)}",
+                                line=lineno)
+            name = row[0].strip()
+            if not name:
+                raise DataError(label_csv, "empty image name", line=lineno)
+            try:
+                votes = np.array([int(c) for c in counts], dtype=np.int64)
+            except ValueError:
+                raise DataError(label_csv, f"vote counts must be integers, got {counts}", line=lineno) from None
+            if (votes < 0).any():
+                raise DataError(label_csv, "negative vote count", line=lineno)
+            rows.append((name, votes, lineno))
+    if not rows:
+        raise DataError(label_csv, "label.csv has no rows")
+    return rows
+
+
+def resolve_split(folder: Union[str, Path], split: Optional[str] = None) -> Path:
+    """``folder`` itself if it holds label.csv, else its FER2013Train/Valid/Test child for ``split``."""
+    folder = Path(folder)
+    if split is not None:
+        folder = folder / SPLITS.get(split.lower(), split)
+    if not (folder / "label.csv").is_file():
+        children = [c for c in SPLITS.values() if (folder / c / "label.csv").is_file()]
+        hint = (f"it holds {', '.join(children)}: pass one of those folders" if children
+                else "expected FER+ layout: <split>/label.csv beside the PNGs")
+        raise DataError(folder / "label.csv", "no FER+ label.csv here", hint=hint)
+    return folder
+
+
+def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Optional[str] = None,
+                 grayscale: bool = True, size: Optional[int] = None, use_cache: bool = True) -> FaceDataset:
+    """One FER+ split as a :class:`FaceDataset` (8 classes :data:`FERPLUS_CLASSES`).
+
+    ``vote`` is ``"majority"`` (default, the papers' protocol) or ``"plurality"``; see the module
+    docstring. The rule is stored in ``meta["vote"]`` and the number of dropped rows in
+    ``meta["dropped"]``. ``size`` resizes (None keeps 48x48); ``grayscale=False`` gives 3 channels.
+    """
+    if vote not in VOTE_RULES:
+        raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(VOTE_RULES)}")
+    folder = resolve_split(folder, split)
+    label_csv = folder / "label.csv"
+    rows = read_label_csv(label_csv)
+    kept = [(name, votes, line) for name, votes, line in rows if vote_label(votes, vote) is not None]
+    files = [folder / name for name, _, _ in kept]
+
+    def build() -> FaceDataset:
+        images = read_images(files, grayscale=grayscale, size=size)
+        labels = torch.tensor([vote_label(v, vote) for _, v, _ in kept], dtype=torch.int64)
+        emo = np.stack([v[: len(FERPLUS_CLASSES)] for _, v, _ in kept]).astype(np.float32) if kept \
+            else np.zeros((0, len(FERPLUS_CLASSES)), np.float32)
+        soft = torch.from_numpy(emo / np.maximum(emo.sum(axis=1, keepdims=True), 1.0))
+        return FaceDataset(images=images, labels=labels, classes=list(FERPLUS_CLASSES), subjects=None,
+                           soft_labels=soft, paths=[str(f) for f in files],
+                           meta={"dataset": "ferplus", "split": folder.name, "vote": vote,
+                                 "rows": len(rows), "dropped": len(rows) - len(kept)})
+
+    params = {"folder": str(folder.resolve()), "vote": vote, "grayscale": grayscale, "size": size}
+    return cached_dataset("ferplus", params, [label_csv, *files], build, use_cache=use_cache)
