@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 # one entry per subcommand module in ferkit/cli/ (add yours here)
 COMMAND_MODULES: list[str] = [
+    "train",
+    "cv",
 ]
 
 #: exception types that mean "the user's input was wrong", not "ferkit has a bug"

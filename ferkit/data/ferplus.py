@@ -153,3 +153,17 @@ def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Option
 
     params = {"folder": str(folder.resolve()), "vote": vote, "grayscale": grayscale, "size": size}
     return cached_dataset("ferplus", params, [label_csv, *files], build, use_cache=use_cache)
+
+
+def index_ferplus(folder: Union[str, Path], vote: str = "majority", split: Optional[str] = None):
+    """The kept images of a split as a :class:`~ferkit.data.index.DatasetIndex` (for ``ferkit prepare``)."""
+    from ferkit.data.index import DatasetIndex, Sample
+
+    folder = resolve_split(folder, split)
+    samples = []
+    for name, votes, _ in read_label_csv(folder / "label.csv"):
+        label = vote_label(votes, vote)
+        if label is not None:
+            samples.append(Sample(folder / name, label))
+    return DatasetIndex("ferplus", list(FERPLUS_CLASSES), samples, meta={"split": folder.name, "vote": vote},
+                        cropped=True)

@@ -1,0 +1,207 @@
+"""One frame in, every face's boxes, ids, scores, identity feature and similarities out.
+
+Used by the live inference worker, the image inspector, the self-test and the benchmark, so the
+numbers on screen are the numbers those report. Each stage is timed (detect, align, infer) so
+the status bar can show where the time goes. One analyzer (and so one ``FacePipeline``) per
+thread: mediapipe graphs are not shared across threads.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from ferkit.models.weights import Preprocessing
+
+from app.core.enrolment import EnrolmentStore
+from app.core.models import ModelCache, ModelHandle
+from app.core.tracking import FaceTracker, Smoother, track_colour
+
+
+@dataclass
+class ModelScores:
+    model: str
+    classes: list[str]
+    raw: np.ndarray  # probabilities of this frame
+    smoothed: np.ndarray  # after the track's temporal smoothing (== raw when off / no tracking)
+
+    @property
+    def label(self) -> str:
+        return self.classes[int(np.argmax(self.smoothed))]
+
+    def as_dict(self, smoothed: bool = False) -> dict[str, float]:
+        values = self.smoothed if smoothed else self.raw
+        return {c: float(v) for c, v in zip(self.classes, values)}
+
+
+@dataclass
+class FaceResult:
+    index: int
+    track_id: int
+    colour: tuple[int, int, int]
+    box: tuple[int, int, int, int]
+    det_score: float
+    whole_image: bool = False
+    #: the library's detection (landmarks, eyes) for re-aligning for another model
+    detection: Any = None
+    #: aligned uint8 crops keyed by the preprocessing that made them
+    crops: dict[Preprocessing, np.ndarray] = field(default_factory=dict)
+    #: scores per model display name; the primary model first
+    scores: dict[str, ModelScores] = field(default_factory=dict)
+    identity: Optional[np.ndarray] = None
+    similarities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FrameResult:
+    frame: np.ndarray  # RGB uint8 the results refer to
+    faces: list[FaceResult]
+    primary: Optional[str]
+    timings_ms: dict[str, float]
+    frame_index: int = -1
+    captured_at: float = 0.0  # time.perf_counter() when the frame was read
+    note: str = ""
+
+
+def whole_image_crop(rgb: np.ndarray, pp: Preprocessing) -> np.ndarray:
+    """The whole picture as a model input ("score the whole image"), as ``ferkit predict`` does it."""
+    from ferkit.face.align import whole_image_face
+
+    return np.asarray(whole_image_face(rgb, pp.input_size, pp.grayscale).crop)
+
+
+class FrameAnalyzer:
+    """Detect -> track -> align -> classify (primary + comparison models) -> identity similarity."""
+
+    def __init__(self, cache: Optional[ModelCache] = None, *, max_faces: int = 5, min_confidence: float = 0.5,
+                 device: str = "auto", track: bool = True) -> None:
+        from ferkit.face.pipeline import FacePipeline
+
+        self.pipeline = FacePipeline(max_faces=max_faces, min_confidence=min_confidence)
+        self.cache = cache or ModelCache()
+        self.device = device
+        self.tracker = FaceTracker() if track else None
+        self.primary: Optional[ModelHandle] = None
+        self.comparison: list[ModelHandle] = []
+        self.enrolments: Optional[EnrolmentStore] = None
+        #: extra preprocessings to align for (e.g. the FERSNet panels' input)
+        self.extra_preprocessing: set[Preprocessing] = set()
+
+    # ---- configuration -------------------------------------------------------------------
+    def set_models(self, primary: Optional[str], comparison: Sequence[str] = ()) -> None:
+        self.primary = self.cache.get(primary, self.device) if primary else None
+        self.comparison = [self.cache.get(k, self.device) for k in comparison if k and k != primary]
+
+    def set_smoother(self, smoother: Smoother) -> None:
+        if self.tracker is not None:
+            self.tracker.set_smoother(smoother)
+
+    def handles(self) -> list[ModelHandle]:
+        return ([self.primary] if self.primary else []) + list(self.comparison)
+
+    # ---- analysis ---------------------------------------------------------------------------
+    def analyze(self, rgb: np.ndarray, *, whole_image_if_no_face: bool = False, frame_index: int = -1,
+                captured_at: float = 0.0, track: bool = True) -> FrameResult:
+        """``track=False`` (still images): ids are 1..n in detection order and nothing is smoothed."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        detections = list(self.pipeline.detect(rgb))
+        t1 = time.perf_counter()
+        timings["detect"] = (t1 - t0) * 1e3
+        whole = False
+        note = ""
+        if not detections and whole_image_if_no_face:
+            whole = True
+            note = "no face found: scores are of the whole image"
+        if self.tracker is not None and track and not whole:
+            tracks = self.tracker.update([d.box for d in detections])
+        else:
+            tracks = []
+        faces: list[FaceResult] = []
+        if whole:
+            from ferkit.face.align import whole_image_face
+
+            box = tuple(int(v) for v in whole_image_face(rgb, 8, True).face.box)
+            faces.append(FaceResult(0, 0, track_colour(0), box, float("nan"), whole_image=True))
+        for i, det in enumerate(detections):
+            tid = tracks[i].id if tracks else i + 1
+            colour = tracks[i].colour if tracks else track_colour(i + 1)
+            faces.append(FaceResult(i, tid, colour, tuple(int(v) for v in det.box), float(det.score), detection=det))
+        # align once per distinct preprocessing
+        pps = {h.preprocessing for h in self.handles()} | set(self.extra_preprocessing)
+        for face in faces:
+            for pp in pps:
+                if face.whole_image:
+                    face.crops[pp] = whole_image_crop(rgb, pp)
+                else:
+                    face.crops[pp] = np.asarray(self.pipeline.align(rgb, face.detection, pp))
+        t2 = time.perf_counter()
+        timings["align"] = (t2 - t1) * 1e3
+        if faces:
+            for handle in self.handles():
+                out = handle.run([f.crops[handle.preprocessing] for f in faces])
+                probs = out.probabilities.detach().cpu().double().numpy()
+                ident = out.identity.detach().float().cpu().numpy() if out.identity is not None else None
+                for k, face in enumerate(faces):
+                    raw = probs[k]
+                    smoothed = raw
+                    if tracks and self.tracker is not None:
+                        smoothed = tracks[k].smooth(handle.key, raw, self.tracker.smoother)
+                    face.scores[handle.name] = ModelScores(handle.name, handle.classes, raw, smoothed)
+                    if handle is self.primary and ident is not None:
+                        face.identity = ident[k]
+        t3 = time.perf_counter()
+        timings["infer"] = (t3 - t2) * 1e3
+        if self.enrolments is not None and self.primary is not None:
+            for face in faces:
+                if face.identity is not None:
+                    face.similarities = self.enrolments.similarities(face.identity, self.primary.key)
+        return FrameResult(rgb, faces, self.primary.name if self.primary else None, timings,
+                           frame_index=frame_index, captured_at=captured_at, note=note)
+
+    def close(self) -> None:
+        close = getattr(self.pipeline, "close", None)
+        if callable(close):
+            close()
+
+
+def face_picture(rgb: np.ndarray, box: Sequence[int], margin: float = 0.6, max_side: int = 320) -> np.ndarray:
+    """The face with a margin around it (what enrolment stores so the face can be re-detected)."""
+    h, w = rgb.shape[:2]
+    x, y, bw, bh = (int(v) for v in box)
+    mx, my = int(bw * margin), int(bh * margin)
+    x0, y0 = max(0, x - mx), max(0, y - my)
+    x1, y1 = min(w, x + bw + mx), min(h, y + bh + my)
+    pic = rgb[y0:y1, x0:x1]
+    side = max(pic.shape[:2])
+    if side > max_side:
+        scale = max_side / side
+        pic = cv2.resize(pic, (max(1, int(pic.shape[1] * scale)), max(1, int(pic.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(pic)
+
+
+def identity_of_picture(analyzer: FrameAnalyzer, handle: ModelHandle, picture: np.ndarray) -> Optional[np.ndarray]:
+    """Identity feature of the largest face in ``picture`` (the whole picture if none is found)."""
+    if not handle.has_identity:
+        return None
+    dets = list(analyzer.pipeline.detect(picture))
+    pp = handle.preprocessing
+    if dets:
+        det = max(dets, key=lambda d: d.box[2] * d.box[3])
+        crop = np.asarray(analyzer.pipeline.align(picture, det, pp))
+    else:
+        crop = whole_image_crop(picture, pp)
+    out = handle.run([crop])
+    return None if out.identity is None else out.identity[0].detach().float().cpu().numpy()
+
+
+def refresh_enrolments(analyzer: FrameAnalyzer) -> int:
+    """Give every enrolment a feature of the primary model (computed from its stored picture)."""
+    handle = analyzer.primary
+    if analyzer.enrolments is None or handle is None or not handle.has_identity:
+        return 0
+    return analyzer.enrolments.fill(handle.key, lambda pic: identity_of_picture(analyzer, handle, pic))

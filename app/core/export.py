@@ -1,0 +1,73 @@
+"""Inspection results to CSV / JSON, one row (object) per face, nothing rounded away."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from ferkit.utils.io import atomic_write_text
+
+from app.core.analyzer import FrameResult
+
+
+def result_records(path: str, result: FrameResult) -> list[dict[str, Any]]:
+    """Plain dicts of one analysed image: path, face, box, label and scores per model, similarities."""
+    records = []
+    for face in result.faces:
+        rec: dict[str, Any] = {
+            "path": path, "face": face.index, "box": list(face.box), "detection_score": face.det_score,
+            "whole_image": face.whole_image, "models": {}, "similarity": dict(face.similarities)}
+        for name, scores in face.scores.items():
+            rec["models"][name] = {"label": scores.classes[int(scores.raw.argmax())], "scores": scores.as_dict()}
+        records.append(rec)
+    if not result.faces:
+        records.append({"path": path, "face": None, "box": None, "detection_score": None, "whole_image": False,
+                        "models": {}, "similarity": {}, "note": "no face found"})
+    return records
+
+
+def to_json(records: Sequence[dict[str, Any]]) -> str:
+    return json.dumps({"results": list(records)}, indent=1) + "\n"
+
+
+def to_csv(records: Sequence[dict[str, Any]]) -> str:
+    """Wide CSV: fixed columns, then ``<model>:<class>`` score columns and ``similarity:<name>``."""
+    score_cols: list[str] = []
+    sim_cols: list[str] = []
+    for rec in records:
+        for model, m in rec["models"].items():
+            for cls in m["scores"]:
+                col = f"{model}:{cls}"
+                if col not in score_cols:
+                    score_cols.append(col)
+        for name in rec["similarity"]:
+            col = f"similarity:{name}"
+            if col not in sim_cols:
+                sim_cols.append(col)
+    models = sorted({m for rec in records for m in rec["models"]})
+    header = ["path", "face", "x", "y", "w", "h", "detection_score", "whole_image"] + \
+        [f"{m}:label" for m in models] + score_cols + sim_cols + ["note"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    for rec in records:
+        box = rec["box"] or [None] * 4
+        row: list[Any] = [rec["path"], rec["face"], *box, rec["detection_score"], rec["whole_image"]]
+        row += [rec["models"].get(m, {}).get("label", "") for m in models]
+        for col in score_cols:
+            model, cls = col.split(":", 1)
+            row.append(rec["models"].get(model, {}).get("scores", {}).get(cls, ""))
+        for col in sim_cols:
+            row.append(rec["similarity"].get(col.split(":", 1)[1], ""))
+        row.append(rec.get("note", ""))
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def save_records(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    path = Path(path)
+    text = to_csv(records) if path.suffix.lower() == ".csv" else to_json(records)
+    atomic_write_text(path, text)
+    return path

@@ -1,0 +1,311 @@
+"""Side panels: scores, comparison, identity, live settings. Each shows what its model computes
+and says plainly when the selected model cannot compute it."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional, Sequence
+
+import numpy as np
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout,
+                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+                               QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from app.core.analyzer import FaceResult, FrameResult
+from app.core.tracking import SMOOTHING_MODES, Smoother
+from app.widgets.common import Notice, ScoreBars, qcolour
+
+
+def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[FaceResult]:
+    """The selected track's face, else the largest face of the frame."""
+    if result is None or not result.faces:
+        return None
+    for f in result.faces:
+        if f.track_id == selected_id:
+            return f
+    return max(result.faces, key=lambda f: f.box[2] * f.box[3])
+
+
+class _Scroll(QScrollArea):
+    def __init__(self, inner: QWidget) -> None:
+        super().__init__()
+        self.setWidget(inner)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+
+
+class ScoresPanel(QWidget):
+    """Smoothed score bars of the selected model for every tracked face (raw value as a tick)."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        outer = QVBoxLayout(self)
+        self.header = QLabel("No model loaded yet.")
+        self.header.setWordWrap(True)
+        outer.addWidget(self.header)
+        self.notice = Notice()
+        outer.addWidget(self.notice)
+        inner = QWidget()
+        self.box = QVBoxLayout(inner)
+        self.box.setAlignment(Qt.AlignmentFlag.AlignTop)
+        outer.addWidget(_Scroll(inner), 1)
+        self.bars: list[ScoreBars] = []
+
+    def set_model_text(self, text: str) -> None:
+        self.header.setText(text)
+
+    def update_result(self, result: Optional[FrameResult], selected_id: Optional[int]) -> None:
+        faces = [] if result is None or result.primary is None else \
+            [f for f in result.faces if result.primary in f.scores]
+        if result is not None and not result.faces:
+            self.notice.say("No face in this frame." if not result.note else result.note)
+        elif result is not None and result.primary is None:
+            self.notice.say("No model is loaded: pick one in the Model box.")
+        else:
+            self.notice.say(result.note if result is not None else "")
+        while len(self.bars) < len(faces):
+            bars = ScoreBars()
+            self.bars.append(bars)
+            self.box.addWidget(bars)
+        for i, bars in enumerate(self.bars):
+            if i >= len(faces):
+                bars.hide()
+                continue
+            face = faces[i]
+            sc = face.scores[result.primary]
+            title = ("whole image" if face.whole_image else f"face #{face.track_id}") + f" — {sc.label}"
+            if face.track_id == selected_id:
+                title += "  (selected)"
+            bars.set_scores(sc.classes, sc.smoothed, marks=sc.raw, colour=qcolour(face.colour), title=title)
+            bars.show()
+
+
+class ComparisonPanel(QWidget):
+    """Two or more models on the same face, side by side; agreement on the top label highlighted."""
+
+    models_changed = Signal(list)
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        outer = QVBoxLayout(self)
+        outer.addWidget(QLabel("Compare the selected model with (tick one or more):"))
+        self.list = QListWidget()
+        self.list.setMaximumHeight(110)
+        self.list.itemChanged.connect(lambda _i: self.models_changed.emit(self.checked()))
+        outer.addWidget(self.list)
+        self.agreement = QLabel("")
+        self.agreement.setWordWrap(True)
+        outer.addWidget(self.agreement)
+        self.notice = Notice()
+        outer.addWidget(self.notice)
+        inner = QWidget()
+        self.grid = QGridLayout(inner)
+        self.grid.setAlignment(Qt.AlignmentFlag.AlignTop)
+        outer.addWidget(_Scroll(inner), 1)
+        self.bars: list[ScoreBars] = []
+
+    def set_available(self, names: Sequence[str], labels: Optional[dict[str, str]] = None,
+                      checked: Sequence[str] = ()) -> None:
+        self.list.blockSignals(True)
+        self.list.clear()
+        for name in names:
+            item = QListWidgetItem((labels or {}).get(name, name))
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
+            self.list.addItem(item)
+        self.list.blockSignals(False)
+
+    def checked(self) -> list[str]:
+        return [self.list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.list.count())
+                if self.list.item(i).checkState() == Qt.CheckState.Checked]
+
+    def update_result(self, result: Optional[FrameResult], selected_id: Optional[int]) -> None:
+        face = pick_face(result, selected_id)
+        models = list(face.scores) if face is not None else []
+        if face is None:
+            self.notice.say("No face to compare yet.")
+        elif len(models) < 2:
+            self.notice.say("Tick at least one more model above to compare it with the selected model.")
+        else:
+            self.notice.say("")
+        labels = {m: face.scores[m].label for m in models} if face else {}
+        majority, count = (Counter(labels.values()).most_common(1)[0] if labels else ("", 0))
+        if face is not None and len(models) >= 2:
+            if count == len(models):
+                self.agreement.setText(f"<b style='color:#167a2c'>All {len(models)} models agree: {majority}</b>"
+                                       f" (face #{face.track_id})")
+            else:
+                parts = ", ".join(f"{m}: {lab}" for m, lab in labels.items())
+                self.agreement.setText(f"<b style='color:#b35900'>Models disagree</b> on face #{face.track_id} — {parts}")
+        else:
+            self.agreement.setText("")
+        while len(self.bars) < len(models):
+            bars = ScoreBars()
+            n = len(self.bars)
+            self.grid.addWidget(bars, n // 2, n % 2)
+            self.bars.append(bars)
+        for i, bars in enumerate(self.bars):
+            if i >= len(models):
+                bars.hide()
+                continue
+            sc = face.scores[models[i]]
+            agree = labels[models[i]] == majority and count > 1
+            bars.set_scores(sc.classes, sc.smoothed, marks=sc.raw, title=f"{models[i]} — {sc.label}",
+                            colour=QColor(40, 150, 70) if agree else QColor(220, 120, 30), highlight=agree)
+            bars.show()
+
+
+class IdentityPanel(QWidget):
+    """Enrol faces under a name; cosine similarity of every tracked face to every enrolled name."""
+
+    enrol_face = Signal(str)  # name; enrol the selected live face
+    enrol_image = Signal(str)  # name; ask for an image file
+    remove_name = Signal(str)
+    clear_all = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        outer = QVBoxLayout(self)
+        self.notice = Notice()
+        outer.addWidget(self.notice)
+        self.threshold_label = QLabel("")
+        self.threshold_label.setWordWrap(True)
+        outer.addWidget(self.threshold_label)
+        row = QHBoxLayout()
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("name to enrol")
+        row.addWidget(self.name, 1)
+        self.enrol_button = QPushButton("Enrol selected face")
+        self.enrol_button.setToolTip("Store the identity feature of the selected face (Ctrl+E)")
+        self.enrol_button.clicked.connect(lambda: self.enrol_face.emit(self.name.text()))
+        row.addWidget(self.enrol_button)
+        self.image_button = QPushButton("From image…")
+        self.image_button.clicked.connect(lambda: self.enrol_image.emit(self.name.text()))
+        row.addWidget(self.image_button)
+        outer.addLayout(row)
+        outer.addWidget(QLabel("Enrolled:"))
+        self.enrolled = QListWidget()
+        self.enrolled.setMaximumHeight(100)
+        outer.addWidget(self.enrolled)
+        row2 = QHBoxLayout()
+        rm = QPushButton("Remove selected")
+        rm.clicked.connect(self._remove)
+        row2.addWidget(rm)
+        clr = QPushButton("Remove all")
+        clr.clicked.connect(self.clear_all.emit)
+        row2.addWidget(clr)
+        row2.addStretch(1)
+        outer.addLayout(row2)
+        outer.addWidget(QLabel("Cosine similarity of each face to each enrolled name:"))
+        self.table = QTableWidget(0, 0)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        outer.addWidget(self.table, 1)
+        self.threshold: Optional[float] = None
+        self.has_identity = False
+
+    def _remove(self) -> None:
+        item = self.enrolled.currentItem()
+        if item is not None:
+            self.remove_name.emit(item.data(Qt.ItemDataRole.UserRole))
+
+    def set_model(self, name: Optional[str], has_identity: bool, threshold: Optional[float]) -> None:
+        self.has_identity = has_identity
+        self.threshold = threshold
+        if name is None:
+            self.notice.say("No model is loaded.")
+        elif not has_identity:
+            self.notice.say(f"The selected model '{name}' has no identity feature, so it cannot compare faces. "
+                            "Pick a model with one (tfe-jl: DeepID, netb-dal-mse: Light CNN, eifn: identity branch).")
+        else:
+            self.notice.say("")
+        if has_identity and threshold is not None:
+            self.threshold_label.setText(f"Identity feature of <b>{name}</b>; same person when similarity ≥ "
+                                         f"<b>{threshold:.3f}</b> (threshold from the model's verification evaluation).")
+        elif has_identity:
+            self.threshold_label.setText(f"Identity feature of <b>{name}</b>. Its weights card gives no verification "
+                                         "threshold, so similarities are shown without a same/different decision.")
+        else:
+            self.threshold_label.setText("")
+        for w in (self.enrol_button, self.image_button):
+            w.setEnabled(has_identity)
+
+    def set_enrolled(self, names_and_counts: Sequence[tuple[str, int]]) -> None:
+        self.enrolled.clear()
+        for name, n in names_and_counts:
+            item = QListWidgetItem(f"{name}  ({n} picture{'s' if n != 1 else ''})")
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            self.enrolled.addItem(item)
+
+    def update_result(self, result: Optional[FrameResult], names: Sequence[str]) -> None:
+        faces = [f for f in (result.faces if result else []) if f.identity is not None]
+        self.table.setRowCount(len(faces))
+        self.table.setColumnCount(len(names))
+        self.table.setHorizontalHeaderLabels(list(names))
+        self.table.setVerticalHeaderLabels([f"face #{f.track_id}" for f in faces])
+        for r, face in enumerate(faces):
+            for c, name in enumerate(names):
+                sim = face.similarities.get(name)
+                text = "—" if sim is None else f"{sim:.3f}"
+                item = self.table.item(r, c)
+                if item is None:
+                    item = QTableWidgetItem()
+                    self.table.setItem(r, c, item)
+                item.setText(text + ("  ✓ same" if sim is not None and self.threshold is not None and sim >= self.threshold else ""))
+                match = sim is not None and self.threshold is not None and sim >= self.threshold
+                item.setBackground(QColor(200, 240, 205) if match else QColor(255, 255, 255))
+
+
+class LivePanel(QWidget):
+    """Smoothing, faces, device and explainer refresh settings."""
+
+    smoothing_changed = Signal(object)  # Smoother
+    max_faces_changed = Signal(int)
+    device_changed = Signal(str)
+    explain_interval_changed = Signal(float)
+
+    def __init__(self, devices: Sequence[str], parent=None) -> None:
+        super().__init__(parent)
+        form = QFormLayout(self)
+        self.mode = QComboBox()
+        self.mode.addItems(list(SMOOTHING_MODES))
+        self.mode.setToolTip("off: raw scores; ema: exponential moving average; window: mean of the last N frames")
+        form.addRow("Smoothing", self.mode)
+        self.alpha = QDoubleSpinBox()
+        self.alpha.setRange(0.05, 1.0)
+        self.alpha.setSingleStep(0.05)
+        self.alpha.setValue(0.35)
+        form.addRow("EMA weight of new frame", self.alpha)
+        self.window = QSpinBox()
+        self.window.setRange(1, 120)
+        self.window.setValue(8)
+        form.addRow("Window (frames)", self.window)
+        self.max_faces = QSpinBox()
+        self.max_faces.setRange(1, 20)
+        self.max_faces.setValue(5)
+        form.addRow("Faces at most", self.max_faces)
+        self.device = QComboBox()
+        self.device.addItems(list(devices))
+        self.device.setToolTip("auto picks CUDA when a GPU is present, else CPU")
+        form.addRow("Device", self.device)
+        self.interval = QDoubleSpinBox()
+        self.interval.setRange(0.0, 5.0)
+        self.interval.setSingleStep(0.1)
+        self.interval.setValue(0.3)
+        self.interval.setSuffix(" s")
+        self.interval.setToolTip("How often gates and synthesis refresh at most (they run on their own "
+                                 "workers; a longer interval leaves more CPU to the live view)")
+        form.addRow("Gates/synthesis refresh", self.interval)
+        self.mode.currentTextChanged.connect(lambda _t: self._emit_smoother())
+        self.alpha.valueChanged.connect(lambda _v: self._emit_smoother())
+        self.window.valueChanged.connect(lambda _v: self._emit_smoother())
+        self.max_faces.valueChanged.connect(self.max_faces_changed.emit)
+        self.device.currentTextChanged.connect(self.device_changed.emit)
+        self.interval.valueChanged.connect(self.explain_interval_changed.emit)
+
+    def smoother(self) -> Smoother:
+        return Smoother(self.mode.currentText(), float(self.alpha.value()), int(self.window.value()))
+
+    def _emit_smoother(self) -> None:
+        self.smoothing_changed.emit(self.smoother())

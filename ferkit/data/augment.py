@@ -1,0 +1,54 @@
+"""Training-time augmentation on the training device: random horizontal flip, shift and rotation.
+
+TFE-JL (section 4) augments FER+ training images "with horizontal flipping, shifting and
+rotation" without giving ranges; we default to shifts up to 10% of the side and rotations up to
+10 degrees, the usual CIFAR/FER settings, and every range is an argument. The whole batch is
+transformed with one ``affine_grid`` + ``grid_sample`` call, so it runs on the GPU with the model
+instead of in data-loader workers. Flips are done by exact index reversal (no interpolation).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def _uniform(n: int, low: float, high: float, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+
+def augment_batch(x: torch.Tensor, generator: Optional[torch.Generator] = None, flip: bool = True,
+                  max_shift: float = 0.1, max_rotation_deg: float = 10.0,
+                  padding_mode: str = "border") -> torch.Tensor:
+    """Randomly flip / shift / rotate each image of a float ``[N, C, H, W]`` batch.
+
+    ``max_shift`` is a fraction of the image side (0.1 = up to 4.8 px on 48x48) drawn uniformly
+    per image and axis; ``max_rotation_deg`` likewise, about the image centre. ``generator`` (on
+    ``x.device``) makes the draw reproducible. Values stay inside the input's range: flips copy
+    pixels and bilinear sampling with ``border`` padding only takes convex combinations of them.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected [N, C, H, W], got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError("augment_batch works on float images; convert uint8 first")
+    n, _, h, w = x.shape
+    device = x.device
+    out = x
+    if flip:
+        mask = torch.rand(n, generator=generator, device=device) < 0.5
+        out = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    if max_shift <= 0 and max_rotation_deg <= 0:
+        return out
+    angle = _uniform(n, -max_rotation_deg, max_rotation_deg, generator, device) * (math.pi / 180.0)
+    # normalised coordinates span 2 units per side, so a shift of f * side is 2 f
+    tx = _uniform(n, -max_shift, max_shift, generator, device) * 2.0
+    ty = _uniform(n, -max_shift, max_shift, generator, device) * 2.0
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([
+        torch.stack([cos, -sin * h / w, tx], dim=1),
+        torch.stack([sin * w / h, cos, ty], dim=1),
+    ], dim=1).to(out.dtype)
+    grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+    return F.grid_sample(out, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)

@@ -1,0 +1,92 @@
+"""Face-recognition data in the identity-folder layout: ``<root>/<identity>/<image>``.
+
+This is how CASIA-WebFace, VGGFace2, the CelebA identity subset here, and AT&T/ORL
+(``s1..s40/1..10.pgm``) are distributed. Labels and subjects are both the identity index
+(identities in natural sort order: ``s2`` before ``s10``), so identity training and
+subject-aware splits read the same tensor.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from ferkit.data.cache import cached_dataset
+from ferkit.data.dataset import FaceDataset
+from ferkit.data.errors import DataError
+from ferkit.data.images import IMAGE_EXTENSIONS, read_images
+
+
+def natural_key(name: str) -> list[Union[int, str]]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def list_identity_folders(root: Union[str, Path], min_images: int = 1,
+                          max_identities: Optional[int] = None) -> list[tuple[str, list[Path]]]:
+    """``(identity, sorted image files)`` for every sub-folder holding at least ``min_images`` images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "identity root folder is missing",
+                        hint="expected <root>/<identity>/<image files>")
+    out: list[tuple[str, list[Path]]] = []
+    for sub in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: natural_key(p.name)):
+        files = sorted((f for f in sub.iterdir() if f.is_file() and not f.name.startswith(".")
+                        and f.suffix.lower() in IMAGE_EXTENSIONS), key=lambda f: natural_key(f.name))
+        if len(files) >= min_images:
+            out.append((sub.name, files))
+        if max_identities is not None and len(out) >= max_identities:
+            break
+    if not out:
+        raise DataError(root, f"no identity folders with at least {min_images} image(s)",
+                        hint="expected <root>/<identity>/<image files> (e.g. CASIA-WebFace, ORL s1/1.pgm)")
+    return out
+
+
+def load_identity_folders(root: Union[str, Path], size: int = 48, grayscale: bool = True,
+                          min_images: int = 1, max_identities: Optional[int] = None,
+                          use_cache: bool = True) -> FaceDataset:
+    """Every image of every identity folder, resized to ``size x size`` (gray or RGB).
+
+    ``labels == subjects`` = identity index; ``classes`` = ``subject_names`` = folder names.
+    ``min_images`` drops identities with fewer images (verification needs >= 2 per identity).
+    """
+    root = Path(root)
+    groups = list_identity_folders(root, min_images=min_images, max_identities=max_identities)
+    files = [f for _, fs in groups for f in fs]
+    names = [name for name, _ in groups]
+
+    def build() -> FaceDataset:
+        labels = torch.tensor([i for i, (_, fs) in enumerate(groups) for _ in fs], dtype=torch.int64)
+        return FaceDataset(images=read_images(files, grayscale=grayscale, size=size), labels=labels,
+                           classes=list(names), subjects=labels.clone(), paths=[str(f) for f in files],
+                           subject_names=list(names),
+                           meta={"dataset": "identity-folders", "root": str(root), "size": size,
+                                 "grayscale": grayscale})
+
+    params = {"root": str(root.resolve()), "size": size, "grayscale": grayscale, "min_images": min_images,
+              "max_identities": max_identities}
+    return cached_dataset("identity", params, files, build, use_cache=use_cache)
+
+
+def load_orl(root: Union[str, Path], size: int = 48, grayscale: bool = True, use_cache: bool = True) -> FaceDataset:
+    """AT&T / ORL faces (``sN/K.pgm``, 40 subjects x 10 images): identity folders with PGMs."""
+    root = Path(root)
+    if not any(root.glob("s*/*.pgm")):
+        raise DataError(root, "no ORL images (expected s1/1.pgm ... s40/10.pgm)")
+    ds = load_identity_folders(root, size=size, grayscale=grayscale, use_cache=use_cache)
+    ds.meta["dataset"] = "orl"
+    return ds
+
+
+def index_identity_folders(root: Union[str, Path], min_images: int = 1, max_identities: Optional[int] = None,
+                           cropped: bool = True):
+    """Identity folders as a file index (labels = identity index, subjects = folder names)."""
+    from ferkit.data.index import DatasetIndex, Sample
+
+    groups = list_identity_folders(root, min_images=min_images, max_identities=max_identities)
+    samples = [Sample(f, i, name) for i, (name, files) in enumerate(groups) for f in files]
+    return DatasetIndex("identity", [n for n, _ in groups], samples,
+                        meta={"min_images": min_images, "max_identities": max_identities}, cropped=cropped)

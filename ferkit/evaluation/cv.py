@@ -1,0 +1,290 @@
+"""Subject-independent k-fold cross-validation of any fold-capable recipe (``ferkit cv``).
+
+CK+, Oulu-CASIA and MMI have no official test split; the papers report the mean accuracy over
+k subject-independent folds (each fold's subjects never seen in training). This module runs the
+whole protocol with the ordinary training engine:
+
+1. for fold ``i``, the recipe is built with ``folds=k, fold=i, split_seed=s`` and trained into
+   ``<out>/fold-XX/`` (the recipe holds out ``subject_kfold(subjects, k, s)[i]`` itself);
+2. the fold's **final** checkpoint (not ``best.pt``: the recipe picks "best" by accuracy on the
+   held-out fold, which would be model selection on the test set) is evaluated here, on the same
+   held-out indices recomputed from :func:`ferkit.evaluation.kfold.subject_kfold`, feeding the
+   images through the weights' own :class:`~ferkit.models.weights.Preprocessing`;
+3. the fold result is written to ``<out>/fold-XX/result.json`` and the summary (mean ± std,
+   per-fold accuracy, summed confusion matrix) to ``<out>/cv.json``, ``confusion.png`` and
+   ``folds.png``.
+
+Resuming: a fold whose ``result.json`` matches the run (recipe, k, split seed, epochs) is reused;
+a fold with a half-trained ``checkpoint.pt`` continues from it (the engine's resume); a fold
+whose checkpoint already reached the epoch count is only evaluated. So ``ferkit cv`` can be
+killed at any point and re-run with the same command.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ferkit.evaluation.kfold import subject_kfold
+from ferkit.models.weights import Preprocessing, load_weights
+from ferkit.training.recipe import Recipe
+from ferkit.utils.io import atomic_write_text
+
+Emit = Callable[[dict[str, Any]], None]
+EVAL_BATCH = 256
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    accuracy: float
+    n_test: int
+    n_train: int
+    test_subjects: int
+    confusion: list[list[int]]
+    checkpoint: str
+    epochs: int
+    #: the recipe's own last ``val_accuracy`` on the held-out fold (a cross-check; should match)
+    recipe_val_accuracy: Optional[float] = None
+    train_wall_time_s: Optional[float] = None
+    #: identifies the run a cached result belongs to
+    key: dict[str, Any] = field(default_factory=dict)
+
+
+def fold_dir(out_dir: Path, fold: int) -> Path:
+    return Path(out_dir) / f"fold-{fold:02d}"
+
+
+def to_model_input(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` dataset images -> the float input the weights expect.
+
+    Datasets are read at their own size and channel count (CK+48: 48x48 gray); a model may want
+    another (EIFN 64x64, FERSNet 96x96, RGB nets). Channel conversion uses ITU-R 601 luma like
+    OpenCV; resizing is bilinear with antialiasing (area-like when shrinking).
+    """
+    x = images.float().div_(255.0)
+    c = x.shape[1]
+    if prep.grayscale and c == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+        x = (x * w).sum(1, keepdim=True)
+    elif not prep.grayscale and c == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (prep.input_size, prep.input_size):
+        x = F.interpolate(x, size=(prep.input_size, prep.input_size), mode="bilinear", align_corners=False,
+                          antialias=True)
+    return prep.normalize(x)
+
+
+@torch.no_grad()
+def predict_labels(model: torch.nn.Module, images: torch.Tensor, prep: Preprocessing,
+                   device: torch.device) -> torch.Tensor:
+    model.eval()
+    preds = []
+    for start in range(0, images.shape[0], EVAL_BATCH):
+        x = to_model_input(images[start:start + EVAL_BATCH].to(device), prep)
+        preds.append(model(x).logits.float().argmax(1).cpu())
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Rows = true class, columns = predicted class, counts."""
+    idx = labels.to(torch.int64) * num_classes + preds.to(torch.int64)
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes).numpy()
+
+
+def _checkpoint_progress(path: Path) -> tuple[int, bool]:
+    """(completed epochs, saved mid-epoch) of a training checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state.get("epoch", 0)), bool(state.get("partial_epoch", False))
+
+
+def _read_result(path: Path, key: dict[str, Any]) -> Optional[FoldResult]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("key") != key:
+        return None
+    return FoldResult(**data)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[str, Path], *, folds: int = 10,
+           options: Optional[dict[str, Any]] = None, epochs: Optional[int] = None, device: str = "auto",
+           seed: int = 0, split_seed: int = 0, amp: bool = True, progress_interval: float = 5.0,
+           only_folds: Optional[list[int]] = None, emit: Optional[Emit] = None) -> dict[str, Any]:
+    """Train and test every fold (resumably); returns the ``cv.json`` summary dict.
+
+    ``options`` are the recipe's own options (the fold options are added here). ``only_folds``
+    runs a subset (e.g. to spread folds over machines); the summary then covers the folds that
+    have results in ``out_dir``.
+    """
+    from ferkit.training.engine import train
+
+    if not getattr(recipe_cls, "supports_folds", False):
+        raise ValueError(f"recipe {recipe_cls.name!r} has no subject-independent fold protocol "
+                         "(Recipe.supports_folds is False); ferkit cv needs a recipe such as tfe-jl/resnet12-ckplus")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    emit = emit or (lambda event: None)
+    target_epochs = int(epochs if epochs is not None else recipe_cls.default_epochs)
+    recipe_cls.validate_data(data_dir)
+    dataset = recipe_cls.load_dataset(data_dir)
+    if dataset.subjects is None:
+        raise ValueError(f"{data_dir}: the dataset has no subject ids, so no subject-independent split exists")
+    splits = subject_kfold(dataset.subjects, folds, split_seed)  # clear error when folds > subjects
+    classes = list(dataset.classes)
+    run_folds = list(range(folds)) if only_folds is None else sorted(set(only_folds))
+    for f in run_folds:
+        if not 0 <= f < folds:
+            raise ValueError(f"fold {f} is outside 0..{folds - 1}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_options = dict(options or {})
+    key_base = {"recipe": recipe_cls.name, "folds": folds, "split_seed": split_seed, "epochs": target_epochs,
+                "seed": seed, "options": {k: v for k, v in sorted(base_options.items()) if _jsonable(v)}}
+    t0 = time.monotonic()
+    emit({"event": "cv_start", "time": time.time(), "recipe": recipe_cls.name, "data": str(data_dir),
+          "out_dir": str(out_dir), "folds": folds, "run_folds": run_folds, "by": "subject",
+          "split_seed": split_seed, "epochs": target_epochs, "images": len(dataset),
+          "subjects": int(torch.unique(dataset.subjects).numel()), "classes": classes})
+
+    for i in run_folds:
+        train_idx, test_idx = splits[i]
+        fdir = fold_dir(out_dir, i)
+        key = {**key_base, "fold": i}
+        result_path = fdir / "result.json"
+        cached = _read_result(result_path, key) if result_path.exists() else None
+        if cached is not None:
+            _stderr(f"fold {i + 1}/{folds}: reusing {result_path} (accuracy {cached.accuracy:.4f})")
+            emit({"event": "fold_end", "time": time.time(), "fold": i, "folds": folds, "reused": True,
+                  "accuracy": cached.accuracy, "n_test": cached.n_test, "result": str(result_path)})
+            continue
+        ckpt = fdir / "checkpoint.pt"
+        done, partial = _checkpoint_progress(ckpt) if ckpt.exists() else (0, False)
+        emit({"event": "fold_start", "time": time.time(), "fold": i, "folds": folds, "n_train": len(train_idx),
+              "n_test": len(test_idx), "resume_from_epoch": done if ckpt.exists() else None})
+        fold_options = {**base_options, "folds": folds, "fold": i, "split_seed": split_seed,
+                        # recipes that size their LR schedule by the run length read "epochs"
+                        "epochs": target_epochs}
+        train_time = None
+        if done < target_epochs or partial:
+            _stderr(f"fold {i + 1}/{folds}: training {recipe_cls.name} for {target_epochs} epochs "
+                    f"({len(train_idx)} train / {len(test_idx)} test images)"
+                    + (f", resuming after epoch {done}" if ckpt.exists() else ""))
+            recipe = recipe_cls(data_dir, fold_options)
+
+            def relay(event: dict[str, Any], _fold: int = i) -> None:
+                emit({**event, "fold": _fold, "folds": folds})
+
+            end = train(recipe, fdir, epochs=target_epochs, device=device, resume=ckpt.exists(), seed=seed,
+                        amp=amp, progress_interval=progress_interval, on_event=relay, json_lines=False,
+                        validate=False)
+            if end["status"] != "completed":
+                emit({"event": "cv_end", "time": time.time(), "status": "interrupted",
+                      "message": f"stopped during fold {i}; run the same command again to resume"})
+                return {"status": "interrupted", "fold": i}
+            train_time = end.get("wall_time_s")
+        result = evaluate_fold(ckpt, dataset, train_idx, test_idx, i, device, key)
+        if train_time is not None:
+            result.train_wall_time_s = round(float(train_time), 1)
+        atomic_write_text(result_path, json.dumps(asdict(result), indent=2) + "\n")
+        _stderr(f"fold {i + 1}/{folds}: accuracy {result.accuracy:.4f} on {result.n_test} held-out images"
+                + (f" (recipe's own val_accuracy {result.recipe_val_accuracy:.4f})"
+                   if result.recipe_val_accuracy is not None else ""))
+        emit({"event": "fold_end", "time": time.time(), "fold": i, "folds": folds, "reused": False,
+              "accuracy": result.accuracy, "n_test": result.n_test, "result": str(result_path)})
+
+    summary = summarise(out_dir, folds, key_base, classes, dataset_desc=str(data_dir))
+    summary["device"] = device
+    summary["wall_time_s_this_run"] = round(time.monotonic() - t0, 1)
+    write_report(out_dir, summary)
+    emit({"event": "cv_end", "time": time.time(), "status": "completed", "mean_accuracy": summary["mean_accuracy"],
+          "std_accuracy": summary["std_accuracy"], "folds_done": len(summary["fold_accuracies"]),
+          "report": str(out_dir / "cv.json")})
+    return summary
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def evaluate_fold(checkpoint: Path, dataset: Any, train_idx: np.ndarray, test_idx: np.ndarray, fold: int,
+                  device: str, key: dict[str, Any]) -> FoldResult:
+    """Accuracy and confusion of a fold's final checkpoint on its held-out subjects."""
+    loaded = load_weights(checkpoint, device=device)
+    weights = loaded.weights
+    classes = list(dataset.classes)
+    if list(weights.classes) != classes:
+        raise ValueError(f"{checkpoint}: the model's classes {weights.classes} differ from the dataset's {classes}")
+    test = torch.as_tensor(test_idx)
+    labels = dataset.labels[test]
+    preds = predict_labels(loaded.model, dataset.images[test], weights.preprocessing, loaded.device)
+    cm = confusion_matrix(labels, preds, len(classes))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    recipe_val = (state.get("last_val") or {}).get("val_accuracy")
+    return FoldResult(fold=fold, accuracy=float((preds == labels).float().mean()), n_test=int(len(test_idx)),
+                      n_train=int(len(train_idx)),
+                      test_subjects=int(torch.unique(dataset.subjects[test]).numel()),
+                      confusion=cm.tolist(), checkpoint=str(checkpoint), epochs=int(state.get("epoch", 0)),
+                      recipe_val_accuracy=None if recipe_val is None else float(recipe_val), key=key)
+
+
+def summarise(out_dir: Path, folds: int, key_base: dict[str, Any], classes: list[str],
+              dataset_desc: str = "") -> dict[str, Any]:
+    """The cv.json content from every fold's result.json that belongs to this run."""
+    results: list[FoldResult] = []
+    for i in range(folds):
+        r = _read_result(fold_dir(out_dir, i) / "result.json", {**key_base, "fold": i})
+        if r is not None:
+            results.append(r)
+    if not results:
+        raise RuntimeError(f"no fold results in {out_dir}")
+    acc = np.array([r.accuracy for r in results])
+    cm = np.sum([np.array(r.confusion) for r in results], axis=0)
+    totals = cm.sum(1)
+    recall = np.divide(np.diag(cm), totals, out=np.zeros(len(classes)), where=totals > 0)
+    return {
+        "recipe": key_base["recipe"], "data": dataset_desc,
+        "protocol": {"folds": folds, "by": "subject", "split_seed": key_base["split_seed"],
+                     "evaluated": "final-epoch checkpoint of each fold on its held-out subjects"},
+        "epochs": key_base["epochs"], "seed": key_base["seed"], "options": key_base["options"],
+        "folds_done": [r.fold for r in results], "complete": len(results) == folds,
+        "mean_accuracy": float(acc.mean()),
+        #: sample standard deviation over folds (ddof=1)
+        "std_accuracy": float(acc.std(ddof=1)) if acc.size > 1 else 0.0,
+        "pooled_accuracy": float(np.trace(cm) / cm.sum()),
+        "fold_accuracies": [float(a) for a in acc],
+        "classes": classes, "confusion": cm.astype(int).tolist(),
+        "per_class_recall": {c: float(r) for c, r in zip(classes, recall)},
+        "fold_results": [asdict(r) for r in results],
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+
+
+def write_report(out_dir: Path, summary: dict[str, Any]) -> None:
+    from ferkit.evaluation.plots import save_confusion_png, save_fold_bars_png
+
+    out_dir = Path(out_dir)
+    k = summary["protocol"]["folds"]
+    title = (f"{summary['recipe']}: {len(summary['fold_accuracies'])}/{k}-fold subject-independent, "
+             f"{summary['epochs']} epochs — mean {summary['mean_accuracy']:.4f} ± {summary['std_accuracy']:.4f}")
+    summary["confusion_png"] = str(save_confusion_png(summary["confusion"], summary["classes"],
+                                                      out_dir / "confusion.png", title=title))
+    summary["folds_png"] = str(save_fold_bars_png(summary["fold_accuracies"], out_dir / "folds.png", title=title,
+                                                      labels=[str(f) for f in summary["folds_done"]]))
+    atomic_write_text(out_dir / "cv.json", json.dumps(summary, indent=2) + "\n")

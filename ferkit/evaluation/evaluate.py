@@ -1,0 +1,180 @@
+"""`ferkit eval`: accuracy of weights on a folder of already-cropped, labelled faces.
+
+The images are fed exactly as ``ferkit predict`` feeds face crops (:func:`ferkit.inference.to_model_input`
+through :meth:`Predictor.predict_tensor`), using the weights' own preprocessing: a dataset stored
+at another size or channel count than the model's input is converted the same way live crops
+would be. No face detection runs: FER+ and CK+48 images already are the crops the papers used.
+
+Accepted data (detected from the folder):
+
+- FER+ split folder (``label.csv`` beside the PNGs, e.g. ``ferplus/FER2013Valid``); ``vote``
+  picks the label rule (``majority``, the papers' protocol, or ``plurality``).
+- CK+48 (``CK+48/<class>/S###_###_########.png`` or the CK+48 folder itself).
+- a prepared dataset (``torch.save`` of :meth:`FaceDataset.to_dict`, as written by ``ferkit
+  prepare``): the ``.pt`` file or a folder holding exactly one.
+
+Dataset class names are matched to the model's by name with the usual synonyms (happy =
+happiness, angry = anger, ...); the confusion matrix is over the model's classes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from ferkit.data.dataset import FaceDataset
+from ferkit.data.errors import DataError
+from ferkit.evaluation.metrics import accuracy, confusion, mean_class_accuracy, per_class
+from ferkit.utils.io import atomic_write_text
+
+#: dataset spellings -> canonical class names (FER+ / TFE-JL names)
+SYNONYMS = {"happy": "happiness", "angry": "anger", "sad": "sadness", "surprised": "surprise",
+            "fearful": "fear", "disgusted": "disgust", "neutrality": "neutral", "scared": "fear",
+            "contemptuous": "contempt"}
+
+EVAL_BATCH = 256
+
+
+def canonical(name: str) -> str:
+    n = name.strip().lower()
+    return SYNONYMS.get(n, n)
+
+
+def class_mapping(data_classes: list[str], model_classes: list[str]) -> list[int]:
+    """Model class index of every dataset class; a clear error naming the ones the model lacks."""
+    model_index = {canonical(c): i for i, c in enumerate(model_classes)}
+    missing = [c for c in data_classes if canonical(c) not in model_index]
+    if missing:
+        raise ValueError(f"the data has classes the model does not predict: {', '.join(missing)} "
+                         f"(model classes: {', '.join(model_classes)})")
+    return [model_index[canonical(c)] for c in data_classes]
+
+
+def detect_layout(path: Path) -> str:
+    """``ferplus`` | ``ckplus48`` | ``prepared``; a DataError saying what was expected otherwise."""
+    if path.is_file() and path.suffix in {".pt", ".pth"}:
+        return "prepared"
+    if not path.is_dir():
+        raise DataError(path, "no such folder")
+    if (path / "label.csv").is_file():
+        return "ferplus"
+    children = [c for c in ("FER2013Valid", "FER2013Test", "FER2013Train") if (path / c / "label.csv").is_file()]
+    if children:
+        raise DataError(path, "this is a FER+ root, not a split folder",
+                        hint=f"pass one split, e.g. {path / children[0]}")
+    root = path / "CK+48" if (path / "CK+48").is_dir() else path
+    subdirs = [d for d in root.iterdir() if d.is_dir()]
+    if subdirs and any(f.name.startswith("S") and "_" in f.name for d in subdirs for f in list(d.iterdir())[:5]):
+        return "ckplus48"
+    pts = list(path.glob("*.pt"))
+    if len(pts) == 1:
+        return "prepared"
+    raise DataError(path, "unknown dataset layout",
+                    hint="expected a FER+ split folder (label.csv + PNGs), CK+48/<class>/S###_###_*.png, "
+                         "or a prepared dataset .pt from `ferkit prepare`")
+
+
+def load_eval_data(path: Union[str, Path], vote: str = "majority") -> tuple[FaceDataset, str]:
+    """The labelled crops at ``path`` and the layout name."""
+    path = Path(path)
+    layout = detect_layout(path)
+    if layout == "ferplus":
+        from ferkit.data.ferplus import load_ferplus
+
+        return load_ferplus(path, vote=vote), layout
+    if layout == "ckplus48":
+        from ferkit.data.ckplus import load_ckplus48
+
+        return load_ckplus48(path), layout
+    file = path if path.is_file() else next(path.glob("*.pt"))
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=False)
+        return FaceDataset.from_dict(blob), layout
+    except Exception as exc:  # noqa: BLE001 - anything unreadable is a data problem
+        raise DataError(file, f"not a prepared ferkit dataset ({type(exc).__name__}: {exc})") from None
+
+
+def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "majority", device: str = "auto",
+             report_dir: Union[str, Path, None] = None, batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+    """Accuracy, per-class metrics and the confusion matrix of ``weights`` (name or checkpoint) on ``data``."""
+    from ferkit.inference import Predictor
+
+    dataset, layout = load_eval_data(data, vote=vote)
+    if len(dataset) == 0:
+        raise DataError(Path(data), "no labelled images to evaluate (all rows dropped by the vote rule?)")
+    predictor = Predictor(weights, device=device)
+    model_classes = predictor.classes
+    mapping = torch.tensor(class_mapping(list(dataset.classes), model_classes))
+    target = mapping[dataset.labels].numpy()
+    preds = []
+    for start in range(0, len(dataset), batch_size):
+        out = predictor.predict_tensor(dataset.images[start:start + batch_size])
+        preds.append(out.logits.float().argmax(1).cpu())
+    pred = torch.cat(preds).numpy()
+    cm = confusion(pred, target, len(model_classes))
+    pc = per_class(cm, model_classes)
+    present = {model_classes[i] for i in np.unique(target)}
+    result: dict[str, Any] = {
+        "accuracy": accuracy(pred, target),
+        "n": int(len(target)),
+        "per_class": {k: v for k, v in pc.items() if k in present},
+        "mean_class_accuracy": mean_class_accuracy(cm),
+        "confusion": cm.tolist(),
+        "classes": list(model_classes),
+        "vote_rule": dataset.meta.get("vote") if layout == "ferplus" else None,
+        "data": str(data),
+        "layout": layout,
+        "weights": predictor.weights.name,
+        "weights_source": predictor.weights.source,
+    }
+    if report_dir is not None:
+        result["report"] = write_report(result, Path(report_dir))
+    return result
+
+
+def per_class_csv(result: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["class", "n", "accuracy", "precision", "f1"])
+    for name, m in result["per_class"].items():
+        w.writerow([name, m["n"], *("" if m[k] is None else f"{m[k]:.4f}" for k in ("accuracy", "precision", "f1"))])
+    w.writerow(["(all)", result["n"], f"{result['accuracy']:.4f}", "", ""])
+    return buf.getvalue()
+
+
+def write_report(result: dict[str, Any], out: Path) -> dict[str, str]:
+    """``confusion.png`` (counts + row-normalised), ``per_class.csv`` and ``eval.json`` in ``out``."""
+    from ferkit.evaluation.plots import save_confusion_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    title = (f"{result['weights']} on {Path(result['data']).name}: accuracy {result['accuracy']:.4f} "
+             f"(n={result['n']}{', ' + result['vote_rule'] if result.get('vote_rule') else ''})")
+    png = save_confusion_png(result["confusion"], result["classes"], out / "confusion.png", title=title)
+    csv_path = out / "per_class.csv"
+    atomic_write_text(csv_path, per_class_csv(result))
+    json_path = out / "eval.json"
+    paths = {"confusion_png": str(png), "per_class_csv": str(csv_path), "json": str(json_path)}
+    atomic_write_text(json_path, json.dumps({**result, "report": paths}, indent=2) + "\n")
+    return paths
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The human view of an evaluation (what `ferkit eval` prints without --json)."""
+    lines = [f"{result['weights']} on {result['data']} ({result['layout']}"
+             + (f", {result['vote_rule']} vote" if result.get("vote_rule") else "") + ")",
+             f"accuracy {result['accuracy']:.4f} on {result['n']} images; "
+             f"mean class accuracy {result['mean_class_accuracy']:.4f}", "",
+             f"{'class':12s} {'n':>6s} {'acc':>7s} {'prec':>7s} {'f1':>7s}"]
+    for name, m in result["per_class"].items():
+        f = ["   -   " if m[k] is None else f"{m[k]:7.4f}" for k in ("accuracy", "precision", "f1")]
+        lines.append(f"{name:12s} {m['n']:6d} {f[0]} {f[1]} {f[2]}")
+    return "\n".join(lines)
+
+
+def _optional(x: Optional[float]) -> Optional[float]:  # pragma: no cover - kept for API symmetry
+    return x

@@ -1,0 +1,78 @@
+"""Subject-independent k-fold splits (the CK+ / Oulu-CASIA / MMI protocol of the papers).
+
+Expression datasets hold several images of the same person (CK+: the last three frames of each
+sequence, several sequences per subject). If one person's images fall in both training and test
+folds, a network can recognise the *person* and score far above what it would on a stranger,
+so every paper evaluated here splits by subject: no subject appears in two folds.
+
+Folds are balanced by image count, not by subject count, because subjects differ a lot in how
+many images they contribute (CK+48: 3 to 33). Subjects are shuffled with a seed (so ties between
+equal-sized subjects are broken differently per seed), sorted largest first, and each goes into
+the currently lightest fold ("longest processing time first"). This greedy rule keeps the
+heaviest and lightest fold within one subject's size of each other (the largest subject's
+size bounds the gap at every step), and it is deterministic for a given seed, which is what lets
+``ferkit cv`` and a recipe trained with ``fold=i`` agree on the held-out set without passing
+index lists around.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def _as_int_array(subjects: Union[Sequence[int], torch.Tensor, np.ndarray]) -> np.ndarray:
+    if isinstance(subjects, torch.Tensor):
+        arr = subjects.detach().cpu().numpy()
+    else:
+        arr = np.asarray(subjects)
+    if arr.ndim != 1:
+        raise ValueError(f"subjects must be a 1-d sequence of ids, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"subject ids must be integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def subject_folds(subjects: Union[Sequence[int], torch.Tensor, np.ndarray], k: int, seed: int = 0) -> np.ndarray:
+    """Fold number (0..k-1) of every image; all images of one subject share a fold."""
+    arr = _as_int_array(subjects)
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"k-fold cross-validation needs k >= 2 folds, got {k!r}")
+    ids, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
+    if k > len(ids):
+        raise ValueError(f"cannot split {len(ids)} subject(s) into {k} subject-independent folds "
+                         f"(every fold needs at least one subject); use --folds {max(2, len(ids))} or fewer")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    # stable sort keeps the seeded order among subjects with the same image count
+    order = order[np.argsort(-counts[order], kind="stable")]
+    loads = np.zeros(k, dtype=np.int64)
+    subject_fold = np.empty(len(ids), dtype=np.int64)
+    for s in order:
+        f = int(np.argmin(loads))  # lightest fold; lowest index on ties
+        subject_fold[s] = f
+        loads[f] += counts[s]
+    return subject_fold[inverse]
+
+
+def subject_kfold(subjects: Union[Sequence[int], torch.Tensor, np.ndarray], k: int,
+                  seed: int = 0) -> list[Split]:
+    """``k`` (train_idx, test_idx) pairs of sorted int64 index arrays, subject-independent.
+
+    Every index is in exactly one test fold; test fold ``i``'s subjects never occur in its
+    training indices. Raises ``ValueError`` when ``k`` exceeds the number of distinct subjects.
+    """
+    fold_of = subject_folds(subjects, k, seed)
+    all_idx = np.arange(len(fold_of), dtype=np.int64)
+    return [(all_idx[fold_of != i], all_idx[fold_of == i]) for i in range(k)]
+
+
+def fold_indices(subjects: Union[Sequence[int], torch.Tensor, np.ndarray], k: int, fold: int,
+                 seed: int = 0) -> Split:
+    """The (train_idx, test_idx) of one fold, with a clear error for an out-of-range fold."""
+    if not 0 <= fold < k:
+        raise ValueError(f"fold must be in 0..{k - 1} for {k} folds, got {fold}")
+    return subject_kfold(subjects, k, seed)[fold]

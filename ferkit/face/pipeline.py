@@ -1,0 +1,235 @@
+"""Face detection + landmarks + alignment with mediapipe 0.10.21's solutions API (offline models).
+
+Detection runs BlazeFace in both of its ranges: the short-range model (faces within ~2 m, webcam)
+and the full-range model (up to ~5 m, group photos, where the short-range model misses faces:
+on resources/samples/multi_face.jpg it finds 3 of the 5 people, the full-range model all 5).
+``model_selection="auto"`` runs both and merges their boxes by non-maximum suppression.
+Then face mesh (478 points with iris refinement) runs on an enlarged crop around each box, so small
+faces in a big frame get the mesh's full resolution; the eye centres are the midpoints of the eye
+corners (mesh points 33/133 and 362/263). If the mesh finds nothing in a crop, the detector's own
+eye key points are used (``DetectedFace.source == "detector"``).
+
+Mediapipe graphs are not thread-safe: a :class:`FacePipeline` binds to the first thread that uses
+it; make one per thread (it is cheap) and ``close()`` it (or use ``with``).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional, Union
+
+import cv2
+import numpy as np
+
+from ferkit.face.align import align_face, whole_image_face
+from ferkit.face.types import AlignedFace, DetectedFace
+
+#: mesh indices of the eye corners: image-left eye (person's right) and image-right eye
+LEFT_EYE_CORNERS = (33, 133)
+RIGHT_EYE_CORNERS = (362, 263)
+#: the enlarged square around a detection box that face mesh sees, and its pixel size
+MESH_CONTEXT = 1.9
+MESH_INPUT = 256
+#: images smaller than this (e.g. 48x48 FER crops) are upscaled to it and padded before detection:
+#: BlazeFace misses faces that fill a tiny frame edge to edge
+SMALL_SIDE = 192
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 gray / RGB / RGBA -> contiguous uint8 RGB (what mediapipe needs)."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    elif image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+class FacePipeline:
+    """Find faces, their landmarks and model-ready crops in RGB uint8 images.
+
+    ``max_faces``: keep at most this many (highest score first); ``min_confidence``: detector
+    threshold; ``model_selection``: ``"auto"`` (both ranges), ``"near"`` / 0 or ``"far"`` / 1;
+    ``landmarks=False`` skips face mesh (detector eye points only; faster, less precise).
+    """
+
+    def __init__(self, max_faces: int = 5, min_confidence: float = 0.5,
+                 model_selection: Union[str, int] = "auto", landmarks: bool = True) -> None:
+        sel = {"near": 0, "far": 1, "auto": None, 0: 0, 1: 1}
+        if model_selection not in sel:
+            raise ValueError(f"model_selection must be auto, near or far, not {model_selection!r}")
+        self.max_faces = max_faces
+        self.min_confidence = min_confidence
+        self.ranges = [0, 1] if sel[model_selection] is None else [sel[model_selection]]
+        self.use_mesh = landmarks
+        self._detectors: dict[int, object] = {}
+        self._mesh: Optional[object] = None
+        self._thread: Optional[int] = None
+        self._closed = False
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def _check_thread(self) -> None:
+        if self._closed:
+            raise RuntimeError("FacePipeline is closed")
+        me = threading.get_ident()
+        if self._thread is None:
+            self._thread = me
+        elif self._thread != me:
+            raise RuntimeError("a FacePipeline is bound to the thread that first used it "
+                               "(mediapipe graphs are not thread-safe): make one per thread")
+
+    def _detector(self, model: int):
+        if model not in self._detectors:
+            import mediapipe as mp
+
+            self._detectors[model] = mp.solutions.face_detection.FaceDetection(
+                model_selection=model, min_detection_confidence=self.min_confidence)
+        return self._detectors[model]
+
+    def _face_mesh(self):
+        if self._mesh is None:
+            import mediapipe as mp
+
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3)
+        return self._mesh
+
+    def close(self) -> None:
+        for det in self._detectors.values():
+            det.close()
+        if self._mesh is not None:
+            self._mesh.close()
+        self._detectors.clear()
+        self._mesh = None
+        self._closed = True
+
+    def __enter__(self) -> "FacePipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- detection --------------------------------------------------------------------------
+    def _raw_detections(self, rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
+        h, w = rgb.shape[:2]
+        found = []
+        for model in self.ranges:
+            result = self._detector(model).process(rgb)
+            for det in result.detections or []:
+                bb = det.location_data.relative_bounding_box
+                box = (bb.xmin * w, bb.ymin * h, bb.width * w, bb.height * h)
+                kps = np.array([[k.x * w, k.y * h] for k in det.location_data.relative_keypoints], np.float32)
+                found.append((box, float(det.score[0]), kps))
+        found.sort(key=lambda f: -f[1])
+        kept: list[tuple[tuple[float, float, float, float], float, np.ndarray]] = []
+        for f in found:
+            if all(_iou(f[0], k[0]) < 0.3 for k in kept):
+                kept.append(f)
+        return kept[: self.max_faces]
+
+    def _mesh_points(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> Optional[np.ndarray]:
+        x, y, w, h = box
+        side = max(w, h) * MESH_CONTEXT
+        cx, cy = x + w / 2.0, y + h / 2.0
+        s = MESH_INPUT / side
+        m = np.array([[s, 0.0, MESH_INPUT / 2.0 - 0.5 - s * (cx - 0.5)],
+                      [0.0, s, MESH_INPUT / 2.0 - 0.5 - s * (cy - 0.5)]])
+        flags = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        crop = cv2.warpAffine(rgb, m, (MESH_INPUT, MESH_INPUT), flags=flags, borderMode=cv2.BORDER_CONSTANT)
+        result = self._face_mesh().process(np.ascontiguousarray(crop))
+        if not result.multi_face_landmarks:
+            return None
+        lm = result.multi_face_landmarks[0].landmark
+        pts = np.array([[p.x * MESH_INPUT, p.y * MESH_INPUT] for p in lm], dtype=np.float64)
+        # crop continuous -> image continuous: X = (U - c) / s + (cx) with c the crop centre
+        pts = (pts - MESH_INPUT / 2.0) / s + np.array([cx, cy])
+        # the mesh must describe the face that was detected, not a neighbour inside the context
+        mx, my = pts.mean(axis=0)
+        if not (x <= mx <= x + w and y <= my <= y + h):
+            return None
+        return pts.astype(np.float32)
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """All faces (at most ``max_faces``, best first); an empty list when there is none.
+
+        Images whose shorter side is below :data:`SMALL_SIDE` (face crops such as FER2013's 48x48)
+        are upscaled to it and padded by half that on every side (edge replication) for detection;
+        the results are mapped back to the original image's coordinates.
+        """
+        self._check_thread()
+        rgb = as_rgb(image)
+        h, w = rgb.shape[:2]
+        if min(h, w) >= SMALL_SIDE:
+            return self._detect(rgb)
+        k = SMALL_SIDE / min(h, w)
+        big = cv2.resize(rgb, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_CUBIC)
+        pad = SMALL_SIDE // 2
+        padded = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        kx, ky = big.shape[1] / w, big.shape[0] / h
+        back = lambda x, y: ((x - pad) / kx, (y - pad) / ky)  # noqa: E731
+        out = []
+        for f in self._detect(padded):
+            x0, y0 = back(f.box[0], f.box[1])
+            box = (int(round(x0)), int(round(y0)), int(round(f.box[2] / kx)), int(round(f.box[3] / ky)))
+            pts = f.landmarks.astype(np.float64)
+            pts = np.stack([(pts[:, 0] - pad) / kx, (pts[:, 1] - pad) / ky], axis=1).astype(np.float32)
+            out.append(DetectedFace(box=box, score=f.score, landmarks=pts,
+                                    left_eye=back(*f.left_eye), right_eye=back(*f.right_eye),  # type: ignore[misc]
+                                    source=f.source))
+        return out
+
+    def _detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        faces = []
+        for box, score, kps in self._raw_detections(rgb):
+            ibox = tuple(int(round(v)) for v in box)
+            pts = self._mesh_points(rgb, box) if self.use_mesh else None
+            if pts is not None:
+                le = pts[list(LEFT_EYE_CORNERS)].mean(axis=0)
+                re = pts[list(RIGHT_EYE_CORNERS)].mean(axis=0)
+                source = "mesh"
+            else:
+                # detector key points: 0 = person's right eye (image left), 1 = person's left eye
+                le, re, pts, source = kps[0], kps[1], kps, "detector"
+            if le[0] > re[0]:  # strongly turned / upside-down face: keep "left" = image-left
+                le, re = re, le
+            faces.append(DetectedFace(box=ibox, score=score, landmarks=pts,  # type: ignore[arg-type]
+                                      left_eye=(float(le[0]), float(le[1])),
+                                      right_eye=(float(re[0]), float(re[1])), source=source))
+        return faces
+
+    # ---- alignment --------------------------------------------------------------------------
+    def align(self, image: np.ndarray, face: DetectedFace, preprocessing) -> np.ndarray:
+        """The model-input crop of ``face`` per ``preprocessing`` (input_size, grayscale, alignment)."""
+        return align_face(as_rgb(image), face, preprocessing.input_size, preprocessing.grayscale,
+                          preprocessing.alignment).crop
+
+    def process(self, image: np.ndarray, preprocessing, whole_image: bool = False) -> list[AlignedFace]:
+        """Detect and crop every face; ``whole_image=True`` scores the image centre as one face
+        instead (for pictures that already are face crops). No face -> empty list."""
+        rgb = as_rgb(image)
+        if whole_image:
+            return [whole_image_face(rgb, preprocessing.input_size, preprocessing.grayscale)]
+        return [align_face(rgb, f, preprocessing.input_size, preprocessing.grayscale, preprocessing.alignment)
+                for f in self.detect(rgb)]
+
+
+def process_image(image: np.ndarray, preprocessing, pipeline: Optional[FacePipeline] = None,
+                  whole_image: bool = False) -> list[AlignedFace]:
+    """One-shot helper: the crops of all faces in ``image`` (makes and closes a pipeline if none given)."""
+    if pipeline is not None:
+        return pipeline.process(image, preprocessing, whole_image=whole_image)
+    with FacePipeline() as own:
+        return own.process(image, preprocessing, whole_image=whole_image)

@@ -1,0 +1,43 @@
+"""What the face pipeline returns (plain numpy, no mediapipe objects leak out)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class DetectedFace:
+    """One face in an image, in that image's pixel coordinates.
+
+    ``box`` is ``(x, y, w, h)`` (ints, may extend past the image border); ``score`` the detector
+    confidence. ``left_eye`` / ``right_eye`` are eye centres ``(x, y)`` as seen in the image:
+    ``left_eye`` is the eye on the image's left (the person's right eye in a frontal view).
+    ``landmarks`` is ``[K, 2]``: the 478 face-mesh points when the mesh ran, else the detector's
+    6 key points (eyes, nose tip, mouth, ear tragions). ``source`` says which of the two gave the eyes.
+    """
+
+    box: tuple[int, int, int, int]
+    score: float
+    landmarks: np.ndarray
+    left_eye: Optional[tuple[float, float]]
+    right_eye: Optional[tuple[float, float]]
+    source: str = "mesh"
+
+    def to_json(self) -> dict:
+        return {"box": [int(v) for v in self.box], "score": float(self.score),
+                "left_eye": None if self.left_eye is None else [float(v) for v in self.left_eye],
+                "right_eye": None if self.right_eye is None else [float(v) for v in self.right_eye]}
+
+
+@dataclass
+class AlignedFace:
+    """A detected face and its crop, ready for ``Preprocessing.normalize`` (uint8 ``[H, W, C]``).
+
+    ``matrix`` is the 2x3 affine map from image to crop coordinates (None for a whole-image crop).
+    """
+
+    face: DetectedFace
+    crop: np.ndarray
+    matrix: Optional[np.ndarray] = field(default=None, repr=False)

@@ -1,0 +1,64 @@
+"""FERSNet's objective (eq. 10) and its adversarial term (eq. 6).
+
+L = L_cls + l1 L_GAN + l2 L_rec + l3 L_cyc + l4 L_idt, with l1 = 0.3, l2 = 1, l3 = 0.5 and l4
+"set to 0.1 at the beginning, and ... gradually increased to 0.5" (section IV-A). The paper does
+not say how l4 grows; we ramp it linearly over the epochs.
+
+Eq. 6 is the conditional-GAN log loss. D maximises log D(z^t, I^t) + log(1 - D(z^t, G(z^t, I)));
+for G we use the usual non-saturating form (maximise log D(z^t, G(...))), the one pix2pix and
+StarGAN train with, because the minimax form gives G vanishing gradients while D wins early.
+Both are written with ``binary_cross_entropy_with_logits`` on the patch logits (numerically
+stable, autocast-safe), averaged over patches and batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """-(log D(real) + log(1 - D(fake))): D's side of eq. 6 as a loss to minimise."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-log D(G(z^t, I)): G's non-saturating side of eq. 6."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample squared error averaged over the samples where ``mask`` is True (eqs. 7-9).
+
+    Samples without a target (no image of the same subject with the target expression) are left
+    out of the mean instead of counting as zero, so the term's scale does not depend on how many
+    targets a batch happens to have. With no valid sample it is an exact zero that still keeps
+    the graph (so the caller need not special-case it).
+    """
+    err = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    if mask is None:
+        return err.mean()
+    mask = mask.to(err.dtype)
+    return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@dataclass(frozen=True)
+class FersnetLossWeights:
+    """The lambdas of eq. 10 (paper values by default)."""
+
+    gan: float = 0.3
+    rec: float = 1.0
+    cyc: float = 0.5
+    idt_start: float = 0.1
+    idt_end: float = 0.5
+
+    def idt(self, epoch: int, epochs: int) -> float:
+        """l4 at ``epoch`` (0-based) of ``epochs``: linear from idt_start to idt_end."""
+        if epochs <= 1:
+            return self.idt_end
+        frac = min(max(epoch / (epochs - 1), 0.0), 1.0)
+        return self.idt_start + (self.idt_end - self.idt_start) * frac

@@ -1,0 +1,211 @@
+"""FERSNet: facial expression recognition and synthesis with selective feature sharing.
+
+Zhao, Liu, Xiao, Lun, Lam, "Deep Multi-task Learning for Facial Expression Recognition and
+Synthesis Based on Selective Feature Sharing" (ICPR 2020), Fig. 1 and section IV-A.
+
+Two streams over the same gray face:
+
+* FER stream: four blocks (two 3x3 conv + BN + ReLU, then 2x2 stride-2 max-pool), then the
+  classifier f_cls of two fully connected layers -> E logits.
+* FES stream: the same four encoder blocks; the one-hot target expression goes through the
+  "transformer" f_tra (FC + 2x2 stride-2 transposed conv) to a map of the encoder's output size;
+  both are concatenated and the decoder f_dec (four blocks whose max-pool is replaced by a 2x2
+  stride-2 transposed convolution) rebuilds the face with the target expression.
+* After each of the four encoder blocks a pair of ConvFLUs (eqs. 1-4) exchanges features in both
+  directions (FER <- FES and FES <- FER), both computed from the maps before the exchange.
+
+Choices the paper leaves open (written down so they can be changed knowingly): the hidden width
+of f_cls (``fc_dim``, ReLU between the two layers); f_tra maps E -> C x (s/2) x (s/2) by FC, then
+ReLU, one transposed conv, BN, ReLU (s = encoder output side, so input sides are multiples of
+32); the decoder ends with a 3x3 conv to the image channels and tanh, which is exactly the
+normalised input range of the shipped preprocessing (mean 0.5, std 0.5 -> [-1, 1]).
+
+Ablations (paper Table VI), as constructor options:
+
+* ``mtl=False`` - "FERSNet w/o MTL": the single-task network, i.e. the FER stream and classifier
+  only (no FES encoder, ConvFLUs, transformer or decoder).
+* ``convflu=False`` - "FERSNet w/o ConvFLU": hard parameter sharing (section I: "shares the
+  feature maps at the bottom layers ... separates different branches for different tasks at the
+  top"): ONE encoder of four blocks whose output feeds both the classifier and the FES head
+  (transformer + decoder). It therefore has no separate FES encoder and no ConvFLUs.
+  The paper also enlarged the ablated networks to match FERSNet's capacity without saying how;
+  ``width`` can be raised for that.
+
+Gate maps are keyed ``"{r|z}/{fer<-fes|fes<-fer}/{level}"`` with levels 1..4.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ferkit.models.base import FerModel
+from ferkit.models.convflu import ConvFLU
+from ferkit.models.outputs import ModelOutput
+from ferkit.models.registry import register_model
+
+PAPER = "Zhao et al., Deep Multi-task Learning for FER and FES Based on Selective Feature Sharing, ICPR 2020"
+LEVELS = 4
+#: gate-map directions: FER stream receiving from FES, and FES receiving from FER
+DIRECTIONS = ("fer<-fes", "fes<-fer")
+
+
+def gate_key(gate: str, direction: str, level: int) -> str:
+    return f"{gate}/{direction}/{level}"
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+def encoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 conv + BN + ReLU, then 2x2 stride-2 max-pool (section IV-A)."""
+    return nn.Sequential(*_conv_bn_relu(in_channels, out_channels), *_conv_bn_relu(out_channels, out_channels),
+                         nn.MaxPool2d(2, 2))
+
+
+def decoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """The encoder block with the max-pool replaced by a 2x2 stride-2 transposed convolution."""
+    return nn.Sequential(*_conv_bn_relu(in_channels, out_channels), *_conv_bn_relu(out_channels, out_channels),
+                         nn.ConvTranspose2d(out_channels, out_channels, 2, stride=2))
+
+
+class LabelTransformer(nn.Module):
+    """f_tra: one-hot target [B, E] -> feature map [B, C, s, s] (the FES encoder's output size)."""
+
+    def __init__(self, num_classes: int, channels: int, side: int) -> None:
+        super().__init__()
+        if side % 2:
+            raise ValueError(f"the encoder output side must be even (got {side}); use an input size divisible by 32")
+        self.channels, self.half = channels, side // 2
+        self.fc = nn.Linear(num_classes, channels * self.half * self.half)
+        self.up = nn.Sequential(nn.ConvTranspose2d(channels, channels, 2, stride=2, bias=False),
+                                nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+    def forward(self, onehot: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.fc(onehot)).view(-1, self.channels, self.half, self.half)
+        return self.up(x)
+
+
+class FERSNet(FerModel):
+    """Two-stream FER + FES network with ConvFLU feature sharing; see the module docstring."""
+
+    def __init__(self, num_classes: int = 7, *, in_channels: int = 1, input_size: int = 96, width: int = 256,
+                 fc_dim: int = 512, mtl: bool = True, convflu: bool = True) -> None:
+        super().__init__()
+        if input_size % 32:
+            raise ValueError(f"FERSNet input_size must be a multiple of 32 (four pools + an even bottleneck), "
+                             f"got {input_size}")
+        self.num_classes, self.in_channels, self.input_size, self.width = num_classes, in_channels, input_size, width
+        self.mtl = bool(mtl)
+        self.convflu = bool(convflu) and self.mtl
+        # instance flags: an ablated model cannot show gates / synthesise, and panels must say so
+        self.has_gates = self.convflu
+        self.has_synthesis = self.mtl
+        side = input_size // 16
+
+        self.fer_blocks = nn.ModuleList(encoder_block(in_channels if i == 0 else width, width) for i in range(LEVELS))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(width * side * side, fc_dim), nn.ReLU(inplace=True),
+                                        nn.Linear(fc_dim, num_classes))
+        if self.convflu:
+            self.fes_blocks = nn.ModuleList(encoder_block(in_channels if i == 0 else width, width)
+                                            for i in range(LEVELS))
+            self.flu_fer = nn.ModuleList(ConvFLU(width) for _ in range(LEVELS))  # FER <- FES
+            self.flu_fes = nn.ModuleList(ConvFLU(width) for _ in range(LEVELS))  # FES <- FER
+        if self.mtl:
+            self.transformer = LabelTransformer(num_classes, width, side)
+            self.decoder = nn.Sequential(decoder_block(2 * width, width),
+                                         *(decoder_block(width, width) for _ in range(LEVELS - 1)))
+            self.to_image = nn.Sequential(nn.Conv2d(width, in_channels, 3, padding=1), nn.Tanh())
+
+    # ---- the two streams ------------------------------------------------------------------
+    def encode(self, x: torch.Tensor, return_gates: bool = False
+               ) -> tuple[torch.Tensor, Optional[torch.Tensor], dict[str, torch.Tensor]]:
+        """(FER features, FES features or None, gate maps) after the four encoder levels."""
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size or x.shape[1] != self.in_channels:
+            raise ValueError(f"FERSNet expects [B, {self.in_channels}, {self.input_size}, {self.input_size}] input, "
+                             f"got {tuple(x.shape)}; resize the faces (Preprocessing.input_size)")
+        gates: dict[str, torch.Tensor] = {}
+        if not self.convflu:  # single task or hard sharing: one encoder
+            f = x
+            for block in self.fer_blocks:
+                f = block(f)
+            return f, (f if self.mtl else None), gates
+        f_fer, f_fes = x, x
+        for level, (b_fer, b_fes, flu_fer, flu_fes) in enumerate(
+                zip(self.fer_blocks, self.fes_blocks, self.flu_fer, self.flu_fes), start=1):
+            f_fer, f_fes = b_fer(f_fer), b_fes(f_fes)
+            to_fer = flu_fer(f_fer, f_fes)
+            to_fes = flu_fes(f_fes, f_fer)
+            f_fer, f_fes = to_fer.features, to_fes.features
+            if return_gates:
+                for direction, out in zip(DIRECTIONS, (to_fer, to_fes)):
+                    gates[gate_key("r", direction, level)] = out.r
+                    gates[gate_key("z", direction, level)] = out.z
+        return f_fer, f_fes, gates
+
+    def decode(self, f_fes: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Face with expression ``target`` (class indices [B]) from FES features [B, C, s, s]."""
+        if not self.mtl:
+            raise NotImplementedError("FERSNet w/o MTL has no synthesis stream")
+        onehot = F.one_hot(target.to(f_fes.device).long(), self.num_classes).to(f_fes.dtype)
+        return self.to_image(self.decoder(torch.cat([f_fes, self.transformer(onehot)], dim=1)))
+
+    def forward(self, x: torch.Tensor, *, return_gates: bool = False,
+                target: Optional[torch.Tensor] = None) -> ModelOutput:
+        """Logits (and gates when asked); ``target`` also synthesises the face with that expression."""
+        f_fer, f_fes, gates = self.encode(x, return_gates=return_gates)
+        hidden = self.classifier[:3](f_fer)
+        logits = self.classifier[3](hidden)
+        synthesis = None
+        if target is not None:
+            synthesis = self.decode(f_fes, self._targets(target, x.shape[0], x.device))
+        return ModelOutput(logits=logits, embedding=hidden, gates=gates, synthesis=synthesis)
+
+    def _targets(self, target: Union[int, torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
+        t = torch.as_tensor(target, dtype=torch.long, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"target must be one class index or [B={batch}] indices, got shape {tuple(t.shape)}")
+        if int(t.min()) < 0 or int(t.max()) >= self.num_classes:
+            raise ValueError(f"target classes must lie in 0..{self.num_classes - 1}")
+        return t
+
+    def synthesize(self, x: torch.Tensor, target: Union[int, torch.Tensor]) -> torch.Tensor:
+        """Faces ``x`` re-expressed as ``target`` (one index or [B] indices), in the input's range."""
+        if not self.mtl:
+            raise NotImplementedError("FERSNet w/o MTL has no synthesis stream")
+        _, f_fes, _ = self.encode(x)
+        return self.decode(f_fes, self._targets(target, x.shape[0], x.device))
+
+    def synthesize_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expression of every face: ``[B, E, C, H, W]``; the encoder runs once per face."""
+        if not self.mtl:
+            raise NotImplementedError("FERSNet w/o MTL has no synthesis stream")
+        _, f_fes, _ = self.encode(x)
+        b, e = x.shape[0], self.num_classes
+        feats = f_fes.unsqueeze(1).expand(b, e, *f_fes.shape[1:]).reshape(b * e, *f_fes.shape[1:])
+        targets = torch.arange(e, device=x.device).repeat(b)
+        return self.decode(feats, targets).view(b, e, *x.shape[1:])
+
+
+@register_model("fersnet", paper=PAPER,
+                description="FERSNet as published: 256 filters, 96x96 gray, ConvFLU + FES stream (GPU training)")
+def fersnet(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 256, fc_dim: int = 512,
+            mtl: bool = True, convflu: bool = True) -> FERSNet:
+    """FERSNet with the paper's sizes."""
+    return FERSNet(num_classes, in_channels=in_channels, input_size=input_size, width=width, fc_dim=fc_dim,
+                   mtl=mtl, convflu=convflu)
+
+
+@register_model("fersnet_light", paper=PAPER,
+                description="FERSNet for real-time CPU use: 32 filters, 64x64 gray (same structure as the paper's)")
+def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 64, width: int = 32,
+                  fc_dim: int = 128, mtl: bool = True, convflu: bool = True) -> FERSNet:
+    """FERSNet with fewer filters and a 64x64 input, sized by measured CPU latency."""
+    return FERSNet(num_classes, in_channels=in_channels, input_size=input_size, width=width, fc_dim=fc_dim,
+                   mtl=mtl, convflu=convflu)

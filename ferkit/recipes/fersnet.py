@@ -1,0 +1,494 @@
+"""FERSNet training (Zhao et al., eq. 10 and section IV-A) on CK+48 and on FER+.
+
+Per batch, with a random target expression z^t drawn for every sample:
+
+1. D step: the conditional PatchGAN learns real (I^t, z^t) vs synthesised (G(z^t, I), z^t) (eq. 6).
+2. G step (G = every FERSNet module): L_cls (eq. 5) + 0.3 L_GAN (eq. 6) + 1 L_rec (eq. 7)
+   + 0.5 L_cyc (eq. 8) + l4 L_idt (eq. 9), l4 ramped 0.1 -> 0.5 over the schedule.
+
+Targets. "We randomly select a target label z^t with the corresponding facial image I^t for
+each training sample": where the data has subject ids (CK+48) I^t is a random image of the SAME
+subject showing z^t, and L_rec and L_idt compare against it. CK+ subjects show 2-3 of the 7
+expressions, so z^t is drawn uniformly over all classes (the generator must learn every target)
+and L_rec is averaged over the samples that have such an image; L_idt then compares with the
+source face, which shows the same person. The discriminator's real sample is I^t when it exists,
+else a random real face with expression z^t. Without subject ids (FER+), L_rec is left out and
+L_idt always uses the source face. Source and target are augmented with one shared random
+transform (stacked as channels for :func:`~ferkit.data.augment.augment_batch`) so L_rec compares
+aligned faces.
+
+Schedule: Adam (beta1 0.5, the usual GAN setting; the paper gives none), learning rate decayed
+exponentially per epoch from 1e-3 to 1e-5 over ``--schedule-epochs`` (the paper: "within 500
+epochs"), batch 64.
+
+Ablations: ``--no-mtl`` (L_cls only, FER stream only), ``--no-convflu`` (hard sharing, see
+:mod:`ferkit.models.fersnet`), ``--fes-da K`` (the last K epochs of the schedule fine-tune on the
+FES-augmented set: every training face synthesised with every expression, its own expression
+kept as the real face, so each class has exactly one image per training face; L_cls only).
+
+L_idt's identity network is named by ``--identity-weights`` (a shipped name or a checkpoint of a
+Light CNN / DeepID; default: the first shipped of :data:`DEFAULT_IDENTITY_WEIGHTS`); faces are
+converted to that network's own preprocessing, and ``none`` leaves the term out.
+
+Checkpoints hold G ("model"), D ("discriminator") and both Adam states. Every epoch writes a
+sample grid (held-out faces x target expressions) to ``<out>/samples/``.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ferkit.data.augment import augment_batch
+from ferkit.data.dataset import FaceDataset
+from ferkit.data.errors import DataError
+from ferkit.evaluation.synthesis import FrozenIdentity, synthesis_grid, write_png
+from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, masked_mse
+from ferkit.models.patchgan import PatchDiscriminator
+from ferkit.models.registry import create_model
+from ferkit.models.weights import Preprocessing
+from ferkit.training.recipe import Recipe, StepResult, TrainContext, register_recipe
+
+EVAL_BATCH = 256
+GRID_FACES = 6
+
+
+def _option(options: dict[str, Any], name: str, default: Any) -> Any:
+    value = options.get(name)
+    return default if value is None else value
+
+
+class TargetSampler:
+    """Draws, for each sample, a real face of the same subject with the target expression.
+
+    Built once from (subject, label) of the training set: indices are sorted by (subject, label)
+    and a table [S, E] holds where each group starts and how many images it has, so a batch of
+    draws is three tensor lookups.
+    """
+
+    def __init__(self, labels: torch.Tensor, subjects: Optional[torch.Tensor], num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.labels = labels
+        self.by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+        self.subjects = subjects
+        if subjects is not None:
+            n_subj = int(subjects.max()) + 1
+            key = subjects * num_classes + labels
+            self.order = torch.argsort(key, stable=True)
+            counts = torch.bincount(key, minlength=n_subj * num_classes)
+            self.count = counts.view(n_subj, num_classes)
+            self.start = (torch.cumsum(counts, 0) - counts).view(n_subj, num_classes)
+
+    def same_subject(self, idx: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Index of a random image of subject(idx) with expression ``target``, or -1 where none exists."""
+        if self.subjects is None:
+            return torch.full_like(idx, -1)
+        s = self.subjects[idx]
+        count = self.count[s, target]
+        pick = (torch.rand(idx.shape, generator=generator) * count.clamp_min(1)).long()
+        found = self.order[(self.start[s, target] + pick).clamp_max(len(self.order) - 1)]
+        return torch.where(count > 0, found, torch.full_like(idx, -1))
+
+    def any_of_class(self, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Index of a random real image with expression ``target`` (any subject)."""
+        out = torch.empty_like(target)
+        for c in range(self.num_classes):
+            sel = target == c
+            if sel.any():
+                pool = self.by_class[c]
+                if len(pool) == 0:
+                    raise DataError("<training set>", f"no training image of class {c}; every class needs one "
+                                    "for the discriminator's real samples")
+                out[sel] = pool[torch.randint(len(pool), (int(sel.sum()),), generator=generator)]
+        return out
+
+
+class _FersnetRecipe(Recipe):
+    """Everything but the data: model, D, identity net, the eq. 10 step, FES-DA, grids."""
+
+    default_epochs = 500
+    default_alignment = "ckplus48"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--arch", choices=["fersnet", "fersnet_light"], default="fersnet_light",
+                            help="fersnet: paper size (256 filters, 96x96); fersnet_light: CPU size (default)")
+        parser.add_argument("--width", type=int, default=None, help="filters per conv layer (overrides --arch)")
+        parser.add_argument("--input-size", type=int, default=None, help="face side, multiple of 32")
+        parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (paper: 64)")
+        parser.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (paper: 1e-3)")
+        parser.add_argument("--lr-end", type=float, default=1e-5, help="final learning rate (paper: 1e-5)")
+        parser.add_argument("--schedule-epochs", type=int, default=None,
+                            help="epochs the lr decay and the l4 ramp span; set it to --epochs (default: paper's 500)")
+        parser.add_argument("--lambda-gan", type=float, default=0.3, help="l1 (paper 0.3)")
+        parser.add_argument("--lambda-rec", type=float, default=1.0, help="l2 (paper 1)")
+        parser.add_argument("--lambda-cyc", type=float, default=0.5, help="l3 (paper 0.5)")
+        parser.add_argument("--lambda-idt-start", type=float, default=0.1, help="l4 at the start (paper 0.1)")
+        parser.add_argument("--lambda-idt-end", type=float, default=0.5, help="l4 at the end (paper 0.5)")
+        parser.add_argument("--identity-weights", default=None,
+                            help="identity net for L_idt: shipped name or checkpoint (Light CNN / DeepID), or none")
+        parser.add_argument("--no-mtl", action="store_true", help="ablation: FERSNet w/o MTL (FER stream only)")
+        parser.add_argument("--no-convflu", action="store_true", help="ablation: w/o ConvFLU (hard sharing)")
+        parser.add_argument("--fes-da", type=int, default=0, metavar="K",
+                            help="FES data augmentation: fine-tune the last K epochs on the balanced synthetic set")
+        parser.add_argument("--augment", choices=["on", "off"], default="on",
+                            help="random flip, shift and rotation (paper: crop, mirror, rotation up to 15 deg)")
+        parser.add_argument("--disc-width", type=int, default=None, help="PatchGAN base width (paper 64; light 32)")
+        cls._add_data_arguments(parser)
+
+    @classmethod
+    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    # ---- data hooks ------------------------------------------------------------------------
+    def _load_split(self, size: int) -> tuple[FaceDataset, Optional[FaceDataset]]:
+        raise NotImplementedError
+
+    # ---- setup -----------------------------------------------------------------------------
+    def _model_cfg(self, num_classes: int) -> dict[str, Any]:
+        o = self.options
+        arch = _option(o, "arch", "fersnet_light")
+        light = arch == "fersnet_light"
+        return {"num_classes": num_classes,
+                "input_size": int(_option(o, "input_size", 64 if light else 96)),
+                "width": int(_option(o, "width", 32 if light else 256)),
+                "fc_dim": 128 if light else 512,
+                "mtl": not o.get("no_mtl", False), "convflu": not o.get("no_convflu", False)}
+
+    def setup(self, ctx: TrainContext) -> None:
+        o = self.options
+        self.device = ctx.device
+        arch = _option(o, "arch", "fersnet_light")
+        probe_cfg = self._model_cfg(1)
+        size = probe_cfg["input_size"]
+        train, val = self._load_split(size)
+        if len(train) == 0:
+            raise DataError(self.data_dir, "no training images after the split")
+        self.train_set, self.val_set, self.classes = train, val, list(train.classes)
+        e = len(self.classes)
+        self.model_cfg = self._model_cfg(e)
+        self.arch = arch
+        self.preprocessing = Preprocessing(input_size=size, grayscale=True, mean=0.5, std=0.5,
+                                           alignment=self.default_alignment)
+        self.images = train.images.to(self.device)
+        self.labels = train.labels.to(self.device)
+        self.sampler = TargetSampler(train.labels, train.subjects, e)
+        self.model = create_model(arch, **self.model_cfg).to(self.device)
+        self.g = ctx.wrap(self.model)
+        self.mtl = self.model.mtl
+        self.weights = FersnetLossWeights(gan=float(_option(o, "lambda_gan", 0.3)),
+                                          rec=float(_option(o, "lambda_rec", 1.0)),
+                                          cyc=float(_option(o, "lambda_cyc", 0.5)),
+                                          idt_start=float(_option(o, "lambda_idt_start", 0.1)),
+                                          idt_end=float(_option(o, "lambda_idt_end", 0.5)))
+        self.schedule_epochs = int(_option(o, "schedule_epochs", self.default_epochs))
+        self.fes_da = int(_option(o, "fes_da", 0))
+        if self.fes_da and not self.mtl:
+            raise ValueError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
+        if self.fes_da >= self.schedule_epochs:
+            raise ValueError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs}")
+        lr, lr_end = float(_option(o, "lr", 1e-3)), float(_option(o, "lr_end", 1e-5))
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.999))
+        span = max(1, self.schedule_epochs - 1)
+        decay = (lr_end / lr) ** (1.0 / span)
+        # epoch e runs at lr * decay**e: lr at the first epoch, lr_end at epoch schedule_epochs-1
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda ep: decay ** min(ep, span))
+        self.discriminator: Optional[nn.Module] = None
+        self.identity: Optional[FrozenIdentity] = None
+        if self.mtl:
+            dwidth = int(_option(o, "disc_width", 32 if arch == "fersnet_light" else 64))
+            self.discriminator = PatchDiscriminator(e, in_channels=1, width=dwidth).to(self.device)
+            self.d = ctx.wrap(self.discriminator)
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda ep: decay ** min(ep, span))
+            ident = o.get("identity_weights")
+            if str(ident).lower() != "none":
+                self.identity = FrozenIdentity.load(ident, device=self.device)
+        self.augment = _option(o, "augment", "on") == "on"
+        self.batch_size = int(_option(o, "batch_size", 64))
+        self.da_images: Optional[torch.Tensor] = None
+        self.da_labels: Optional[torch.Tensor] = None
+        grid_src = val if val is not None and len(val) else train
+        self.grid_faces = self._grid_selection(grid_src)
+        ctx.log(f"{self.name}: {arch} {self.model_cfg}; {self._data_desc}; identity net for L_idt: "
+                f"{self.identity.name if self.identity else 'none'}; lr {lr} -> {lr_end} over "
+                f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else ""))
+
+    @staticmethod
+    def _grid_selection(ds: FaceDataset) -> torch.Tensor:
+        """Up to GRID_FACES faces, one per class first (then the rest in order), fixed for the run."""
+        picks: list[int] = []
+        for c in range(len(ds.classes)):
+            hit = torch.nonzero(ds.labels == c).flatten()
+            if len(hit) and len(picks) < GRID_FACES:
+                picks.append(int(hit[len(hit) // 2]))
+        return ds.images[torch.tensor(picks, dtype=torch.long)]
+
+    # ---- Recipe interface -------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"model": self.model}
+        if self.discriminator is not None:
+            mods["discriminator"] = self.discriminator
+        return mods
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts: dict[str, torch.optim.Optimizer] = {"generator": self.opt_g}
+        if self.discriminator is not None:
+            opts["discriminator"] = self.opt_d
+        return opts
+
+    def schedulers(self) -> dict[str, Any]:
+        s: dict[str, Any] = {"generator": self.sched_g}
+        if self.discriminator is not None:
+            s["discriminator"] = self.sched_d
+        return s
+
+    def _in_fes_da(self, epoch: int) -> bool:
+        return self.fes_da > 0 and epoch >= self.schedule_epochs - self.fes_da
+
+    def _prepare(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] (C may stack several aligned faces) -> augmented, normalised floats."""
+        x = x_u8.float().div_(255.0)
+        if self.augment:
+            # shift/rotation ranges of the paper's 110->96 random crop and +-15 degree rotations
+            # (global RNG: the engine seeds it per epoch, so resumed runs draw the same transforms)
+            x = augment_batch(x, flip=True, max_shift=0.07, max_rotation_deg=15.0)
+        return self.preprocessing.normalize(x)
+
+    def train_epoch(self, ctx: TrainContext, epoch: int) -> Iterator[StepResult]:
+        self.model.train()
+        if self._in_fes_da(epoch):
+            yield from self._train_fes_da(ctx, epoch)
+            return
+        gen = torch.Generator().manual_seed(ctx.seed * 1000003 + epoch)
+        e = len(self.classes)
+        l_idt = self.weights.idt(epoch, self.schedule_epochs)
+        for idx in ctx.batches(len(self.images), self.batch_size, epoch):
+            idx_cpu = idx.cpu()
+            y = self.labels[idx]
+            if not self.mtl:
+                x = self._prepare(self.images[idx])
+                with ctx.autocast():
+                    out = self.g(x)
+                    loss = F.cross_entropy(out.logits.float(), y)
+                ctx.step(loss, self.opt_g)
+                correct = int((out.logits.argmax(1) == y).sum())
+                yield StepResult(float(loss), correct, len(idx), {"L_cls": float(loss)})
+                continue
+            target_cpu = torch.randint(e, idx_cpu.shape, generator=gen)
+            pair = self.sampler.same_subject(idx_cpu, target_cpu, gen)
+            has_pair = (pair >= 0).to(self.device)
+            real_idx = torch.where(pair >= 0, pair, self.sampler.any_of_class(target_cpu, gen)).to(self.device)
+            target = target_cpu.to(self.device)
+            both = self._prepare(torch.cat([self.images[idx], self.images[real_idx]], dim=1))
+            x, x_t = both[:, :1], both[:, 1:]
+
+            # D step (eq. 6): real target faces vs synthesised ones, both with the target label
+            with ctx.autocast():
+                out = self.g(x, target=target)
+                fake = out.synthesis
+                loss_d = discriminator_loss(self.d(x_t, target).float(), self.d(fake.detach(), target).float())
+            ctx.step(loss_d, self.opt_d)
+
+            # G step (eq. 10); D's weights are not trained here
+            self.discriminator.requires_grad_(False)
+            with ctx.autocast():
+                loss_cls = F.cross_entropy(out.logits.float(), y)
+                loss_gan = generator_adversarial_loss(self.d(fake, target).float())
+                loss_rec = masked_mse(fake, x_t, has_pair)
+                cycled = self.g(fake, target=y).synthesis
+                loss_cyc = masked_mse(cycled, x)
+                if self.identity is not None:
+                    # eq. 9 compares with I^t; without one, the source face shows the same person
+                    reference = torch.where(has_pair.view(-1, 1, 1, 1), x_t, x)
+                    f_fake = self.identity(fake, self.preprocessing)
+                    with torch.no_grad():
+                        f_ref = self.identity(reference, self.preprocessing)
+                    loss_idt = masked_mse(f_fake, f_ref)
+                else:
+                    loss_idt = torch.zeros((), device=self.device)
+                loss = (loss_cls + self.weights.gan * loss_gan + self.weights.rec * loss_rec
+                        + self.weights.cyc * loss_cyc + l_idt * loss_idt)
+            ctx.step(loss, self.opt_g)
+            self.discriminator.requires_grad_(True)
+            correct = int((out.logits.argmax(1) == y).sum())
+            yield StepResult(float(loss), correct, len(idx), {
+                "L_cls": float(loss_cls), "L_GAN": float(loss_gan), "L_rec": float(loss_rec),
+                "L_cyc": float(loss_cyc), "L_idt": float(loss_idt), "L_D": float(loss_d),
+                "lambda_idt": l_idt, "rec_pairs": float(has_pair.float().mean())})
+
+    # ---- FES data augmentation (Table VI, "FERSNet w/ FES-DA") ---------------------------------
+    @torch.no_grad()
+    def _build_fes_da(self) -> None:
+        """Every training face with every expression; its own expression slot keeps the real face."""
+        self.model.eval()
+        e = len(self.classes)
+        parts = []
+        for start in range(0, len(self.images), EVAL_BATCH):
+            real = self.images[start:start + EVAL_BATCH]
+            syn = self.model.synthesize_all(self.preprocessing.normalize(real))  # [B, E, 1, H, W]
+            syn_u8 = (self.preprocessing.denormalize(syn) * 255).round().to(torch.uint8)
+            own = self.labels[start:start + EVAL_BATCH]
+            syn_u8[torch.arange(len(real), device=real.device), own] = real
+            parts.append(syn_u8)
+        stacked = torch.cat(parts)  # [N, E, 1, H, W]
+        self.da_images = stacked.reshape(-1, *stacked.shape[2:])
+        self.da_labels = torch.arange(e, device=self.device).repeat(len(stacked))
+        self.model.train()
+
+    def _train_fes_da(self, ctx: TrainContext, epoch: int) -> Iterator[StepResult]:
+        if self.da_images is None:
+            self._build_fes_da()
+            counts = torch.bincount(self.da_labels.cpu(), minlength=len(self.classes)).tolist()
+            ctx.log(f"FES-DA: fine-tuning on {len(self.da_images)} faces ({counts} per class)")
+        for idx in ctx.batches(len(self.da_images), self.batch_size, epoch):
+            x = self._prepare(self.da_images[idx])
+            y = self.da_labels[idx]
+            with ctx.autocast():
+                out = self.g(x)
+                loss = F.cross_entropy(out.logits.float(), y)
+            ctx.step(loss, self.opt_g)
+            yield StepResult(float(loss), int((out.logits.argmax(1) == y).sum()), len(idx), {"L_cls": float(loss)})
+
+    # ---- evaluation and artefacts ---------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        if self.val_set is None or len(self.val_set) == 0:
+            return {}
+        self.model.eval()
+        correct, loss_sum = 0, 0.0
+        images, labels = self.val_set.images, self.val_set.labels
+        for start in range(0, len(images), EVAL_BATCH):
+            x = self.preprocessing.normalize(images[start:start + EVAL_BATCH].to(self.device))
+            y = labels[start:start + EVAL_BATCH].to(self.device)
+            logits = self.model(x).logits.float()
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+        self.model.train()
+        return {"val_accuracy": correct / len(images), "val_loss": loss_sum / len(images)}
+
+    def end_epoch(self, ctx: TrainContext, epoch: int) -> None:
+        super().end_epoch(ctx, epoch)
+        if ctx.rank != 0 or not self.mtl:
+            return
+        self.model.eval()
+        with torch.no_grad():
+            src = self.preprocessing.normalize(self.grid_faces.to(self.device))
+            syn = self.model.synthesize_all(src)
+        self.model.train()
+        grid = synthesis_grid(self.preprocessing.denormalize(src).cpu(), self.preprocessing.denormalize(syn).cpu(),
+                              self.classes, scale=2)
+        folder = Path(ctx.out_dir) / "samples"
+        write_png(folder / f"epoch_{epoch + 1:04d}.png", grid)
+        write_png(folder / "latest.png", grid)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def weights_meta(self) -> dict[str, Any]:
+        ablation = [n for n, on in (("w/o MTL", not self.model_cfg["mtl"]),
+                                    ("w/o ConvFLU", not self.model_cfg["convflu"]),
+                                    (f"FES-DA ({self.fes_da} epochs)", self.fes_da > 0)) if on]
+        return {"name": "fersnet", "architecture": self.arch, "classes": list(self.classes),
+                "preprocessing": asdict(self.preprocessing), "model_cfg": dict(self.model_cfg),
+                "data": self._data_desc, "recipe": self.name,
+                "notes": "FERSNet" + (f" ({', '.join(ablation)})" if ablation else "")
+                         + f"; identity net for L_idt: {self.identity.name if self.identity else 'none'}"}
+
+
+@register_recipe
+class FersnetCkplusRecipe(_FersnetRecipe):
+    """CK+48, 7 classes, subject-independent folds; L_rec uses same-subject target faces."""
+
+    name = "fersnet/ckplus"
+    description = "FERSNet (eq. 10) on CK+48, 7 classes, subject-independent folds, with L_rec"
+    data_help = "CK+48 folder (CK+48/<class>/S###_###_########.png), e.g. ../shared/data/ckplus48"
+    supports_folds = True
+    default_alignment = "ckplus48"
+
+    @classmethod
+    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--folds", type=int, default=10,
+                            help="subject-independent folds (paper: 10); 0 trains on every image")
+        parser.add_argument("--fold", type=int, default=0, help="held-out fold, 0..folds-1")
+        parser.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
+
+    @classmethod
+    def validate_data(cls, data_dir: Path) -> None:
+        cls.load_dataset(data_dir)
+
+    @classmethod
+    def load_dataset(cls, data_dir: Path, size: Optional[int] = None) -> FaceDataset:
+        from ferkit.data.ckplus import load_ckplus48
+
+        return load_ckplus48(data_dir, size=size)
+
+    def _load_split(self, size: int) -> tuple[FaceDataset, Optional[FaceDataset]]:
+        ds = self.load_dataset(self.data_dir, size=size)
+        k = int(_option(self.options, "folds", 10))
+        if k <= 0:
+            self._data_desc = f"CK+48 7-class, all {len(ds)} images (no held-out fold)"
+            return ds, None
+        # imported lazily: ferkit.evaluation.kfold belongs to the protocols module
+        from ferkit.evaluation.kfold import subject_kfold
+
+        fold = int(_option(self.options, "fold", 0))
+        seed = int(_option(self.options, "split_seed", 0))
+        if not 0 <= fold < k:
+            raise ValueError(f"--fold must be in 0..{k - 1} for --folds {k}, got {fold}")
+        train_idx, test_idx = subject_kfold(ds.subjects, k, seed)[fold]
+        self._data_desc = (f"CK+48 7-class, subject-independent fold {fold} of {k} (split seed {seed}): "
+                           f"{len(train_idx)} train / {len(test_idx)} test images")
+        return ds.subset(torch.as_tensor(train_idx)), ds.subset(torch.as_tensor(test_idx))
+
+
+@register_recipe
+class FersnetFerplusRecipe(_FersnetRecipe):
+    """FER+ (majority vote, 8 classes): no subject ids, so L_rec is left out."""
+
+    name = "fersnet/ferplus"
+    description = "FERSNet (eq. 10 without L_rec: no subject ids) on FER+ majority vote, 8 classes"
+    data_help = "FER+ folder with FER2013Train/ and FER2013Valid/ (label.csv + PNGs), e.g. ../shared/data/ferplus"
+    default_alignment = "fer2013"
+
+    @classmethod
+    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--vote", choices=["majority", "plurality"], default="majority",
+                            help="FER+ label rule (papers: majority)")
+
+    @staticmethod
+    def _split_folder(data_dir: Path, split: str) -> Optional[Path]:
+        from ferkit.data.ferplus import resolve_split
+
+        data_dir = Path(data_dir)
+        if (data_dir / "FER2013Train" / "label.csv").is_file():
+            return resolve_split(data_dir, split)
+        return resolve_split(data_dir) if split == "train" else None
+
+    @classmethod
+    def validate_data(cls, data_dir: Path) -> None:
+        cls._split_folder(data_dir, "train")
+
+    @classmethod
+    def load_dataset(cls, data_dir: Path, size: Optional[int] = None) -> FaceDataset:
+        from ferkit.data.ferplus import load_ferplus
+
+        return load_ferplus(cls._split_folder(data_dir, "train"), vote="majority", size=size)
+
+    def _load_split(self, size: int) -> tuple[FaceDataset, Optional[FaceDataset]]:
+        from ferkit.data.ferplus import load_ferplus
+
+        vote = _option(self.options, "vote", "majority")
+        train_dir = self._split_folder(self.data_dir, "train")
+        train = load_ferplus(train_dir, vote=vote, size=size)
+        train.subjects = None  # FER+ has no subject ids: L_rec is left out (model-details.md)
+        valid_dir = train_dir.parent / "FER2013Valid"
+        val = load_ferplus(valid_dir, vote=vote, size=size) if (valid_dir / "label.csv").is_file() else None
+        self._data_desc = f"FER+ {train_dir.name} ({len(train)} images, {vote} vote); validation " + \
+                          (valid_dir.name if val is not None else "none")
+        return train, val

@@ -1,0 +1,526 @@
+"""The training engine: runs any :class:`~ferkit.training.recipe.Recipe` and owns what all share.
+
+A recipe says what the paper decides (model, data, losses, optimisers, schedule); the engine does
+the rest the same way for every paper: device choice, AMP, torchrun/DDP, deterministic seeding,
+a checkpoint after every epoch (atomic), ``best.pt``, resume, Ctrl-C / SIGTERM, progress events
+and training curves.
+
+Epoch numbering
+    Recipe hooks (``train_epoch``, ``evaluate``, ``end_epoch``, ``ctx.batches``) receive the
+    **0-based** epoch index. Events, ``curves.csv`` and the checkpoint's ``epoch`` field count
+    **completed** epochs (1-based): after the first epoch, ``epoch`` is 1.
+
+Determinism
+    Everything is seeded from ``seed`` (torch, CUDA, numpy, python) before ``recipe.setup`` so
+    initialisation is reproducible, and re-seeded at the start of every epoch from
+    ``(seed, epoch, rank)``; ``ctx.batches`` draws its permutation from ``(seed, epoch)``. An epoch
+    therefore depends only on the weights/optimiser state at its start, which is exactly what the
+    checkpoint holds: ``resume=True`` after a completed epoch gives the same weights as an
+    uninterrupted run (bit-identical on CPU; on CUDA up to non-deterministic kernels unless
+    ``deterministic=True``).
+
+Interrupts
+    The first SIGINT (Ctrl-C) or SIGTERM lets the current optimisation step finish, saves
+    ``checkpoint.pt`` and returns with ``status="interrupted"`` (the CLI exits 130). A checkpoint
+    saved in the middle of an epoch holds the mid-epoch weights, is marked
+    ``partial_epoch=True`` and its ``epoch`` is the number of *completed* epochs, so resume
+    restarts the interrupted epoch from its first batch: no work is thrown away, but that run is
+    no longer bit-identical to an uninterrupted one. A second signal stops at once
+    (KeyboardInterrupt); the atomic write keeps the previous checkpoint intact.
+
+Progress events (stdout, JSON lines, one object per line, flushed; rank 0 only)
+    While the recipe runs, ``sys.stdout`` is redirected to stderr so stray prints cannot break the
+    stream. Non-finite numbers are ``null``. Every event has ``"event"`` and ``"time"`` (unix s).
+
+    - ``start``: recipe, out_dir, device, world_size, amp (``"bf16"``/``"fp16"``/``null``),
+      seed, epochs (planned total), start_epoch (completed epochs before this run), steps
+      (steps per epoch when known, else null), resumed (bool).
+    - ``step`` (at most every ``progress_interval`` s, and on the first step of an epoch):
+      epoch (1-based, the one running), epochs, step (1-based within the epoch), steps (or null),
+      global_step, loss and accuracy (running means over the epoch so far), lr, images_per_s,
+      eta_s (whole run), extra (running means of the recipe's extra losses).
+    - ``epoch`` (after the checkpoint is on disk): epoch, epochs, global_step, loss, accuracy,
+      extra, val (the recipe's ``evaluate`` dict, e.g. ``{"val_accuracy": ..}``), lr,
+      images_per_s, epoch_time_s, eta_s, checkpoint (path), best (bool: this epoch wrote
+      ``best.pt``), best_path, best_val_accuracy, curves (csv path).
+    - ``end``: status (``"completed"`` | ``"interrupted"``), message, epoch (completed epochs),
+      epochs, checkpoint, best_path, best_val_accuracy, wall_time_s, metrics (last val dict).
+    - ``error``: message, type (exception class name); the exception is then re-raised.
+
+Files in ``out_dir`` (rank 0 writes): ``checkpoint.pt`` (every epoch, see
+:mod:`ferkit.training.checkpoint`), ``best.pt`` (when the recipe's ``val_accuracy`` improves),
+``curves.csv`` + ``curves.png``.
+
+Under torchrun, ``batch_size`` given to ``ctx.batches`` is the *global* batch: each of the N
+ranks gets ``batch_size // N`` items per step, so the paper's hyper-parameters hold for any N.
+``evaluate`` runs on every rank (use the unwrapped model there); only rank 0 writes and reports.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ferkit.models.weights import Weights
+from ferkit.training import distributed
+from ferkit.training.checkpoint import (capture_rng, load_checkpoint, load_state_dicts, restore_rng,
+                                        save_checkpoint, state_dicts)
+from ferkit.training.curves import write_curves
+from ferkit.training.progress import ProgressReporter, format_duration
+from ferkit.training.recipe import Recipe, StepResult
+
+__all__ = ["train", "EngineContext", "seed_everything", "derive_seed"]
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (so (seed, epoch) streams never overlap)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0]) >> 1
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+class EngineContext:
+    """The :class:`~ferkit.training.recipe.TrainContext` the engine hands a recipe."""
+
+    def __init__(self, info: distributed.DistInfo, amp: bool, seed: int, out_dir: Path,
+                 reporter: ProgressReporter):
+        self.info = info
+        self.device = info.device
+        self.rank = info.rank
+        self.world_size = info.world_size
+        self.seed = seed
+        self.out_dir = Path(out_dir)
+        self._reporter = reporter
+        self.amp_dtype: Optional[torch.dtype] = None
+        if amp and self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp = self.amp_dtype is not None
+        self._scalers: dict[int, torch.amp.GradScaler] = {}
+        #: number of batches of the last ``batches()`` call (steps per epoch, for progress/ETA)
+        self.steps_hint: Optional[int] = None
+        self._warned_small = False
+
+    # ---- TrainContext ------------------------------------------------------------------------
+    def autocast(self) -> ContextManager[Any]:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def scaler(self, optimizer: torch.optim.Optimizer) -> Optional[torch.amp.GradScaler]:
+        """fp16 needs loss scaling (one scaler per optimiser: GAN alternation steps them apart)."""
+        if self.amp_dtype != torch.float16:
+            return None
+        key = id(optimizer)
+        if key not in self._scalers:
+            self._scalers[key] = torch.amp.GradScaler("cuda")
+        return self._scalers[key]
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+             parameters: Optional[list[nn.Parameter]] = None, clip_grad: Optional[float] = None) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        scaler = self.scaler(optimizer)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if clip_grad:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            params = parameters if parameters is not None else [
+                p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        if not self.info.distributed:
+            return module
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            return module
+        if not any(p.requires_grad for p in module.parameters()):
+            return module  # nothing to synchronise (frozen branch)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def batches(self, n_items: int, batch_size: int, epoch: int, shuffle: bool = True,
+                drop_last: bool = True) -> Iterator[torch.Tensor]:
+        if n_items <= 0:
+            raise ValueError("ctx.batches: the dataset is empty")
+        ws = self.world_size
+        per_rank = max(1, int(batch_size) // ws)
+        if drop_last and n_items < per_rank * ws:
+            if not self._warned_small:
+                self.log(f"note: {n_items} items is less than one batch of {batch_size}; using one smaller batch")
+                self._warned_small = True
+            drop_last = False
+        if shuffle:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, epoch, 0xBA7C))
+            order = torch.randperm(n_items, generator=gen)
+        else:
+            order = torch.arange(n_items)
+        if drop_last:
+            order = order[: (n_items // (per_rank * ws)) * per_rank * ws]
+        elif ws > 1:
+            pad = (-n_items) % ws  # every rank gets the same number of items, hence of steps
+            order = torch.cat([order, order[:pad]])
+        if ws > 1:
+            order = order[self.rank::ws]
+        chunks = list(order.to(self.device).split(per_rank))
+        self.steps_hint = len(chunks)
+        return iter(chunks)
+
+    def log(self, message: str) -> None:
+        self._reporter.log(message)
+
+    # ---- engine side ------------------------------------------------------------------------
+    def scaler_states(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+        return {name: self._scalers[id(opt)].state_dict() for name, opt in optimizers.items()
+                if id(opt) in self._scalers}
+
+    def load_scaler_states(self, optimizers: dict[str, torch.optim.Optimizer], states: dict[str, Any]) -> None:
+        for name, opt in optimizers.items():
+            scaler = self.scaler(opt)
+            if scaler is not None and name in states:
+                scaler.load_state_dict(states[name])
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM -> finish the current step, then stop; a second signal stops at once."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.requested: Optional[str] = None
+        self._log = log
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            raise KeyboardInterrupt(name)
+        self.requested = name
+        self._log(f"{name}: finishing this step and saving a checkpoint (send again to stop at once)")
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _hardware(info: distributed.DistInfo) -> str:
+    if info.device.type == "cuda":
+        name = torch.cuda.get_device_name(info.device)
+        return f"{info.world_size}x {name}" if info.world_size > 1 else name
+    cpu = platform.processor() or platform.machine()
+    procs = f"{info.world_size} processes x " if info.world_size > 1 else ""
+    return f"CPU {cpu}, {procs}{torch.get_num_threads()} threads"
+
+
+def _plain_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(meta)
+    if is_dataclass(meta.get("preprocessing")):
+        meta["preprocessing"] = asdict(meta["preprocessing"])
+    Weights.from_dict(meta)  # fails early (at setup, not at export) on a malformed weights_meta
+    return meta
+
+
+def _first_lr(optimizers: dict[str, torch.optim.Optimizer]) -> Optional[float]:
+    opt = optimizers.get("model") or next(iter(optimizers.values()), None)
+    return float(opt.param_groups[0]["lr"]) if opt is not None and opt.param_groups else None
+
+
+def _num(x: Any) -> float:
+    return float(x.detach().float().item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class _EpochStats:
+    """Running sums of one epoch. Loss may be a tensor: it is only synced when reported."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.loss_sum: Union[float, torch.Tensor] = 0.0
+        self.correct: Union[int, torch.Tensor] = 0
+        self.n = 0
+        self.extra: dict[str, Union[float, torch.Tensor]] = {}
+        self.images = 0
+
+    def add(self, r: StepResult, fallback_n: int) -> None:
+        self.steps += 1
+        loss = r.loss.detach() if isinstance(r.loss, torch.Tensor) else r.loss
+        self.loss_sum = self.loss_sum + loss
+        self.correct = self.correct + (r.correct.detach() if isinstance(r.correct, torch.Tensor) else r.correct)
+        self.n += int(r.n)
+        self.images += int(r.n) if r.n else fallback_n
+        for k, v in r.extra.items():
+            v = v.detach() if isinstance(v, torch.Tensor) else v
+            self.extra[k] = self.extra.get(k, 0.0) + v
+
+    def means(self) -> tuple[Optional[float], Optional[float], dict[str, float]]:
+        if not self.steps:
+            return None, None, {}
+        acc = _num(self.correct) / self.n if self.n else None
+        return _num(self.loss_sum) / self.steps, acc, {k: _num(v) / self.steps for k, v in self.extra.items()}
+
+
+def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = None, device: str = "auto",
+          resume: bool = False, seed: Optional[int] = None, amp: bool = True, *,
+          progress_interval: float = 0.5, deterministic: bool = False,
+          on_event: Optional[Callable[[dict[str, Any]], None]] = None,
+          json_lines: bool = True, validate: bool = True) -> dict[str, Any]:
+    """Train ``recipe`` into ``out_dir``; returns the ``end`` event (status, checkpoint, metrics...).
+
+    ``seed`` defaults to 0, or to the checkpoint's seed on resume. ``epochs`` defaults to the
+    recipe's paper value, or to the checkpoint's planned total on resume (pass a larger value to
+    extend a finished run). ``json_lines=False`` keeps stdout clean (in-process callers that use
+    ``on_event``). ``validate=False`` skips ``recipe.validate_data`` (the CLI has run it already).
+    """
+    out_dir = Path(out_dir)
+    real_stdout = sys.stdout
+    info: Optional[distributed.DistInfo] = None
+    reporter = ProgressReporter(enabled=distributed.env_world()[0] == 0, stdout=real_stdout,
+                                on_event=on_event, json_lines=json_lines)
+    try:
+        if validate:
+            type(recipe).validate_data(recipe.data_dir)
+        info = distributed.setup(device)
+        reporter.enabled = info.is_main
+        with contextlib.redirect_stdout(sys.stderr):
+            return _run(recipe, out_dir, epochs, resume, seed, amp, info, reporter,
+                        progress_interval, deterministic)
+    except BaseException as exc:
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            reporter.emit({"event": "error", "time": time.time(), "message": str(exc), "type": type(exc).__name__})
+        raise
+    finally:
+        if info is not None:
+            distributed.teardown(info)
+
+
+def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, seed: Optional[int], amp: bool,
+         info: distributed.DistInfo, reporter: ProgressReporter, progress_interval: float,
+         deterministic: bool) -> dict[str, Any]:
+    ckpt_path, best_path = out_dir / "checkpoint.pt", out_dir / "best.pt"
+    state: Optional[dict[str, Any]] = None
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt_path}; start without --resume")
+        state = load_checkpoint(ckpt_path)
+        if state.get("recipe") != recipe.name:
+            raise ValueError(f"{ckpt_path} was written by recipe {state.get('recipe')!r}, not {recipe.name!r}")
+    elif ckpt_path.exists():
+        raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
+    if seed is None:
+        seed = int(state.get("seed", 0)) if state else 0
+    total_epochs = int(epochs if epochs is not None else (state["epochs"] if state else recipe.default_epochs))
+    if total_epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {total_epochs}")
+
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    ctx = EngineContext(info, amp, seed, out_dir, reporter)
+    seed_everything(seed)
+    recipe.setup(ctx)
+    modules, optimizers, schedulers = recipe.modules(), recipe.optimizers(), recipe.schedulers()
+    if "model" not in modules:
+        raise ValueError(f"recipe {recipe.name!r}: modules() must contain 'model' (it has {sorted(modules)})")
+    base_meta = _plain_meta(recipe.weights_meta())
+    hardware = _hardware(info)
+
+    start_epoch, global_step, history, best_acc, wall_before = 0, 0, [], None, 0.0
+    if state is not None:
+        diff = {k: (state.get("options", {}).get(k), v) for k, v in recipe.options.items()
+                if state.get("options", {}).get(k) != v}
+        if diff:
+            ctx.log(f"note: options differ from the checkpoint's (checkpoint, now): {diff}")
+        load_state_dicts(modules, state["modules"], "module", ckpt_path)
+        load_state_dicts(optimizers, state["optimizers"], "optimizer", ckpt_path)
+        load_state_dicts(schedulers, state.get("schedulers", {}), "scheduler", ckpt_path)
+        ctx.load_scaler_states(optimizers, state.get("scalers", {}))
+        recipe.load_extra_state(state.get("extra_state", {}))
+        restore_rng(state.get("rng", {}))
+        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+        history, best_acc = list(state.get("history", [])), state.get("best_val_accuracy")
+        wall_before = float(state.get("wall_time_s", 0.0))
+        if state.get("partial_epoch"):
+            ctx.log(f"note: {ckpt_path} was saved in the middle of epoch {start_epoch + 1}; "
+                    "that epoch restarts from its first batch")
+
+    t_run = time.monotonic()
+    last_val: dict[str, Any] = dict(state.get("last_val", {})) if state else {}
+
+    def wall() -> float:
+        return wall_before + (time.monotonic() - t_run)
+
+    def checkpoint_state(epoch_done: int, partial: bool, val: dict[str, Any]) -> dict[str, Any]:
+        meta = dict(base_meta)
+        meta.setdefault("recipe", recipe.name)
+        meta["epochs"] = epoch_done
+        meta["metrics"] = {**dict(base_meta.get("metrics") or {}), **{k: v for k, v in val.items()
+                                                                    if isinstance(v, (int, float))}}
+        if not meta.get("hardware"):
+            meta["hardware"] = hardware
+        meta["wall_time_s"] = round(wall(), 1)
+        return {
+            "recipe": recipe.name, "options": dict(recipe.options), "seed": seed,
+            "epoch": epoch_done, "epochs": total_epochs, "global_step": global_step, "partial_epoch": partial,
+            "modules": state_dicts(modules), "optimizers": state_dicts(optimizers),
+            "schedulers": state_dicts(schedulers), "scalers": ctx.scaler_states(optimizers),
+            "rng": capture_rng(), "extra_state": recipe.extra_state(),
+            "history": history, "last_val": val, "best_val_accuracy": best_acc, "wall_time_s": wall(),
+            "weights_meta": meta,
+        }
+
+    steps_per_epoch: Optional[int] = None
+    reporter.emit({"event": "start", "time": time.time(), "recipe": recipe.name, "out_dir": str(out_dir),
+                   "device": str(info.device), "world_size": info.world_size,
+                   "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ctx.amp_dtype),
+                   "seed": seed, "epochs": total_epochs, "start_epoch": start_epoch, "steps": None,
+                   "resumed": state is not None})
+
+    status, stop_name = "completed", None
+    step_time_total, steps_this_run = 0.0, 0
+    with _StopFlag(ctx.log) as stop:
+        for epoch in range(start_epoch, total_epochs):
+            if stop.requested:
+                stop_name, status = stop.requested, "interrupted"
+                break
+            # each epoch depends only on the state at its start -> exact resume at epoch boundaries
+            seed_everything(derive_seed(seed, epoch, info.rank))
+            stats = _EpochStats()
+            t_epoch = time.monotonic()
+            last_report = -1e9
+            ctx.steps_hint = None
+            gen = recipe.train_epoch(ctx, epoch)
+            interrupted_mid = False
+            try:
+                for result in gen:
+                    global_step += 1
+                    steps_per_epoch = ctx.steps_hint or steps_per_epoch
+                    stats.add(result, fallback_n=0)
+                    stopping = distributed.any_rank(stop.requested is not None, info)
+                    now = time.monotonic()
+                    if info.is_main and (now - last_report >= progress_interval or stats.steps == 1):
+                        last_report = now
+                        elapsed = now - t_epoch
+                        loss, acc, extra = stats.means()
+                        ips = stats.images * info.world_size / elapsed if elapsed > 0 else None
+                        rate = (step_time_total + elapsed) / (steps_this_run + stats.steps)
+                        remaining = None
+                        if steps_per_epoch:
+                            remaining = ((steps_per_epoch - stats.steps)
+                                         + (total_epochs - epoch - 1) * steps_per_epoch) * rate
+                        reporter.emit({"event": "step", "time": time.time(), "epoch": epoch + 1,
+                                       "epochs": total_epochs, "step": stats.steps, "steps": steps_per_epoch,
+                                       "global_step": global_step, "loss": loss, "accuracy": acc,
+                                       "lr": _first_lr(optimizers), "images_per_s": ips, "eta_s": remaining,
+                                       "extra": extra})
+                    if stopping:
+                        stop.requested = stop.requested or "SIGINT"
+                        interrupted_mid = True
+                        break
+            finally:
+                gen.close()
+            epoch_time = time.monotonic() - t_epoch
+            if interrupted_mid:
+                stop_name, status = stop.requested, "interrupted"
+                if info.is_main:
+                    save_checkpoint(checkpoint_state(epoch, True, last_val), ckpt_path)
+                break
+            step_time_total += epoch_time
+            steps_this_run += stats.steps
+            steps_per_epoch = stats.steps or steps_per_epoch
+
+            # one collective per epoch: the train means over all ranks
+            loss_sum = _num(stats.loss_sum) if stats.steps else 0.0
+            extra_keys = sorted(stats.extra)
+            sums = distributed.all_reduce_sum(
+                [loss_sum, stats.steps, _num(stats.correct), stats.n, stats.images]
+                + [_num(stats.extra[k]) for k in extra_keys], info)
+            n_steps = sums[1] or 1.0
+            train_loss = sums[0] / n_steps if sums[1] else None
+            train_acc = sums[2] / sums[3] if sums[3] else None
+            extra_means = {k: sums[5 + i] / n_steps for i, k in enumerate(extra_keys)}
+            images_per_s = sums[4] / epoch_time if epoch_time > 0 else None
+            lr = _first_lr(optimizers)
+
+            t_eval = time.monotonic()
+            val = dict(recipe.evaluate(ctx, epoch) or {})
+            recipe.end_epoch(ctx, epoch)
+            eval_time = time.monotonic() - t_eval
+            last_val = val
+
+            improved = False
+            acc_now = val.get("val_accuracy")
+            if isinstance(acc_now, (int, float)) and (best_acc is None or acc_now > best_acc):
+                best_acc, improved = float(acc_now), True
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc}
+            row.update({f"train_{k}": v for k, v in extra_means.items()})
+            row.update({k: v for k, v in val.items() if isinstance(v, (int, float))})
+            row.update({"lr": lr, "images_per_s": images_per_s, "epoch_time_s": epoch_time,
+                        "eval_time_s": eval_time})
+            history.append(row)
+
+            curves_path = None
+            if info.is_main:
+                ckpt = checkpoint_state(epoch + 1, False, val)
+                save_checkpoint(ckpt, ckpt_path)
+                if improved:
+                    save_checkpoint(ckpt, best_path)
+                try:
+                    curves_path, _ = write_curves(history, out_dir, title=recipe.name)
+                except Exception as exc:  # noqa: BLE001 - a plotting failure must not lose a training run
+                    ctx.log(f"warning: could not write training curves: {exc}")
+            per_epoch = (step_time_total / max(1, steps_this_run)) * (steps_per_epoch or 0) + eval_time
+            reporter.emit({"event": "epoch", "time": time.time(), "epoch": epoch + 1, "epochs": total_epochs,
+                           "global_step": global_step, "loss": train_loss, "accuracy": train_acc,
+                           "extra": extra_means, "val": val, "lr": lr, "images_per_s": images_per_s,
+                           "epoch_time_s": epoch_time, "eta_s": per_epoch * (total_epochs - epoch - 1),
+                           "checkpoint": str(ckpt_path), "best": improved,
+                           "best_path": str(best_path) if best_acc is not None else None,
+                           "best_val_accuracy": best_acc, "curves": str(curves_path) if curves_path else None})
+            distributed.barrier(info)
+        else:
+            if stop.requested:
+                stop_name, status = stop.requested, "interrupted"
+
+    done = len(history)
+    if status == "interrupted":
+        message = (f"stopped by {stop_name} after {done}/{total_epochs} completed epochs; checkpoint saved to "
+                   f"{ckpt_path}; run the same command with --resume to continue")
+    else:
+        message = (f"finished {done}/{total_epochs} epochs in {format_duration(wall())}; checkpoint {ckpt_path}"
+                   + (f", best val_accuracy {best_acc:.4f} in {best_path}" if best_acc is not None else ""))
+    end = {"event": "end", "time": time.time(), "status": status, "message": message, "epoch": done,
+           "epochs": total_epochs, "checkpoint": str(ckpt_path),
+           "best_path": str(best_path) if best_acc is not None else None, "best_val_accuracy": best_acc,
+           "wall_time_s": wall(), "metrics": last_val, "global_step": global_step}
+    reporter.emit(end)
+    return end

@@ -1,0 +1,106 @@
+"""Turn a training checkpoint into a shipped weights entry: ``<name>.pt`` + ``<name>.json`` (+ ``.md``).
+
+The ``.pt`` holds only ``modules["model"]``'s state dict, with floating-point *parameters* in fp16
+(half the size; the app and ``load_weights`` upcast on load). Buffers are kept as trained:
+BatchNorm running variances can be tiny and fp16 would flush them to zero or lose precision, and
+integer buffers (``num_batches_tracked``) must stay integers. After writing, the entry is loaded
+back through :func:`ferkit.models.weights.load_weights` and its logits compared with the
+checkpoint's fp32 model on a fixed random batch, so a broken export never ships silently.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from ferkit.models.weights import Weights, load_weights
+from ferkit.paths import weights_dir
+from ferkit.training.checkpoint import load_checkpoint
+from ferkit.utils.io import atomic_torch_save, atomic_write_text
+
+#: largest accepted |logit difference| after the fp16 round trip, relative to the logits' scale
+ROUND_TRIP_RTOL = 1e-2
+
+
+def half_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp16 copies of the floating-point parameters; buffers and integer tensors untouched."""
+    params = {name for name, _ in model.named_parameters()}
+    return {k: (v.half() if k in params and v.is_floating_point() else v).clone() for k, v in state.items()}
+
+
+def default_card_md(w: Weights) -> str:
+    """A factual model card from the entry's metadata (no claims beyond what it records)."""
+    p = w.preprocessing
+    metrics = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                        for k, v in w.metrics.items()) or "| (none recorded) | |"
+    wall = f"{w.wall_time_s:.0f} s" if w.wall_time_s is not None else "not recorded"
+    return (f"# {w.name}\n\n"
+            f"- architecture: `{w.architecture}` {json.dumps(w.model_cfg) if w.model_cfg else ''}\n"
+            f"- classes ({len(w.classes)}): {', '.join(w.classes)}\n"
+            f"- input: {p.input_size}x{p.input_size} {'gray' if p.grayscale else 'RGB'}, "
+            f"(x/255 - {p.mean}) / {p.std}, alignment `{p.alignment}`\n"
+            f"- data: {w.data or 'not recorded'}\n"
+            f"- recipe: `{w.recipe or 'not recorded'}`, epochs: {w.epochs}\n"
+            f"- hardware: {w.hardware or 'not recorded'}, training wall time: {wall}\n\n"
+            f"## Metrics\n\n| metric | value |\n|---|---|\n{metrics}\n\n"
+            f"{w.notes}\n")
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return model(x).logits.float()
+
+
+def export_weights(checkpoint_path: Union[str, Path], name: str, out_dir: Union[str, Path, None] = None,
+                   metrics: Optional[dict[str, Any]] = None, fp16: bool = True, card_md: Optional[str] = None,
+                   notes: Optional[str] = None, keep_training_metrics: bool = True) -> dict[str, Any]:
+    """Write ``out_dir/<name>.pt`` and ``<name>.json`` (and ``<name>.md``); return paths + check.
+
+    ``metrics`` (e.g. ``{"fer2013valid_accuracy_majority": 0.843}`` from ``ferkit eval``) are merged
+    over the checkpoint's own (``keep_training_metrics=False`` drops those). ``card_md`` is the
+    human model card; without it an existing ``<name>.md`` is left alone and a missing one is
+    generated from the metadata.
+    """
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"invalid weights name {name!r}: use a plain file stem like 'tfe-jl'")
+    out = Path(out_dir) if out_dir is not None else weights_dir()
+    ckpt = load_checkpoint(Path(checkpoint_path))
+    meta = dict(ckpt["weights_meta"])
+    meta["name"] = name
+    meta["file"] = f"{name}.pt"
+    meta["metrics"] = {**(meta.get("metrics") or {} if keep_training_metrics else {}), **(metrics or {})}
+    if notes is not None:
+        meta["notes"] = notes
+    w = Weights.from_dict(meta)
+
+    model = w.build_model()
+    state = ckpt["modules"]["model"]
+    model.load_state_dict(state)
+    shipped = half_state_dict(model, state) if fp16 else {k: v.clone() for k, v in state.items()}
+
+    pt_path, json_path, md_path = out / f"{name}.pt", out / f"{name}.json", out / f"{name}.md"
+    atomic_torch_save(shipped, pt_path)
+    w.save_card(json_path)
+    if card_md is not None:
+        atomic_write_text(md_path, card_md)
+    elif not md_path.exists():
+        atomic_write_text(md_path, default_card_md(w))
+
+    # round trip: the shipped entry must give the checkpoint's logits within fp16 tolerance
+    p = w.preprocessing
+    gen = torch.Generator().manual_seed(0)
+    x = p.normalize(torch.randint(0, 256, (4, p.channels, p.input_size, p.input_size), generator=gen,
+                                  dtype=torch.uint8))
+    ref = _logits(model, x)
+    loaded = load_weights(json_path, device="cpu")
+    got = _logits(loaded.model, x)
+    diff = float((ref - got).abs().max())
+    scale = float(ref.abs().max()) + 1.0
+    if not diff <= ROUND_TRIP_RTOL * scale:
+        raise RuntimeError(f"export check failed for {json_path}: logits differ by {diff:.3g} "
+                           f"(allowed {ROUND_TRIP_RTOL * scale:.3g}); the files were written but must not ship")
+    return {"pt": str(pt_path), "json": str(json_path), "md": str(md_path), "max_logit_diff": diff,
+            "bytes": pt_path.stat().st_size, "metrics": w.metrics}

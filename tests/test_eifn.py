@@ -1,0 +1,274 @@
+"""EIFN: bilinear fusion (eqs. 3-4 + signed sqrt + L2) against an explicit loop, the gradient paths of
+the three modes (EIFN / EIFN* / EFN), the loss of eq. 5, and the CK+48 recipe on fixture data."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ferkit.losses.center import CenterLoss
+from ferkit.models.eifn import EIFN, EIFNLoss, bilinear_fusion, signed_sqrt
+from ferkit.models.registry import create_model, list_models
+
+TINY = dict(width=1 / 16, id_dim=8)  # 4..32-channel VGG-16: same graph, test-sized
+
+
+# ---- bilinear fusion ------------------------------------------------------------------------------
+def _fusion_by_loop(xi: torch.Tensor, xe: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eqs. 3-4 written literally: per sample, per location l, vec(I(l) (x) E(l)), summed; then
+    y = sign(F) sqrt(|F| + eps) and z = y / ||y||_2."""
+    b, ci, h, w = xi.shape
+    ce = xe.shape[1]
+    out = []
+    for n in range(b):
+        f = [0.0] * (ci * ce)
+        for r in range(h):
+            for c in range(w):
+                for p in range(ci):
+                    for q in range(ce):
+                        f[p * ce + q] += float(xi[n, p, r, c]) * float(xe[n, q, r, c])
+        y = [math.copysign(math.sqrt(abs(v) + eps), v) if v != 0 else 0.0 for v in f]
+        norm = math.sqrt(sum(v * v for v in y))
+        out.append([v / norm for v in y])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_bilinear_fusion_equals_loop_over_locations() -> None:
+    g = torch.Generator().manual_seed(1)
+    xi = torch.randn(2, 3, 2, 3, generator=g, dtype=torch.float64)  # signed values exercise sign()
+    xe = torch.randn(2, 4, 2, 3, generator=g, dtype=torch.float64)
+    got = bilinear_fusion(xi, xe, eps=1e-8)
+    assert got.shape == (2, 12)
+    assert torch.allclose(got, _fusion_by_loop(xi, xe, 1e-8), atol=1e-12)
+    assert torch.allclose(got.norm(dim=1), torch.ones(2, dtype=torch.float64))
+
+
+def test_bilinear_fusion_hand_numbers() -> None:
+    # one location: I = (1, 2), E = (3,) -> F = (3, 6); sqrt -> (sqrt3, sqrt6); norm = 3
+    xi = torch.tensor([[[[1.0]], [[2.0]]]])
+    xe = torch.tensor([[[[3.0]]]])
+    got = bilinear_fusion(xi, xe, eps=0.0)
+    assert torch.allclose(got, torch.tensor([[math.sqrt(3) / 3, math.sqrt(6) / 3]]))
+
+
+def test_signed_sqrt_keeps_sign_and_zero() -> None:
+    x = torch.tensor([-4.0, 0.0, 9.0], requires_grad=True)
+    y = signed_sqrt(x, eps=0.0)
+    assert torch.allclose(y, torch.tensor([-2.0, 0.0, 3.0]))
+    signed_sqrt(x, eps=1e-8).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_fusion_rejects_mismatched_maps() -> None:
+    with pytest.raises(ValueError, match="same batch and spatial size"):
+        bilinear_fusion(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 3, 3))
+
+
+# ---- model ----------------------------------------------------------------------------------------
+def test_registered_and_output_shapes() -> None:
+    assert "eifn" in list_models()
+    model = create_model("eifn", num_classes=7, num_subjects=5, **TINY)
+    assert isinstance(model, EIFN) and model.has_identity
+    out = model(torch.randn(3, 1, 64, 64))
+    c = model.identity_extractor.out_channels
+    assert out.logits.shape == (3, 7)
+    assert out.identity.shape == (3, 8)
+    assert out.identity_logits.shape == (3, 5)
+    assert out.embedding.shape == (3, c * c)
+    assert model.map_size == 2  # conv5_3 + ReLU + pool5 on 64x64
+
+
+def test_paper_width_is_vgg16() -> None:
+    model = EIFN(width=1.0)
+    convs = [m for m in model.expression_extractor if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.identity_extractor) == 5
+    assert model.expression_classifier.in_features == 512 * 512
+
+
+def test_wrong_input_size_is_a_clear_error() -> None:
+    model = EIFN(**TINY)
+    with pytest.raises(ValueError, match="expects"):
+        model(torch.randn(1, 1, 48, 48))
+    with pytest.raises(ValueError, match="mode"):
+        EIFN(mode="bogus")
+
+
+# ---- gradient paths of the ablations --------------------------------------------------------------
+def _grads(mode: str, loss_terms: str = "all") -> dict[str, bool]:
+    """Which parameter groups receive a non-zero gradient after one backward of the eq. 5 loss."""
+    torch.manual_seed(0)
+    model = EIFN(num_classes=3, num_subjects=4, mode=mode, **TINY)
+    centre = CenterLoss(4, 8)
+    centre.centers.data.normal_()
+    loss_fn = EIFNLoss(centre, lambda1=0.5, lambda2=2.0, lambda3=1.0, mode=mode)
+    out = model(torch.randn(6, 1, 64, 64))
+    y, s = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 2, 3, 0, 1])
+    total, parts = loss_fn(out, y, s)
+    if loss_terms == "exp":
+        total = F.cross_entropy(out.logits, y)
+    total.backward()
+
+    def nonzero(module: torch.nn.Module) -> bool:
+        return any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in module.parameters())
+
+    return {"id_extractor": nonzero(model.identity_extractor), "exp_extractor": nonzero(model.expression_extractor),
+            "id_head": nonzero(model.identity_fc) or nonzero(model.identity_classifier),
+            "exp_classifier": nonzero(model.expression_classifier), "centres": centre.centers.grad is not None}
+
+
+def test_eifn_expression_loss_reaches_identity_extractor() -> None:
+    g = _grads("eifn", "exp")
+    assert g["id_extractor"] and g["exp_extractor"] and g["exp_classifier"]
+    assert not g["id_head"]  # the FC layers belong to the face branch, not to extractor I
+    assert _grads("eifn")["id_head"]
+
+
+def test_eifn_star_expression_loss_stops_at_identity_maps() -> None:
+    g = _grads("eifn_star", "exp")
+    assert not g["id_extractor"] and g["exp_extractor"] and g["exp_classifier"]
+    full = _grads("eifn_star")
+    assert full["id_extractor"] and full["id_head"]  # trained by L_id alone
+
+
+def test_efn_has_no_identity_supervision() -> None:
+    g = _grads("efn")
+    assert not g["id_head"] and not g["centres"]
+    assert g["id_extractor"] and g["exp_extractor"]  # the second extractor is trained by L_exp only
+
+
+def test_eq5_combines_the_terms() -> None:
+    torch.manual_seed(0)
+    model = EIFN(num_classes=3, num_subjects=4, **TINY)
+    centre = CenterLoss(4, 8)
+    out = model(torch.randn(4, 1, 64, 64))
+    y, s = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 3])
+    l1, l2, l3 = 0.25, 2.0, 6.0
+    total, parts = EIFNLoss(centre, l1, l2, l3, mode="eifn")(out, y, s)
+    expected = (l2 * (F.cross_entropy(out.identity_logits, s) + l1 * 0.5 * out.identity.pow(2).sum(1).mean())
+                + l3 * F.cross_entropy(out.logits, y))
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    total_efn, parts_efn = EIFNLoss(centre, l1, l2, l3, mode="efn")(out, y, None)
+    assert total_efn.item() == pytest.approx(l3 * F.cross_entropy(out.logits, y).item(), rel=1e-6)
+    assert set(parts_efn) == {"L_exp"}
+
+
+# ---- recipe on fixture data -----------------------------------------------------------------------
+class _Ctx:
+    """The few TrainContext members the recipe uses (the engine's own test covers the engine)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.device = torch.device("cpu")
+        self.rank, self.world_size, self.amp, self.seed, self.out_dir = 0, 1, False, 0, out_dir
+
+    def autocast(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def step(self, loss, optimizer, parameters=None, clip_grad=None) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def wrap(self, module):
+        return module
+
+    def batches(self, n_items, batch_size, epoch, shuffle=True, drop_last=True):
+        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(epoch)) if shuffle else torch.arange(n_items)
+        return iter(order.split(batch_size))
+
+    def log(self, message: str) -> None:
+        pass
+
+
+SEQUENCES = (("S010", 1, "anger"), ("S010", 2, "happy"), ("S011", 1, "surprise"), ("S011", 2, "anger"),
+             ("S022", 1, "happy"), ("S022", 2, "surprise"), ("S030", 1, "anger"), ("S031", 1, "happy"))
+
+
+@pytest.fixture()
+def ck_tree(tmp_path: Path) -> Path:
+    from tests.fixtures.datasets import make_ckplus48_tree
+
+    make_ckplus48_tree(tmp_path / "ck", SEQUENCES)
+    return tmp_path / "ck"
+
+
+def _recipe(ck_tree: Path, **opts):
+    from ferkit.recipes.eifn import EIFNCKPlus
+
+    monkey = dict(width=1 / 16, id_dim=8, batch_size=8, lr=0.01)
+    monkey.update(opts)
+    return EIFNCKPlus(ck_tree, monkey)
+
+
+@pytest.mark.parametrize("mode", ["eifn", "eifn_star", "efn"])
+def test_recipe_loss_goes_down_on_a_fixed_batch(ck_tree: Path, tmp_path: Path, mode: str) -> None:
+    recipe = _recipe(ck_tree, mode=mode)
+    ctx = _Ctx(tmp_path)
+    recipe.setup(ctx)
+    x, y, s = recipe.x_train[:8], recipe.y_train[:8], recipe.s_train[:8]
+
+    def fixed_loss() -> float:
+        recipe.model.train()
+        with torch.no_grad():
+            return float(recipe.loss_fn(recipe.model(x), y, s)[0])
+
+    before = fixed_loss()
+    centres_before = recipe.center_loss.centers.clone()
+    for epoch in range(6):
+        results = list(recipe.train_epoch(ctx, epoch))
+        assert results and all(math.isfinite(r.loss) for r in results)
+    assert fixed_loss() < before
+    # centres move only when the identity loss is on (Wen's rule after each step)
+    moved = not torch.equal(recipe.center_loss.centers, centres_before)
+    assert moved == (mode != "efn")
+
+
+def test_recipe_folds_hold_out_whole_subjects(ck_tree: Path, tmp_path: Path) -> None:
+    recipe = _recipe(ck_tree, folds=2, fold=0, split_seed=0)
+    recipe.setup(_Ctx(tmp_path))
+    ds = recipe.load_dataset(ck_tree)
+    from ferkit.evaluation.kfold import subject_kfold
+
+    train_idx, test_idx = subject_kfold(ds.subjects, 2, 0)[0]
+    assert len(recipe.y_train) == len(train_idx) and len(recipe.y_test) == len(test_idx)
+    # identity classes = the training subjects only, re-indexed 0..S-1
+    n_train_subjects = len(set(ds.subjects[torch.as_tensor(train_idx)].tolist()))
+    assert recipe.model.num_subjects == n_train_subjects
+    assert sorted(set(recipe.s_train.tolist())) == list(range(n_train_subjects))
+    metrics = recipe.evaluate(_Ctx(tmp_path), 0)
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert recipe.x_train.shape[-2:] == (64, 64)
+
+
+def test_recipe_fold_options_must_come_together(ck_tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--folds"):
+        _recipe(ck_tree, folds=2).setup(_Ctx(tmp_path))
+
+
+def test_paper_augment_uses_the_paper_angles() -> None:
+    from ferkit.recipes.eifn import paper_augment
+
+    x = torch.rand(64, 1, 16, 16)
+    out = paper_augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.min() >= x.min() - 1e-6 and out.max() <= x.max() + 1e-6
+    # a constant image stays constant under any rotation/flip with border padding
+    flat = torch.full((4, 1, 8, 8), 0.3)
+    assert torch.allclose(paper_augment(flat), flat, atol=1e-6)
+
+
+def test_engine_trains_and_checkpoint_loads_as_weights(ck_tree: Path, tmp_path: Path) -> None:
+    engine = pytest.importorskip("ferkit.training.engine")
+    from ferkit.models.weights import load_weights
+
+    recipe = _recipe(ck_tree, mode="eifn", folds=2, fold=1)
+    end = engine.train(recipe, tmp_path / "run", epochs=1, device="cpu", seed=0, json_lines=False)
+    assert end["status"] == "finished" or end.get("status") in {"completed", "done"}
+    loaded = load_weights(tmp_path / "run" / "checkpoint.pt", device="cpu")
+    assert loaded.weights.architecture == "eifn"
+    assert loaded.weights.preprocessing.input_size == 64
+    out = loaded.model(torch.zeros(1, 1, 64, 64))
+    assert out.logits.shape == (1, len(loaded.weights.classes)) and out.identity is not None

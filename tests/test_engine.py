@@ -1,0 +1,255 @@
+"""The training engine on a tiny real recipe (FER+ fixture tree, CPU): train, resume, signals, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ferkit.training import distributed
+from ferkit.training.checkpoint import FORMAT, load_checkpoint
+from ferkit.training.engine import EngineContext, derive_seed, train
+from ferkit.training.progress import ProgressReporter
+from tests.engine_support import RECIPE_NAME, TinyRecipe
+from tests.fixtures.datasets import make_ferplus_tree
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def fer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ferplus") / "FER2013Train"
+    make_ferplus_tree(root, n=60)  # majority vote keeps 30 of the cycled VOTE_CASES
+    return root
+
+
+def run_inprocess(data: Path, out: Path, epochs: int, resume: bool = False, **options) -> tuple[dict, list[dict]]:
+    events: list[dict] = []
+    end = train(TinyRecipe(data, options), out, epochs=epochs, device="cpu", resume=resume, seed=3,
+                progress_interval=0.0, on_event=events.append, json_lines=False)
+    return end, events
+
+
+def model_state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["modules"]["model"]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["FERKIT_CACHE"] = "off"
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tests.engine_support", "train", RECIPE_NAME, *args]
+
+
+# ---- context pieces ------------------------------------------------------------------------------
+def fake_ctx(rank: int = 0, world: int = 1, seed: int = 0) -> EngineContext:
+    info = distributed.DistInfo(rank, world, rank, torch.device("cpu"))
+    return EngineContext(info, amp=True, seed=seed, out_dir=Path("."), reporter=ProgressReporter(enabled=False))
+
+
+def test_batches_are_seeded_and_sharded_without_overlap() -> None:
+    a = [b.tolist() for b in fake_ctx(seed=1).batches(50, 8, epoch=2)]
+    b = [b.tolist() for b in fake_ctx(seed=1).batches(50, 8, epoch=2)]
+    c = [b.tolist() for b in fake_ctx(seed=1).batches(50, 8, epoch=3)]
+    assert a == b and a != c
+    assert len(a) == 6 and all(len(x) == 8 for x in a)  # drop_last: 50 // 8
+    # two ranks: global batch 8 -> 4 per rank, disjoint, same step count, the same 48 items overall
+    r0 = [b.tolist() for b in fake_ctx(0, 2, seed=1).batches(50, 8, epoch=2)]
+    r1 = [b.tolist() for b in fake_ctx(1, 2, seed=1).batches(50, 8, epoch=2)]
+    assert len(r0) == len(r1) == 6 and all(len(x) == 4 for x in r0 + r1)
+    flat0, flat1 = sum(r0, []), sum(r1, [])
+    assert not set(flat0) & set(flat1) and len(set(flat0 + flat1)) == 48
+    # no drop_last: every item is seen; ranks padded to equal length
+    full = sum((b.tolist() for b in fake_ctx(seed=1).batches(50, 8, epoch=0, drop_last=False)), [])
+    assert sorted(full) == list(range(50))
+    p0 = sum((b.tolist() for b in fake_ctx(0, 2).batches(51, 8, 0, drop_last=False)), [])
+    p1 = sum((b.tolist() for b in fake_ctx(1, 2).batches(51, 8, 0, drop_last=False)), [])
+    assert len(p0) == len(p1) == 26 and set(p0) | set(p1) == set(range(51))
+    assert derive_seed(1, 2) != derive_seed(2, 1)
+
+
+def test_step_updates_parameters_and_clips_gradients() -> None:
+    ctx = fake_ctx()
+    lin = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(lin.parameters(), lr=1.0)
+    before = lin.weight.detach().clone()
+    x = torch.randn(5, 4) * 100
+    loss = lin(x).pow(2).sum()
+    grad = torch.autograd.grad(loss, lin.weight, retain_graph=True)[0]
+    ctx.step(loss, opt, clip_grad=0.5)
+    # with SGD lr=1 the update is the clipped gradient: its global norm (weight + bias) is 0.5
+    delta_w = before - lin.weight.detach()
+    assert torch.allclose(delta_w / delta_w.norm(), grad / grad.norm(), atol=1e-5)
+    assert delta_w.norm() <= 0.5 + 1e-5
+    assert not ctx.amp and isinstance(ctx.autocast(), type(ctx.autocast()))  # CPU: AMP off
+
+
+# ---- training in process -------------------------------------------------------------------------
+def test_train_two_epochs_writes_checkpoints_curves_and_events(fer_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    end, events = run_inprocess(fer_dir, out, epochs=2)
+    assert end["status"] == "completed" and end["epoch"] == 2
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("epoch") == 2
+    steps = [e for e in events if e["event"] == "step"]
+    assert len(steps) == 2 * (30 // 8) and steps[0]["steps"] == 3 and steps[-1]["step"] == 3
+    for e in steps:
+        assert e["loss"] > 0 and 0 <= e["accuracy"] <= 1 and e["lr"] > 0 and e["images_per_s"] > 0
+    ep = [e for e in events if e["event"] == "epoch"]
+    assert ep[0]["epoch"] == 1 and "val_accuracy" in ep[0]["val"] and Path(ep[0]["checkpoint"]).exists()
+    assert abs(ep[1]["lr"] - 0.05 * 0.7) < 1e-9  # StepLR stepped once by end_epoch, lr logged before stepping
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["format"] == FORMAT and ckpt["epoch"] == 2 and ckpt["global_step"] == 6
+    assert ckpt["recipe"] == RECIPE_NAME and ckpt["extra_state"] == {"steps_seen": 6}
+    assert set(ckpt["rng"]) >= {"torch", "numpy", "python"} and "model" in ckpt["schedulers"]
+    meta = ckpt["weights_meta"]
+    assert meta["architecture"] == "test-engine-tinycnn" and meta["epochs"] == 2
+    assert meta["metrics"]["val_accuracy"] == ep[1]["val"]["val_accuracy"] and meta["wall_time_s"] >= 0
+    assert (out / "best.pt").exists()
+    best = load_checkpoint(out / "best.pt")
+    assert best["best_val_accuracy"] == max(e["val"]["val_accuracy"] for e in ep)
+    rows = (out / "curves.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_accuracy") and len(rows) == 3
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.tmp"))
+    # refuses to overwrite a run without --resume
+    with pytest.raises(ValueError, match="--resume"):
+        run_inprocess(fer_dir, out, epochs=2)
+
+
+def test_resume_in_process_matches_uninterrupted(fer_dir: Path, tmp_path: Path) -> None:
+    run_inprocess(fer_dir, tmp_path / "full", epochs=3)
+    run_inprocess(fer_dir, tmp_path / "part", epochs=1)
+    end, events = run_inprocess(fer_dir, tmp_path / "part", epochs=3, resume=True)
+    assert events[0]["start_epoch"] == 1 and events[0]["resumed"] is True
+    assert end["epoch"] == 3
+    a, b = model_state(tmp_path / "full" / "checkpoint.pt"), model_state(tmp_path / "part" / "checkpoint.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    full, part = load_checkpoint(tmp_path / "full" / "checkpoint.pt"), load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert full["history"][-1]["train_loss"] == part["history"][-1]["train_loss"]
+    assert part["extra_state"] == full["extra_state"] and len(part["history"]) == 3
+    assert full["optimizers"]["model"]["state"][0]["momentum_buffer"].equal(
+        part["optimizers"]["model"]["state"][0]["momentum_buffer"])
+
+
+def test_checkpoint_write_is_atomic(fer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "run"
+    run_inprocess(fer_dir, out, epochs=1)
+    good = (out / "checkpoint.pt").read_bytes()
+    real_save = torch.save
+
+    def crashing_save(obj, f, *a, **k):  # writes half a file, then dies like a full disk would
+        real_save(obj, f, *a, **k)
+        with open(f, "r+b") as fh:
+            fh.truncate(100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="disk full"):
+        run_inprocess(fer_dir, out, epochs=2, resume=True)
+    monkeypatch.undo()
+    assert (out / "checkpoint.pt").read_bytes() == good
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_bad_data_is_a_one_line_cli_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(cli("--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")),
+                          capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "label.csv" in lines[0] and lines[0].startswith("ferkit train: error:")
+    assert not (tmp_path / "o").exists()
+    proc = subprocess.run([sys.executable, "-m", "tests.engine_support", "train", "no-such-recipe", "--data", "x"],
+                          capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "unknown recipe" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run([sys.executable, "-m", "tests.engine_support", "train", "--list"],
+                          capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 0 and RECIPE_NAME in proc.stdout
+
+
+# ---- subprocess: kill, signals, torchrun ----------------------------------------------------------
+def read_events_until(proc: subprocess.Popen, predicate, timeout: float = 120) -> list[dict]:
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        events.append(json.loads(line))  # every stdout line must be one JSON object
+        if predicate(events[-1]):
+            return events
+    raise AssertionError(f"condition not reached; events: {events}")
+
+
+def test_sigkill_between_epochs_then_resume_gives_identical_weights(fer_dir: Path, tmp_path: Path) -> None:
+    run_inprocess(fer_dir, tmp_path / "full", epochs=3)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cli("--data", str(fer_dir), "--out", str(out), "--epochs", "3", "--seed", "3",
+                                "--device", "cpu", "--sleep", "0.3", "--progress-interval", "0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=cli_env(), cwd=REPO)
+    try:
+        read_events_until(proc, lambda e: e["event"] == "epoch" and e["epoch"] == 1)
+        proc.kill()
+    finally:
+        proc.wait(timeout=60)
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    end, _ = run_inprocess(fer_dir, out, epochs=3, resume=True)
+    assert end["epoch"] == 3
+    a, b = model_state(tmp_path / "full" / "checkpoint.pt"), model_state(out / "checkpoint.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigint_mid_epoch_saves_and_exits_cleanly(fer_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int"
+    proc = subprocess.Popen(cli("--data", str(fer_dir), "--out", str(out), "--epochs", "3", "--device", "cpu",
+                                "--sleep", "0.5", "--progress-interval", "0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO)
+    try:
+        read_events_until(proc, lambda e: e["event"] == "step" and e["epoch"] == 2 and e["step"] == 1)
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    events = [json.loads(line) for line in rest.splitlines()]
+    assert events[-1]["event"] == "end" and events[-1]["status"] == "interrupted" and events[-1]["epoch"] == 1
+    assert "--resume" in err and "Traceback" not in err
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 1 and ckpt["partial_epoch"] is True and ckpt["global_step"] >= 4
+    end, events = run_inprocess(fer_dir, out, epochs=3, resume=True)
+    assert end["status"] == "completed" and end["epoch"] == 3
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2, 3]
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_gloo(fer_dir: Path, tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path / "ddp"
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "tests.engine_support", "train",
+                           RECIPE_NAME, "--data", str(fer_dir), "--out", str(out), "--epochs", "2",
+                           "--device", "cpu", "--progress-interval", "0"],
+                          capture_output=True, text=True, env=cli_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    start = [e for e in events if e["event"] == "start"]
+    assert len(start) == 1 and start[0]["world_size"] == 2  # rank 0 alone reports
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * (30 // 8)  # global batch 8 = 2 ranks x 4
+    assert not any(k.startswith("module.") for k in ckpt["modules"]["model"])
