@@ -24,7 +24,7 @@ from app.camera import CameraSource, list_cameras, multimedia_problem
 from app.core.analyzer import FrameResult, face_picture, identity_of_picture
 from app.core.enrolment import EnrolmentStore
 from app.core.export import result_records, save_records
-from app.core.models import ModelCache, default_weights, display_name
+from app.core.models import ModelCache, configure_torch_threads, default_weights, display_name
 from app.core.sources import SourceError, folder_images, kind_of, load_image, sample_video
 from app.core.tracking import Smoother
 from app.errors import config_dir, plain_message
@@ -34,6 +34,7 @@ from app.widgets.inspect_panel import InspectPanel
 from app.widgets.panels import ComparisonPanel, IdentityPanel, LivePanel, ScoresPanel, pick_face
 from app.widgets.video_view import VideoView
 from app.workers import AnalyzerConfig, Frame, InferenceWorker, LatestSlot, LatestWinsWorker, VideoCaptureWorker
+from app.qtcompat import emit
 
 log = logging.getLogger("ferkit.app")
 
@@ -66,6 +67,7 @@ class MainWindow(QMainWindow):
 
     def __init__(self, *, device: Optional[str] = None, weights: Optional[str] = None) -> None:
         super().__init__()
+        configure_torch_threads()
         self.setWindowTitle("ferkit — facial expression recognition")
         self.setWindowIcon(icon("ferkit"))
         self.resize(1280, 760)
@@ -287,6 +289,15 @@ class MainWindow(QMainWindow):
     def _fill_comparison(self, checked: list[str]) -> None:
         names = list_weights() + list(self.checkpoints)
         self.compare_panel.set_available(names, {p: display_name(p) for p in names}, checked)
+
+    def compare_panel_names(self) -> list[str]:
+        return [self.compare_panel.list.item(i).data(Qt.ItemDataRole.UserRole)
+                for i in range(self.compare_panel.list.count())]
+
+    def set_comparison(self, keys: list[str]) -> None:
+        """Tick exactly ``keys`` in the comparison list (and reconfigure the worker once)."""
+        self._fill_comparison(list(keys))
+        self._push_config()
 
     def _select_model(self, key: Optional[str], push: bool = True) -> None:
         i = self.model_combo.findData(key) if key else -1
@@ -589,7 +600,7 @@ class MainWindow(QMainWindow):
             if n == 0:
                 self.notify(f"No face was found in {Path(path).name}. In the Inspect tab, tick 'score the whole "
                             "image' to score it anyway.")
-            self.inspect_done.emit(path)
+            emit(self.inspect_done, path)
         elif kind == "enrol":
             name, picture, feature, key = out
             self._add_enrolment(name, picture, feature, key)
@@ -605,7 +616,7 @@ class MainWindow(QMainWindow):
             if path == self.shown_path:
                 self.show_inspected(path)
             self.notify(message, error=True)
-            self.inspect_done.emit(path)
+            emit(self.inspect_done, path)
         else:
             self.notify(message, error=True)
 
@@ -694,7 +705,7 @@ class MainWindow(QMainWindow):
         self.view.set_result(result, self.selected_id)
         self._refresh_panels()
         self._submit_explainers(result)
-        self.result_shown.emit(result)
+        emit(self.result_shown, result)
 
     def _refresh_panels(self) -> None:
         result = self.last_result

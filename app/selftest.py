@@ -40,9 +40,10 @@ def run_selftest(device: str = "auto") -> int:
     from ferkit.paths import resources_dir
 
     from app.core.analyzer import FrameAnalyzer
-    from app.core.models import ModelCache
+    from app.core.models import ModelCache, configure_torch_threads
     from app.core.sources import VideoFile, load_image, sample_image, sample_video
 
+    summary["torch_threads"] = configure_torch_threads()
     summary["resources"] = str(resources_dir())
     summary["device"] = str(resolve_device(device))
     names = list_weights()

@@ -6,6 +6,7 @@ hides it; the jobs belong to :class:`app.training.JobManager`.
 """
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QFileDialog, QFormLayout, QGr
 
 from app.training import Job, JobManager
 from app.widgets.common import Notice
+from app.qtcompat import emit
 
 
 def format_eta(seconds: Optional[float]) -> str:
@@ -113,6 +115,9 @@ class TrainingDialog(QDialog):
         row2.addWidget(self.out, 1)
         row2.addWidget(browse2)
         form.addRow("Output folder", row2)
+        self.extra = QLineEdit()
+        self.extra.setPlaceholderText("recipe options, e.g. --batch-size 64 (ferkit train RECIPE --help)")
+        form.addRow("Extra options", self.extra)
         self.start_button = QPushButton("Validate data and start")
         self.start_button.clicked.connect(self.start_job)
         form.addRow(self.start_button)
@@ -206,6 +211,10 @@ class TrainingDialog(QDialog):
             return "Choose an output folder for the checkpoint."
         cls = get_recipe(name)
         try:
+            shlex.split(self.extra.text())
+        except ValueError as exc:
+            return f"The extra options cannot be read ({exc}); check the quotes."
+        try:
             cls.validate_data(Path(data))
         except DataError as exc:
             return f"This folder does not fit the recipe: {exc}\nExpected: {cls.data_help}"
@@ -220,10 +229,10 @@ class TrainingDialog(QDialog):
             return None
         self.message.say("")
         job = Job(self.recipe.currentText(), Path(self.data.text().strip()), Path(self.out.text().strip()),
-                  int(self.epochs.value()), self.device.currentText())
+                  int(self.epochs.value()), self.device.currentText(), extra=shlex.split(self.extra.text()))
         index = self.manager.add(job)
         self.job_list.setCurrentRow(index)
-        self.job_started.emit(index)
+        emit(self.job_started, index)
         return index
 
     # ---- jobs ------------------------------------------------------------------------------

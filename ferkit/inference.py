@@ -10,6 +10,8 @@ are bound to one thread: make one Predictor per thread.
 """
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -157,7 +159,11 @@ class Predictor:
 
     def __init__(self, weights: Union[str, Path] = DEFAULT_WEIGHTS, device: Union[str, torch.device] = "auto",
                  max_faces: int = 5, min_confidence: float = 0.5, pipeline: Any = None):
-        loaded = load_weights(weights, device)
+        try:
+            loaded = load_weights(weights, device)
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{weights}: cannot be read as ferkit weights or a training checkpoint "
+                             f"({type(exc).__name__}: {exc})") from None
         self.model = loaded.model
         self.weights: Weights = loaded.weights
         self.device = loaded.device

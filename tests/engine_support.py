@@ -70,6 +70,7 @@ class TinyRecipe(Recipe):
         parser.add_argument("--batch-size", type=int, default=8)
         parser.add_argument("--lr", type=float, default=0.05)
         parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step (lets tests signal)")
+        parser.add_argument("--tensor-stats", action="store_true", help="yield StepResult values as tensors")
 
     @classmethod
     def validate_data(cls, data_dir: Path) -> None:
@@ -111,8 +112,12 @@ class TinyRecipe(Recipe):
             self.steps_seen += 1
             if self.opt("sleep", 0.0):
                 time.sleep(float(self.opt("sleep", 0.0)))
-            yield StepResult(loss=float(loss.item()), correct=int((logits.argmax(1) == y).sum()), n=len(y),
-                             extra={"L_ce": float(loss.item())})
+            if self.opt("tensor_stats", False):  # no host sync: the engine reads them when it reports
+                yield StepResult(loss=loss.detach(), correct=(logits.argmax(1) == y).sum(), n=len(y),
+                                 extra={"L_ce": loss.detach()})
+            else:
+                yield StepResult(loss=float(loss.item()), correct=int((logits.argmax(1) == y).sum()), n=len(y),
+                                 extra={"L_ce": float(loss.item())})
 
     @torch.no_grad()
     def evaluate(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
@@ -136,6 +141,14 @@ class TinyRecipe(Recipe):
 
 if RECIPE_NAME not in _RECIPES:
     register_recipe(TinyRecipe)
+
+
+def train_tiny(data: Path, out: Path, epochs: int = 2, **options: Any) -> Path:
+    """Train the tiny recipe in process (quietly); returns ``out/checkpoint.pt``."""
+    from ferkit.training.engine import train
+
+    train(TinyRecipe(data, options), out, epochs=epochs, device="cpu", seed=0, json_lines=False)
+    return Path(out) / "checkpoint.pt"
 
 
 if __name__ == "__main__":

@@ -201,3 +201,11 @@ def test_real_ckplus48(shared_data, monkeypatch):
     monkeypatch.delenv("FERKIT_CACHE")
     ds = load_ckplus48(shared_data / "ckplus48")
     assert len(ds) == 981 and ds.num_subjects() == 118 and len(ds.classes) == 7
+
+
+@pytest.mark.parametrize("usage,drop,n", [("Training", True, 28460), ("Training", False, 28556),
+                                          ("PublicTest", True, 3577), ("PublicTest", False, 3579)])
+def test_real_fer2013_counts(shared_data, monkeypatch, usage, drop, n):
+    monkeypatch.delenv("FERKIT_CACHE")
+    ds = load_fer2013(shared_data / "ferplus", usage=usage, drop_ambiguous=drop)
+    assert len(ds) == n and ds.meta["usage"] == [usage]

@@ -144,6 +144,16 @@ def test_resume_in_process_matches_uninterrupted(fer_dir: Path, tmp_path: Path) 
         part["optimizers"]["model"]["state"][0]["momentum_buffer"])
 
 
+def test_tensor_step_results_give_the_same_numbers(fer_dir: Path, tmp_path: Path) -> None:
+    _, ev_float = run_inprocess(fer_dir, tmp_path / "f", epochs=1)
+    _, ev_tensor = run_inprocess(fer_dir, tmp_path / "t", epochs=1, tensor_stats=True)
+    ef = [e for e in ev_float if e["event"] == "epoch"][0]
+    et = [e for e in ev_tensor if e["event"] == "epoch"][0]
+    assert et["loss"] == pytest.approx(ef["loss"], rel=1e-6) and et["accuracy"] == ef["accuracy"]
+    assert et["extra"]["L_ce"] == pytest.approx(ef["extra"]["L_ce"], rel=1e-6)
+    assert all(isinstance(e["loss"], float) for e in ev_tensor if e["event"] == "step")
+
+
 def test_checkpoint_write_is_atomic(fer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     run_inprocess(fer_dir, out, epochs=1)

@@ -73,8 +73,9 @@ def _fixed_batch_loss_drops(recipe: Any, ctx: LocalContext, steps: int = 15) -> 
     for _ in range(steps):
         loss, _ = recipe._loss(recipe.model(x), y)
         ctx.step(loss, recipe.optimizer)
-        first = float(loss) if first is None else first
-        last = float(loss)
+        value = float(loss.detach())
+        first = value if first is None else first
+        last = value
     return first, last
 
 

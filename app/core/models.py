@@ -95,6 +95,22 @@ class ModelHandle:
         return images.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def configure_torch_threads() -> int:
+    """One intra-op thread per worker (``$FERKIT_APP_TORCH_THREADS`` overrides).
+
+    WHY: the app runs torch from several workers at once (live inference, gates, synthesis) and
+    mediapipe has its own threads. torch's OpenMP pool spin-waits; oversubscribed on a busy
+    2-core machine we measured a 48x48 TFE-JL forward at ~860 ms with 2 threads against ~26 ms
+    with 1. Batch-1 inference of these small nets gains nothing from intra-op threads anyway;
+    the parallelism comes from the workers.
+    """
+    import os
+
+    n = int(os.environ.get("FERKIT_APP_TORCH_THREADS", "1"))
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
 class ModelCache:
     """Loads each (weights, device) once; thread-safe because workers ask for models too."""
 

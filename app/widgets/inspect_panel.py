@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QLabel
 
 from app.core.analyzer import FrameResult
 from app.widgets.common import Notice
+from app.qtcompat import emit
 
 
 class InspectPanel(QWidget):
@@ -27,11 +28,11 @@ class InspectPanel(QWidget):
         row = QHBoxLayout()
         for text, sig in (("Open images…", self.open_requested), ("Open folder…", self.open_folder_requested)):
             b = QPushButton(text)
-            b.clicked.connect(sig.emit)
+            b.clicked.connect(sig)
             row.addWidget(b)
         outer.addLayout(row)
         self.whole = QCheckBox("When no face is found, score the whole image")
-        self.whole.toggled.connect(self.whole_image_changed.emit)
+        self.whole.toggled.connect(self.whole_image_changed)
         outer.addWidget(self.whole)
         self.notice = Notice()
         outer.addWidget(self.notice)
@@ -44,10 +45,10 @@ class InspectPanel(QWidget):
         outer.addWidget(self.table, 1)
         row2 = QHBoxLayout()
         self.export_button = QPushButton("Export all results (CSV/JSON)…")
-        self.export_button.clicked.connect(self.export_requested.emit)
+        self.export_button.clicked.connect(self.export_requested)
         row2.addWidget(self.export_button)
         self.save_button = QPushButton("Save annotated image…")
-        self.save_button.clicked.connect(self.save_annotated_requested.emit)
+        self.save_button.clicked.connect(self.save_annotated_requested)
         row2.addWidget(self.save_button)
         outer.addLayout(row2)
         self.status: dict[str, str] = {}
@@ -76,7 +77,7 @@ class InspectPanel(QWidget):
 
     def _selected(self, item: Optional[QListWidgetItem], _prev) -> None:
         if item is not None:
-            self.image_selected.emit(item.data(Qt.ItemDataRole.UserRole))
+            emit(self.image_selected, item.data(Qt.ItemDataRole.UserRole))
 
     def select_first(self) -> None:
         if self.files.count():

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFo
 from app.core.analyzer import FaceResult, FrameResult
 from app.core.tracking import SMOOTHING_MODES, Smoother
 from app.widgets.common import Notice, ScoreBars, qcolour
+from app.qtcompat import emit
 
 
 def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[FaceResult]:
@@ -92,7 +93,7 @@ class ComparisonPanel(QWidget):
         outer.addWidget(QLabel("Compare the selected model with (tick one or more):"))
         self.list = QListWidget()
         self.list.setMaximumHeight(110)
-        self.list.itemChanged.connect(lambda _i: self.models_changed.emit(self.checked()))
+        self.list.itemChanged.connect(lambda _i: emit(self.models_changed, self.checked()))
         outer.addWidget(self.list)
         self.agreement = QLabel("")
         self.agreement.setWordWrap(True)
@@ -179,10 +180,10 @@ class IdentityPanel(QWidget):
         row.addWidget(self.name, 1)
         self.enrol_button = QPushButton("Enrol selected face")
         self.enrol_button.setToolTip("Store the identity feature of the selected face (Ctrl+E)")
-        self.enrol_button.clicked.connect(lambda: self.enrol_face.emit(self.name.text()))
+        self.enrol_button.clicked.connect(lambda: emit(self.enrol_face, self.name.text()))
         row.addWidget(self.enrol_button)
         self.image_button = QPushButton("From image…")
-        self.image_button.clicked.connect(lambda: self.enrol_image.emit(self.name.text()))
+        self.image_button.clicked.connect(lambda: emit(self.enrol_image, self.name.text()))
         row.addWidget(self.image_button)
         outer.addLayout(row)
         outer.addWidget(QLabel("Enrolled:"))
@@ -194,7 +195,7 @@ class IdentityPanel(QWidget):
         rm.clicked.connect(self._remove)
         row2.addWidget(rm)
         clr = QPushButton("Remove all")
-        clr.clicked.connect(self.clear_all.emit)
+        clr.clicked.connect(self.clear_all)
         row2.addWidget(clr)
         row2.addStretch(1)
         outer.addLayout(row2)
@@ -208,7 +209,7 @@ class IdentityPanel(QWidget):
     def _remove(self) -> None:
         item = self.enrolled.currentItem()
         if item is not None:
-            self.remove_name.emit(item.data(Qt.ItemDataRole.UserRole))
+            emit(self.remove_name, item.data(Qt.ItemDataRole.UserRole))
 
     def set_model(self, name: Optional[str], has_identity: bool, threshold: Optional[float]) -> None:
         self.has_identity = has_identity
@@ -300,12 +301,12 @@ class LivePanel(QWidget):
         self.mode.currentTextChanged.connect(lambda _t: self._emit_smoother())
         self.alpha.valueChanged.connect(lambda _v: self._emit_smoother())
         self.window.valueChanged.connect(lambda _v: self._emit_smoother())
-        self.max_faces.valueChanged.connect(self.max_faces_changed.emit)
-        self.device.currentTextChanged.connect(self.device_changed.emit)
-        self.interval.valueChanged.connect(self.explain_interval_changed.emit)
+        self.max_faces.valueChanged.connect(self.max_faces_changed)
+        self.device.currentTextChanged.connect(self.device_changed)
+        self.interval.valueChanged.connect(self.explain_interval_changed)
 
     def smoother(self) -> Smoother:
         return Smoother(self.mode.currentText(), float(self.alpha.value()), int(self.window.value()))
 
     def _emit_smoother(self) -> None:
-        self.smoothing_changed.emit(self.smoother())
+        emit(self.smoothing_changed, self.smoother())

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from app.core.analyzer import FrameResult
 from app.widgets.common import qcolour, to_qimage
+from app.qtcompat import emit
 
 
 class VideoView(QWidget):
@@ -103,9 +104,10 @@ class VideoView(QWidget):
             fm = p.fontMetrics()
             tw, th = fm.horizontalAdvance(text) + 8, fm.height() + 4
             ty = r.top() - th if r.top() - th >= target.top() else r.top()
-            p.fillRect(QRectF(r.left(), ty, tw, th), colour)
+            tx = max(target.left(), min(r.left(), target.right() - tw))  # keep the label inside the picture
+            p.fillRect(QRectF(tx, ty, tw, th), colour)
             p.setPen(QColor(0, 0, 0) if colour.lightness() > 128 else QColor(255, 255, 255))
-            p.drawText(QPointF(r.left() + 4, ty + th - fm.descent() - 2), text)
+            p.drawText(QPointF(tx + 4, ty + th - fm.descent() - 2), text)
 
     def track_at(self, x: float, y: float) -> Optional[int]:
         if self.result is None or self._image is None:
@@ -122,5 +124,5 @@ class VideoView(QWidget):
     def mousePressEvent(self, event) -> None:
         tid = self.track_at(event.position().x(), event.position().y())
         if tid is not None:
-            self.face_clicked.emit(tid)
+            emit(self.face_clicked, tid)
         super().mousePressEvent(event)

@@ -14,7 +14,13 @@ from typing import Optional, Sequence
 # one entry per subcommand module in ferkit/cli/ (add yours here)
 COMMAND_MODULES: list[str] = [
     "train",
+    "models",
+    "predict",
+    "eval",
+    "export_weights",
     "cv",
+    "export_onnx",
+    "prepare",
 ]
 
 #: exception types that mean "the user's input was wrong", not "ferkit has a bug"

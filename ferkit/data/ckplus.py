@@ -35,6 +35,10 @@ def load_ckplus48(root: Union[str, Path], size: Optional[int] = None, grayscale:
     ``root`` may be the ``CK+48`` folder or its parent. A file whose name is not
     ``S###_###_########`` is an error (it would get no subject, breaking subject-independent folds).
     """
+    from ferkit.data.prepared import is_prepared, load_prepared
+
+    if is_prepared(root):  # the output of `ferkit prepare ckplus48 ...`
+        return load_prepared(root, size=size, grayscale=grayscale)
     root, classes, entries = _scan(root)
     subject_names = sorted({s for _, _, s, _ in entries})
     index = {s: i for i, s in enumerate(subject_names)}

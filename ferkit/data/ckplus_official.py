@@ -13,7 +13,7 @@ Subjects are the ``S###`` folders (118 people), for subject-independent folds.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError

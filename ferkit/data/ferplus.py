@@ -112,10 +112,13 @@ def read_label_csv(label_csv: Union[str, Path]) -> list[tuple[str, np.ndarray, i
 
 
 def resolve_split(folder: Union[str, Path], split: Optional[str] = None) -> Path:
-    """``folder`` itself if it holds label.csv, else its FER2013Train/Valid/Test child for ``split``."""
+    """``folder`` itself if it holds label.csv (or is a prepared FER+ folder), else its
+    FER2013Train/Valid/Test child for ``split``."""
     folder = Path(folder)
     if split is not None:
         folder = folder / SPLITS.get(split.lower(), split)
+    if (folder / "manifest.json").is_file() and not (folder / "label.csv").is_file():
+        return folder  # a `ferkit prepare ferplus` output; load_ferplus reads it
     if not (folder / "label.csv").is_file():
         children = [c for c in SPLITS.values() if (folder / c / "label.csv").is_file()]
         hint = (f"it holds {', '.join(children)}: pass one of those folders" if children
@@ -134,6 +137,15 @@ def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Option
     """
     if vote not in VOTE_RULES:
         raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(VOTE_RULES)}")
+    from ferkit.data.prepared import is_prepared, load_prepared
+
+    if split is None and is_prepared(folder):  # the output of `ferkit prepare ferplus ...`
+        ds = load_prepared(folder, size=size, grayscale=grayscale)
+        if ds.meta.get("vote") != vote:
+            raise DataError(Path(folder) / "manifest.json",
+                            f"prepared with vote rule {ds.meta.get('vote')!r}, {vote!r} was asked for",
+                            hint="prepare again with --vote " + vote)
+        return ds
     folder = resolve_split(folder, split)
     label_csv = folder / "label.csv"
     rows = read_label_csv(label_csv)

@@ -53,7 +53,11 @@ def load_identity_folders(root: Union[str, Path], size: int = 48, grayscale: boo
     ``labels == subjects`` = identity index; ``classes`` = ``subject_names`` = folder names.
     ``min_images`` drops identities with fewer images (verification needs >= 2 per identity).
     """
+    from ferkit.data.prepared import is_prepared, load_prepared
+
     root = Path(root)
+    if is_prepared(root):  # the output of `ferkit prepare identity ...`
+        return load_prepared(root, size=size, grayscale=grayscale)
     groups = list_identity_folders(root, min_images=min_images, max_identities=max_identities)
     files = [f for _, fs in groups for f in fs]
     names = [name for name, _ in groups]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import cv2
 import numpy as np
 import torch
 
@@ -19,7 +20,6 @@ from ferkit.data.cache import cached_dataset
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.images import read_image, to_chw
-import cv2
 
 
 @dataclass

@@ -22,7 +22,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -175,6 +175,3 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:12s} {m['n']:6d} {f[0]} {f[1]} {f[2]}")
     return "\n".join(lines)
 
-
-def _optional(x: Optional[float]) -> Optional[float]:  # pragma: no cover - kept for API symmetry
-    return x

@@ -154,11 +154,12 @@ def box_crop(rgb: np.ndarray, face: DetectedFace, input_size: int, grayscale: bo
 
 def whole_image_face(rgb: np.ndarray, input_size: int, grayscale: bool) -> AlignedFace:
     """Treat the central square of the image as the face (for inputs that already are face crops,
-    or when the user asks to score the whole image); ``score`` is NaN since nothing was detected."""
+    or when the user asks to score the whole image); ``score`` is 0 and ``source`` "whole-image"
+    since nothing was detected (0, not NaN, so JSON output stays valid)."""
     h, w = rgb.shape[:2]
     side = min(h, w)
     x, y = (w - side) // 2, (h - side) // 2
-    face = DetectedFace(box=(x, y, side, side), score=float("nan"), landmarks=np.zeros((0, 2), np.float32),
+    face = DetectedFace(box=(x, y, side, side), score=0.0, landmarks=np.zeros((0, 2), np.float32),
                         left_eye=None, right_eye=None, source="whole-image")
     return box_crop(rgb, face, input_size, grayscale)
 

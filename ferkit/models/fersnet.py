@@ -16,8 +16,7 @@ Two streams over the same gray face:
 
 Choices the paper leaves open (written down so they can be changed knowingly): the hidden width
 of f_cls (``fc_dim``, ReLU between the two layers); f_tra maps E -> C x (s/2) x (s/2) by FC, then
-ReLU, one transposed conv, BN, ReLU (s = encoder output side, so input sides are multiples of
-32); the decoder ends with a 3x3 conv to the image channels and tanh, which is exactly the
+ReLU, one transposed conv, BN, ReLU (s = encoder output side; see :class:`LabelTransformer`); the decoder ends with a 3x3 conv to the image channels and tanh, which is exactly the
 normalised input range of the shipped preprocessing (mean 0.5, std 0.5 -> [-1, 1]).
 
 Ablations (paper Table VI), as constructor options:
@@ -74,19 +73,27 @@ def decoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class LabelTransformer(nn.Module):
-    """f_tra: one-hot target [B, E] -> feature map [B, C, s, s] (the FES encoder's output size)."""
+    """f_tra: one-hot target [B, E] -> feature map [B, C, s, s] (the FES encoder's output size).
+
+    FC to a smaller map, then one transposed convolution up to s: 2x2 stride 2 (as in the decoder)
+    from s/2 when s is even, 3x3 stride 1 from s-2 when s is odd (48x48 faces give s = 3).
+    """
 
     def __init__(self, num_classes: int, channels: int, side: int) -> None:
         super().__init__()
-        if side % 2:
-            raise ValueError(f"the encoder output side must be even (got {side}); use an input size divisible by 32")
-        self.channels, self.half = channels, side // 2
-        self.fc = nn.Linear(num_classes, channels * self.half * self.half)
-        self.up = nn.Sequential(nn.ConvTranspose2d(channels, channels, 2, stride=2, bias=False),
-                                nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        if side < 1:
+            raise ValueError(f"encoder output side must be positive, got {side}")
+        self.channels = channels
+        if side % 2 == 0:
+            self.start, up = side // 2, nn.ConvTranspose2d(channels, channels, 2, stride=2, bias=False)
+        else:
+            self.start, up = max(1, side - 2), nn.ConvTranspose2d(channels, channels, 3 if side > 1 else 1,
+                                                                  stride=1, bias=False)
+        self.fc = nn.Linear(num_classes, channels * self.start * self.start)
+        self.up = nn.Sequential(up, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
     def forward(self, onehot: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.fc(onehot)).view(-1, self.channels, self.half, self.half)
+        x = F.relu(self.fc(onehot)).view(-1, self.channels, self.start, self.start)
         return self.up(x)
 
 
@@ -96,9 +103,8 @@ class FERSNet(FerModel):
     def __init__(self, num_classes: int = 7, *, in_channels: int = 1, input_size: int = 96, width: int = 256,
                  fc_dim: int = 512, mtl: bool = True, convflu: bool = True) -> None:
         super().__init__()
-        if input_size % 32:
-            raise ValueError(f"FERSNet input_size must be a multiple of 32 (four pools + an even bottleneck), "
-                             f"got {input_size}")
+        if input_size % 16:
+            raise ValueError(f"FERSNet input_size must be a multiple of 16 (four 2x2 poolings), got {input_size}")
         self.num_classes, self.in_channels, self.input_size, self.width = num_classes, in_channels, input_size, width
         self.mtl = bool(mtl)
         self.convflu = bool(convflu) and self.mtl

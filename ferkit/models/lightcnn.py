@@ -121,6 +121,22 @@ def feature_side(input_size: int) -> int:
     return side
 
 
+def _xavier_caffe(module: nn.Module) -> None:
+    """Caffe's ``xavier`` filler (uniform, variance 1/fan_in, zero bias), as Light CNN was trained with.
+
+    Why not PyTorch's default: MFM keeps the second moment of its input (for two i.i.d. zero-mean
+    halves E[max(a, b)^2] = E[a^2]), so unit-gain weights keep activations at one scale through the
+    11 layers; PyTorch's default (variance 1/(3 fan_in)) shrinks them ~3x per layer and the
+    identity net then barely moves off chance in its first epochs.
+    """
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        fan_in = module.weight[0].numel()
+        bound = math.sqrt(3.0 / fan_in)
+        nn.init.uniform_(module.weight, -bound, bound)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 def _ch(n: int, width: float) -> int:
     return max(1, int(round(n * width)))
 
@@ -172,6 +188,7 @@ class LightCNN9(FerModel):
         else:
             self.dal = DoubleActivation(self.flat_features, self.feature_dim)
             self.ip2 = nn.Linear(self.feature_dim, self.num_classes)
+        self.apply(_xavier_caffe)
 
     def forward(self, x: torch.Tensor, *, return_gates: bool = False) -> ModelOutput:
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:

@@ -104,7 +104,8 @@ class _SupervisedRecipe(Recipe):
                             help="cosine decay to 0 over the run's epochs, or a constant rate")
         parser.add_argument("--warmup-epochs", type=float, default=0.5, help="linear LR warm-up length")
         parser.add_argument("--schedule-epochs", type=int, default=None,
-                            help="epochs the cosine spans (default: --epochs, else the paper's count)")
+                            help="epochs the cosine spans; set it equal to --epochs (default: the engine's "
+                                 "planned epochs when it tells the recipe, else the paper's count)")
         parser.add_argument("--augment", default=None,
                             help=f"comma list of flip,shift,rotation or 'none' (default {cls.default_augment})")
         parser.add_argument("--max-shift", type=float, default=0.08, help="shift range, fraction of the side")
@@ -162,7 +163,9 @@ class _SupervisedRecipe(Recipe):
                                          weight_decay=wd)
         per_rank = max(1, self.batch_size // ctx.world_size)
         self.steps_per_epoch = max(1, len(train) // (per_rank * ctx.world_size))
-        epochs = int(_option(o, "schedule_epochs", None) or _option(o, "epochs", None) or self.default_epochs)
+        # the engine's planned epoch count when it exposes one (ctx.epochs), else the option / paper value
+        epochs = int(_option(o, "schedule_epochs", None) or getattr(ctx, "epochs", None)
+                     or _option(o, "epochs", None) or self.default_epochs)
         total = self.steps_per_epoch * epochs
         warmup = int(float(_option(o, "warmup_epochs", 0.5)) * self.steps_per_epoch)
         if _option(o, "schedule", "cosine") == "cosine":

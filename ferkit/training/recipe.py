@@ -23,7 +23,12 @@ import torch.nn as nn
 
 @dataclass
 class StepResult:
-    """One optimisation step, as the engine aggregates and reports it."""
+    """One optimisation step, as the engine aggregates and reports it.
+
+    ``loss``, ``correct`` and ``extra`` values may also be 0-dim tensors (still on the device):
+    the engine then sums them on the device and reads them only when it reports (every
+    ``progress_interval`` seconds and at the epoch end), saving a host sync per step on a GPU.
+    """
 
     loss: float
     #: correctly classified samples in the batch and batch size (accuracy = correct / n)

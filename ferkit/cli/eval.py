@@ -1,0 +1,39 @@
+"""`ferkit eval (--weights NAME | --checkpoint PATH) --data DIR [--json] [--vote ...] [--report DIR]`.
+
+Accuracy of weights on a folder of already-cropped labelled faces (FER+ split, CK+48, or a
+prepared dataset): ``--json`` prints ``{"accuracy", "n", "per_class", "confusion", "vote_rule",
+"data", ...}``; ``--report DIR`` also writes ``confusion.png``, ``per_class.csv`` and ``eval.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    from ferkit.cli.predict import add_weights_arguments
+
+    p = subparsers.add_parser("eval", help="accuracy of weights on a labelled folder of face crops",
+                              description="Evaluate weights on a FER+ split folder, CK+48 or a prepared dataset.")
+    add_weights_arguments(p, default_shipped=False)
+    p.add_argument("--data", required=True, help="FER+ split folder (e.g. ferplus/FER2013Valid), CK+48, or prepared .pt")
+    p.add_argument("--vote", default="majority", choices=["majority", "plurality"], help="FER+ label rule")
+    p.add_argument("--report", default=None, metavar="DIR", help="write confusion.png, per_class.csv, eval.json here")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ferkit.cli.predict import resolve_weights
+    from ferkit.evaluation.evaluate import evaluate, format_table
+
+    result = evaluate(resolve_weights(args), args.data, vote=args.vote, device=args.device, report_dir=args.report)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+        if args.report:
+            print(f"report: {', '.join(result['report'].values())}")
+    return 0

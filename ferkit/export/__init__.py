@@ -1,0 +1,1 @@
+"""Exporting trained models to other runtimes (ONNX for ONNX Runtime)."""

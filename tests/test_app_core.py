@@ -1,0 +1,190 @@
+"""The app's Qt-free logic: tracking, smoothing, enrolment store, exports, job progress, gates."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+
+from app.core.enrolment import EnrolmentStore, cosine  # noqa: E402
+from app.core.explain import colormap_lut, gate_map, overlay, parse_gate_keys  # noqa: E402
+from app.core.jobs import JobState, cli_command, train_args  # noqa: E402
+from app.core.tracking import FaceTracker, Smoother, iou  # noqa: E402
+
+
+def test_iou_of_known_boxes() -> None:
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+
+
+def test_tracker_keeps_ids_across_frames_and_faces_swapping_order() -> None:
+    tr = FaceTracker()
+    a, b = (10, 10, 50, 50), (200, 20, 60, 60)
+    t1 = tr.update([a, b])
+    ids = [t.id for t in t1]
+    assert ids == [1, 2]
+    # next frame: both moved a little and the detector lists them in the other order
+    t2 = tr.update([(205, 22, 60, 60), (14, 12, 50, 50)])
+    assert [t.id for t in t2] == [2, 1]
+    assert t2[0].colour != t2[1].colour
+    # fast motion: no overlap, but the centroid is close -> same id
+    t3 = tr.update([(40, 12, 50, 50)])
+    assert t3[0].id == 1
+
+
+def test_tracker_drops_lost_tracks_and_gives_a_new_id() -> None:
+    tr = FaceTracker(max_missed=2)
+    tr.update([(0, 0, 20, 20)])
+    for _ in range(3):
+        tr.update([])
+    assert tr.update([(0, 0, 20, 20)])[0].id == 2
+
+
+def test_ema_and_window_smoothing_follow_their_equations() -> None:
+    xs = [np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([0.5, 0.5])]
+    ema = Smoother("ema", alpha=0.25).new_state()
+    expect = xs[0]
+    assert np.allclose(ema.update(xs[0]), expect)
+    for x in xs[1:]:
+        expect = 0.25 * x + 0.75 * expect  # s_t = a x_t + (1 - a) s_{t-1}
+        assert np.allclose(ema.update(x), expect)
+    win = Smoother("window", window=2).new_state()
+    outs = [win.update(x) for x in xs]
+    assert np.allclose(outs[1], (xs[0] + xs[1]) / 2) and np.allclose(outs[2], (xs[1] + xs[2]) / 2)
+    off = Smoother("off").new_state()
+    assert np.allclose(off.update(xs[1]), xs[1])
+    with pytest.raises(ValueError):
+        Smoother("median")
+
+
+def test_smoothing_is_per_track() -> None:
+    tr = FaceTracker(smoother=Smoother("ema", alpha=0.5))
+    t = tr.update([(0, 0, 20, 20), (100, 0, 20, 20)])
+    assert np.allclose(t[0].smooth("m", np.array([1.0, 0.0]), tr.smoother), [1, 0])
+    assert np.allclose(t[1].smooth("m", np.array([0.0, 1.0]), tr.smoother), [0, 1])
+    t = tr.update([(0, 0, 20, 20), (100, 0, 20, 20)])
+    assert np.allclose(t[0].smooth("m", np.array([0.0, 1.0]), tr.smoother), [0.5, 0.5])
+
+
+def test_enrolment_store_similarity_and_round_trip(tmp_path: Path) -> None:
+    store = EnrolmentStore()
+    face = np.full((40, 30, 3), 7, np.uint8)
+    store.add("ada", face, "tfe-jl", np.array([1.0, 0.0, 0.0]))
+    store.add("ada", face, "tfe-jl", np.array([0.0, 1.0, 0.0]))
+    store.add("bob", face, "tfe-jl", np.array([0.0, 0.0, 1.0]))
+    q = np.array([1.0, 1.0, 0.0])
+    sims = store.similarities(q, "tfe-jl")
+    assert sims["ada"] == pytest.approx(1 / np.sqrt(2))  # best of ada's two pictures
+    assert sims["bob"] == pytest.approx(0.0)
+    assert store.similarities(q, "other-model") == {}  # features of another model are never mixed
+    store.save(tmp_path)
+    again = EnrolmentStore.load(tmp_path)
+    assert again.names() == ["ada", "bob"]
+    assert np.array_equal(again.items()[0].face, face)
+    assert again.similarities(q, "tfe-jl") == pytest.approx(sims)
+    assert again.fill("netb", lambda pic: np.array([pic.mean(), 1.0])) == 3
+    assert again.missing("netb") == []
+    with pytest.raises(ValueError):
+        store.add("  ", face, "tfe-jl", q)
+
+
+def test_damaged_enrolment_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "enrolments.json").write_text("{not json")
+    with pytest.raises(ValueError, match="damaged"):
+        EnrolmentStore.load(tmp_path)
+    assert len(EnrolmentStore.load(tmp_path / "absent")) == 0
+
+
+def test_cosine() -> None:
+    assert cosine(np.array([1, 2]), np.array([2, 4])) == pytest.approx(1.0)
+    assert cosine(np.array([1, 0]), np.array([-1, 0])) == pytest.approx(-1.0)
+    assert cosine(np.zeros(3), np.ones(3)) == 0.0
+
+
+def test_job_state_reads_the_engine_event_stream() -> None:
+    st = JobState("r", Path("out"))
+    lines = [
+        json.dumps({"event": "start", "recipe": "r", "device": "cpu", "epochs": 2, "start_epoch": 0, "steps": 4,
+                    "resumed": False, "time": 0}),
+        "a stray print line",
+        json.dumps({"event": "step", "epoch": 1, "epochs": 2, "step": 2, "steps": 4, "global_step": 2,
+                    "loss": 1.5, "accuracy": 0.25, "lr": 0.1, "images_per_s": 100.0, "eta_s": 12.0}),
+    ]
+    for line in lines:
+        st.feed(line)
+    assert st.status == "running" and st.fraction == pytest.approx((0 + 2 / 4) / 2)
+    assert st.eta_s == 12.0 and st.step_curve == [(2.0, 1.5, 0.25)]
+    assert "a stray print line" in st.log
+    st.feed(json.dumps({"event": "epoch", "epoch": 1, "epochs": 2, "loss": 1.2, "accuracy": 0.5,
+                        "val": {"val_accuracy": 0.4}, "checkpoint": "out/checkpoint.pt", "eta_s": 6.0}))
+    assert st.epoch_curve == [(1, 1.2, 0.5, 0.4)] and st.fraction == pytest.approx(0.5)
+    st.feed(json.dumps({"event": "end", "status": "interrupted", "epoch": 1, "checkpoint": "out/checkpoint.pt",
+                        "message": "stopped"}))
+    assert st.status == "interrupted" and st.checkpoint == "out/checkpoint.pt"
+    st2 = JobState("r", Path("o"))
+    st2.feed(json.dumps({"event": "error", "message": "bad data", "type": "DataError"}))
+    assert st2.status == "failed" and st2.message == "bad data"
+
+
+def test_cli_command_uses_this_python_or_the_frozen_passthrough(monkeypatch) -> None:
+    import sys
+
+    prog, args = cli_command(train_args("a/b", Path("d"), Path("o"), 3, "cpu", True, ["--batch-size", "8"]))
+    assert prog == sys.executable
+    assert args == ["-m", "ferkit.cli", "train", "a/b", "--data", "d", "--out", "o", "--device", "cpu",
+                    "--epochs", "3", "--resume", "--batch-size", "8"]
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    prog, args = cli_command(["models"])
+    assert args == ["--ferkit-cli", "models"]
+
+
+def test_gate_keys_maps_and_overlay() -> None:
+    keys = parse_gate_keys(["z/fes<-fer/2", "r/fer<-fes/1", "r/fer<-fes/2"])
+    assert [(k.gate, k.direction, k.level) for k in keys] == [("r", "fer<-fes", "1"), ("r", "fer<-fes", "2"),
+                                                              ("z", "fes<-fer", "2")]
+    g = np.stack([np.zeros((4, 4)), np.ones((4, 4))])  # channel mean = 0.5 everywhere
+    assert np.allclose(gate_map(g), 0.5)
+    face = np.zeros((8, 8), np.uint8)
+    out = overlay(face, np.ones((4, 4)), alpha=1.0, size=16)
+    assert out.shape == (16, 16, 3) and np.array_equal(out[0, 0], colormap_lut()[255])
+
+
+def test_latest_slot_drops_stale_frames_and_never_grows() -> None:
+    from app.workers import LatestSlot
+
+    slot = LatestSlot()
+    for i in range(100):
+        slot.put(i)
+    assert slot.get(0.01) == 99 and slot.dropped == 99
+    assert slot.get(0.01) is None
+    got = []
+    t = threading.Thread(target=lambda: got.append(slot.get(2.0)))
+    t.start()
+    slot.put("late")
+    t.join(3)
+    assert got == ["late"]
+
+
+def test_export_csv_and_json(tmp_path: Path) -> None:
+    from app.core.analyzer import FaceResult, FrameResult, ModelScores
+    from app.core.export import result_records, save_records
+
+    face = FaceResult(0, 1, (1, 2, 3), (10, 20, 30, 40), 0.9)
+    face.scores["m"] = ModelScores("m", ["a", "b"], np.array([0.25, 0.75]), np.array([0.25, 0.75]))
+    face.similarities = {"ada": 0.5}
+    res = FrameResult(np.zeros((4, 4, 3), np.uint8), [face], "m", {})
+    recs = result_records("x.jpg", res) + result_records("y.jpg", FrameResult(np.zeros((4, 4, 3), np.uint8), [], "m", {}))
+    save_records(recs, tmp_path / "r.csv")
+    save_records(recs, tmp_path / "r.json")
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert rows[0]["m:b"] == "0.75" and rows[0]["m:label"] == "b" and rows[0]["similarity:ada"] == "0.5"
+    assert rows[1]["note"] == "no face found"
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["results"][0]["models"]["m"]["scores"] == {"a": 0.25, "b": 0.75}

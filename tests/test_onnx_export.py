@@ -1,0 +1,131 @@
+"""ONNX export: ONNX Runtime and torch agree (<= 1e-4) for every architecture and every shipped weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ferkit.export.onnx import TOLERANCE, OnnxClassifier, OnnxModel, example_input, export_model, export_weights
+from ferkit.models.registry import create_model, list_models
+from ferkit.models.weights import Preprocessing, Weights, list_weights, load_weights
+
+pytest.importorskip("onnxruntime")
+
+#: small but structurally complete configurations (same layers as the paper sizes, fewer channels)
+FRESH: dict[str, tuple[dict, int]] = {
+    "resnet12_fer": ({}, 48),
+    "resnet18_fer": ({}, 48),
+    "deepid": ({"num_classes": 20}, 48),
+    "tfe_jl": ({"emotion_depth": 12, "num_classes": 7}, 48),
+    "eifn": ({"width": 0.125, "num_subjects": 10}, 64),
+    "netb": ({"width": 0.25, "input_size": 64}, 64),
+    "lightcnn9": ({"width": 0.25, "input_size": 64, "num_classes": 10}, 64),
+    "fersnet_light": ({}, 64),
+    "fersnet": ({"width": 16}, 96),
+}
+
+
+def test_every_registered_architecture_is_covered() -> None:
+    real = {n for n in list_models() if not n.startswith("test-")}
+    assert real <= set(FRESH), f"add a small config for {sorted(real - set(FRESH))}"
+
+
+def _fresh(name: str) -> tuple[torch.nn.Module, Weights]:
+    cfg, size = FRESH[name]
+    torch.manual_seed(0)
+    model = create_model(name, **cfg)
+    for mod in model.modules():  # non-trivial BN statistics, so folding BN into convs is exercised
+        if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 1.5)
+    weights = Weights(name=f"fresh-{name}", architecture=name, classes=[f"c{i}" for i in range(model.num_classes)],
+                      preprocessing=Preprocessing(input_size=size), model_cfg=cfg)
+    return model.eval(), weights
+
+
+@pytest.mark.parametrize("name", sorted(FRESH))
+def test_fresh_model_onnx_matches_torch(name: str, tmp_path: Path) -> None:
+    if name not in list_models():
+        pytest.skip(f"{name} is not registered")
+    model, weights = _fresh(name)
+    result = export_model(model, weights, tmp_path / f"{name}.onnx")
+    assert all(v <= TOLERANCE for v in result.max_abs_diff.values())
+    onnx_model = OnnxModel(result.path, threads=1)
+    with torch.no_grad():
+        probe = model(example_input(weights.preprocessing, 1))
+    assert onnx_model.has_identity == (probe.identity is not None)
+    # dynamic batch axis: batch sizes other than the traced one (2) run and agree
+    for batch in (1, 5):
+        x = example_input(weights.preprocessing, batch, seed=batch + 10)
+        with torch.no_grad():
+            ref = model(x)
+        got = onnx_model(x)
+        assert got.logits.shape == ref.logits.shape
+        assert (got.logits - ref.logits).abs().max() <= TOLERANCE
+        if probe.identity is not None:
+            assert (got.identity - ref.identity).abs().max() <= TOLERANCE
+    # the weights card travels inside the file
+    assert onnx_model.weights.classes == weights.classes
+    assert onnx_model.preprocessing == weights.preprocessing
+
+
+def test_onnx_classifier_predicts_from_uint8(tmp_path: Path) -> None:
+    model, weights = _fresh("resnet12_fer")
+    path = export_model(model, weights, tmp_path / "r12.onnx").path
+    clf = OnnxClassifier(path, threads=1)
+    crops = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = model(weights.preprocessing.normalize(crops)).probabilities
+    out = clf.predict_tensor(crops)
+    assert torch.allclose(out.probabilities, ref, atol=1e-5)
+    scores = clf.predict_scores(crops)
+    assert list(scores[0]) == weights.classes and abs(sum(scores[0].values()) - 1) < 1e-5
+    with pytest.raises(ValueError, match=r"expected uint8 \[N, 1, 48, 48\]"):
+        clf.predict_tensor(torch.zeros(1, 3, 48, 48, dtype=torch.uint8))
+    with pytest.raises(NotImplementedError, match="gate"):
+        clf.model(torch.zeros(1, 1, 48, 48), return_gates=True)
+
+
+def test_identity_export_refused_without_identity(tmp_path: Path) -> None:
+    model, weights = _fresh("resnet12_fer")
+    with pytest.raises(ValueError, match="no identity output"):
+        export_model(model, weights, tmp_path / "x.onnx", identity=True)
+
+
+def test_foreign_onnx_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), str(path), dynamo=False)
+    with pytest.raises(ValueError, match="not written by ferkit export-onnx"):
+        OnnxModel(path)
+    with pytest.raises(FileNotFoundError, match="ferkit export-onnx"):
+        OnnxModel(tmp_path / "missing.onnx")
+
+
+def test_checkpoint_export_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ferkit.cli import main
+
+    model, weights = _fresh("deepid")
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
+    out = tmp_path / "deepid.onnx"
+    assert main(["export-onnx", "--checkpoint", str(ckpt), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outputs"] == ["logits", "identity"] and max(report["max_abs_diff"].values()) <= TOLERANCE
+    assert OnnxModel(out).weights.architecture == "deepid"
+    assert main(["export-onnx", "--weights", "no-such-weights", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("name", list_weights() or ["<none shipped>"])
+def test_shipped_weights_onnx_matches_torch(name: str, tmp_path: Path) -> None:
+    if name == "<none shipped>":
+        pytest.skip("no shipped weights in resources/weights yet")
+    result = export_weights(name, tmp_path / f"{name}.onnx")
+    assert all(v <= TOLERANCE for v in result.max_abs_diff.values()), result.max_abs_diff
+    loaded = load_weights(name, device="cpu")
+    x = example_input(loaded.weights.preprocessing, 4, seed=7)
+    with torch.no_grad():
+        ref = loaded.model(x)
+    got = OnnxModel(result.path)(x)
+    assert (got.logits - ref.logits).abs().max() <= TOLERANCE
