@@ -17,7 +17,6 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from app.workers import Frame, LatestSlot
-from app.qtcompat import emit
 
 
 @dataclass
@@ -86,12 +85,12 @@ class CameraSource(QObject):
         self._session.setCamera(self._camera)
         self._session.setVideoSink(self._sink)
         self._sink.videoFrameChanged.connect(self._on_frame)
-        self._camera.errorOccurred.connect(lambda _err, text: emit(self.failed, 
+        self._camera.errorOccurred.connect(lambda _err, text: self.failed.emit(
             f"The camera '{camera.description}' reported an error: {text}"))
 
     def start(self) -> None:
         self._camera.start()
-        emit(self.started, self.info.description)
+        self.started.emit(self.info.description)
 
     def stop(self) -> None:
         self._sink.videoFrameChanged.disconnect(self._on_frame)

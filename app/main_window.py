@@ -34,7 +34,6 @@ from app.widgets.inspect_panel import InspectPanel
 from app.widgets.panels import ComparisonPanel, IdentityPanel, LivePanel, ScoresPanel, pick_face
 from app.widgets.video_view import VideoView
 from app.workers import AnalyzerConfig, Frame, InferenceWorker, LatestSlot, LatestWinsWorker, VideoCaptureWorker
-from app.qtcompat import emit
 
 log = logging.getLogger("ferkit.app")
 
@@ -600,7 +599,7 @@ class MainWindow(QMainWindow):
             if n == 0:
                 self.notify(f"No face was found in {Path(path).name}. In the Inspect tab, tick 'score the whole "
                             "image' to score it anyway.")
-            emit(self.inspect_done, path)
+            self.inspect_done.emit(path)
         elif kind == "enrol":
             name, picture, feature, key = out
             self._add_enrolment(name, picture, feature, key)
@@ -616,7 +615,7 @@ class MainWindow(QMainWindow):
             if path == self.shown_path:
                 self.show_inspected(path)
             self.notify(message, error=True)
-            emit(self.inspect_done, path)
+            self.inspect_done.emit(path)
         else:
             self.notify(message, error=True)
 
@@ -705,7 +704,7 @@ class MainWindow(QMainWindow):
         self.view.set_result(result, self.selected_id)
         self._refresh_panels()
         self._submit_explainers(result)
-        emit(self.result_shown, result)
+        self.result_shown.emit(result)
 
     def _refresh_panels(self) -> None:
         result = self.last_result

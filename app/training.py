@@ -16,7 +16,6 @@ from typing import Optional
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 from app.core.jobs import JobState, cli_command, train_args
-from app.qtcompat import emit
 
 log = logging.getLogger("ferkit.app")
 
@@ -60,7 +59,7 @@ class JobManager(QObject):
     def add(self, job: Job) -> int:
         self.jobs.append(job)
         index = len(self.jobs) - 1
-        emit(self.job_added, index)
+        self.job_added.emit(index)
         self._start_next()
         return index
 
@@ -95,7 +94,7 @@ class JobManager(QObject):
         job.state.log.append("$ " + " ".join([Path(program).name, *args]))
         log.info("training job %d: %s %s", index, program, args)
         proc.start()
-        emit(self.job_updated, index)
+        self.job_updated.emit(index)
 
     def _read_stdout(self, index: int) -> None:
         job = self.jobs[index]
@@ -103,7 +102,7 @@ class JobManager(QObject):
         *lines, job._stdout_buf = job._stdout_buf.split("\n")
         for line in lines:
             job.state.feed(line)
-        emit(self.job_updated, index)
+        self.job_updated.emit(index)
 
     def _read_stderr(self, index: int) -> None:
         job = self.jobs[index]
@@ -112,7 +111,7 @@ class JobManager(QObject):
             line = line.replace("\x1b[K", "").strip()
             if line:
                 job.state.log.append(line)
-        emit(self.job_updated, index)
+        self.job_updated.emit(index)
 
     def _error(self, index: int, err) -> None:
         job = self.jobs[index]
@@ -120,7 +119,7 @@ class JobManager(QObject):
             job.state.status = "failed"
             job.state.message = f"the training program could not be started ({job.process.errorString()})"
             job.state.log.append(job.state.message)
-            emit(self.job_updated, index)
+            self.job_updated.emit(index)
             self._start_next()
 
     def _finished(self, index: int, code: int) -> None:
@@ -141,9 +140,9 @@ class JobManager(QObject):
         ckpt = Path(st.checkpoint) if st.checkpoint else Path(job.out) / "checkpoint.pt"
         if ckpt.exists():
             st.checkpoint = str(ckpt)
-            emit(self.checkpoint_ready, str(ckpt))
+            self.checkpoint_ready.emit(str(ckpt))
         st.log.append(f"finished: {st.status}" + (f" — {st.message}" if st.message and st.status == "failed" else ""))
-        emit(self.job_updated, index)
+        self.job_updated.emit(index)
         self._start_next()
 
     # ---- control ---------------------------------------------------------------------------
@@ -153,7 +152,7 @@ class JobManager(QObject):
         if job.state.status == "queued":
             job.state.status = "interrupted"
             job.state.log.append("cancelled before it started")
-            emit(self.job_updated, index)
+            self.job_updated.emit(index)
             return
         if job.process is not None and job.process.state() != QProcess.ProcessState.NotRunning:
             job.state.status = "stopping"
@@ -162,7 +161,7 @@ class JobManager(QObject):
             proc = job.process
             QTimer.singleShot(self.kill_after_ms, lambda: proc.kill()
                               if proc.state() != QProcess.ProcessState.NotRunning else None)
-            emit(self.job_updated, index)
+            self.job_updated.emit(index)
 
     def resume(self, index: int) -> int:
         old = self.jobs[index]

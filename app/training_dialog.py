@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QFileDialog, QFormLayout, QGr
 
 from app.training import Job, JobManager
 from app.widgets.common import Notice
-from app.qtcompat import emit
 
 
 def format_eta(seconds: Optional[float]) -> str:
@@ -232,7 +231,7 @@ class TrainingDialog(QDialog):
                   int(self.epochs.value()), self.device.currentText(), extra=shlex.split(self.extra.text()))
         index = self.manager.add(job)
         self.job_list.setCurrentRow(index)
-        emit(self.job_started, index)
+        self.job_started.emit(index)
         return index
 
     # ---- jobs ------------------------------------------------------------------------------

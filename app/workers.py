@@ -26,7 +26,6 @@ from app.core.models import ModelCache
 from app.core.sources import SourceError, VideoFile
 from app.core.tracking import Smoother
 from app.errors import plain_message
-from app.qtcompat import emit
 
 log = logging.getLogger("ferkit.app")
 
@@ -118,9 +117,9 @@ class VideoCaptureWorker(StoppableThread):
         try:
             video = VideoFile(self.path, loop=self.loop)
         except SourceError as exc:
-            emit(self.failed, str(exc))
+            self.failed.emit(str(exc))
             return
-        emit(self.opened, {"path": str(self.path), "fps": video.fps, "frames": video.frame_count})
+        self.opened.emit({"path": str(self.path), "fps": video.fps, "frames": video.frame_count})
         period = 1.0 / video.fps
         due = time.perf_counter()
         try:
@@ -136,14 +135,14 @@ class VideoCaptureWorker(StoppableThread):
                 rgb = video.read()
                 if rgb is None:
                     if video.index < 0:
-                        emit(self.failed, f"{self.path.name} holds no readable frames.")
+                        self.failed.emit(f"{self.path.name} holds no readable frames.")
                     else:
-                        emit(self.ended)
+                        self.ended.emit()
                     return
                 self.frames_read += 1
                 self.slot.put(Frame(rgb, video.index, time.perf_counter(), video.decode_ms))
                 if self.max_frames is not None and self.frames_read >= self.max_frames:
-                    emit(self.ended)
+                    self.ended.emit()
                     return
                 if self.realtime:
                     due += period
@@ -230,8 +229,8 @@ class InferenceWorker(StoppableThread):
         except Exception as exc:  # a damaged checkpoint, a missing file: say so, keep running
             log.exception("loading models failed")
             analyzer.primary, analyzer.comparison = None, []
-            emit(self.failed, plain_message(exc, "The model could not be loaded"))
-        emit(self.models_changed, {
+            self.failed.emit(plain_message(exc, "The model could not be loaded"))
+        self.models_changed.emit({
             "primary": analyzer.primary, "comparison": list(analyzer.comparison), "device": cfg.device})
         return analyzer
 
@@ -254,9 +253,9 @@ class InferenceWorker(StoppableThread):
                         out = fn(analyzer)
                     except Exception as exc:
                         log.exception("job %r failed", tag)
-                        emit(self.job_failed, tag, plain_message(exc, "That could not be done"))
+                        self.job_failed.emit(tag, plain_message(exc, "That could not be done"))
                     else:
-                        emit(self.job_done, tag, out)
+                        self.job_done.emit(tag, out)
                     finally:
                         self.busy = False
                     continue
@@ -269,16 +268,16 @@ class InferenceWorker(StoppableThread):
                                            whole_image_if_no_face=frame.still)
                     res.timings_ms = {"capture": frame.capture_ms, **res.timings_ms}
                     self.processed += 1
-                    emit(self.result, res)
+                    self.result.emit(res)
                 except Exception as exc:
                     log.exception("analysis failed")
-                    emit(self.failed, plain_message(exc, "A frame could not be analysed"))
+                    self.failed.emit(plain_message(exc, "A frame could not be analysed"))
                     self._stop.wait(0.5)
                 finally:
                     self.busy = False
         except Exception as exc:  # pragma: no cover - reported, never raised into Qt
             log.error("inference worker stopped: %s", traceback.format_exc())
-            emit(self.failed, plain_message(exc, "The analysis stopped"))
+            self.failed.emit(plain_message(exc, "The analysis stopped"))
         finally:
             if analyzer is not None:
                 analyzer.close()
@@ -320,8 +319,8 @@ class LatestWinsWorker(StoppableThread):
                 out = self.fn(payload)
             except Exception as exc:
                 log.exception("explainer failed")
-                emit(self.failed, plain_message(exc, "This view could not be computed"))
+                self.failed.emit(plain_message(exc, "This view could not be computed"))
                 continue
             self.last_ms = (time.perf_counter() - last) * 1e3
             self.runs += 1
-            emit(self.done, out)
+            self.done.emit(out)

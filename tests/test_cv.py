@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ferkit.data.ckplus import load_ckplus48
-from ferkit.evaluation.cv import confusion_matrix, run_cv, to_model_input
+from ferkit.evaluation.cv import run_cv, to_model_input
 from ferkit.evaluation.kfold import subject_kfold
 from ferkit.models.weights import Preprocessing
 from ferkit.training.recipe import _RECIPES, Recipe, StepResult, TrainContext, register_recipe
@@ -192,8 +192,3 @@ def test_to_model_input_converts_channels_and_size() -> None:
     rgb = torch.zeros(1, 3, 48, 48, dtype=torch.uint8)
     rgb[:, 1] = 255  # pure green -> luma 0.587
     assert torch.allclose(to_model_input(rgb, gray), torch.full((1, 1, 48, 48), 0.587))
-
-
-def test_confusion_matrix_counts() -> None:
-    cm = confusion_matrix(torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 1, 2, 0]), 3)
-    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]

@@ -16,14 +16,14 @@ pytest.importorskip("onnxruntime")
 #: small but structurally complete configurations (same layers as the paper sizes, fewer channels)
 FRESH: dict[str, tuple[dict, int]] = {
     "resnet12_fer": ({}, 48),
-    "resnet18_fer": ({}, 48),
+    "resnet18_fer": ({}, 32),
     "deepid": ({"num_classes": 20}, 48),
     "tfe_jl": ({"emotion_depth": 12, "num_classes": 7}, 48),
     "eifn": ({"width": 0.125, "num_subjects": 10}, 64),
     "netb": ({"width": 0.25, "input_size": 64}, 64),
     "lightcnn9": ({"width": 0.25, "input_size": 64, "num_classes": 10}, 64),
-    "fersnet_light": ({}, 64),
-    "fersnet": ({"width": 16}, 96),
+    "fersnet_light": ({"width": 8}, 64),
+    "fersnet": ({"width": 8, "input_size": 64}, 64),
 }
 
 

@@ -175,11 +175,16 @@ def test_resnet12_ckplus_holds_out_a_subject_independent_fold(tmp_path: Path) ->
     full = cls.load_dataset(tmp_path / "ck")
     for fold in range(3):
         recipe = cls(tmp_path / "ck", {"folds": 3, "fold": fold, "split_seed": 7, "batch_size": 4, "lr": 0.05})
-        first, last = _fixed_batch_loss_drops(recipe, LocalContext(tmp_path), steps=10)
-        assert last < first
+        if fold == 0:  # train only one fold (CPU time); the split is checked for all
+            first, last = _fixed_batch_loss_drops(recipe, LocalContext(tmp_path), steps=10)
+            assert last < first
+            assert recipe.weights_meta()["architecture"] == "resnet12_fer"
+            train_set, val_set = recipe.train_set, recipe.val_set
+        else:
+            train_set, val_set = recipe._load_split()
         train_idx, test_idx = subject_kfold(full.subjects, 3, 7)[fold]
-        assert recipe.val_set.paths == [full.paths[i] for i in test_idx]
-        assert not set(recipe.train_set.subjects.tolist()) & set(recipe.val_set.subjects.tolist())
-        assert recipe.weights_meta()["architecture"] == "resnet12_fer"
+        assert val_set.paths == [full.paths[i] for i in test_idx]
+        assert train_set.paths == [full.paths[i] for i in train_idx]
+        assert not set(train_set.subjects.tolist()) & set(val_set.subjects.tolist())
     with pytest.raises(ValueError, match="fold"):
         cls(tmp_path / "ck", {"folds": 3, "fold": 3}).setup(LocalContext(tmp_path))

@@ -7,7 +7,6 @@ import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QLinearGradient, QPainter, QPen
 from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
-from app.qtcompat import emit
 
 
 def to_qimage(array: np.ndarray) -> QImage:
@@ -180,5 +179,5 @@ class ImageLabel(QLabel):
         self.setPixmap(pm)
 
     def mousePressEvent(self, event) -> None:
-        emit(self.clicked)
+        self.clicked.emit()
         super().mousePressEvent(event)

@@ -11,7 +11,6 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QLabel
 
 from app.core.analyzer import FrameResult
 from app.widgets.common import Notice
-from app.qtcompat import emit
 
 
 class InspectPanel(QWidget):
@@ -77,7 +76,7 @@ class InspectPanel(QWidget):
 
     def _selected(self, item: Optional[QListWidgetItem], _prev) -> None:
         if item is not None:
-            emit(self.image_selected, item.data(Qt.ItemDataRole.UserRole))
+            self.image_selected.emit(item.data(Qt.ItemDataRole.UserRole))
 
     def select_first(self) -> None:
         if self.files.count():

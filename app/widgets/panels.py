@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFo
 from app.core.analyzer import FaceResult, FrameResult
 from app.core.tracking import SMOOTHING_MODES, Smoother
 from app.widgets.common import Notice, ScoreBars, qcolour
-from app.qtcompat import emit
 
 
 def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[FaceResult]:
@@ -93,7 +92,7 @@ class ComparisonPanel(QWidget):
         outer.addWidget(QLabel("Compare the selected model with (tick one or more):"))
         self.list = QListWidget()
         self.list.setMaximumHeight(110)
-        self.list.itemChanged.connect(lambda _i: emit(self.models_changed, self.checked()))
+        self.list.itemChanged.connect(lambda _i: self.models_changed.emit(self.checked()))
         outer.addWidget(self.list)
         self.agreement = QLabel("")
         self.agreement.setWordWrap(True)
@@ -180,10 +179,10 @@ class IdentityPanel(QWidget):
         row.addWidget(self.name, 1)
         self.enrol_button = QPushButton("Enrol selected face")
         self.enrol_button.setToolTip("Store the identity feature of the selected face (Ctrl+E)")
-        self.enrol_button.clicked.connect(lambda: emit(self.enrol_face, self.name.text()))
+        self.enrol_button.clicked.connect(lambda: self.enrol_face.emit(self.name.text()))
         row.addWidget(self.enrol_button)
         self.image_button = QPushButton("From image…")
-        self.image_button.clicked.connect(lambda: emit(self.enrol_image, self.name.text()))
+        self.image_button.clicked.connect(lambda: self.enrol_image.emit(self.name.text()))
         row.addWidget(self.image_button)
         outer.addLayout(row)
         outer.addWidget(QLabel("Enrolled:"))
@@ -209,7 +208,7 @@ class IdentityPanel(QWidget):
     def _remove(self) -> None:
         item = self.enrolled.currentItem()
         if item is not None:
-            emit(self.remove_name, item.data(Qt.ItemDataRole.UserRole))
+            self.remove_name.emit(item.data(Qt.ItemDataRole.UserRole))
 
     def set_model(self, name: Optional[str], has_identity: bool, threshold: Optional[float]) -> None:
         self.has_identity = has_identity
@@ -309,4 +308,4 @@ class LivePanel(QWidget):
         return Smoother(self.mode.currentText(), float(self.alpha.value()), int(self.window.value()))
 
     def _emit_smoother(self) -> None:
-        emit(self.smoothing_changed, self.smoother())
+        self.smoothing_changed.emit(self.smoother())

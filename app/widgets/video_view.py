@@ -14,7 +14,6 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from app.core.analyzer import FrameResult
 from app.widgets.common import qcolour, to_qimage
-from app.qtcompat import emit
 
 
 class VideoView(QWidget):
@@ -124,5 +123,5 @@ class VideoView(QWidget):
     def mousePressEvent(self, event) -> None:
         tid = self.track_at(event.position().x(), event.position().y())
         if tid is not None:
-            emit(self.face_clicked, tid)
+            self.face_clicked.emit(tid)
         super().mousePressEvent(event)

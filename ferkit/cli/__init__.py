@@ -20,6 +20,7 @@ COMMAND_MODULES: list[str] = [
     "export_weights",
     "cv",
     "export_onnx",
+    "eval_verification",
     "prepare",
 ]
 

@@ -31,9 +31,10 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ferkit.evaluation.kfold import subject_kfold
+from ferkit.evaluation.metrics import confusion
+from ferkit.inference import to_model_input
 from ferkit.models.weights import Preprocessing, load_weights
 from ferkit.training.recipe import Recipe
 from ferkit.utils.io import atomic_write_text
@@ -63,26 +64,6 @@ def fold_dir(out_dir: Path, fold: int) -> Path:
     return Path(out_dir) / f"fold-{fold:02d}"
 
 
-def to_model_input(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` dataset images -> the float input the weights expect.
-
-    Datasets are read at their own size and channel count (CK+48: 48x48 gray); a model may want
-    another (EIFN 64x64, FERSNet 96x96, RGB nets). Channel conversion uses ITU-R 601 luma like
-    OpenCV; resizing is bilinear with antialiasing (area-like when shrinking).
-    """
-    x = images.float().div_(255.0)
-    c = x.shape[1]
-    if prep.grayscale and c == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
-        x = (x * w).sum(1, keepdim=True)
-    elif not prep.grayscale and c == 1:
-        x = x.expand(-1, 3, -1, -1)
-    if x.shape[-2:] != (prep.input_size, prep.input_size):
-        x = F.interpolate(x, size=(prep.input_size, prep.input_size), mode="bilinear", align_corners=False,
-                          antialias=True)
-    return prep.normalize(x)
-
-
 @torch.no_grad()
 def predict_labels(model: torch.nn.Module, images: torch.Tensor, prep: Preprocessing,
                    device: torch.device) -> torch.Tensor:
@@ -92,12 +73,6 @@ def predict_labels(model: torch.nn.Module, images: torch.Tensor, prep: Preproces
         x = to_model_input(images[start:start + EVAL_BATCH].to(device), prep)
         preds.append(model(x).logits.float().argmax(1).cpu())
     return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
-
-
-def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Rows = true class, columns = predicted class, counts."""
-    idx = labels.to(torch.int64) * num_classes + preds.to(torch.int64)
-    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes).numpy()
 
 
 def _checkpoint_progress(path: Path) -> tuple[int, bool]:
@@ -233,7 +208,7 @@ def evaluate_fold(checkpoint: Path, dataset: Any, train_idx: np.ndarray, test_id
     test = torch.as_tensor(test_idx)
     labels = dataset.labels[test]
     preds = predict_labels(loaded.model, dataset.images[test], weights.preprocessing, loaded.device)
-    cm = confusion_matrix(labels, preds, len(classes))
+    cm = confusion(preds.numpy(), labels.numpy(), len(classes))
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     recipe_val = (state.get("last_val") or {}).get("val_accuracy")
     return FoldResult(fold=fold, accuracy=float((preds == labels).float().mean()), n_test=int(len(test_idx)),

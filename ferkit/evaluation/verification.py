@@ -176,22 +176,21 @@ class VerificationResult:
 def evaluate_pairs(scores: ArrayLike, same: ArrayLike, folds: Optional[ArrayLike] = None) -> VerificationResult:
     """The LFW protocol on scored pairs: per fold, threshold from the other folds, accuracy on it.
 
-    ``folds`` gives each pair's fold id (LFW pairs.txt: 10 sets of 300 + 300); without it the
-    result has one "fold" (all pairs) and the accuracy is the best-threshold accuracy.
+    ``folds`` gives each pair's fold id (LFW pairs.txt: 10 sets of 300 + 300); without it (or with
+    a single fold, LFW View 1's pairsDevTest.txt) the result has one "fold" (all pairs) and the
+    accuracy is the best-threshold accuracy on those same pairs (optimistic; say so when reporting).
     """
     s, y = _check(scores, same)
     threshold, best_acc = best_threshold(s, y)
     fold_acc: list[float] = []
     fold_thr: list[float] = []
-    if folds is not None:
-        f = _np(folds, np.int64)
-        if f.shape != s.shape:
-            raise ValueError(f"fold ids {f.shape} do not match the {len(s)} pairs")
+    f = None if folds is None else _np(folds, np.int64)
+    if f is not None and f.shape != s.shape:
+        raise ValueError(f"fold ids {f.shape} do not match the {len(s)} pairs")
+    if f is not None and len(np.unique(f)) > 1:
         for k in np.unique(f):
             test = f == k
             train = ~test
-            if not train.any():
-                raise ValueError("the 10-fold protocol needs at least two folds")
             thr, _ = best_threshold(s[train], y[train])
             fold_thr.append(thr)
             fold_acc.append(accuracy_at(s[test], y[test], thr))
@@ -261,3 +260,146 @@ def draw_balanced_pairs(subjects: ArrayLike, n_pairs: int, seed: int = 0,
     same = np.r_[np.ones(half, dtype=bool), np.zeros(half, dtype=bool)]
     fold = np.r_[np.arange(half) % n_folds, np.arange(half) % n_folds].astype(np.int64)
     return first, second, same, fold
+
+
+# ---------------------------------------------------------------------------------------------
+# from a model and a folder to a result
+EVAL_BATCH = 256
+
+
+@torch.no_grad()
+def identity_features(model: torch.nn.Module, images: torch.Tensor, preprocessing, device: torch.device,
+                      batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Identity features ``[N, D]`` (float32, CPU) of uint8 ``[N, C, H, W]`` images."""
+    from ferkit.inference import to_model_input
+
+    model.eval()
+    feats = []
+    for start in range(0, images.shape[0], batch):
+        out = model(to_model_input(images[start:start + batch].to(device), preprocessing))
+        if out.identity is None:
+            raise ValueError(f"{type(model).__name__} has no identity feature (ModelOutput.identity is None); "
+                             "verification needs an identity-capable model such as deepid, lightcnn9, eifn or tfe-jl")
+        feats.append(out.identity.float().cpu())
+    return torch.cat(feats)
+
+
+def parse_identities(spec: Optional[str], weights_notes: str = "") -> Optional[list[str]]:
+    """``--identities``: ``a,b,c``, ``@file`` (one name per line) or ``heldout`` (read from the weights notes).
+
+    ``heldout`` takes the names after the last colon of the sentence in the weights notes that
+    mentions identities "held out" (how the DeepID recipe records them).
+    """
+    if not spec:
+        return None
+    if spec == "heldout":
+        import re
+
+        m = re.search(r"held out[^:]*:\s*([^\n]+)", weights_notes or "")
+        if not m or m.group(1).strip() in {"", "none"}:
+            raise ValueError("--identities heldout: the weights' notes name no held-out identities; "
+                             "pass the names (a,b,c or @file)")
+        names = [n.strip().rstrip(".") for n in m.group(1).split(",")]
+    elif spec.startswith("@"):
+        from pathlib import Path
+
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise FileNotFoundError(f"--identities {spec}: no such file")
+        names = [ln.strip() for ln in path.read_text().splitlines()]
+    else:
+        names = [n.strip() for n in spec.split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"--identities {spec!r} names no identity")
+    return names
+
+
+def _is_yale(root) -> bool:
+    from pathlib import Path
+
+    root = Path(root)
+    return root.is_dir() and any(p.is_file() and p.name.startswith("subject") for p in root.iterdir()) \
+        and not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+
+
+def load_verification_images(data, preprocessing, identities: Optional[list[str]] = None):
+    """(FaceDataset with subjects, description): a prepared folder, Yale, or identity folders."""
+    from pathlib import Path
+
+    from ferkit.data.identity import load_identity_folders
+    from ferkit.data.prepared import is_prepared, load_prepared
+
+    data = Path(data)
+    size, gray = preprocessing.input_size, preprocessing.grayscale
+    if is_prepared(data):
+        ds = load_prepared(data, size=size, grayscale=gray)
+        desc = f"prepared (detected + aligned) {ds.meta.get('dataset')} at {data}"
+    elif _is_yale(data):
+        from ferkit.data.yale import load_yale
+
+        ds = load_yale(data, size=size, grayscale=gray)
+        desc = f"Yale faces (whole frames resized) at {data}"
+    else:
+        ds = load_identity_folders(data, size=size, grayscale=gray)
+        desc = f"identity folders at {data}"
+    if ds.subjects is None:
+        raise ValueError(f"{data}: the dataset has no identity labels")
+    if identities is not None:
+        names = ds.subject_names or ds.classes
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in identities if n not in index]
+        if missing:
+            raise ValueError(f"--identities: {len(missing)} name(s) not in {data}: {', '.join(missing[:5])}"
+                             + (" ..." if len(missing) > 5 else ""))
+        keep = torch.isin(ds.subjects, torch.tensor([index[n] for n in identities]))
+        ds = ds.subset(keep)
+        desc += f", restricted to {len(identities)} named identities"
+    return ds, desc
+
+
+def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: int = 0,
+                     identities: Optional[str] = None, device: str = "auto", n_folds: int = 10) -> tuple[dict, VerificationResult]:
+    """The whole protocol for ``--weights``/``--checkpoint`` on ``data``: (summary dict, result)."""
+    from pathlib import Path
+
+    from ferkit.models.weights import load_weights
+
+    loaded = load_weights(weights, device=device)
+    prep = loaded.weights.preprocessing
+    # fail before reading any data when the model has no identity feature at all
+    probe = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, dtype=torch.uint8)
+    identity_features(loaded.model, probe, prep, loaded.device)
+    if pairs_file is not None:
+        from ferkit.data.images import read_images
+        from ferkit.data.lfw import find_images_root, read_pairs
+
+        pairs = read_pairs(pairs_file, images_root=find_images_root(data))
+        paths = sorted({p for pair in pairs for p in (pair.first, pair.second)})
+        where = {p: i for i, p in enumerate(paths)}
+        images = read_images(paths, grayscale=prep.grayscale, size=prep.input_size)
+        first = np.array([where[p.first] for p in pairs])
+        second = np.array([where[p.second] for p in pairs])
+        same = np.array([p.same for p in pairs])
+        folds = np.array([p.fold for p in pairs])
+        desc = f"LFW pairs {pairs_file} ({len(set(folds.tolist()))} folds), images {find_images_root(data)}"
+        protocol = ("pairs file: threshold chosen on the other folds, accuracy on each fold"
+                    if len(set(folds.tolist())) > 1 else
+                    "pairs file with one fold: accuracy at the best threshold on the same pairs (optimistic)")
+        n_images, n_ids = len(paths), None
+    else:
+        names = parse_identities(identities, loaded.weights.notes)
+        ds, desc = load_verification_images(data, prep, names)
+        images = ds.images
+        first, second, same, folds = draw_balanced_pairs(ds.subjects, n_pairs, seed=seed, n_folds=n_folds)
+        protocol = (f"balanced pairs drawn with seed {seed} ({n_folds} folds): threshold chosen on the other "
+                    "folds, accuracy on each fold")
+        n_images, n_ids = len(ds), int(torch.unique(ds.subjects).numel())
+    feats = identity_features(loaded.model, images, prep, loaded.device)
+    scores = pair_scores(feats, first, second)
+    result = evaluate_pairs(scores, same, folds)
+    summary = {"weights": loaded.weights.name, "source": loaded.weights.source,
+               "architecture": loaded.weights.architecture, "data": desc, "protocol": protocol,
+               "similarity": "cosine of ModelOutput.identity", "images": n_images, "identities": n_ids,
+               "feature_dim": int(feats.shape[1]), **result.summary()}
+    return summary, result

@@ -102,6 +102,7 @@ def export_model(model: nn.Module, weights: Weights, out: PathLike, opset: int =
     with torch.no_grad(), warnings.catch_warnings():
         # shape checks in forward() are traced as constants: right for a fixed input size
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is chosen on purpose (see above)
         torch.onnx.export(wrapper, (x,), buf, input_names=["input"], output_names=outputs,
                           dynamic_axes={n: {0: "batch"} for n in ["input", *outputs]}, opset_version=opset,
                           do_constant_folding=True, dynamo=False)

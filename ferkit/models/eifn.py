@@ -81,7 +81,7 @@ class EIFN(FerModel):
 
     def __init__(self, num_classes: int = 7, num_subjects: int = 118, in_channels: int = 1,
                  input_size: int = 64, width: float = 1.0, id_dim: int = 512, mode: str = "eifn",
-                 sqrt_eps: float = 1e-8) -> None:
+                 sqrt_eps: float = 1e-8, batch_norm: bool = False) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown EIFN mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -93,8 +93,8 @@ class EIFN(FerModel):
         self.input_size = input_size
         self.mode = mode
         self.sqrt_eps = sqrt_eps
-        self.expression_extractor = vgg_features(in_channels, VGG16_CFG, width)
-        self.identity_extractor = vgg_features(in_channels, VGG16_CFG, width)
+        self.expression_extractor = vgg_features(in_channels, VGG16_CFG, width, batch_norm=batch_norm)
+        self.identity_extractor = vgg_features(in_channels, VGG16_CFG, width, batch_norm=batch_norm)
         channels = self.identity_extractor.out_channels
         side = input_size >> count_pools(VGG16_CFG)
         if side < 1 or input_size % (1 << count_pools(VGG16_CFG)):
@@ -170,7 +170,9 @@ class EIFNLoss(nn.Module):
                               "Recognition. ICME 2019",
                 description="EIFN: VGG-16 expression + identity extractors, bilinear fusion (modes eifn/eifn_star/efn)")
 def eifn(num_classes: int = 7, num_subjects: int = 118, in_channels: int = 1, input_size: int = 64,
-         width: float = 1.0, id_dim: int = 512, mode: str = "eifn", sqrt_eps: float = 1e-8) -> EIFN:
+         width: float = 1.0, id_dim: int = 512, mode: str = "eifn", sqrt_eps: float = 1e-8,
+         batch_norm: bool = False) -> EIFN:
     """Expression-identity fusion network (two VGG-16 extractors, bilinear fusion)."""
     return EIFN(num_classes=num_classes, num_subjects=num_subjects, in_channels=in_channels,
-                input_size=input_size, width=width, id_dim=id_dim, mode=mode, sqrt_eps=sqrt_eps)
+                input_size=input_size, width=width, id_dim=id_dim, mode=mode, sqrt_eps=sqrt_eps,
+                batch_norm=batch_norm)

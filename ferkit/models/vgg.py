@@ -26,8 +26,11 @@ def scaled(channels: int, width: float) -> int:
 
 
 def vgg_features(in_channels: int, cfg: Sequence[Union[int, str]] = VGG16_CFG, width: float = 1.0,
-                 final_pool: bool = True) -> nn.Sequential:
+                 final_pool: bool = True, batch_norm: bool = False) -> nn.Sequential:
     """3x3 conv (padding 1) + ReLU for every number in ``cfg``, 2x2/2 max-pool for every "M".
+
+    ``batch_norm=True`` is the VGG-16-BN variant (BN between each conv and its ReLU), for training
+    from random weights where the original network started from ImageNet weights.
 
     ``final_pool=False`` drops a trailing "M" (for heads that want the conv5_3 map itself).
     The result's ``out_channels`` attribute is the channel count of the last conv.
@@ -47,7 +50,7 @@ def vgg_features(in_channels: int, cfg: Sequence[Union[int, str]] = VGG16_CFG, w
         conv = nn.Conv2d(channels, out, kernel_size=3, padding=1)
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(conv.bias)
-        layers += [conv, nn.ReLU(inplace=True)]
+        layers += [conv, nn.BatchNorm2d(out), nn.ReLU(inplace=True)] if batch_norm else [conv, nn.ReLU(inplace=True)]
         channels = out
     stack = nn.Sequential(*layers)
     stack.out_channels = channels  # type: ignore[attr-defined]

@@ -91,6 +91,9 @@ class EIFNCKPlus(Recipe):
                   "from L_exp (EIFN*); efn: lambda2 = 0 (EFN baseline)")
         _add(parser, "--width", type=float, default=1.0,
              help="channel multiplier of both VGG-16 extractors (1.0 = the paper; CPU runs use less)")
+        _add(parser, "--batch-norm", action="store_true", default=None,
+             help="VGG-16-BN extractors (BN after each conv) for training from random weights; "
+                  "the paper's VGG-16 has none")
         _add(parser, "--id-dim", type=int, default=512, help="identity feature size (FC1 of the identity branch)")
         _add(parser, "--lambda1", type=float, default=CKPLUS_LAMBDAS[0], help="center-loss weight inside L_id")
         _add(parser, "--lambda2", type=float, default=CKPLUS_LAMBDAS[1], help="identity-loss weight (0 in efn mode)")
@@ -180,6 +183,7 @@ class EIFNCKPlus(Recipe):
             "num_classes": len(self.classes), "num_subjects": len(train_subject_ids),
             "in_channels": PREPROCESSING.channels, "input_size": PREPROCESSING.input_size,
             "width": float(self._opt("width", 1.0)), "id_dim": int(self._opt("id_dim", 512)), "mode": self.mode,
+            "batch_norm": bool(self._opt("batch_norm", False)),
         }
         self.model: EIFN = create_model("eifn", **self.model_cfg).to(device)  # type: ignore[assignment]
         # channels_last: ~1.3-1.5x faster VGG training on the 2-core CPU (measured), neutral on GPUs

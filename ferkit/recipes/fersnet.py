@@ -117,9 +117,9 @@ class _FersnetRecipe(Recipe):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--arch", choices=["fersnet", "fersnet_light"], default="fersnet_light",
-                            help="fersnet: paper size (256 filters, 96x96); fersnet_light: CPU size (default)")
+                            help="fersnet: paper size (256 filters, 96x96); fersnet_light: CPU size, 32 filters, 48x48 (default)")
         parser.add_argument("--width", type=int, default=None, help="filters per conv layer (overrides --arch)")
-        parser.add_argument("--input-size", type=int, default=None, help="face side, multiple of 32")
+        parser.add_argument("--input-size", type=int, default=None, help="face side, multiple of 16")
         parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (paper: 64)")
         parser.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (paper: 1e-3)")
         parser.add_argument("--lr-end", type=float, default=1e-5, help="final learning rate (paper: 1e-5)")
@@ -138,6 +138,8 @@ class _FersnetRecipe(Recipe):
                             help="FES data augmentation: fine-tune the last K epochs on the balanced synthetic set")
         parser.add_argument("--augment", choices=["on", "off"], default="on",
                             help="random flip, shift and rotation (paper: crop, mirror, rotation up to 15 deg)")
+        parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                            help="channels_last memory format (auto: on for CPU, where it is faster)")
         parser.add_argument("--disc-width", type=int, default=None, help="PatchGAN base width (paper 64; light 32)")
         cls._add_data_arguments(parser)
 
@@ -155,7 +157,7 @@ class _FersnetRecipe(Recipe):
         arch = _option(o, "arch", "fersnet_light")
         light = arch == "fersnet_light"
         return {"num_classes": num_classes,
-                "input_size": int(_option(o, "input_size", 64 if light else 96)),
+                "input_size": int(_option(o, "input_size", 48 if light else 96)),
                 "width": int(_option(o, "width", 32 if light else 256)),
                 "fc_dim": 128 if light else 512,
                 "mtl": not o.get("no_mtl", False), "convflu": not o.get("no_convflu", False)}
@@ -179,6 +181,10 @@ class _FersnetRecipe(Recipe):
         self.labels = train.labels.to(self.device)
         self.sampler = TargetSampler(train.labels, train.subjects, e)
         self.model = create_model(arch, **self.model_cfg).to(self.device)
+        cl = _option(o, "channels_last", "auto")
+        self.memory_format = (torch.channels_last if cl == "on" or (cl == "auto" and self.device.type == "cpu")
+                              else torch.contiguous_format)
+        self.model.to(memory_format=self.memory_format)
         self.g = ctx.wrap(self.model)
         self.mtl = self.model.mtl
         self.weights = FersnetLossWeights(gan=float(_option(o, "lambda_gan", 0.3)),
@@ -203,6 +209,7 @@ class _FersnetRecipe(Recipe):
         if self.mtl:
             dwidth = int(_option(o, "disc_width", 32 if arch == "fersnet_light" else 64))
             self.discriminator = PatchDiscriminator(e, in_channels=1, width=dwidth).to(self.device)
+            self.discriminator.to(memory_format=self.memory_format)
             self.d = ctx.wrap(self.discriminator)
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda ep: decay ** min(ep, span))
@@ -258,7 +265,7 @@ class _FersnetRecipe(Recipe):
             # shift/rotation ranges of the paper's 110->96 random crop and +-15 degree rotations
             # (global RNG: the engine seeds it per epoch, so resumed runs draw the same transforms)
             x = augment_batch(x, flip=True, max_shift=0.07, max_rotation_deg=15.0)
-        return self.preprocessing.normalize(x)
+        return self.preprocessing.normalize(x).contiguous(memory_format=self.memory_format)
 
     def train_epoch(self, ctx: TrainContext, epoch: int) -> Iterator[StepResult]:
         self.model.train()

@@ -110,6 +110,9 @@ class _SupervisedRecipe(Recipe):
                             help=f"comma list of flip,shift,rotation or 'none' (default {cls.default_augment})")
         parser.add_argument("--max-shift", type=float, default=0.08, help="shift range, fraction of the side")
         parser.add_argument("--max-rotation", type=float, default=20.0, help="rotation range in degrees")
+        parser.add_argument("--max-steps-per-epoch", type=int, default=None,
+                            help="stop each epoch after this many steps (a random subset of the batches; "
+                                 "for short CPU runs of the joint stage)")
         parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                             help="channels_last memory format (auto: on for CPU)")
         add_data = getattr(cls, "_add_data_arguments", None)
@@ -163,6 +166,11 @@ class _SupervisedRecipe(Recipe):
                                          weight_decay=wd)
         per_rank = max(1, self.batch_size // ctx.world_size)
         self.steps_per_epoch = max(1, len(train) // (per_rank * ctx.world_size))
+        max_steps = _option(o, "max_steps_per_epoch", None)
+        if max_steps is not None:
+            if int(max_steps) < 1:
+                raise ValueError(f"--max-steps-per-epoch must be at least 1, got {max_steps}")
+            self.steps_per_epoch = min(self.steps_per_epoch, int(max_steps))
         # the engine's planned epoch count when it exposes one (ctx.epochs), else the option / paper value
         epochs = int(_option(o, "schedule_epochs", None) or getattr(ctx, "epochs", None)
                      or _option(o, "epochs", None) or self.default_epochs)
@@ -208,7 +216,9 @@ class _SupervisedRecipe(Recipe):
 
     def train_epoch(self, ctx: TrainContext, epoch: int) -> Iterator[StepResult]:
         self.model.train()
-        for idx in ctx.batches(len(self.y_train), self.batch_size, epoch):
+        for step, idx in enumerate(ctx.batches(len(self.y_train), self.batch_size, epoch)):
+            if step >= self.steps_per_epoch:
+                break  # --max-steps-per-epoch: the batches are a fresh random order every epoch
             x = self.inputs(self.x_train[idx], augment=True)
             y = self.y_train[idx]
             with ctx.autocast():

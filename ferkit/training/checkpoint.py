@@ -95,6 +95,23 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     atomic_torch_save(state, path)
 
 
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Byte copy (temp file + rename): ``best.pt`` without serialising the state a second time."""
+    import os
+    import shutil
+    import tempfile
+
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load_checkpoint(path: Path, map_location: Optional[str | torch.device] = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by the engine; a clear error for anything else."""
     path = Path(path)

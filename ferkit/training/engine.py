@@ -73,7 +73,7 @@ import torch.nn as nn
 
 from ferkit.models.weights import Weights
 from ferkit.training import distributed
-from ferkit.training.checkpoint import (capture_rng, load_checkpoint, load_state_dicts, restore_rng,
+from ferkit.training.checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, load_state_dicts, restore_rng,
                                         save_checkpoint, state_dicts)
 from ferkit.training.curves import write_curves
 from ferkit.training.progress import ProgressReporter, format_duration
@@ -366,7 +366,9 @@ def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, see
         ctx.load_scaler_states(optimizers, state.get("scalers", {}))
         recipe.load_extra_state(state.get("extra_state", {}))
         restore_rng(state.get("rng", {}))
-        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+        start_epoch = int(state["epoch"])
+        # a mid-epoch checkpoint restarts its epoch: count steps from that epoch's start
+        global_step = int(state.get("epoch_start_step", state["global_step"]))
         history, best_acc = list(state.get("history", [])), state.get("best_val_accuracy")
         wall_before = float(state.get("wall_time_s", 0.0))
         if state.get("partial_epoch"):
@@ -391,6 +393,7 @@ def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, see
         return {
             "recipe": recipe.name, "options": dict(recipe.options), "seed": seed,
             "epoch": epoch_done, "epochs": total_epochs, "global_step": global_step, "partial_epoch": partial,
+            "epoch_start_step": epoch_start_step if partial else global_step,
             "modules": state_dicts(modules), "optimizers": state_dicts(optimizers),
             "schedulers": state_dicts(schedulers), "scalers": ctx.scaler_states(optimizers),
             "rng": capture_rng(), "extra_state": recipe.extra_state(),
@@ -399,6 +402,7 @@ def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, see
         }
 
     steps_per_epoch: Optional[int] = None
+    epoch_start_step = global_step
     reporter.emit({"event": "start", "time": time.time(), "recipe": recipe.name, "out_dir": str(out_dir),
                    "device": str(info.device), "world_size": info.world_size,
                    "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ctx.amp_dtype),
@@ -409,9 +413,10 @@ def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, see
     step_time_total, steps_this_run = 0.0, 0
     with _StopFlag(ctx.log) as stop:
         for epoch in range(start_epoch, total_epochs):
-            if stop.requested:
-                stop_name, status = stop.requested, "interrupted"
+            if distributed.any_rank(stop.requested is not None, info):  # all ranks agree, or DDP hangs
+                stop_name, status = stop.requested or "SIGTERM", "interrupted"
                 break
+            epoch_start_step = global_step
             # each epoch depends only on the state at its start -> exact resume at epoch boundaries
             seed_everything(derive_seed(seed, epoch, info.rank))
             stats = _EpochStats()
@@ -493,7 +498,7 @@ def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, see
                 ckpt = checkpoint_state(epoch + 1, False, val)
                 save_checkpoint(ckpt, ckpt_path)
                 if improved:
-                    save_checkpoint(ckpt, best_path)
+                    copy_checkpoint(ckpt_path, best_path)
                 try:
                     curves_path, _ = write_curves(history, out_dir, title=recipe.name)
                 except Exception as exc:  # noqa: BLE001 - a plotting failure must not lose a training run
@@ -507,9 +512,6 @@ def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, see
                            "best_path": str(best_path) if best_acc is not None else None,
                            "best_val_accuracy": best_acc, "curves": str(curves_path) if curves_path else None})
             distributed.barrier(info)
-        else:
-            if stop.requested:
-                stop_name, status = stop.requested, "interrupted"
 
     done = len(history)
     if status == "interrupted":
