@@ -37,7 +37,6 @@ from app.workers import AnalyzerConfig, Frame, InferenceWorker, LatestSlot, Late
 
 log = logging.getLogger("ferkit.app")
 
-ICONS = Path(__file__).resolve().parent.parent / "resources" / "icons"
 EXPLAINER = "fersnet"  # shipped FERSNet weights used by the gates/synthesis panels
 
 
@@ -168,6 +167,7 @@ class MainWindow(QMainWindow):
     def _build_actions(self) -> None:
         tb = QToolBar("Main")
         tb.setObjectName("main_toolbar")
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.addToolBar(tb)
         menu_file = self.menuBar().addMenu("&File")
         menu_view = self.menuBar().addMenu("&View")

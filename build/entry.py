@@ -1,23 +1,32 @@
-"""Entry point of the frozen (PyInstaller) build.
+"""Entry point of the frozen (PyInstaller) build: ``ferkit-app``.
 
-``ferkit-app --ferkit-cli ARGS...`` runs the ``ferkit`` command line instead of the window: the
-training dialog starts background jobs this way, because a frozen build has no separate Python.
+``ferkit-app ARGS``                 the desktop app (``app.main.main``), e.g. ``--selftest``
+``ferkit-app --ferkit-cli ARGS...`` the ``ferkit`` command line instead of the window: the training
+                                    dialog starts background jobs this way (``app.core.jobs``),
+                                    because a frozen build has no separate Python to run ``-m ferkit.cli``
+``ferkit-app --startup-probe``      seconds from process start to the first processed frame
+                                    (``build/startup_probe.py``), printed as JSON
 """
 from __future__ import annotations
 
 import multiprocessing
 import sys
 
+import startup_probe  # first: its module clock is the earliest point Python code runs
 
-def run() -> int:
+
+def run(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     multiprocessing.freeze_support()
-    if len(sys.argv) > 1 and sys.argv[1] == "--ferkit-cli":
+    if argv[:1] == ["--ferkit-cli"]:
         from ferkit.cli import main as cli_main
 
-        return cli_main(sys.argv[2:])
+        return int(cli_main(argv[1:]) or 0)
+    if argv[:1] == ["--startup-probe"]:
+        return startup_probe.run()
     from app.main import main as app_main
 
-    return int(app_main() or 0)
+    return int(app_main(argv) or 0)
 
 
 if __name__ == "__main__":

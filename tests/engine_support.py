@@ -90,6 +90,7 @@ class TinyRecipe(Recipe):
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=float(self.opt("lr", 0.05)), momentum=0.9)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=0.7)
         self.steps_seen = 0
+        self.planned_epochs = ctx.epochs  # what an LR schedule spanning the run would use
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}

@@ -89,6 +89,13 @@ def test_paper_width_is_vgg16() -> None:
     assert model.expression_classifier.in_features == 512 * 512
 
 
+def test_batch_norm_variant_is_vgg16_bn() -> None:
+    model = create_model("eifn", batch_norm=True, **TINY)
+    bns = [m for m in model.identity_extractor if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 13  # one after each of conv1_1..conv5_3, before its ReLU
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in EIFN(**TINY).modules())
+
+
 def test_wrong_input_size_is_a_clear_error() -> None:
     model = EIFN(**TINY)
     with pytest.raises(ValueError, match="expects"):

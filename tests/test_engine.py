@@ -128,6 +128,15 @@ def test_train_two_epochs_writes_checkpoints_curves_and_events(fer_dir: Path, tm
         run_inprocess(fer_dir, out, epochs=2)
 
 
+def test_context_knows_the_planned_epochs_before_setup(fer_dir: Path, tmp_path: Path) -> None:
+    recipe = TinyRecipe(fer_dir, {})
+    train(recipe, tmp_path / "e", epochs=1, device="cpu", json_lines=False)
+    assert recipe.planned_epochs == 1
+    again = TinyRecipe(fer_dir, {})
+    train(again, tmp_path / "e", epochs=2, device="cpu", resume=True, json_lines=False)
+    assert again.planned_epochs == 2
+
+
 def test_resume_in_process_matches_uninterrupted(fer_dir: Path, tmp_path: Path) -> None:
     run_inprocess(fer_dir, tmp_path / "full", epochs=3)
     run_inprocess(fer_dir, tmp_path / "part", epochs=1)
@@ -265,3 +274,23 @@ def test_torchrun_two_process_gloo(fer_dir: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 2 * (30 // 8)  # global batch 8 = 2 ranks x 4
     assert not any(k.startswith("module.") for k in ckpt["modules"]["model"])
+
+
+def test_progress_bar_on_a_tty_and_plain_lines_otherwise() -> None:
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out, tty, plain = io.StringIO(), Tty(), io.StringIO()
+    for err in (tty, plain):
+        rep = ProgressReporter(stdout=out, stderr=err)
+        rep.emit({"event": "step", "epoch": 1, "epochs": 2, "step": 5, "steps": 10, "loss": float("nan"),
+                  "accuracy": 0.5, "images_per_s": 100.0, "eta_s": 65.0})
+        rep.emit({"event": "epoch", "epoch": 1, "epochs": 2, "loss": 1.0, "accuracy": 0.5, "val": {"val_accuracy": 0.4},
+                  "lr": 0.1, "images_per_s": 100.0, "epoch_time_s": 3.0, "eta_s": 3.0, "best": True})
+    assert "\r" in tty.getvalue() and "[############------------] 5/10" in tty.getvalue() and "eta 01:05" in tty.getvalue()
+    assert "\r" not in plain.getvalue() and plain.getvalue().count("\n") == 1 and "*best*" in plain.getvalue()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["loss"] is None  # NaN -> null keeps the line valid JSON

@@ -25,17 +25,21 @@ def summary(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
             "n": int(v.size)}
 
 
-def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 2, min_time_s: float = 0.0) -> list[float]:
-    """Wall milliseconds of ``repeat`` calls (at least ``min_time_s`` in total) after ``warmup`` calls."""
+def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 2, max_time_s: float | None = None,
+               min_calls: int = 5) -> list[float]:
+    """Wall milliseconds of up to ``repeat`` calls after ``warmup`` calls.
+
+    ``max_time_s`` stops early (after at least ``min_calls``) so a slow model costs seconds, not minutes.
+    """
     for _ in range(warmup):
         fn()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < repeat or (time.perf_counter() - start) < min_time_s:
+    while len(times) < repeat:
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1e3)
-        if len(times) >= 10 * repeat:
+        if max_time_s is not None and len(times) >= min_calls and time.perf_counter() - start > max_time_s:
             break
     return times
 

@@ -21,7 +21,10 @@ COMMAND_MODULES: list[str] = [
     "cv",
     "export_onnx",
     "eval_verification",
+    "bench",
     "prepare",
+    "synthesize",
+    "eval_synthesis",
 ]
 
 #: exception types that mean "the user's input was wrong", not "ferkit has a bug"

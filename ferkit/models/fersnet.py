@@ -209,14 +209,15 @@ def fersnet(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, wi
 
 
 @register_model("fersnet_light", paper=PAPER,
-                description="FERSNet for real-time CPU use: 32 filters, 48x48 gray (same structure as the paper's)")
-def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 48, width: int = 32,
+                description="FERSNet for real-time CPU use: 16 filters, 48x48 gray (same structure as the paper's)")
+def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 48, width: int = 16,
                   fc_dim: int = 128, mtl: bool = True, convflu: bool = True) -> FERSNet:
-    """FERSNet with 32 filters and 48x48 input (CK+48's and FER2013's native size), sized for CPU.
+    """FERSNet with 16 filters and 48x48 input (CK+48's and FER2013's native size), sized for CPU.
 
-    Measured on this project's 2-core CPU (idle): 64x64/32 filters ran the gated forward in 7-9 ms
-    and a 7-face synthesis strip in 14-18 ms; under the shared-machine load training ran
-    ~3 img/s at 64x64 vs ~10 img/s at 48x48 (1 thread), which decided the 48x48 input.
+    Measured on this project's 2-core CPU: 64x64 with 32 filters already ran the gated forward in
+    7-9 ms and a 7-face synthesis strip in 14-18 ms (idle machine), so inference never decided the
+    size; CPU *training* did: under the shared machine's load (load average ~20 on 2 cores, one
+    thread) a full eq. 10 step ran ~3 img/s at 64x64/32, ~10 at 48x48/32 and ~21 at 48x48/16.
     """
     return FERSNet(num_classes, in_channels=in_channels, input_size=input_size, width=width, fc_dim=fc_dim,
                    mtl=mtl, convflu=convflu)

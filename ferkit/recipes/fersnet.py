@@ -117,7 +117,7 @@ class _FersnetRecipe(Recipe):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--arch", choices=["fersnet", "fersnet_light"], default="fersnet_light",
-                            help="fersnet: paper size (256 filters, 96x96); fersnet_light: CPU size, 32 filters, 48x48 (default)")
+                            help="fersnet: paper size (256 filters, 96x96); fersnet_light: CPU size, 16 filters, 48x48 (default)")
         parser.add_argument("--width", type=int, default=None, help="filters per conv layer (overrides --arch)")
         parser.add_argument("--input-size", type=int, default=None, help="face side, multiple of 16")
         parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (paper: 64)")
@@ -158,7 +158,7 @@ class _FersnetRecipe(Recipe):
         light = arch == "fersnet_light"
         return {"num_classes": num_classes,
                 "input_size": int(_option(o, "input_size", 48 if light else 96)),
-                "width": int(_option(o, "width", 32 if light else 256)),
+                "width": int(_option(o, "width", 16 if light else 256)),
                 "fc_dim": 128 if light else 512,
                 "mtl": not o.get("no_mtl", False), "convflu": not o.get("no_convflu", False)}
 
@@ -324,7 +324,7 @@ class _FersnetRecipe(Recipe):
             ctx.step(loss, self.opt_g)
             self.discriminator.requires_grad_(True)
             correct = int((out.logits.argmax(1) == y).sum())
-            yield StepResult(float(loss), correct, len(idx), {
+            yield StepResult(float(loss.detach()), correct, len(idx), {
                 "L_cls": float(loss_cls), "L_GAN": float(loss_gan), "L_rec": float(loss_rec),
                 "L_cyc": float(loss_cyc), "L_idt": float(loss_idt), "L_D": float(loss_d),
                 "lambda_idt": l_idt, "rec_pairs": float(has_pair.float().mean())})

@@ -112,6 +112,8 @@ class EngineContext:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.amp = self.amp_dtype is not None
         self._scalers: dict[int, torch.amp.GradScaler] = {}
+        #: planned total number of epochs of this run (schedules that span the run need it)
+        self.epochs: int = 1
         #: number of batches of the last ``batches()`` call (steps per epoch, for progress/ETA)
         self.steps_hint: Optional[int] = None
         self._warned_small = False
@@ -346,6 +348,7 @@ def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, see
         out_dir.mkdir(parents=True, exist_ok=True)
 
     ctx = EngineContext(info, amp, seed, out_dir, reporter)
+    ctx.epochs = total_epochs
     seed_everything(seed)
     recipe.setup(ctx)
     modules, optimizers, schedulers = recipe.modules(), recipe.optimizers(), recipe.schedulers()

@@ -47,6 +47,8 @@ class TrainContext(Protocol):
     amp: bool
     seed: int
     out_dir: Path
+    #: planned total epochs of the run (``--epochs`` or the paper's), known before ``setup``
+    epochs: int
 
     def autocast(self) -> ContextManager[Any]:
         """bf16/fp16 autocast on CUDA when AMP is on; a no-op on CPU."""

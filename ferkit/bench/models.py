@@ -1,0 +1,142 @@
+"""Per-model inference speed: batch-1 latency and batch-64 throughput, torch eager vs ONNX Runtime.
+
+The models are the shipped weights (``resources/weights``); an architecture with no shipped weights
+is measured freshly built with its registered defaults (speed does not depend on weight values,
+and the JSON says ``"trained": false``). Inputs are random normalised tensors of the weights' input
+size: this measures the network alone; face detection and alignment are in the pipeline figures.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from ferkit.bench.stats import summary, time_calls
+from ferkit.models.weights import Preprocessing, Weights, list_weights, load_weights
+
+#: per-call budget: a slow model gets fewer repeats / a smaller throughput batch, never minutes
+LATENCY_REPEAT = 30
+LATENCY_MAX_S = 4.0
+THROUGHPUT_RUNS = 3
+THROUGHPUT_BATCH = 64
+THROUGHPUT_MAX_BATCH_S = 6.0
+
+
+@dataclass
+class BenchModel:
+    label: str
+    architecture: str
+    model: nn.Module
+    weights: Weights
+    trained: bool
+
+
+def _fresh(architecture: str) -> BenchModel:
+    from ferkit.models.registry import create_model
+
+    model = create_model(architecture).eval()
+    size = int(getattr(model, "input_size", None) or 48)
+    channels = int(getattr(model, "in_channels", None) or 1)
+    prep = Preprocessing(input_size=size, grayscale=channels == 1)
+    classes = [f"c{i}" for i in range(int(getattr(model, "num_classes", 7)))]
+    w = Weights(name=f"{architecture} (untrained)", architecture=architecture, classes=classes, preprocessing=prep)
+    return BenchModel(w.name, architecture, model, w, trained=False)
+
+
+def bench_models_list(names: Optional[list[str]] = None) -> list[BenchModel]:
+    """Shipped weights (all, or ``names``), plus untrained builds of architectures nothing ships."""
+    from ferkit.models.registry import list_models
+
+    out: list[BenchModel] = []
+    shipped = list_weights()
+    for name in names if names is not None else shipped:
+        if name in shipped or Path(name).exists():
+            lm = load_weights(name, device="cpu")
+            out.append(BenchModel(lm.weights.name, lm.weights.architecture, lm.model.eval(), lm.weights, True))
+        else:
+            out.append(_fresh(name))  # an architecture name
+    if names is None:
+        covered = {m.architecture for m in out}
+        for arch in list_models():
+            if arch not in covered and not arch.startswith("test-"):
+                out.append(_fresh(arch))
+    return out
+
+
+def _input(prep: Preprocessing, batch: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return prep.normalize(torch.rand(batch, prep.channels, prep.input_size, prep.input_size, generator=g)).to(device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _measure(run: Callable[[torch.Tensor], Any], prep: Preprocessing, device: torch.device) -> dict[str, Any]:
+    """Latency at batch 1 and throughput at batch 64 (or what fits the time budget) of ``run``."""
+    x1 = _input(prep, 1, device)
+
+    def once() -> None:
+        run(x1)
+        _sync(device)
+
+    once()  # first call: graph building / allocation, not part of any figure
+    lat = time_calls(once, repeat=LATENCY_REPEAT, warmup=1, max_time_s=LATENCY_MAX_S)
+    median_ms = sorted(lat)[len(lat) // 2]
+    batch = THROUGHPUT_BATCH
+    if median_ms * batch / 1e3 > THROUGHPUT_MAX_BATCH_S:  # keep one batch within the budget
+        batch = max(2, int(THROUGHPUT_MAX_BATCH_S * 1e3 / median_ms))
+    xb = _input(prep, batch, device)
+
+    def batch_once() -> None:
+        run(xb)
+        _sync(device)
+
+    batch_ms = time_calls(batch_once, repeat=THROUGHPUT_RUNS, warmup=1, min_calls=THROUGHPUT_RUNS)
+    ips = [batch * 1e3 / ms for ms in batch_ms]
+    return {"latency_ms_batch1": summary(lat), "throughput_batch": batch,
+            "throughput_img_per_s": summary(ips, digits=1)}
+
+
+def bench_model(bm: BenchModel, device: torch.device, engines: tuple[str, ...] = ("torch", "onnx"),
+                workdir: Optional[Path] = None) -> dict[str, Any]:
+    prep = bm.weights.preprocessing
+    row: dict[str, Any] = {"model": bm.label, "architecture": bm.architecture, "trained": bm.trained,
+                           "input": [prep.channels, prep.input_size, prep.input_size],
+                           "parameters_m": round(sum(p.numel() for p in bm.model.parameters()) / 1e6, 3),
+                           "device": str(device)}
+    model = bm.model.to(device).eval()
+    if "torch" in engines:
+        with torch.inference_mode():
+            row["torch"] = _measure(lambda x: model(x), prep, device)
+    if "onnx" in engines:
+        try:
+            from ferkit.export.onnx import OnnxModel, export_model
+
+            with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+                path = Path(tmp) / "model.onnx"
+                t = time.perf_counter()
+                export_model(bm.model.to("cpu"), bm.weights, path)
+                export_s = time.perf_counter() - t
+                providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
+                import onnxruntime as ort
+
+                if providers[0] not in ort.get_available_providers():
+                    providers = ["CPUExecutionProvider"]
+                session = OnnxModel(path, providers=providers)
+                row["onnx"] = _measure(lambda x: session.run(x.cpu().numpy()), prep, torch.device("cpu"))
+                row["onnx"]["provider"] = providers[0]
+                row["onnx"]["export_s"] = round(export_s, 2)
+        except Exception as exc:  # noqa: BLE001 - one model failing to export must not lose the others' figures
+            row["onnx"] = {"error": f"{type(exc).__name__}: {exc}"}
+        bm.model.to(device)
+    if "torch" in row and "onnx" in row and "latency_ms_batch1" in row["onnx"]:
+        t, o = row["torch"]["latency_ms_batch1"]["median"], row["onnx"]["latency_ms_batch1"]["median"]
+        row["onnx_speedup_batch1"] = round(t / o, 2) if o else None
+    return row

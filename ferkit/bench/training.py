@@ -1,0 +1,114 @@
+"""Training throughput (images/s) of each recipe's main network on the current device.
+
+One "step" is what dominates every recipe's epoch: forward the recipe's main network on a batch
+of the recipe's size at its input size, the classification loss, backward, SGD step (FERSNet: the
+generator's classification + synthesis reconstruction loss; its discriminator step is not
+counted). Data is random and already on the device, as the recipes keep their data on the
+training device; augmentation is not included. channels_last is used on CPU where the recipe
+uses it (TFE-JL, Light CNN).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ferkit.bench.stats import summary
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    architecture: str
+    cfg: dict[str, Any] = field(default_factory=dict)
+    input_size: int = 48
+    batch: int = 128
+    channels_last: bool = False
+    synthesis: bool = False
+
+
+#: each recipe's main network with the recipe's defaults (batch, input size, configuration)
+RECIPE_NETWORKS: dict[str, NetSpec] = {
+    "tfe-jl/resnet18-ferplus": NetSpec("resnet18_fer", {"num_classes": 8}, 48, 128, True),
+    "tfe-jl/resnet12-ckplus": NetSpec("resnet12_fer", {"num_classes": 7}, 48, 128, True),
+    "tfe-jl/deepid-identity": NetSpec("deepid", {"num_classes": 300}, 48, 128, True),
+    "tfe-jl/joint-ferplus": NetSpec("tfe_jl", {"num_classes": 8, "emotion_depth": 18}, 48, 128, True),
+    "tfe-jl/joint-ckplus": NetSpec("tfe_jl", {"num_classes": 7, "emotion_depth": 12}, 48, 128, True),
+    "eifn/ckplus": NetSpec("eifn", {"num_classes": 7, "num_subjects": 118}, 64, 100),
+    "netb/lightcnn-identity": NetSpec("lightcnn9", {"num_classes": 338}, 128, 128, True),
+    "netb/fer2013": NetSpec("netb", {"num_classes": 7, "head": "dal"}, 128, 128, True),
+    "netb/ferplus": NetSpec("netb", {"num_classes": 8, "head": "dal"}, 128, 128, True),
+    "fersnet/ckplus": NetSpec("fersnet_light", {"num_classes": 7}, 0, 64, synthesis=True),
+    "fersnet/ferplus": NetSpec("fersnet_light", {"num_classes": 8}, 0, 64, synthesis=True),
+}
+
+MAX_STEP_TIME_S = 2.0
+PROBE_BATCH = 8
+STEPS = 3
+
+
+def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> dict[str, Any]:
+    from ferkit.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(spec.architecture, **spec.cfg).to(device).train()
+    size = spec.input_size or int(getattr(model, "input_size", 48))
+    channels = int(getattr(model, "in_channels", None) or 1)
+    fmt = torch.channels_last if spec.channels_last and device.type == "cpu" else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(batch: int) -> float:
+        x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, model.num_classes, (batch,), device=device)
+        t = time.perf_counter()
+        if spec.synthesis:
+            out = model(x, target=y)
+            loss = F.cross_entropy(out.logits, y) + (out.synthesis - x.tanh()).abs().mean()
+        else:
+            loss = F.cross_entropy(model(x).logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t
+
+    # probe a small batch first: a heavy network (VGG-16 / Light CNN at 128 px on a 2-core CPU) is
+    # measured at the batch that fits MAX_STEP_TIME_S instead of taking minutes per step
+    probe = min(PROBE_BATCH, spec.batch)
+    step(probe)
+    per_image = step(probe) / probe
+    batch = spec.batch
+    if per_image * batch > MAX_STEP_TIME_S:
+        batch = max(probe, int(MAX_STEP_TIME_S / per_image))
+    step(batch)  # warm-up at the measured batch (allocation, kernel selection)
+    rates = [batch / step(batch) for _ in range(steps)]
+    return {"architecture": spec.architecture, "batch": batch, "recipe_batch": spec.batch,
+            "input": [channels, size, size], "channels_last": fmt == torch.channels_last, "device": str(device),
+            "img_per_s": summary(rates, digits=1)}
+
+
+def bench_training(recipes: Optional[list[str]] = None, device: torch.device = torch.device("cpu")) -> list[dict]:
+    """One row per recipe; recipes sharing a network configuration are measured once."""
+    from ferkit.training.recipe import list_recipes
+
+    known = list_recipes()
+    names = recipes or known
+    done: dict[str, dict[str, Any]] = {}
+    rows = []
+    for name in names:
+        spec = RECIPE_NETWORKS.get(name)
+        if spec is None:
+            rows.append({"recipe": name, "error": "no network spec in ferkit.bench.training.RECIPE_NETWORKS"})
+            continue
+        key = repr(spec)  # dict fields make NetSpec unhashable; its repr identifies it
+        if key not in done:
+            try:
+                done[key] = bench_network(spec, device)
+            except Exception as exc:  # noqa: BLE001 - keep the other rows
+                done[key] = {"architecture": spec.architecture, "error": f"{type(exc).__name__}: {exc}"}
+        rows.append({"recipe": name, "registered": name in known, **done[key]})
+    return rows

@@ -1,0 +1,99 @@
+"""`ferkit eval-synthesis (--weights NAME | --checkpoint PATH) --data DIR --judge NAME [--json]`.
+
+FERSNet's Table V metric on unseen faces: every test face is synthesised with every expression,
+an independently trained expression classifier (``--judge``: trained on real training faces only,
+e.g. a `fersnet/ckplus --no-mtl` or ResNet12 checkpoint of the same fold) labels the results, and
+the accuracy against the target expressions is reported; plus the mean identity cosine between
+source and synthesised faces (``--identity-weights``, Light CNN or DeepID), with real same-subject
+and different-subject pairs for scale.
+
+Test faces: ``--data`` is a CK+48 folder (fold ``--fold`` of ``--folds`` subject-independent
+folds, split seed ``--split-seed``: use the fold the weights were NOT trained on; ``--folds 0``
+takes every image) or a FER+ folder (its FER2013Valid split).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("eval-synthesis", help="score synthesised faces (Table V accuracy, identity cosine)",
+                              description="Expression accuracy of a judge classifier on faces synthesised from "
+                                          "unseen test faces, and identity similarity to the source faces.")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--weights", default=None, metavar="NAME", help="shipped FERSNet weights")
+    g.add_argument("--checkpoint", default=None, metavar="PATH", help="a FERSNet training checkpoint")
+    p.add_argument("--data", type=Path, required=True, help="CK+48 folder or FER+ folder")
+    p.add_argument("--folds", type=int, default=10, help="CK+48 subject-independent folds (0: all images)")
+    p.add_argument("--fold", type=int, default=0, help="CK+48 held-out fold to synthesise from")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
+    p.add_argument("--judge", default=None, metavar="NAME_OR_CHECKPOINT",
+                   help="independently trained expression classifier (without it: identity numbers only)")
+    p.add_argument("--identity-weights", default=None, metavar="NAME_OR_CHECKPOINT",
+                   help="identity net (Light CNN / DeepID); default: the first shipped one; 'none' skips it")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def _test_faces(args: argparse.Namespace, size: int, classes: list[str]):
+    """(dataset of unseen faces, description)."""
+    data = Path(args.data)
+    if not data.exists():
+        raise FileNotFoundError(f"--data {data}: no such folder")
+    if (data / "label.csv").is_file() or (data / "FER2013Valid" / "label.csv").is_file():
+        from ferkit.data.ferplus import load_ferplus
+
+        folder = data / "FER2013Valid" if (data / "FER2013Valid").is_dir() else data
+        ds = load_ferplus(folder, vote="majority", size=size)
+        return ds, f"FER+ {folder.name} ({len(ds)} faces, majority vote)"
+    from ferkit.data.ckplus import load_ckplus48
+
+    ds = load_ckplus48(data, size=size)
+    if args.folds <= 0:
+        return ds, f"CK+48 all {len(ds)} faces"
+    from ferkit.evaluation.kfold import fold_indices
+
+    _, test_idx = fold_indices(ds.subjects, args.folds, args.fold, args.split_seed)
+    return ds.subset(test_idx), (f"CK+48 fold {args.fold} of {args.folds} (split seed {args.split_seed}): "
+                                 f"{len(test_idx)} faces")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ferkit.evaluation.synthesis import FrozenIdentity, Judge, evaluate_synthesis
+    from ferkit.models.weights import load_weights
+
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+    generator = load_weights(args.checkpoint or args.weights, device=args.device)
+    if not getattr(generator.model, "has_synthesis", False):
+        raise ValueError(f"weights {generator.weights.name!r} have no synthesis stream")
+    pre, classes = generator.weights.preprocessing, list(generator.weights.classes)
+    ds, desc = _test_faces(args, pre.input_size, classes)
+    if list(ds.classes) != classes:
+        raise ValueError(f"--data classes {ds.classes} differ from the weights' classes {classes}")
+    if pre.channels != ds.images.shape[1]:
+        raise ValueError(f"--data has {ds.images.shape[1]}-channel images, the weights expect {pre.channels}")
+    judge = Judge(load_weights(args.judge, device=generator.device), classes) if args.judge else None
+    identity = None
+    if str(args.identity_weights).lower() != "none":
+        identity = FrozenIdentity.load(args.identity_weights, device=generator.device)
+    report = evaluate_synthesis(generator, ds.images, ds.labels, ds.subjects, judge=judge, identity=identity,
+                                batch_size=args.batch_size)
+    result = {"weights": generator.weights.name, "source": generator.weights.source, "data": desc,
+              **report.metrics, "per_target_accuracy": report.per_target_accuracy}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['weights']} on {desc}")
+    for k, v in result.items():
+        if k in {"weights", "source", "data", "per_target_accuracy"}:
+            continue
+        print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    if report.per_target_accuracy:
+        print("  per target: " + ", ".join(f"{k} {v:.3f}" for k, v in report.per_target_accuracy.items()))
+    return 0

@@ -1,0 +1,83 @@
+"""`ferkit bench` machinery on tiny settings (the benchmark itself is not a test; these check its plumbing)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ferkit.bench import models as bench_models
+from ferkit.bench import training as bench_training
+from ferkit.bench.stats import environment, summary, time_calls
+from ferkit.cli.bench import format_tables
+from ferkit.paths import samples_dir
+
+
+def test_summary_known_values() -> None:
+    s = summary([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["median"] == 3.0 and s["min"] == 1.0 and s["max"] == 100.0 and s["n"] == 5
+    assert s["p95"] == pytest.approx(np.percentile([1, 2, 3, 4, 100], 95), abs=1e-3)
+    assert summary([])["median"] is None
+
+
+def test_time_calls_counts_and_stops_early() -> None:
+    calls = []
+    times = time_calls(lambda: calls.append(1), repeat=7, warmup=2)
+    assert len(times) == 7 and len(calls) == 9 and all(t >= 0 for t in times)
+    slow = time_calls(lambda: torch.ones(1), repeat=1000, warmup=0, max_time_s=0.0, min_calls=3)
+    assert len(slow) == 3
+
+
+def test_environment_records_versions_threads() -> None:
+    env = environment()
+    assert env["torch_threads"] == torch.get_num_threads()
+    assert env["versions"]["torch"] == torch.__version__ and "onnxruntime" in env["versions"]
+
+
+def test_every_recipe_has_a_training_network_spec() -> None:
+    from ferkit.training.recipe import list_recipes
+
+    real = [r for r in list_recipes() if not r.startswith("test-")]
+    missing = [r for r in real if r not in bench_training.RECIPE_NETWORKS]
+    assert not missing, f"add these recipes to ferkit.bench.training.RECIPE_NETWORKS: {missing}"
+
+
+def test_training_throughput_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = bench_training.NetSpec("resnet12_fer", {"num_classes": 7}, 48, 16, True)
+    row = bench_training.bench_network(spec, torch.device("cpu"), steps=2)
+    assert row["img_per_s"]["n"] == 2 and row["img_per_s"]["median"] > 0
+    assert row["input"] == [1, 48, 48] and row["channels_last"]
+
+
+def test_model_bench_torch_and_onnx_small(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(bench_models, "LATENCY_REPEAT", 3)
+    monkeypatch.setattr(bench_models, "THROUGHPUT_BATCH", 4)
+    monkeypatch.setattr(bench_models, "THROUGHPUT_RUNS", 2)
+    (bm,) = bench_models.bench_models_list(["resnet12_fer"])
+    assert not bm.trained
+    row = bench_models.bench_model(bm, torch.device("cpu"), workdir=tmp_path)
+    for engine in ("torch", "onnx"):
+        assert row[engine]["latency_ms_batch1"]["n"] == 3
+        assert row[engine]["throughput_batch"] == 4 and row[engine]["throughput_img_per_s"]["n"] == 2
+    assert row["onnx_speedup_batch1"] > 0
+    report = {"environment": environment(), "models": [row], "wall_time_s": 1.0}
+    table = format_tables(report)
+    assert "| resnet12_fer (untrained) | cpu |" in table
+    json.dumps(report)  # serialisable
+
+
+def test_pipeline_on_sample_video_few_frames() -> None:
+    pytest.importorskip("mediapipe")
+    from ferkit.bench.pipeline import run
+
+    video = samples_dir() / "expressions_pexels_640x360.mp4"
+    if not video.is_file():
+        pytest.skip("sample video missing")
+    r = run(video, weights="resnet12_fer", frames=3, passes=1, warmup_frames=1)
+    assert r["resolution"] == [640, 360] and r["fps"]["n"] == 1 and r["fps"]["median"] > 0
+    assert set(r["stage_ms"]) == {"decode", "detect", "align", "infer", "draw"}
+    assert all(s["n"] == 3 for s in r["stage_ms"].values())
+    assert r["faces_per_frame"]["median"] == 1.0  # one woman in every frame
+    assert r["rss_mb"]["peak"] >= r["rss_mb"]["before_models"] > 0

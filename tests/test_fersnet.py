@@ -1,0 +1,255 @@
+"""FERSNet: gates per level, synthesis range, ablations, one eq. 10 training step on CK+48 fixtures."""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+import torch
+
+from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, masked_mse
+from ferkit.models.fersnet import DIRECTIONS, FERSNet, gate_key
+from ferkit.models.patchgan import PatchDiscriminator
+from ferkit.models.registry import create_model
+from ferkit.models.weights import Preprocessing, Weights
+from tests.fixtures.datasets import make_ckplus48_tree
+
+
+def _tiny(**kw: Any) -> FERSNet:
+    return FERSNet(5, input_size=32, width=8, fc_dim=16, **kw)
+
+
+# ---- model --------------------------------------------------------------------------------------
+def test_gates_have_every_key_level_and_shape_in_open_unit_interval() -> None:
+    model = _tiny().eval()
+    out = model(torch.randn(3, 1, 32, 32), return_gates=True)
+    assert out.logits.shape == (3, 5)
+    assert len(out.gates) == 2 * 2 * 4
+    for level in range(1, 5):
+        side = 32 // 2 ** level  # the map after block `level` (one 2x2 pool per block)
+        for direction in DIRECTIONS:
+            for gate in ("r", "z"):
+                g = out.gates[gate_key(gate, direction, level)]
+                assert g.shape == (3, 8, side, side)
+                assert float(g.min()) > 0.0 and float(g.max()) < 1.0
+    assert model(torch.randn(1, 1, 32, 32)).gates == {}  # only when asked
+
+
+def test_registered_configs_and_flags() -> None:
+    light = create_model("fersnet_light")
+    assert light.has_gates and light.has_synthesis and light.input_size % 16 == 0 and light.width < 256
+    paper = create_model("fersnet")
+    assert (paper.input_size, paper.width, paper.in_channels) == (96, 256, 1)
+    assert not _tiny(mtl=False).has_synthesis and not _tiny(mtl=False).has_gates
+    assert _tiny(convflu=False).has_synthesis and not _tiny(convflu=False).has_gates
+
+
+def test_synthesis_shape_range_and_target_forms() -> None:
+    model = _tiny().eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        y = model.synthesize(x, torch.tensor([0, 4]))
+        same = model.synthesize(x, 3)
+        grid = model.synthesize_all(x)
+    assert y.shape == x.shape and same.shape == x.shape
+    assert float(y.min()) >= -1.0 and float(y.max()) <= 1.0  # the input range (mean 0.5, std 0.5)
+    assert grid.shape == (2, 5, 1, 32, 32)
+    torch.testing.assert_close(grid[:, 3], same, atol=1e-5, rtol=1e-4)
+    # the target label changes the face (f_tra feeds the decoder)
+    assert float((grid[:, 0] - grid[:, 4]).abs().mean()) > 0
+    with pytest.raises(ValueError):
+        model.synthesize(x, 5)
+    with pytest.raises(NotImplementedError):
+        _tiny(mtl=False).synthesize(x, 0)
+
+
+def test_odd_bottleneck_48_input_works() -> None:
+    model = FERSNet(7, input_size=48, width=4, fc_dim=8).eval()
+    with torch.no_grad():
+        assert model.synthesize(torch.zeros(1, 1, 48, 48), 2).shape == (1, 1, 48, 48)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        FERSNet(7, input_size=40)
+
+
+def _names(model: torch.nn.Module) -> set[str]:
+    return {n for n, _ in model.named_parameters()}
+
+
+def test_ablations_change_exactly_the_parts_they_name() -> None:
+    full, no_mtl, no_flu = _names(_tiny()), _names(_tiny(mtl=False)), _names(_tiny(convflu=False))
+    top = lambda names: {n.split(".")[0] for n in names}  # noqa: E731
+    # w/o MTL: the single-task FER network -> no FES encoder, ConvFLUs, transformer, decoder
+    assert top(full - no_mtl) == {"fes_blocks", "flu_fer", "flu_fes", "transformer", "decoder", "to_image"}
+    assert no_mtl <= full
+    # w/o ConvFLU: hard sharing -> one shared encoder, so no FES encoder and no ConvFLUs; heads kept
+    assert top(full - no_flu) == {"fes_blocks", "flu_fer", "flu_fes"}
+    assert no_flu <= full
+    # shared parts keep their shapes
+    a, b = dict(_tiny().named_parameters()), dict(_tiny(convflu=False).named_parameters())
+    assert all(a[n].shape == b[n].shape for n in no_flu)
+
+
+def test_hard_sharing_feeds_both_heads_from_one_encoder() -> None:
+    model = _tiny(convflu=False).eval()
+    x = torch.randn(2, 1, 32, 32)
+    f_fer, f_fes, gates = model.encode(x, return_gates=True)
+    assert f_fes is f_fer and gates == {}
+
+
+def test_patch_discriminator_is_conditioned_on_the_label() -> None:
+    d = PatchDiscriminator(5, width=8).eval()
+    x = torch.randn(2, 1, 32, 32)
+    a, b = d(x, torch.tensor([0, 0])), d(x, torch.tensor([3, 3]))
+    assert a.shape[:2] == (2, 1) and a.shape[-1] > 1  # one logit per patch
+    assert not torch.allclose(a, b)
+
+
+def test_losses_follow_eq6_and_masks() -> None:
+    real, fake = torch.tensor([[2.0]]), torch.tensor([[-1.0]])
+    expected = -(torch.log(torch.sigmoid(real)) + torch.log(1 - torch.sigmoid(fake)))
+    torch.testing.assert_close(discriminator_loss(real, fake), expected.squeeze())
+    torch.testing.assert_close(generator_adversarial_loss(fake), -torch.log(torch.sigmoid(fake)).squeeze())
+    p, t = torch.zeros(3, 1, 2, 2), torch.stack([torch.full((1, 2, 2), v) for v in (1.0, 2.0, 3.0)])
+    torch.testing.assert_close(masked_mse(p, t, torch.tensor([True, False, True])), torch.tensor(5.0))
+    assert float(masked_mse(p, t, torch.tensor([False, False, False]))) == 0.0
+    w = FersnetLossWeights()
+    assert (w.gan, w.rec, w.cyc) == (0.3, 1.0, 0.5)
+    assert w.idt(0, 10) == pytest.approx(0.1) and w.idt(9, 10) == pytest.approx(0.5)
+    assert 0.1 < w.idt(4, 10) < 0.5
+
+
+# ---- training step on CK+48 fixtures ------------------------------------------------------------
+class _Ctx:
+    """Local stand-in for the engine's TrainContext (plain CPU steps)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.device, self.rank, self.world_size, self.amp, self.seed = torch.device("cpu"), 0, 1, False, 0
+        self.out_dir = out_dir
+        self.logs: list[str] = []
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Optional[list] = None,
+             clip_grad: Optional[float] = None) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+    def batches(self, n_items: int, batch_size: int, epoch: int, shuffle: bool = True,
+                drop_last: bool = True) -> Iterator[torch.Tensor]:
+        g = torch.Generator().manual_seed(epoch)
+        return iter(torch.randperm(n_items, generator=g).split(batch_size))
+
+    def log(self, message: str) -> None:
+        self.logs.append(message)
+
+
+def _identity_card(tmp_path: Path) -> Path:
+    """A tiny real DeepID identity net saved as a weights card (stands in for Light CNN)."""
+    net = create_model("deepid", num_classes=4, input_size=32)
+    torch.save(net.state_dict(), tmp_path / "id.pt")
+    card = Weights(name="tiny-deepid", architecture="deepid", classes=[str(i) for i in range(4)],
+                   preprocessing=Preprocessing(input_size=32, grayscale=True, mean=0.4, std=0.25),
+                   model_cfg={"num_classes": 4, "input_size": 32}, file="id.pt")
+    path = tmp_path / "id.json"
+    path.write_text(json.dumps(card.to_dict()))
+    return path
+
+
+def _recipe(tmp_path: Path, **opts: Any):
+    from ferkit.recipes.fersnet import FersnetCkplusRecipe
+
+    make_ckplus48_tree(tmp_path / "ck", sequences=(
+        ("S010", 4, "anger"), ("S010", 6, "happy"), ("S011", 1, "surprise"), ("S011", 2, "anger"),
+        ("S022", 3, "contempt"), ("S022", 5, "happy"), ("S030", 1, "surprise"), ("S030", 2, "contempt")))
+    options = {"input_size": 32, "width": 4, "batch_size": 8, "folds": 0, "disc_width": 4,
+               "identity_weights": str(_identity_card(tmp_path)), "schedule_epochs": 3, **opts}
+    return FersnetCkplusRecipe(tmp_path / "ck", options)
+
+
+def test_one_training_step_updates_g_and_d_and_every_loss_is_finite(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path)
+    ctx = _Ctx(tmp_path / "run")
+    recipe.setup(ctx)
+    assert set(recipe.modules()) == {"model", "discriminator"}
+    assert set(recipe.optimizers()) == {"generator", "discriminator"}
+    g0 = {k: v.clone() for k, v in recipe.model.state_dict().items()}
+    d0 = {k: v.clone() for k, v in recipe.discriminator.state_dict().items()}
+    identity0 = {k: v.clone() for k, v in recipe.identity.state_dict().items()}
+    result = next(iter(recipe.train_epoch(ctx, 0)))
+    for term in ("L_cls", "L_GAN", "L_rec", "L_cyc", "L_idt", "L_D"):
+        assert torch.isfinite(torch.tensor(result.extra[term])), term
+    assert result.extra["L_idt"] > 0 and result.extra["L_cyc"] > 0
+    assert 0 < result.extra["rec_pairs"] <= 1  # some targets had a same-subject image, so L_rec ran
+    assert result.extra["lambda_idt"] == pytest.approx(0.1)
+    changed = lambda before, module: [k for k, v in module.state_dict().items()  # noqa: E731
+                                      if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert any(k.startswith("fer_blocks") for k in changed(g0, recipe.model))
+    assert any(k.startswith("decoder") for k in changed(g0, recipe.model))
+    assert any(k.startswith("flu_fes") for k in changed(g0, recipe.model))
+    assert changed(d0, recipe.discriminator)
+    assert not changed(identity0, recipe.identity)  # the identity net is frozen
+
+
+def test_epoch_end_writes_sample_grid_and_meta(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path)
+    ctx = _Ctx(tmp_path / "run")
+    recipe.setup(ctx)
+    for _ in recipe.train_epoch(ctx, 0):
+        pass
+    recipe.end_epoch(ctx, 0)
+    import cv2
+
+    grid = cv2.imread(str(tmp_path / "run" / "samples" / "latest.png"))
+    assert grid is not None
+    rows = len(recipe.grid_faces)
+    assert grid.shape[1] == (len(recipe.classes) + 1) * 32 * 2 and grid.shape[0] == rows * 64 + 18
+    meta = Weights.from_dict(recipe.weights_meta())
+    model = meta.build_model()
+    model.load_state_dict(recipe.model.state_dict())
+    assert meta.preprocessing.input_size == 32 and meta.classes == recipe.classes
+
+
+def test_target_sampler_finds_same_subject_with_target_expression() -> None:
+    from ferkit.recipes.fersnet import TargetSampler
+
+    labels = torch.tensor([0, 1, 1, 2, 0, 2])
+    subjects = torch.tensor([0, 0, 0, 1, 1, 1])
+    s = TargetSampler(labels, subjects, 3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = torch.tensor([0, 3, 4])
+        target = torch.tensor([1, 0, 1])
+        pair = s.same_subject(idx, target, g)
+        assert int(pair[0]) in (1, 2)  # subject 0 with label 1
+        assert int(pair[1]) == 4       # subject 1 with label 0
+        assert int(pair[2]) == -1      # subject 1 has no label 1
+        any_c = s.any_of_class(target, g)
+        assert bool((labels[any_c] == target).all())
+
+
+def test_no_mtl_and_fes_da_steps(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, no_mtl=True)
+    ctx = _Ctx(tmp_path / "a")
+    recipe.setup(ctx)
+    assert set(recipe.modules()) == {"model"} and recipe.identity is None
+    result = next(iter(recipe.train_epoch(ctx, 0)))
+    assert set(result.extra) == {"L_cls"}
+
+    da = _recipe(tmp_path / "b", fes_da=1, schedule_epochs=2)
+    ctx = _Ctx(tmp_path / "b" / "run")
+    da.setup(ctx)
+    list(da.train_epoch(ctx, 1))  # the last epoch is the FES-DA fine-tuning
+    n, e = len(da.images), len(da.classes)
+    assert da.da_images.shape == (n * e, 1, 32, 32)
+    assert torch.bincount(da.da_labels).tolist() == [n] * e  # completely balanced
+    # each face keeps its real image in its own expression's slot
+    own = da.da_images.view(n, e, 1, 32, 32)[torch.arange(n), da.labels]
+    assert torch.equal(own, da.images)
