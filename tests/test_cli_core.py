@@ -173,3 +173,17 @@ def test_cli_errors_are_one_plain_line(run: dict[str, Path], capsys: pytest.Capt
     assert "junk.pt" in line
     line = one_line_error(*call(capsys, "train", "no-such-recipe", "--data", ".", "--out", str(tmp_path))[::2], "train")
     assert "unknown recipe" in line
+
+
+def test_predict_with_the_shipped_default_weights(capsys: pytest.CaptureFixture) -> None:
+    """The issue's acceptance check: `ferkit predict <face photo> --json` finds the face, 8 scores sum to 1."""
+    from ferkit.inference import DEFAULT_WEIGHTS
+    from ferkit.models.weights import list_weights
+
+    if DEFAULT_WEIGHTS not in list_weights():
+        pytest.skip(f"default weights {DEFAULT_WEIGHTS!r} not shipped yet")
+    rc, out, err = call(capsys, "predict", str(samples_dir() / "single_face.jpg"), "--json")
+    assert rc == 0, err
+    faces = json.loads(out)[0]["faces"]
+    assert len(faces) == 1 and len(faces[0]["scores"]) == 8
+    assert abs(sum(faces[0]["scores"].values()) - 1) < 1e-6

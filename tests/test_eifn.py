@@ -206,7 +206,7 @@ def ck_tree(tmp_path: Path) -> Path:
 def _recipe(ck_tree: Path, **opts):
     from ferkit.recipes.eifn import EIFNCKPlus
 
-    monkey = dict(width=1 / 16, id_dim=8, batch_size=8, lr=0.01)
+    monkey = dict(width=1 / 16, id_dim=8, batch_size=12, lr=0.01)
     monkey.update(opts)
     return EIFNCKPlus(ck_tree, monkey)
 
@@ -225,7 +225,7 @@ def test_recipe_loss_goes_down_on_a_fixed_batch(ck_tree: Path, tmp_path: Path, m
 
     before = fixed_loss()
     centres_before = recipe.center_loss.centers.clone()
-    for epoch in range(6):
+    for epoch in range(3):
         results = list(recipe.train_epoch(ctx, epoch))
         assert results and all(math.isfinite(r.loss) for r in results)
     assert fixed_loss() < before
@@ -279,3 +279,12 @@ def test_engine_trains_and_checkpoint_loads_as_weights(ck_tree: Path, tmp_path: 
     assert loaded.weights.preprocessing.input_size == 64
     out = loaded.model(torch.zeros(1, 1, 64, 64))
     assert out.logits.shape == (1, len(loaded.weights.classes)) and out.identity is not None
+
+    # --init (the paper's stage-1 initialisation hook): extractors copied, per-data-set heads skipped
+    follow = _recipe(ck_tree, mode="eifn", init=str(tmp_path / "run" / "checkpoint.pt"))
+    follow.setup(_Ctx(tmp_path))
+    src = loaded.model.state_dict()
+    for key, value in follow.model.state_dict().items():
+        if key.startswith(("expression_extractor.", "identity_extractor.")):
+            assert torch.allclose(value, src[key]), key
+    assert follow.model.num_subjects != loaded.model.num_subjects  # all subjects vs one fold's

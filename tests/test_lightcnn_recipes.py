@@ -109,7 +109,7 @@ def _loss_drops_on_fixed_batch(recipe: Any) -> None:
     recipe.model.eval()  # dropout off: the batch and the function are then fixed
     x = to_input(recipe.train_images[:8], recipe.pre)
     y = recipe.train_labels[:8]
-    opt = torch.optim.SGD(recipe.model.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(recipe.model.parameters(), lr=0.01, momentum=0.9)
     first = None
     for _ in range(15):
         loss = recipe.loss_fn(recipe.model(x).logits, y)

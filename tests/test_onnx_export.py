@@ -129,3 +129,22 @@ def test_shipped_weights_onnx_matches_torch(name: str, tmp_path: Path) -> None:
         ref = loaded.model(x)
     got = OnnxModel(result.path)(x)
     assert (got.logits - ref.logits).abs().max() <= TOLERANCE
+
+
+def test_use_onnx_switches_a_predictor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferkit.export.onnx import use_onnx
+    from ferkit.inference import Predictor
+
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+    model, weights = _fresh("tfe_jl")
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
+    predictor = Predictor(str(ckpt), device="cpu")
+    crops = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
+    ref = predictor.predict_tensor(crops)
+    use_onnx(predictor, threads=1)
+    got = predictor.predict_tensor(crops)
+    assert isinstance(predictor.model, OnnxModel)
+    assert (got.logits - ref.logits).abs().max() <= TOLERANCE
+    assert (got.identity - ref.identity).abs().max() <= TOLERANCE
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once into the cache

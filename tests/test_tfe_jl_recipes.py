@@ -9,10 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ferkit.models.weights import get_weights
+from ferkit.models import create_model
+from ferkit.models.weights import Preprocessing, Weights, get_weights
 from ferkit.training.engine import train
 from ferkit.training.recipe import get_recipe
-from tests.fixtures.datasets import make_ckplus48_tree, make_ferplus_tree, make_identity_tree, make_orl_tree
+from tests.fixtures.datasets import (FERPLUS_CLASSES, make_ckplus48_tree, make_ferplus_tree, make_identity_tree,
+                                     make_orl_tree)
 
 # every row below passes the majority rule (labels 0, 1, 2, 3, 7 ...), so all images are kept
 _VOTES = [[10, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 8, 2, 0, 0, 0, 0, 0, 0, 0], [0, 0, 9, 0, 0, 0, 1, 0, 0, 0],
@@ -64,10 +66,10 @@ def identity_root(tmp_path: Path) -> tuple[Path, Path]:
     return celeb, orl
 
 
-def _fixed_batch_loss_drops(recipe: Any, ctx: LocalContext, steps: int = 15) -> tuple[float, float]:
+def _fixed_batch_loss_drops(recipe: Any, ctx: LocalContext, steps: int = 10) -> tuple[float, float]:
     recipe.setup(ctx)
-    x = recipe.inputs(recipe.x_train[:12], augment=False)
-    y = recipe.y_train[:12]
+    x = recipe.inputs(recipe.x_train[:8], augment=False)
+    y = recipe.y_train[:8]
     recipe.model.train()
     first = last = None
     for _ in range(steps):
@@ -81,9 +83,11 @@ def _fixed_batch_loss_drops(recipe: Any, ctx: LocalContext, steps: int = 15) -> 
 
 def test_resnet18_ferplus_runs_on_engine_and_writes_loadable_checkpoint(ferplus_root: Path, tmp_path: Path) -> None:
     cls = get_recipe("tfe-jl/resnet18-ferplus")
-    recipe = cls(ferplus_root, {"batch_size": 8, "schedule_epochs": 2})
+    recipe = cls(ferplus_root, {"batch_size": 8, "schedule_epochs": 2, "max_steps_per_epoch": 2})
     end = train(recipe, tmp_path / "run", epochs=2, device="cpu", json_lines=False)
     assert end["status"] == "completed" and end["epoch"] == 2
+    # 24 images / batch 8 = 3 batches, capped at 2 steps per epoch by --max-steps-per-epoch
+    assert len(recipe.train_set) == 24 and recipe.steps_per_epoch == 2 and end["global_step"] == 4
     assert 0.0 <= end["metrics"]["val_accuracy"] <= 1.0
     weights = get_weights(tmp_path / "run" / "checkpoint.pt")
     assert weights.architecture == "resnet18_fer" and weights.classes[0] == "neutral"
@@ -131,36 +135,41 @@ def test_deepid_loss_drops_on_fixed_batch(identity_root: tuple[Path, Path], tmp_
     assert recipe.margin > 0
 
 
-def test_joint_ferplus_loads_both_pretrained_branches(ferplus_root: Path, identity_root: tuple[Path, Path],
-                                                      tmp_path: Path) -> None:
-    celeb, _ = identity_root
-    train(get_recipe("tfe-jl/deepid-identity")(celeb, {"batch_size": 8, "holdout_identities": 1}),
-          tmp_path / "s1", epochs=1, device="cpu", json_lines=False)
-    train(get_recipe("tfe-jl/resnet18-ferplus")(ferplus_root, {"batch_size": 8}),
-          tmp_path / "s2", epochs=1, device="cpu", json_lines=False)
-    s1 = get_weights(tmp_path / "s1" / "checkpoint.pt").state_dict()
-    s2w = get_weights(tmp_path / "s2" / "checkpoint.pt")
-    s2 = s2w.state_dict()
-    recipe = get_recipe("tfe-jl/joint-ferplus")(ferplus_root, {
-        "batch_size": 8, "lr": 0.05, "identity_checkpoint": str(tmp_path / "s1" / "checkpoint.pt"),
-        "emotion_checkpoint": str(tmp_path / "s2" / "checkpoint.pt")})
-    recipe.setup(LocalContext(tmp_path))
-    joint = recipe.model
-    for k, v in joint.identity_net.state_dict().items():
-        torch.testing.assert_close(v, s1[k])
-    for k, v in joint.emotion_net.state_dict().items():
-        torch.testing.assert_close(v, s2[k])
-    assert recipe.preprocessing == s2w.preprocessing  # the ResNet branch keeps its input normalisation
-    assert recipe.optimizer.param_groups[0]["lr"] > 0
-    meta = recipe.weights_meta()
-    assert meta["architecture"] == "tfe_jl" and meta["name"] == "tfe-jl"
-    # and it trains: loss drops on a fixed batch
-    recipe2 = get_recipe("tfe-jl/joint-ferplus")(ferplus_root, dict(recipe.options))
-    first, last = _fixed_batch_loss_drops(recipe2, LocalContext(tmp_path))
+def _write_card(folder: Path, name: str, architecture: str, model: nn.Module, classes: list[str],
+                mean: float = 0.5, std: float = 0.25) -> Path:
+    """A weights entry (card + state dict) as stage 1 / stage 2 would leave after export."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / f"{name}.pt")
+    Weights(name=name, architecture=architecture, classes=classes,
+            preprocessing=Preprocessing(mean=mean, std=std), model_cfg={"num_classes": len(classes)},
+            file=f"{name}.pt").save_card(folder / f"{name}.json")
+    return folder / f"{name}.json"
+
+
+def test_joint_ferplus_loads_both_pretrained_branches(ferplus_root: Path, tmp_path: Path) -> None:
+    deepid = create_model("deepid", num_classes=5)
+    resnet = create_model("resnet18_fer", num_classes=8)
+    id_card = _write_card(tmp_path / "w", "stage1", "deepid", deepid, [f"id{i}" for i in range(5)])
+    emo_card = _write_card(tmp_path / "w", "stage2", "resnet18_fer", resnet, FERPLUS_CLASSES, mean=0.51, std=0.26)
+    options = {"batch_size": 8, "lr": 0.05, "identity_checkpoint": str(id_card), "emotion_checkpoint": str(emo_card)}
+    recipe = get_recipe("tfe-jl/joint-ferplus")(ferplus_root, options)
+    first, last = _fixed_batch_loss_drops(recipe, LocalContext(tmp_path), steps=8)
     assert last < first
-    # a ResNet checkpoint given as the identity branch is refused
-    bad = get_recipe("tfe-jl/joint-ferplus")(ferplus_root, {**recipe.options,
-                                                            "identity_checkpoint": str(tmp_path / "s2" / "checkpoint.pt")})
+    # setup loaded both branches (compare with the pretrained modules, not with the trained joint model)
+    fresh = get_recipe("tfe-jl/joint-ferplus")(ferplus_root, options)
+    fresh.setup(LocalContext(tmp_path))
+    joint = fresh.model
+    for k, v in joint.identity_net.state_dict().items():
+        torch.testing.assert_close(v, deepid.state_dict()[k])
+    for k, v in joint.emotion_net.state_dict().items():
+        torch.testing.assert_close(v, resnet.state_dict()[k])
+    # the ResNet branch keeps the input normalisation it was trained with
+    assert (fresh.preprocessing.mean, fresh.preprocessing.std) == (0.51, 0.26)
+    meta = fresh.weights_meta()
+    assert meta["architecture"] == "tfe_jl" and meta["name"] == "tfe-jl" and meta["model_cfg"]["emotion_depth"] == 18
+    assert fresh.optimizer.param_groups[0]["lr"] > 0
+    # a ResNet given as the identity branch is refused with a clear message
+    bad = get_recipe("tfe-jl/joint-ferplus")(ferplus_root, {**options, "identity_checkpoint": str(emo_card)})
     with pytest.raises(ValueError, match="deepid"):
         bad.setup(LocalContext(tmp_path))
 

@@ -21,10 +21,10 @@ from ferkit.models.weights import Preprocessing, Weights, list_weights, load_wei
 
 #: per-call budget: a slow model gets fewer repeats / a smaller throughput batch, never minutes
 LATENCY_REPEAT = 30
-LATENCY_MAX_S = 4.0
+LATENCY_MAX_S = 2.0
 THROUGHPUT_RUNS = 3
 THROUGHPUT_BATCH = 64
-THROUGHPUT_MAX_BATCH_S = 6.0
+THROUGHPUT_MAX_BATCH_S = 3.0
 
 
 @dataclass

@@ -44,7 +44,7 @@ RECIPE_NETWORKS: dict[str, NetSpec] = {
     "fersnet/ferplus": NetSpec("fersnet_light", {"num_classes": 8}, 0, 64, synthesis=True),
 }
 
-MAX_STEP_TIME_S = 2.0
+MAX_STEP_TIME_S = 1.0
 PROBE_BATCH = 8
 STEPS = 3
 

@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--synthesis-weights", default=None,
                    help="FERSNet weights for the synthesis run (default: shipped fersnet weights, else fersnet_light)")
     p.add_argument("--video", type=Path, default=None, help="video (default resources/samples/expressions_pexels_640x360.mp4)")
-    p.add_argument("--frames", type=int, default=120, help="timed frames per pipeline pass (default 120)")
+    p.add_argument("--frames", type=int, default=100, help="timed frames per pipeline pass (default 100)")
     p.add_argument("--passes", type=int, default=3, help="pipeline passes per configuration (default 3)")
     p.add_argument("--recipes", nargs="+", default=None, help="training section: these recipes only")
     p.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda")

@@ -14,6 +14,7 @@ whole protocol with the ordinary training engine:
    per-fold accuracy, summed confusion matrix) to ``<out>/cv.json``, ``confusion.png`` and
    ``folds.png``.
 
+The report is rewritten after every fold (``complete`` says whether all k folds are in it).
 Resuming: a fold whose ``result.json`` matches the run (recipe, k, split seed, epochs) is reused;
 a fold with a half-trained ``checkpoint.pt`` continues from it (the engine's resume); a fold
 whose checkpoint already reached the epoch count is only evaluated. So ``ferkit cv`` can be
@@ -178,6 +179,8 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
                    if result.recipe_val_accuracy is not None else ""))
         emit({"event": "fold_end", "time": time.time(), "fold": i, "folds": folds, "reused": False,
               "accuracy": result.accuracy, "n_test": result.n_test, "result": str(result_path)})
+        # keep cv.json / PNGs current after every fold: a stopped run still has a report of what is done
+        write_report(out_dir, summarise(out_dir, folds, key_base, classes, dataset_desc=str(data_dir)))
 
     summary = summarise(out_dir, folds, key_base, classes, dataset_desc=str(data_dir))
     summary["device"] = device

@@ -96,6 +96,7 @@ class FrozenIdentity(nn.Module):
         self.net = loaded.model.eval()
         self.preprocessing = loaded.weights.preprocessing
         self.name = loaded.weights.name
+        self.source = loaded.weights.source
         for p in self.net.parameters():
             p.requires_grad_(False)
 
@@ -156,6 +157,11 @@ def _pair_means(features: torch.Tensor, subjects: Optional[torch.Tensor]) -> dic
     return out
 
 
+def _describe(name: str, source: Optional[str]) -> str:
+    """A shipped entry by its name; a checkpoint by its path (names inside checkpoints repeat)."""
+    return name if source is None or source.endswith(".json") else f"{name} ({source})"
+
+
 @dataclass
 class SynthesisReport:
     metrics: dict[str, Any]
@@ -205,11 +211,11 @@ def evaluate_synthesis(generator: LoadedModel, images: torch.Tensor, labels: tor
         covered = counts > 0
         metrics["synthesis_accuracy"] = float(hits[covered].sum() / counts[covered].sum())
         metrics["judge_accuracy_on_real_test_faces"] = real_hits / real_count if real_count else None
-        metrics["judge"] = judge.loaded.weights.name
+        metrics["judge"] = _describe(judge.loaded.weights.name, judge.loaded.weights.source)
         per_target = {classes[t]: float(hits[t] / counts[t]) for t in judge.covered}
     if identity is not None:
         metrics["identity_cosine_source_vs_synthesised"] = cos_sum / max(1, cos_n)
-        metrics["identity_net"] = identity.name
+        metrics["identity_net"] = _describe(identity.name, identity.source)
         metrics.update(_pair_means(torch.cat(real_feats), subjects))
     return SynthesisReport(metrics, per_target)
 

@@ -295,7 +295,7 @@ def parse_identities(spec: Optional[str], weights_notes: str = "") -> Optional[l
     if spec == "heldout":
         import re
 
-        m = re.search(r"held out[^:]*:\s*([^\n]+)", weights_notes or "")
+        m = re.search(r"held[ -]out[^:]*:\s*([^\n]+)", weights_notes or "", flags=re.IGNORECASE)
         if not m or m.group(1).strip() in {"", "none"}:
             raise ValueError("--identities heldout: the weights' notes name no held-out identities; "
                              "pass the names (a,b,c or @file)")
@@ -348,6 +348,8 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
     if identities is not None:
         names = ds.subject_names or ds.classes
         index = {n: i for i, n in enumerate(names)}
+        # recipes record names as "<set>/<identity>" when they train on several sets
+        identities = [n if n in index or "/" not in n else n.rsplit("/", 1)[1] for n in identities]
         missing = [n for n in identities if n not in index]
         if missing:
             raise ValueError(f"--identities: {len(missing)} name(s) not in {data}: {', '.join(missing[:5])}"

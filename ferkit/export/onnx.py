@@ -255,3 +255,18 @@ def cached_export(name_or_path: PathLike, opset: int = DEFAULT_OPSET) -> Path:
     if not path.exists():
         export_weights(name_or_path, path, opset=opset)
     return path
+
+
+def use_onnx(predictor: Any, threads: Optional[int] = None) -> Any:
+    """Switch a :class:`ferkit.inference.Predictor` to ONNX Runtime in place (``--engine onnx``).
+
+    The predictor keeps its weights card, preprocessing and face pipeline; only the network call
+    changes (exported once into the cache, then reused). ONNX Runtime runs on the CPU here, so the
+    predictor's device becomes CPU. Gate maps and synthesis stay torch-only (a clear error).
+    """
+    source = predictor.weights.source
+    if source is None:
+        raise ValueError("these weights have no file to export to ONNX")
+    predictor.model = OnnxModel(cached_export(source), threads=threads)
+    predictor.device = torch.device("cpu")
+    return predictor

@@ -165,6 +165,9 @@ class EIFNCKPlus(Recipe):
         # identity softmax over the TRAINING subjects only (held-out subjects are strangers)
         train_subject_ids, train_subjects = torch.unique(train.subjects, return_inverse=True)
         self.classes = list(dataset.classes)
+        self.heldout_subject_names = ([] if test_idx is None else sorted(
+            {dataset.subject_names[int(v)] if dataset.subject_names else str(int(v))
+             for v in torch.unique(dataset.subjects[test_idx])}))
         self.train_subject_names = ([dataset.subject_names[int(s)] for s in train_subject_ids]
                                     if dataset.subject_names else [str(int(s)) for s in train_subject_ids])
         device = ctx.device
@@ -274,5 +277,8 @@ class EIFNCKPlus(Recipe):
             "recipe": self.name,
             "notes": f"mode={self.mode}; lambdas=({self.loss_fn.lambda1}, {self.loss_fn.lambda2}, "
                      f"{self.loss_fn.lambda3}); random init (no ImageNet / Oulu-CASIA stage 1)"
-                     + ("" if not self.options.get("init") else f"; init from {self.options['init']}"),
+                     + ("" if not self.options.get("init") else f"; init from {self.options['init']}")
+                     # the sentence `ferkit eval-verification --identities heldout` reads
+                     + (f". CK+ subjects held out of training: {', '.join(self.heldout_subject_names)}"
+                        if self.heldout_subject_names else ""),
         }

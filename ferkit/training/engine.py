@@ -8,7 +8,8 @@ and training curves.
 Epoch numbering
     Recipe hooks (``train_epoch``, ``evaluate``, ``end_epoch``, ``ctx.batches``) receive the
     **0-based** epoch index. Events, ``curves.csv`` and the checkpoint's ``epoch`` field count
-    **completed** epochs (1-based): after the first epoch, ``epoch`` is 1.
+    **completed** epochs (1-based): after the first epoch, ``epoch`` is 1. ``ctx.epochs`` is the
+    planned total, set before ``recipe.setup`` (for schedules that span the whole run).
 
 Determinism
     Everything is seeded from ``seed`` (torch, CUDA, numpy, python) before ``recipe.setup`` so

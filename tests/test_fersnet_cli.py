@@ -1,0 +1,115 @@
+"""`ferkit synthesize` and `ferkit eval-synthesis` on tiny FERSNet checkpoints and CK+48 fixtures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ferkit.cli import main
+from ferkit.evaluation.synthesis import Judge, canonical_class, convert_images, synthesis_grid
+from ferkit.models.registry import create_model
+from ferkit.models.weights import Preprocessing, Weights, load_weights
+from tests.fixtures.datasets import make_ckplus48_tree
+
+CLASSES = ["anger", "contempt", "happy", "surprise"]  # the class folders of make_ckplus48_tree
+
+
+def _checkpoint(tmp_path: Path, name: str, arch: str, cfg: dict, size: int, classes=CLASSES) -> Path:
+    """A training checkpoint as the engine writes it: modules.model + weights_meta."""
+    model = create_model(arch, **cfg)
+    meta = Weights(name=name, architecture=arch, classes=list(classes),
+                   preprocessing=Preprocessing(input_size=size, grayscale=True, mean=0.5, std=0.5,
+                                               alignment="ckplus48"), model_cfg=cfg)
+    path = tmp_path / f"{name}.pt"
+    torch.save({"modules": {"model": model.state_dict()}, "weights_meta": meta.to_dict()}, path)
+    return path
+
+
+def _fersnet(tmp_path: Path, **kw) -> Path:
+    cfg = {"num_classes": len(CLASSES), "input_size": 32, "width": 4, "fc_dim": 8, **kw}
+    return _checkpoint(tmp_path, "tiny-fersnet" + ("-nomtl" if kw.get("mtl") is False else ""),
+                       "fersnet_light", cfg, 32)
+
+
+def _identity(tmp_path: Path) -> Path:
+    return _checkpoint(tmp_path, "tiny-deepid", "deepid", {"num_classes": 3, "input_size": 32}, 32,
+                       classes=["a", "b", "c"])
+
+
+def test_synthesize_whole_image_writes_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    img = tmp_path / "face.png"
+    cv2.imwrite(str(img), (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8))
+    out = tmp_path / "grid.png"
+    assert main(["synthesize", str(img), "--checkpoint", str(_fersnet(tmp_path)), "--target", "all",
+                 "--out", str(out), "--whole-image", "--scale", "1", "--device", "cpu"]) == 0
+    grid = cv2.imread(str(out))
+    assert grid.shape[1] == (1 + len(CLASSES)) * 32 and grid.shape[0] == 32 + 18  # header band + one row
+    one = tmp_path / "one.png"
+    assert main(["synthesize", str(img), "--checkpoint", str(_fersnet(tmp_path)), "--target", "happy",
+                 "--out", str(one), "--whole-image", "--scale", "1", "--device", "cpu"]) == 0
+    assert cv2.imread(str(one)).shape[1] == 2 * 32
+
+
+def test_synthesize_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    img = tmp_path / "flat.png"
+    cv2.imwrite(str(img), np.full((64, 64, 3), 128, np.uint8))  # nothing a detector can call a face
+    ckpt = str(_fersnet(tmp_path))
+    assert main(["synthesize", str(img), "--checkpoint", ckpt, "--out", str(tmp_path / "x.png"),
+                 "--device", "cpu"]) == 2
+    assert "no face found" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert main(["synthesize", str(img), "--checkpoint", ckpt, "--target", "joy", "--whole-image",
+                 "--out", str(tmp_path / "x.png"), "--device", "cpu"]) == 2
+    assert "not a class" in capsys.readouterr().err
+    nomtl = str(_fersnet(tmp_path, mtl=False))
+    assert main(["synthesize", str(img), "--checkpoint", nomtl, "--whole-image",
+                 "--out", str(tmp_path / "x.png"), "--device", "cpu"]) == 2
+    assert "no synthesis stream" in capsys.readouterr().err
+
+
+def test_eval_synthesis_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    make_ckplus48_tree(tmp_path / "ck")
+    args = ["eval-synthesis", "--checkpoint", str(_fersnet(tmp_path)), "--data", str(tmp_path / "ck"),
+            "--folds", "0", "--judge", str(_fersnet(tmp_path, mtl=False)),
+            "--identity-weights", str(_identity(tmp_path)), "--device", "cpu", "--json"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["faces"] == 12 and res["targets"] == len(CLASSES)
+    assert 0.0 <= res["synthesis_accuracy"] <= 1.0
+    assert set(res["per_target_accuracy"]) == set(CLASSES)
+    # overall accuracy is the mean over targets here (every target has the same number of faces)
+    assert res["synthesis_accuracy"] == pytest.approx(np.mean(list(res["per_target_accuracy"].values())))
+    assert -1.0 <= res["identity_cosine_source_vs_synthesised"] <= 1.0
+    assert "identity_cosine_real_same_subject" in res and "identity_cosine_real_different_subjects" in res
+
+
+def test_judge_maps_class_names_between_datasets(tmp_path: Path) -> None:
+    judge_ckpt = _checkpoint(tmp_path, "judge8", "fersnet_light",
+                             {"num_classes": 4, "input_size": 32, "width": 4, "fc_dim": 8, "mtl": False}, 32,
+                             classes=["neutral", "happiness", "surprise", "anger"])
+    judge = Judge(load_weights(judge_ckpt, device="cpu"), CLASSES)
+    # judge index -> generator index: neutral has no counterpart, happiness == happy
+    assert judge.to_generator.tolist() == [-1, 2, 3, 0]
+    assert judge.covered == [0, 2, 3] and canonical_class("Happy") == "happiness"
+
+
+def test_convert_images_resizes_and_converts_channels() -> None:
+    x = torch.rand(2, 1, 16, 16, requires_grad=True)
+    rgb = Preprocessing(input_size=32, grayscale=False, mean=0.5, std=0.25)
+    y = convert_images(x, rgb)
+    assert y.shape == (2, 3, 32, 32)
+    y.sum().backward()  # differentiable: L_idt trains the generator through it
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    gray = convert_images(torch.ones(1, 3, 8, 8), Preprocessing(input_size=8, mean=0.0, std=1.0))
+    torch.testing.assert_close(gray, torch.ones(1, 1, 8, 8))
+
+
+def test_synthesis_grid_layout() -> None:
+    src = torch.zeros(2, 1, 8, 8)
+    syn = torch.ones(2, 3, 1, 8, 8)
+    grid = synthesis_grid(src, syn, ["a", "b", "c"], scale=2, header=False)
+    assert grid.shape == (2 * 16, 4 * 16, 3)
+    assert grid[0, 0].tolist() == [0, 0, 0] and grid[0, -1].tolist() == [255, 255, 255]
