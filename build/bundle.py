@@ -29,6 +29,9 @@ EXCLUDED_MODULES = [
     "jax", "jaxlib", "tensorflow", "tensorboard", "torch.utils.tensorboard", "IPython", "notebook", "jupyter_client",
     "pytest", "_pytest", "pytestqt", "tkinter", "_tkinter", "matplotlib.backends.backend_tkagg",
     "matplotlib.backends._backend_tk", "matplotlib.backends.backend_webagg", "PyInstaller",
+    # scipy (~78 MB with its OpenBLAS): reached only through optional imports of networkx/sympy
+    # (torch's compiler stack) and torch.testing; ferkit and the app never import it
+    "scipy",
     # Qt modules the app never imports (it uses QtCore, QtGui, QtWidgets, QtMultimedia only)
     "PySide6.QtWebEngineCore", "PySide6.QtWebEngineWidgets", "PySide6.QtWebEngineQuick", "PySide6.QtWebChannel",
     "PySide6.QtWebView", "PySide6.Qt3DCore", "PySide6.Qt3DRender", "PySide6.Qt3DInput", "PySide6.Qt3DLogic",
@@ -48,6 +51,7 @@ EXCLUDED_MODULES = [
 #: path inside the bundle (``fnmatch``: ``*`` also crosses ``/``).
 DROP_PATTERNS = [
     # torch: C++ headers, CMake files, C++ test executables and protoc, test-only shared libraries
+    # (torch/bin/torch_shm_manager stays: ``import torch`` checks that it exists; see KEEP_PATTERNS)
     "torch/include/*", "torch/share/*", "torch/test/*", "torch/bin/*",
     "torch/lib/libjitbackend_test.so", "torch/lib/libtorchbind_test.so", "torch/lib/libaoti_custom_ops.so",
     "torch/lib/libbackend_with_compiler.so",
@@ -60,6 +64,8 @@ DROP_PATTERNS = [
     "PySide6/Qt/plugins/imageformats/libqtiff.so", "PySide6/Qt/plugins/imageformats/libqwebp.so",
     "PySide6/Qt/plugins/imageformats/libqtga.so", "PySide6/Qt/plugins/imageformats/libqwbmp.so",
     "PySide6/Qt/plugins/imageformats/libqicns.so", "PySide6/Qt/plugins/imageformats/libqpdf.so",
+    # GTK theme plugin: needs GTK 3, which the bundle does not carry (Qt falls back to Fusion)
+    "PySide6/Qt/plugins/platformthemes/libqgtk3.so",
     "PySide6/Qt/plugins/designer/*", "PySide6/Qt/plugins/qmltooling/*", "PySide6/Qt/plugins/sqldrivers/*",
     # matplotlib: demo data; only the Agg canvas is used (colormaps, training curves)
     "matplotlib/mpl-data/sample_data/*",
@@ -69,9 +75,17 @@ DROP_PATTERNS = [
 ]
 
 
+#: Exceptions to DROP_PATTERNS: files a dropped folder holds that are needed at run time.
+KEEP_PATTERNS = [
+    "torch/bin/torch_shm_manager",  # torch/__init__.py raises at import when it is missing
+]
+
+
 def dropped(dest: str, patterns: Sequence[str] = DROP_PATTERNS) -> bool:
     """Whether a bundle path (as PyInstaller's TOC names it) matches an exclusion pattern."""
     dest = dest.replace("\\", "/")
+    if any(fnmatchcase(dest, p) for p in KEEP_PATTERNS):
+        return False
     return any(fnmatchcase(dest, p) for p in patterns)
 
 

@@ -14,8 +14,10 @@ if [ ! -x "$PYINSTALLER" ]; then
 fi
 NICE="${FERKIT_BUILD_NICE:-5}"
 start=$(date +%s)
-# --clean: never reuse analysis from an earlier build whose dependencies or resources differed
-nice -n "$NICE" "$PYINSTALLER" build/ferkit-app.spec --noconfirm --clean --log-level WARN \
+# build/work keeps PyInstaller's analysis between builds (it redoes what changed); delete it, or
+# set FERKIT_BUILD_CLEAN=1, after changing the venv's packages
+CLEAN=(); [ "${FERKIT_BUILD_CLEAN:-0}" = 1 ] && CLEAN=(--clean)
+nice -n "$NICE" "$PYINSTALLER" build/ferkit-app.spec --noconfirm "${CLEAN[@]}" --log-level WARN \
     --distpath build/out --workpath build/work
 exe=build/out/ferkit-app/ferkit-app
 if [ ! -x "$exe" ]; then

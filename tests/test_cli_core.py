@@ -187,3 +187,21 @@ def test_predict_with_the_shipped_default_weights(capsys: pytest.CaptureFixture)
     faces = json.loads(out)[0]["faces"]
     assert len(faces) == 1 and len(faces[0]["scores"]) == 8
     assert abs(sum(faces[0]["scores"].values()) - 1) < 1e-6
+
+
+def test_eval_on_a_prepared_folder_matches_the_source(run: dict[str, Path], capsys: pytest.CaptureFixture,
+                                                     tmp_path: Path) -> None:
+    """`ferkit prepare` output (no detection: whole 48x48 crops) evaluates like the FER+ folder itself."""
+    from ferkit.data.prepared import prepare_dataset
+    from ferkit.data.registry import open_index
+    from ferkit.models.weights import Preprocessing
+
+    prepare_dataset(open_index("ferplus", run["valid"]), tmp_path / "prep", Preprocessing(), detect=False,
+                    progress=False)
+    rc, out, err = call(capsys, "eval", "--checkpoint", str(run["ckpt"]), "--data", str(tmp_path / "prep"), "--json")
+    assert rc == 0, err
+    prepared = json.loads(out)
+    rc, out, _ = call(capsys, "eval", "--checkpoint", str(run["ckpt"]), "--data", str(run["valid"]), "--json")
+    direct = json.loads(out)
+    assert prepared["layout"] == "prepared" and prepared["n"] == direct["n"]
+    assert prepared["confusion"] == direct["confusion"]

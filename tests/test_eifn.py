@@ -232,6 +232,8 @@ def test_recipe_loss_goes_down_on_a_fixed_batch(ck_tree: Path, tmp_path: Path, m
     # centres move only when the identity loss is on (Wen's rule after each step)
     moved = not torch.equal(recipe.center_loss.centers, centres_before)
     assert moved == (mode != "efn")
+    head_trainable = any(p.requires_grad for m in recipe.model.identity_head for p in m.parameters())
+    assert head_trainable == (mode != "efn")  # EFN: no identity supervision, head frozen
 
 
 def test_recipe_folds_hold_out_whole_subjects(ck_tree: Path, tmp_path: Path) -> None:

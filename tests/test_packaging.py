@@ -105,7 +105,7 @@ def test_mediapipe_graphs_and_every_model_they_load_are_collected():
 
 
 @pytest.mark.parametrize("dest", [
-    "torch/lib/libtorch_cpu.so", "torch/lib/libc10.so", "torch/lib/libtorch_python.so", "torch/lib/libgomp.so.1",
+    "torch/lib/libtorch_cpu.so", "torch/bin/torch_shm_manager", "torch/lib/libc10.so", "torch/lib/libtorch_python.so", "torch/lib/libgomp.so.1",
     "PySide6/Qt/plugins/platforms/libqoffscreen.so", "PySide6/Qt/plugins/platforms/libqxcb.so",
     "PySide6/Qt/plugins/platforms/libqwayland.so", "PySide6/Qt/plugins/imageformats/libqsvg.so",
     "PySide6/Qt/plugins/imageformats/libqjpeg.so", "PySide6/Qt/plugins/iconengines/libqsvgicon.so",
@@ -121,7 +121,7 @@ def test_runtime_files_are_not_dropped(dest):
 @pytest.mark.parametrize("dest", [
     "torch/include/ATen/ATen.h", "torch/test/test_api", "torch/bin/protoc", "torch/lib/libtorchbind_test.so",
     "PySide6/Qt/translations/qtbase_de.qm", "PySide6/Qt/qml/QtQuick/Controls/qmldir",
-    "matplotlib/mpl-data/sample_data/grace_hopper.jpg", "cv2/data/haarcascade_frontalface_default.xml",
+    "matplotlib/mpl-data/sample_data/grace_hopper.jpg", "PySide6/Qt/plugins/platformthemes/libqgtk3.so", "cv2/data/haarcascade_frontalface_default.xml",
 ])
 def test_unused_files_are_dropped(dest):
     assert bundle.dropped(dest)

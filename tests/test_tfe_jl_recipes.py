@@ -197,3 +197,15 @@ def test_resnet12_ckplus_holds_out_a_subject_independent_fold(tmp_path: Path) ->
         assert not set(train_set.subjects.tolist()) & set(val_set.subjects.tolist())
     with pytest.raises(ValueError, match="fold"):
         cls(tmp_path / "ck", {"folds": 3, "fold": 3}).setup(LocalContext(tmp_path))
+
+
+def test_init_checkpoint_starts_from_given_weights_and_checks_architecture(ferplus_root: Path, tmp_path: Path) -> None:
+    resnet = create_model("resnet18_fer", num_classes=8)
+    card = _write_card(tmp_path / "w", "warm", "resnet18_fer", resnet, FERPLUS_CLASSES)
+    recipe = get_recipe("tfe-jl/resnet18-ferplus")(ferplus_root, {"init_checkpoint": str(card), "batch_size": 8})
+    recipe.setup(LocalContext(tmp_path))
+    for k, v in recipe.model.state_dict().items():
+        torch.testing.assert_close(v, resnet.state_dict()[k])
+    wrong = _write_card(tmp_path / "w", "id", "deepid", create_model("deepid", num_classes=3), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="resnet18_fer"):
+        get_recipe("tfe-jl/resnet18-ferplus")(ferplus_root, {"init_checkpoint": str(wrong)}).setup(LocalContext(tmp_path))

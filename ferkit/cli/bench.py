@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run")
     p.add_argument("--models", nargs="+", default=None,
                    help="shipped weights names or architectures (default: every shipped model, plus an "
-                        "untrained build of each architecture nothing ships)")
+                        "untrained build of each architecture nothing ships; the paper-size fersnet only "
+                        "when named)")
     p.add_argument("--pipeline-weights", default="tfe-jl", help="classifier of the pipeline runs (default tfe-jl)")
     p.add_argument("--synthesis-weights", default=None,
                    help="FERSNet weights for the synthesis run (default: shipped fersnet weights, else fersnet_light)")

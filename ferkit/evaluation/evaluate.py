@@ -10,8 +10,8 @@ Accepted data (detected from the folder):
 - FER+ split folder (``label.csv`` beside the PNGs, e.g. ``ferplus/FER2013Valid``); ``vote``
   picks the label rule (``majority``, the papers' protocol, or ``plurality``).
 - CK+48 (``CK+48/<class>/S###_###_########.png`` or the CK+48 folder itself).
-- a prepared dataset (``torch.save`` of :meth:`FaceDataset.to_dict`, as written by ``ferkit
-  prepare``): the ``.pt`` file or a folder holding exactly one.
+- a folder written by ``ferkit prepare`` (``manifest.json`` + chunks, see
+  :mod:`ferkit.data.prepared`): faces detected and aligned by the same pipeline as ``predict``.
 
 Dataset class names are matched to the model's by name with the usual synonyms (happy =
 happiness, angry = anger, ...); the confusion matrix is over the model's classes.
@@ -57,10 +57,12 @@ def class_mapping(data_classes: list[str], model_classes: list[str]) -> list[int
 
 def detect_layout(path: Path) -> str:
     """``ferplus`` | ``ckplus48`` | ``prepared``; a DataError saying what was expected otherwise."""
-    if path.is_file() and path.suffix in {".pt", ".pth"}:
-        return "prepared"
+    from ferkit.data.prepared import is_prepared
+
     if not path.is_dir():
         raise DataError(path, "no such folder")
+    if is_prepared(path):
+        return "prepared"
     if (path / "label.csv").is_file():
         return "ferplus"
     children = [c for c in ("FER2013Valid", "FER2013Test", "FER2013Train") if (path / c / "label.csv").is_file()]
@@ -71,12 +73,9 @@ def detect_layout(path: Path) -> str:
     subdirs = [d for d in root.iterdir() if d.is_dir()]
     if subdirs and any(f.name.startswith("S") and "_" in f.name for d in subdirs for f in list(d.iterdir())[:5]):
         return "ckplus48"
-    pts = list(path.glob("*.pt"))
-    if len(pts) == 1:
-        return "prepared"
     raise DataError(path, "unknown dataset layout",
                     hint="expected a FER+ split folder (label.csv + PNGs), CK+48/<class>/S###_###_*.png, "
-                         "or a prepared dataset .pt from `ferkit prepare`")
+                         "or a folder written by `ferkit prepare`")
 
 
 def load_eval_data(path: Union[str, Path], vote: str = "majority") -> tuple[FaceDataset, str]:
@@ -91,12 +90,9 @@ def load_eval_data(path: Union[str, Path], vote: str = "majority") -> tuple[Face
         from ferkit.data.ckplus import load_ckplus48
 
         return load_ckplus48(path), layout
-    file = path if path.is_file() else next(path.glob("*.pt"))
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=False)
-        return FaceDataset.from_dict(blob), layout
-    except Exception as exc:  # noqa: BLE001 - anything unreadable is a data problem
-        raise DataError(file, f"not a prepared ferkit dataset ({type(exc).__name__}: {exc})") from None
+    from ferkit.data.prepared import load_prepared
+
+    return load_prepared(path), layout
 
 
 def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "majority", device: str = "auto",

@@ -41,9 +41,8 @@ from ferkit.training.recipe import Recipe, StepResult, TrainContext, register_re
 #: the paper's rotation set (degrees); with horizontal flips the training set grows 14x
 PAPER_ANGLES = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)
 
-#: the paper's lambdas: stage 2 (fine-tune on CK+) and stage 1 (pre-train on the other data set)
+#: the paper's (l1, l2, l3) for fine-tuning on CK+ (its stage 1 on Oulu-CASIA used 1e-4, 1, 6)
 CKPLUS_LAMBDAS = (1e-4, 2.0, 1.0)
-PRETRAIN_LAMBDAS = (1e-4, 1.0, 6.0)
 
 PREPROCESSING = Preprocessing(input_size=64, grayscale=True, mean=0.5, std=0.5, alignment="ckplus48")
 
@@ -168,8 +167,6 @@ class EIFNCKPlus(Recipe):
         self.heldout_subject_names = ([] if test_idx is None else sorted(
             {dataset.subject_names[int(v)] if dataset.subject_names else str(int(v))
              for v in torch.unique(dataset.subjects[test_idx])}))
-        self.train_subject_names = ([dataset.subject_names[int(s)] for s in train_subject_ids]
-                                    if dataset.subject_names else [str(int(s)) for s in train_subject_ids])
         device = ctx.device
         self.x_train = self._to_input(train.images, device)
         self.y_train = train.labels.to(device)
@@ -198,6 +195,11 @@ class EIFNCKPlus(Recipe):
         self.loss_fn = EIFNLoss(self.center_loss, lambda1=float(self._opt("lambda1", CKPLUS_LAMBDAS[0])),
                                 lambda2=float(self._opt("lambda2", CKPLUS_LAMBDAS[1])),
                                 lambda3=float(self._opt("lambda3", CKPLUS_LAMBDAS[2])), mode=self.mode)
+        if not self.loss_fn.uses_identity:
+            # EFN: nothing supervises the identity head; freezing it says so and keeps DDP from
+            # waiting for gradients that never come
+            for module in self.model.identity_head:
+                module.requires_grad_(False)
         self.net = ctx.wrap(self.model)
         self.batch_size = int(self._opt("batch_size", 100))
         # the classifier sees an L2-normalised vector (unit norm spread over Ci*Ce entries), so at the

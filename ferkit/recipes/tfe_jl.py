@@ -92,6 +92,8 @@ class _SupervisedRecipe(Recipe):
     default_lr = 0.1
     default_weight_decay = 5e-4
     default_augment = "flip,shift,rotation"
+    #: registered architecture this recipe trains (``modules()["model"]``)
+    architecture = ""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -110,6 +112,9 @@ class _SupervisedRecipe(Recipe):
                             help=f"comma list of flip,shift,rotation or 'none' (default {cls.default_augment})")
         parser.add_argument("--max-shift", type=float, default=0.08, help="shift range, fraction of the side")
         parser.add_argument("--max-rotation", type=float, default=20.0, help="rotation range in degrees")
+        parser.add_argument("--init-checkpoint", default=None,
+                            help="start from these weights (checkpoint .pt, card or shipped name of the same "
+                                 "architecture) instead of a random initialisation: a warm restart")
         parser.add_argument("--max-steps-per-epoch", type=int, default=None,
                             help="stop each epoch after this many steps (a random subset of the batches; "
                                  "for short CPU runs of the joint stage)")
@@ -124,7 +129,7 @@ class _SupervisedRecipe(Recipe):
         raise NotImplementedError
 
     def _build_model(self, train: FaceDataset) -> nn.Module:
-        raise NotImplementedError
+        return create_model(self.architecture, num_classes=len(train.classes))
 
     def _loss(self, out: Any, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return F.cross_entropy(out.logits.float(), y), {}
@@ -157,7 +162,17 @@ class _SupervisedRecipe(Recipe):
         else:
             self.x_val = self.y_val = None
 
-        self.model = self._build_model(train).to(ctx.device, memory_format=self.memory_format)
+        model = self._build_model(train)
+        init = _option(o, "init_checkpoint", None)
+        if init:
+            weights = get_weights(init)
+            if weights.architecture != self.architecture:
+                raise ValueError(f"--init-checkpoint {init} holds a {weights.architecture!r} model, "
+                                 f"this recipe trains {self.architecture!r}")
+            model.load_state_dict({k: (v.float() if v.is_floating_point() else v)
+                                   for k, v in weights.state_dict().items()})
+            ctx.log(f"{self.name}: initialised from {init}")
+        self.model = model.to(ctx.device, memory_format=self.memory_format)
         self.net = ctx.wrap(self.model)
         self.batch_size = int(_option(o, "batch_size", 128))
         lr = float(_option(o, "lr", self.default_lr))
@@ -356,13 +371,11 @@ class ResNet18FerplusRecipe(_FerplusData, _SupervisedRecipe):
     name = "tfe-jl/resnet18-ferplus"
     description = "TFE-JL stage 2: ResNet18 emotion net on FER+ (majority vote), SGD lr 0.1"
     default_lr = 0.1
+    architecture = "resnet18_fer"
 
-
-    def _build_model(self, train: FaceDataset) -> nn.Module:
-        return create_model("resnet18_fer", num_classes=len(train.classes))
 
     def weights_meta(self) -> dict[str, Any]:
-        return self._meta("resnet18-ferplus", "resnet18_fer", {"num_classes": len(self.classes)}, self._data_desc)
+        return self._meta("resnet18-ferplus", self.architecture, {"num_classes": len(self.classes)}, self._data_desc)
 
 
 @register_recipe
@@ -370,13 +383,11 @@ class ResNet12CkplusRecipe(_CkplusData, _SupervisedRecipe):
     name = "tfe-jl/resnet12-ckplus"
     description = "TFE-JL stage 2 (CK+): ResNet12 emotion net on CK+48, SGD lr 0.16, subject-independent folds"
     default_lr = 0.16
+    architecture = "resnet12_fer"
 
-
-    def _build_model(self, train: FaceDataset) -> nn.Module:
-        return create_model("resnet12_fer", num_classes=len(train.classes))
 
     def weights_meta(self) -> dict[str, Any]:
-        return self._meta("resnet12-ckplus", "resnet12_fer", {"num_classes": len(self.classes)}, self._data_desc)
+        return self._meta("resnet12-ckplus", self.architecture, {"num_classes": len(self.classes)}, self._data_desc)
 
 
 # ---- stage 1: DeepID identity net ---------------------------------------------------------------
@@ -398,6 +409,7 @@ class DeepIdIdentityRecipe(_SupervisedRecipe):
     default_lr = 0.01
     default_epochs = 200
     default_augment = "flip"
+    architecture = "deepid"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -458,9 +470,6 @@ class DeepIdIdentityRecipe(_SupervisedRecipe):
                            + f"; one image per identity held for identification validation; "
                            f"{n_hold} identities of {self.data_dir.name} held out for verification")
         return full.subset(~val_mask), full.subset(val_mask)
-
-    def _build_model(self, train: FaceDataset) -> nn.Module:
-        return create_model("deepid", num_classes=len(train.classes))
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -545,6 +554,7 @@ class _JointRecipe(_SupervisedRecipe):
     """Both pretrained branches + BN + concat + FC, fine-tuned end to end on the FER data only."""
 
     default_epochs = 100
+    architecture = "tfe_jl"
     emotion_architecture = "resnet18_fer"
     emotion_depth = 18
     weights_name = ""
