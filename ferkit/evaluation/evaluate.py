@@ -50,8 +50,9 @@ def class_mapping(data_classes: list[str], model_classes: list[str]) -> list[int
     model_index = {canonical(c): i for i, c in enumerate(model_classes)}
     missing = [c for c in data_classes if canonical(c) not in model_index]
     if missing:
+        shown = ", ".join(model_classes[:10]) + (f", ... ({len(model_classes)} in all)" if len(model_classes) > 10 else "")
         raise ValueError(f"the data has classes the model does not predict: {', '.join(missing)} "
-                         f"(model classes: {', '.join(model_classes)})")
+                         f"(model classes: {shown}); is this an expression model?")
     return [model_index[canonical(c)] for c in data_classes]
 
 

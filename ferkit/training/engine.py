@@ -154,7 +154,9 @@ class EngineContext:
         else:
             optimizer.step()
 
-    def wrap(self, module: nn.Module) -> nn.Module:
+    def wrap(self, module: nn.Module, **ddp_kwargs: Any) -> nn.Module:
+        """DDP under torchrun (``ddp_kwargs`` go to DistributedDataParallel, e.g.
+        ``find_unused_parameters=True`` for a branch some steps skip); the module itself otherwise."""
         if not self.info.distributed:
             return module
         if isinstance(module, torch.nn.parallel.DistributedDataParallel):
@@ -162,7 +164,7 @@ class EngineContext:
         if not any(p.requires_grad for p in module.parameters()):
             return module  # nothing to synchronise (frozen branch)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, **ddp_kwargs)
 
     def batches(self, n_items: int, batch_size: int, epoch: int, shuffle: bool = True,
                 drop_last: bool = True) -> Iterator[torch.Tensor]:
