@@ -158,6 +158,8 @@ class MainWindow(QMainWindow):
         self.live_panel.explain_interval_changed.connect(self._set_explain_interval)
 
         sb = self.statusBar()
+        self.source_label = QLabel("")
+        sb.addWidget(self.source_label)
         self.fps_label = QLabel("— fps")
         self.latency_label = QLabel("")
         self.device_label = QLabel("")
@@ -232,9 +234,9 @@ class MainWindow(QMainWindow):
     # ================================================================== settings
     def _restore_settings(self, device: Optional[str], weights: Optional[str]) -> None:
         s = self.settings
-        self.checkpoints = [c for c in (s.value("checkpoints", []) or []) if Path(c).exists()]
-        if isinstance(self.checkpoints, str):
-            self.checkpoints = [self.checkpoints]
+        saved = s.value("checkpoints", []) or []
+        saved = [saved] if isinstance(saved, str) else list(saved)  # ini files return one item as a str
+        self.checkpoints = [c for c in saved if Path(c).exists()]
         self._fill_models()
         want = weights or s.value("model") or default_weights()
         if want and Path(str(want)).suffix in {".pt", ".pth", ".ckpt"} and Path(str(want)).exists():
@@ -267,7 +269,10 @@ class MainWindow(QMainWindow):
         s.setValue("explain_interval", self.live_panel.interval.value())
         s.setValue("loop", self.act_loop.isChecked())
         s.setValue("enrolments_path", str(self.enrolment_dir))
-        s.setValue("source", "camera" if self.mode == "camera" else str(self.source_path or ""))
+        src = "camera" if self.mode == "camera" else str(self.source_path or "")
+        if self.source_path is not None and self.source_path.name == sample_video().name:
+            src = ""  # the fallback sample is not a choice worth restoring
+        s.setValue("source", src)
         s.sync()
 
     # ================================================================== models
@@ -385,6 +390,7 @@ class MainWindow(QMainWindow):
                 (f"<br>{acc_text}" if acc_text else "") +
                 "<br>Bars: smoothed score; thin tick: this frame's raw score.")
             self.identity_panel.set_model(primary.name, primary.has_identity, primary.identity_threshold)
+            self.view.identity_threshold = primary.identity_threshold
             self.notify(f"Model {primary.name} ready on {primary.device}.")
         self._update_explainer_notices()
         self._refresh_enrolled()
@@ -449,6 +455,7 @@ class MainWindow(QMainWindow):
             f"Playing {Path(info['path']).name} ({info['fps']:.1f} fps, {info['frames']} frames)."))
         self.capture.ended.connect(lambda: self.notify("End of the video (tick View ▸ Loop video to repeat)."))
         self.capture.start()
+        self.source_label.setText(f"video: {Path(path).name}")
         self.setWindowTitle(f"ferkit — {Path(path).name}")
         return True
 
@@ -458,6 +465,8 @@ class MainWindow(QMainWindow):
             msg = problem or "No camera was found"
             self.notify(f"{msg} — playing the sample video instead.", error=True, timeout=0)
             self.play_video(sample_video())
+            self.source_label.setText("<b>No camera found</b> — sample video")
+            self.source_label.setToolTip(msg)
             return False
         self.stop_source()
         self.mode = "camera"
@@ -469,11 +478,16 @@ class MainWindow(QMainWindow):
         self.camera.failed.connect(lambda m: self.notify(m, error=True))
         self.camera.start()
         self.notify(f"Camera: {cam.description}" + (f" at {res[0]}×{res[1]}" if res else ""))
+        self.source_label.setText(f"camera: {cam.description}")
         self.setWindowTitle(f"ferkit — camera {cam.description}")
         return True
 
     def start_default_source(self, source: Optional[str] = None) -> None:
         """``--source`` if given, else the camera, else (no camera) the sample video, with a notice."""
+        if not source:
+            last = str(self.settings.value("source", "") or "")
+            if last and last != "camera" and Path(last).exists() and kind_of(Path(last)) in ("video", "folder"):
+                source = last  # reopen what the user watched last time
         if source and source != "camera":
             self.open_path(Path(source))
         else:
@@ -554,6 +568,7 @@ class MainWindow(QMainWindow):
         self.inspect_panel.files.setCurrentRow(0)
         self.inspect_panel.files.blockSignals(False)
         self.notify(f"Analysing {len(files)} image{'s' if len(files) != 1 else ''}…")
+        self.source_label.setText(f"images: {len(files)}")
         self.setWindowTitle(f"ferkit — {files[0].name}" + (f" and {len(files) - 1} more" if len(files) > 1 else ""))
         return True
 

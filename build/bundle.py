@@ -66,6 +66,8 @@ DROP_PATTERNS = [
     "PySide6/Qt/plugins/imageformats/libqicns.so", "PySide6/Qt/plugins/imageformats/libqpdf.so",
     # GTK theme plugin: needs GTK 3, which the bundle does not carry (Qt falls back to Fusion)
     "PySide6/Qt/plugins/platformthemes/libqgtk3.so",
+    # on-screen (virtual) keyboard input method and its libraries: a desktop app with a keyboard
+    "PySide6/Qt/plugins/platforminputcontexts/libqtvirtualkeyboardplugin.so", "PySide6/Qt/lib/libQt6VirtualKeyboard*",
     "PySide6/Qt/plugins/designer/*", "PySide6/Qt/plugins/qmltooling/*", "PySide6/Qt/plugins/sqldrivers/*",
     # matplotlib: demo data; only the Agg canvas is used (colormaps, training curves)
     "matplotlib/mpl-data/sample_data/*",

@@ -64,19 +64,34 @@ def test_wrong_folder_is_refused_with_a_plain_message(dialog, ferplus: Path, tmp
 @pytest.mark.slow
 def test_tiny_job_runs_to_completion_and_its_checkpoint_becomes_selectable(qtbot, dialog, ferplus: Path,
                                                                             tmp_path: Path) -> None:
-    from PySide6.QtWidgets import QApplication
-
     from app.main_window import MainWindow
 
     w = MainWindow(device="cpu")
     qtbot.addWidget(w)
+    try:
+        _run_to_completion(qtbot, w, dialog, ferplus, tmp_path)
+    finally:
+        w.shutdown()
+
+
+def wait_for(qtbot, condition, timeout_ms: int, job) -> None:
+    try:
+        qtbot.waitUntil(condition, timeout=timeout_ms)
+    except Exception:
+        pytest.fail("timed out; job log:\n" + "\n".join(job.state.log[-20:]))
+
+
+def _run_to_completion(qtbot, w, dialog, ferplus: Path, tmp_path: Path) -> None:
+    from PySide6.QtWidgets import QApplication
+
     w.jobs = dialog.manager
     dialog.manager.checkpoint_ready.connect(w.add_checkpoint)
     fill(dialog, ferplus, tmp_path / "run", 2)
     index = dialog.start_job()
     assert index == 0
     job = dialog.manager.jobs[0]
-    qtbot.waitUntil(lambda: job.state.status in ("completed", "failed", "interrupted"), timeout=300000)
+    wait_for(qtbot, lambda: job.state.status in ("completed", "failed", "interrupted") and
+             job.process.state() == job.process.ProcessState.NotRunning, 300000, job)
     assert job.state.status == "completed", "\n".join(job.state.log[-15:])
     assert job.state.epoch == 2 and job.state.fraction == 1.0
     assert len(job.state.epoch_curve) == 2
@@ -91,7 +106,6 @@ def test_tiny_job_runs_to_completion_and_its_checkpoint_becomes_selectable(qtbot
     # the dialog's views followed the job
     dialog._show_job(force=True)
     assert dialog.progress.value() == 1000 and "completed" in dialog.status.text()
-    w.shutdown()
 
 
 @pytest.mark.slow
@@ -99,7 +113,7 @@ def test_cancel_keeps_the_checkpoint_and_resume_continues(qtbot, dialog, ferplus
     fill(dialog, ferplus, tmp_path / "run", 500)
     dialog.start_job()
     job = dialog.manager.jobs[0]
-    qtbot.waitUntil(lambda: len(job.state.epoch_curve) >= 1, timeout=300000)
+    wait_for(qtbot, lambda: len(job.state.epoch_curve) >= 1, 300000, job)
     dialog.manager.cancel(0)
     qtbot.waitUntil(lambda: job.state.status in ("interrupted", "completed", "failed"), timeout=120000)
     assert job.state.status == "interrupted", "\n".join(job.state.log[-15:])
@@ -109,7 +123,7 @@ def test_cancel_keeps_the_checkpoint_and_resume_continues(qtbot, dialog, ferplus
     # resume: a new queued job that starts after the saved epoch
     dialog.manager.resume(0)
     job2 = dialog.manager.jobs[1]
-    qtbot.waitUntil(lambda: job2.state.status == "running" and job2.state.step_curve, timeout=120000)
+    wait_for(qtbot, lambda: job2.state.status == "running" and len(job2.state.step_curve) > 0, 180000, job2)
     assert any("resuming" in line for line in job2.state.log)
     dialog.manager.cancel(1)
     qtbot.waitUntil(lambda: job2.state.status != "stopping" and job2.state.status != "running", timeout=120000)

@@ -113,3 +113,19 @@ def test_synthesis_grid_layout() -> None:
     grid = synthesis_grid(src, syn, ["a", "b", "c"], scale=2, header=False)
     assert grid.shape == (2 * 16, 4 * 16, 3)
     assert grid[0, 0].tolist() == [0, 0, 0] and grid[0, -1].tolist() == [255, 255, 255]
+
+
+def test_shipped_fersnet_loads_with_gates_and_synthesis() -> None:
+    from ferkit.models.weights import list_weights
+
+    if "fersnet" not in list_weights():
+        pytest.skip("fersnet weights not shipped in this checkout")
+    loaded = load_weights("fersnet", device="cpu")
+    pre = loaded.weights.preprocessing
+    x = torch.zeros(2, pre.channels, pre.input_size, pre.input_size)
+    with torch.no_grad():
+        out = loaded.model(x, return_gates=True)
+        syn = loaded.model.synthesize_all(x)
+    assert out.logits.shape == (2, len(loaded.weights.classes)) and len(out.gates) == 16
+    assert syn.shape == (2, len(loaded.weights.classes), pre.channels, pre.input_size, pre.input_size)
+    assert float(syn.abs().max()) <= 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -172,3 +173,20 @@ def test_startup_probe_clock_starts_at_process_start():
     out = subprocess.run([sys.executable, "-c", code, str(BUILD)], capture_output=True, text=True, check=True)
     age = float(out.stdout)
     assert 0.6 <= age < 30.0
+
+
+def test_matplotlib_cache_is_persistent_only_when_frozen(monkeypatch, tmp_path):
+    sys.path.insert(0, str(BUILD))
+    try:
+        entry = _load("entry")
+    finally:
+        sys.path.remove(str(BUILD))
+    monkeypatch.setenv("MPLCONFIGDIR", "/tmp/pyinstaller-temp")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delattr(sys, "frozen", raising=False)
+    entry.persistent_matplotlib_cache()
+    assert os.environ["MPLCONFIGDIR"] == "/tmp/pyinstaller-temp"  # source runs untouched
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    entry.persistent_matplotlib_cache()
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / "ferkit" / "matplotlib")
+    assert (tmp_path / "ferkit" / "matplotlib").is_dir()

@@ -148,8 +148,16 @@ def shipped_weights() -> list[str]:
 
 
 def default_weights() -> Optional[str]:
-    """``tfe-jl`` when shipped (the spine's default), else the first shipped classifier."""
+    """``tfe-jl`` when shipped (the spine's default), else the first shipped expression classifier."""
+    from app.core.labels import is_expression_classifier
+
     names = list_weights()
     if "tfe-jl" in names:
         return "tfe-jl"
+    for name in names:
+        try:
+            if is_expression_classifier(get_weights(name).classes):
+                return name
+        except Exception:  # a damaged card: skip it here, the selector reports it when picked
+            continue
     return names[0] if names else None

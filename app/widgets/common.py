@@ -49,6 +49,8 @@ class ScoreBars(QWidget):
     """
 
     ROW = 18
+    #: more classes than this (e.g. an identity net's subjects): show only the most likely ones
+    MAX_ROWS = 10
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -62,10 +64,19 @@ class ScoreBars(QWidget):
 
     def set_scores(self, classes: Sequence[str], values: Sequence[float], *, marks: Optional[Sequence[float]] = None,
                    colour: Optional[QColor] = None, title: str = "", highlight: bool = False) -> None:
+        values = np.asarray(values, dtype=float)
+        marks_arr = None if marks is None else np.asarray(marks, dtype=float)
+        classes = list(classes)
+        if len(classes) > self.MAX_ROWS:
+            top = np.argsort(-values)[: self.MAX_ROWS]
+            title = f"{title}  (top {self.MAX_ROWS} of {len(classes)} classes)"
+            classes = [classes[i] for i in top]
+            values = values[top]
+            marks_arr = None if marks_arr is None else marks_arr[top]
         changed_rows = len(classes) != len(self.classes) or bool(title) != bool(self.title)
-        self.classes = list(classes)
-        self.values = np.asarray(values, dtype=float)
-        self.marks = None if marks is None else np.asarray(marks, dtype=float)
+        self.classes = classes
+        self.values = values
+        self.marks = marks_arr
         if colour is not None:
             self.colour = colour
         self.title = title

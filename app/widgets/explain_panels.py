@@ -127,7 +127,9 @@ class SynthesisPanel(QWidget):
         outer.addWidget(self.info)
         self.strip_host = QWidget()
         self.strip = QGridLayout(self.strip_host)
-        outer.addWidget(self.strip_host, 1)
+        self.strip.setAlignment(Qt.AlignmentFlag.AlignTop)
+        outer.addWidget(self.strip_host)
+        outer.addStretch(1)
         self.tiles: list[tuple[ImageLabel, QLabel]] = []
         self.data: Optional[dict[str, Any]] = None
 
@@ -141,11 +143,16 @@ class SynthesisPanel(QWidget):
             return
         images, classes = data["images"], data["classes"]
         while len(self.tiles) < len(classes) + 1:
-            img, cap = ImageLabel(size=84), QLabel()
+            tile = QWidget()
+            box = QVBoxLayout(tile)
+            box.setContentsMargins(2, 2, 2, 2)
+            box.setSpacing(1)
+            img, cap = ImageLabel(size=110), QLabel()
             cap.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            box.addWidget(img, 1)
+            box.addWidget(cap)
             n = len(self.tiles)
-            self.strip.addWidget(img, 2 * (n // 4), n % 4)
-            self.strip.addWidget(cap, 2 * (n // 4) + 1, n % 4)
+            self.strip.addWidget(tile, n // 4, n % 4)
             img.clicked.connect(lambda n=n: self.enlarge(n))
             self.tiles.append((img, cap))
         self.tiles[0][0].set_array(data["crop"])

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFo
                                QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.core.analyzer import FaceResult, FrameResult
+from app.core.labels import canonical
 from app.core.tracking import SMOOTHING_MODES, Smoother
 from app.widgets.common import Notice, ScoreBars, qcolour
 
@@ -130,7 +131,7 @@ class ComparisonPanel(QWidget):
             self.notice.say("Tick at least one more model above to compare it with the selected model.")
         else:
             self.notice.say("")
-        labels = {m: face.scores[m].label for m in models} if face else {}
+        labels = {m: canonical(face.scores[m].label) for m in models} if face else {}
         majority, count = (Counter(labels.values()).most_common(1)[0] if labels else ("", 0))
         if face is not None and len(models) >= 2:
             if count == len(models):

@@ -29,6 +29,8 @@ class VideoView(QWidget):
         self.show_smoothed = True
         self.placeholder = "Open a video, an image or a folder (Ctrl+O), drop one here, or start the camera (Ctrl+K)."
         self.draw_ms = 0.0
+        #: the identity threshold of the selected model: a box names a person only at or above it
+        self.identity_threshold: Optional[float] = None
         self.setAutoFillBackground(False)
 
     def set_result(self, result: Optional[FrameResult], selected_id: Optional[int] = None) -> None:
@@ -99,7 +101,8 @@ class VideoView(QWidget):
                 text += f"  {sc.classes[k]} {vals[k] * 100:.0f}%"
             if face.similarities:
                 name, sim = max(face.similarities.items(), key=lambda kv: kv[1])
-                text += f"  ~{name} {sim:.2f}"
+                if self.identity_threshold is None or sim >= self.identity_threshold:
+                    text += f"  = {name} ({sim:.2f})"
             fm = p.fontMetrics()
             tw, th = fm.horizontalAdvance(text) + 8, fm.height() + 4
             ty = r.top() - th if r.top() - th >= target.top() else r.top()

@@ -171,7 +171,11 @@ def run_in_child(timeout_s: float = 600, **kwargs: Any) -> dict[str, Any]:
             continue
         flag = "--" + k.replace("_", "-")
         args += [flag] if v is True else [flag, str(v)]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s (machine busy? try fewer --frames/--passes)",
+                **{k: str(v) for k, v in kwargs.items()}}
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
         return {"error": " | ".join(tail) or f"exit {proc.returncode}", **{k: str(v) for k, v in kwargs.items()}}

@@ -76,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    def save_partial() -> None:  # a section's figures survive a later section failing or being stopped
+        if args.out:
+            from ferkit.utils.io import atomic_write_text
+
+            atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+
     if "models" in args.only:
         from ferkit.bench.models import bench_model, bench_models_list
 
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 say(f"model {bm.label} on {dev}")
                 rows.append(bench_model(bm, dev, engines=("torch", "onnx")))
         report["models"] = rows
+        save_partial()
     if "pipeline" in args.only:
         from ferkit.bench.pipeline import run_in_child
 
@@ -105,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             rows.append(run_in_child(video=video, weights=args.pipeline_weights, frames=args.frames,
                                      passes=args.passes, device="cpu", threads=threads, **cfg))
         report["pipeline"] = rows
+        save_partial()
     if "training" in args.only:
         from ferkit.bench.training import bench_training
 
