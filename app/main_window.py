@@ -154,6 +154,7 @@ class MainWindow(QMainWindow):
         self.inspect_panel.save_annotated_requested.connect(lambda: self.save_annotated())
         self.live_panel.smoothing_changed.connect(lambda _s: self._push_config())
         self.live_panel.max_faces_changed.connect(lambda _n: self._push_config())
+        self.live_panel.detector_changed.connect(lambda _d: self._push_config())
         self.live_panel.device_changed.connect(lambda _d: self._push_config())
         self.live_panel.explain_interval_changed.connect(self._set_explain_interval)
 
@@ -247,6 +248,8 @@ class MainWindow(QMainWindow):
         lp.alpha.setValue(float(s.value("smoothing/alpha", 0.35)))
         lp.window.setValue(int(s.value("smoothing/window", 8)))
         lp.max_faces.setValue(int(s.value("max_faces", 5)))
+        i = lp.detector.findData(str(s.value("detector", "near")))
+        lp.detector.setCurrentIndex(max(0, i))
         dev = device or str(s.value("device", "auto"))
         lp.device.setCurrentText(dev if dev in self.devices else "auto")
         lp.interval.setValue(float(s.value("explain_interval", 0.3)))
@@ -265,6 +268,7 @@ class MainWindow(QMainWindow):
         s.setValue("smoothing/alpha", sm.alpha)
         s.setValue("smoothing/window", sm.window)
         s.setValue("max_faces", self.live_panel.max_faces.value())
+        s.setValue("detector", self.live_panel.detector.currentData())
         s.setValue("device", self.live_panel.device.currentText())
         s.setValue("explain_interval", self.live_panel.interval.value())
         s.setValue("loop", self.act_loop.isChecked())
@@ -364,6 +368,7 @@ class MainWindow(QMainWindow):
         dev = self.live_panel.device.currentText()
         cfg = AnalyzerConfig(primary=self.current_model(), comparison=self.compare_panel.checked(), device=dev,
                              max_faces=self.live_panel.max_faces.value(), smoother=self.live_panel.smoother(),
+                             detector=self.live_panel.detector.currentData() or "near",
                              extra_preprocessing=self._explainer_pp(), reset_tracks=reset_tracks)
         self.worker.configure(cfg)
         try:

@@ -161,6 +161,7 @@ class AnalyzerConfig:
     comparison: list[str] = field(default_factory=list)
     device: str = "auto"
     max_faces: int = 5
+    detector: str = "near"
     smoother: Smoother = field(default_factory=Smoother)
     extra_preprocessing: set = field(default_factory=set)
     #: forget every track (a new source starts new ids)
@@ -211,10 +212,10 @@ class InferenceWorker(StoppableThread):
             cfg, self._pending = self._pending, None
         if cfg is None:
             return analyzer
-        if analyzer is None or cfg.max_faces != self.config.max_faces:
+        if analyzer is None or cfg.max_faces != self.config.max_faces or cfg.detector != analyzer.detector:
             if analyzer is not None:
                 analyzer.close()
-            analyzer = FrameAnalyzer(self.cache, max_faces=cfg.max_faces, device=cfg.device)
+            analyzer = FrameAnalyzer(self.cache, max_faces=cfg.max_faces, device=cfg.device, detector=cfg.detector)
             analyzer.enrolments = self.enrolments
         analyzer.device = cfg.device
         analyzer.extra_preprocessing = set(cfg.extra_preprocessing)
@@ -239,7 +240,8 @@ class InferenceWorker(StoppableThread):
         try:
             analyzer = self._apply_config(None) if self._pending else None
             if analyzer is None:
-                analyzer = FrameAnalyzer(self.cache, max_faces=self.config.max_faces, device=self.config.device)
+                analyzer = FrameAnalyzer(self.cache, max_faces=self.config.max_faces, device=self.config.device,
+                                         detector=self.config.detector)
                 analyzer.enrolments = self.enrolments
             while not self.stopping:
                 analyzer = self._apply_config(analyzer)

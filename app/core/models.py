@@ -117,19 +117,28 @@ class ModelCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handles: dict[tuple[str, str], ModelHandle] = {}
+        #: weights that failed to load, with the error: not retried on every frame
+        self._failed: dict[tuple[str, str], Exception] = {}
 
     def get(self, key: str, device: str = "auto") -> ModelHandle:
         dev = resolve_device(device)
         ck = (str(key), str(dev))
         with self._lock:
+            if ck in self._failed:
+                raise self._failed[ck]
             handle = self._handles.get(ck)
             if handle is None:
-                handle = self._handles[ck] = load_handle(str(key), dev)
+                try:
+                    handle = self._handles[ck] = load_handle(str(key), dev)
+                except Exception as exc:
+                    self._failed[ck] = exc
+                    raise
             return handle
 
     def clear(self) -> None:
         with self._lock:
             self._handles.clear()
+            self._failed.clear()
 
 
 def load_handle(key: str, device: torch.device) -> ModelHandle:

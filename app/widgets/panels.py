@@ -263,6 +263,7 @@ class LivePanel(QWidget):
 
     smoothing_changed = Signal(object)  # Smoother
     max_faces_changed = Signal(int)
+    detector_changed = Signal(str)
     device_changed = Signal(str)
     explain_interval_changed = Signal(float)
 
@@ -286,6 +287,13 @@ class LivePanel(QWidget):
         self.max_faces.setRange(1, 20)
         self.max_faces.setValue(5)
         form.addRow("Faces at most", self.max_faces)
+        self.detector = QComboBox()
+        for key, text in (("near", "near range (webcam, close-ups)"), ("auto", "near + far range (groups, far faces)"),
+                          ("fast", "fastest (no face mesh; rougher alignment)")):
+            self.detector.addItem(text, key)
+        self.detector.setToolTip("Face detector for live video and camera. Still images always use the full "
+                                 "detector, as 'ferkit predict' does.")
+        form.addRow("Live face detector", self.detector)
         self.device = QComboBox()
         self.device.addItems(list(devices))
         self.device.setToolTip("auto picks CUDA when a GPU is present, else CPU")
