@@ -65,7 +65,7 @@ def save_confusion_png(confusion: Union[np.ndarray, Sequence[Sequence[int]]], cl
     norm = row_normalise(cm)
     side = max(4.0, 0.6 * k + 2.0)
     fig = Figure(figsize=(2 * side + 0.5, side + 0.6))
-    ax1, ax2 = fig.subplots(1, 2)
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"wspace": 0.45})
     _matrix_panel(ax1, cm, classes, f"counts (n={int(cm.sum())})", "d", float(cm.max()) if cm.size else 1.0)
     _matrix_panel(ax2, norm, classes, "row-normalised (recall)", ".2f", 1.0)
     if title:
