@@ -26,6 +26,8 @@ import torch
 
 from ferkit.bench.stats import summary
 
+#: set by main() (the child's flag), reported with the figures
+FLUSH_DENORMAL_STATE = {"on": False}
 STAGES = ("decode", "detect", "align", "infer", "synthesis", "draw")
 
 
@@ -156,7 +158,7 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "torch", synthesis: 
             "stage_ms": stages, "faces_per_frame": summary(faces_seen, digits=2),
             "rss_mb": {"before_models": round(rss_start, 1), "after_load_and_warmup": round(rss_loaded or 0, 1),
                        "peak": round(_rss_mb(), 1)},
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "flush_denormal": FLUSH_DENORMAL_STATE["on"]}
 
 
 def run_in_child(timeout_s: float = 600, **kwargs: Any) -> dict[str, Any]:
@@ -194,7 +196,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--landmarks", dest="landmarks", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--keep-denormals", action="store_true")
     a = p.parse_args(argv)
+    if not a.keep_denormals:
+        from ferkit.bench.stats import flush_denormals
+
+        FLUSH_DENORMAL_STATE["on"] = flush_denormals()
     if a.threads:
         torch.set_num_threads(a.threads)
     print(json.dumps(run(a.video, a.weights, a.engine, a.synthesis, a.frames, a.passes, a.landmarks, a.device)))

@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--recipes", nargs="+", default=None, help="training section: these recipes only")
     p.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this file")
+    p.add_argument("--keep-denormals", action="store_true",
+                   help="do not flush subnormal floats to zero (shows the slow path trained weights hit)")
     p.set_defaults(func=run)
 
 
@@ -66,8 +68,11 @@ def _synthesis_default() -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ferkit.bench.stats import environment
+    from ferkit.bench.stats import environment, flush_denormals
     from ferkit.paths import samples_dir
+
+    if not args.keep_denormals:
+        flush_denormals()
 
     t_start = time.perf_counter()
     report: dict[str, Any] = {"command": "ferkit bench " + " ".join(sys.argv[2:]), "environment": environment()}
@@ -110,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         for cfg in configs:
             say(f"pipeline {args.pipeline_weights} {cfg}")
             rows.append(run_in_child(video=video, weights=args.pipeline_weights, frames=args.frames,
-                                     passes=args.passes, device="cpu", threads=threads, **cfg))
+                                     passes=args.passes, device="cpu", threads=threads,
+                                     keep_denormals=args.keep_denormals, **cfg))
         report["pipeline"] = rows
         save_partial()
     if "training" in args.only:

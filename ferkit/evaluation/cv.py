@@ -126,8 +126,10 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
             raise ValueError(f"fold {f} is outside 0..{folds - 1}")
     out_dir.mkdir(parents=True, exist_ok=True)
     base_options = dict(options or {})
+    # options left at None (a recipe's "use my default") are not part of the identity of a result, so a
+    # recipe that gains a new option does not invalidate finished folds
     key_base = {"recipe": recipe_cls.name, "folds": folds, "split_seed": split_seed, "epochs": target_epochs,
-                "seed": seed, "options": {k: v for k, v in sorted(base_options.items()) if _jsonable(v)}}
+                "seed": seed, "options": {k: v for k, v in sorted(base_options.items()) if v is not None and _jsonable(v)}}
     t0 = time.monotonic()
     emit({"event": "cv_start", "time": time.time(), "recipe": recipe_cls.name, "data": str(data_dir),
           "out_dir": str(out_dir), "folds": folds, "run_folds": run_folds, "by": "subject",
