@@ -344,8 +344,9 @@ def test_synthesis_strip_with_fersnet(qtbot, window) -> None:
     need("fersnet")
     w = window(weights=real_classifier())
     w.tabs.setCurrentWidget(w.synth_panel)
-    w.play_video(VIDEO)
-    qtbot.waitUntil(lambda: w.synth_panel.data is not None, timeout=180000)
+    inspect_and_wait(qtbot, w, [PHOTO])
+    w.show_inspected(str(PHOTO))
+    qtbot.waitUntil(lambda: w.synth_panel.data is not None, timeout=120000)
     d = w.synth_panel.data
     assert len(d["images"]) == len(d["classes"]) and d["images"].dtype == np.uint8
     # different targets give different faces

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ferkit.losses.center import CenterLoss
 from ferkit.models.eifn import EIFN, EIFNLoss, bilinear_fusion, signed_sqrt
 from ferkit.models.registry import create_model, list_models
+from tests.fixtures.train_context import LocalContext
 
 TINY = dict(width=1 / 16, id_dim=8)  # 4..32-channel VGG-16: same graph, test-sized
 
@@ -164,33 +165,6 @@ def test_eq5_combines_the_terms() -> None:
 
 
 # ---- recipe on fixture data -----------------------------------------------------------------------
-class _Ctx:
-    """The few TrainContext members the recipe uses (the engine's own test covers the engine)."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.device = torch.device("cpu")
-        self.rank, self.world_size, self.amp, self.seed, self.out_dir = 0, 1, False, 0, out_dir
-
-    def autocast(self):
-        import contextlib
-        return contextlib.nullcontext()
-
-    def step(self, loss, optimizer, parameters=None, clip_grad=None) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def wrap(self, module):
-        return module
-
-    def batches(self, n_items, batch_size, epoch, shuffle=True, drop_last=True):
-        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(epoch)) if shuffle else torch.arange(n_items)
-        return iter(order.split(batch_size))
-
-    def log(self, message: str) -> None:
-        pass
-
-
 SEQUENCES = (("S010", 1, "anger"), ("S010", 2, "happy"), ("S011", 1, "surprise"), ("S011", 2, "anger"),
              ("S022", 1, "happy"), ("S022", 2, "surprise"), ("S030", 1, "anger"), ("S031", 1, "happy"))
 
@@ -214,7 +188,7 @@ def _recipe(ck_tree: Path, **opts):
 @pytest.mark.parametrize("mode", ["eifn", "eifn_star", "efn"])
 def test_recipe_loss_goes_down_on_a_fixed_batch(ck_tree: Path, tmp_path: Path, mode: str) -> None:
     recipe = _recipe(ck_tree, mode=mode)
-    ctx = _Ctx(tmp_path)
+    ctx = LocalContext(tmp_path)
     recipe.setup(ctx)
     x, y, s = recipe.x_train[:8], recipe.y_train[:8], recipe.s_train[:8]
 
@@ -238,7 +212,7 @@ def test_recipe_loss_goes_down_on_a_fixed_batch(ck_tree: Path, tmp_path: Path, m
 
 def test_recipe_folds_hold_out_whole_subjects(ck_tree: Path, tmp_path: Path) -> None:
     recipe = _recipe(ck_tree, folds=2, fold=0, split_seed=0)
-    recipe.setup(_Ctx(tmp_path))
+    recipe.setup(LocalContext(tmp_path))
     ds = recipe.load_dataset(ck_tree)
     from ferkit.evaluation.kfold import subject_kfold
 
@@ -248,14 +222,14 @@ def test_recipe_folds_hold_out_whole_subjects(ck_tree: Path, tmp_path: Path) -> 
     n_train_subjects = len(set(ds.subjects[torch.as_tensor(train_idx)].tolist()))
     assert recipe.model.num_subjects == n_train_subjects
     assert sorted(set(recipe.s_train.tolist())) == list(range(n_train_subjects))
-    metrics = recipe.evaluate(_Ctx(tmp_path), 0)
+    metrics = recipe.evaluate(LocalContext(tmp_path), 0)
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
     assert recipe.x_train.shape[-2:] == (64, 64)
 
 
 def test_recipe_fold_options_must_come_together(ck_tree: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--folds"):
-        _recipe(ck_tree, folds=2).setup(_Ctx(tmp_path))
+        _recipe(ck_tree, folds=2).setup(LocalContext(tmp_path))
 
 
 def test_paper_augment_uses_the_paper_angles() -> None:
@@ -284,7 +258,7 @@ def test_engine_trains_and_checkpoint_loads_as_weights(ck_tree: Path, tmp_path: 
 
     # --init (the paper's stage-1 initialisation hook): extractors copied, per-data-set heads skipped
     follow = _recipe(ck_tree, mode="eifn", init=str(tmp_path / "run" / "checkpoint.pt"))
-    follow.setup(_Ctx(tmp_path))
+    follow.setup(LocalContext(tmp_path))
     src = loaded.model.state_dict()
     for key, value in follow.model.state_dict().items():
         if key.startswith(("expression_extractor.", "identity_extractor.")):

@@ -1,11 +1,9 @@
 """FERSNet: gates per level, synthesis range, ablations, one eq. 10 training step on CK+48 fixtures."""
 from __future__ import annotations
 
-import contextlib
 import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing, Weights
 from tests.fixtures.datasets import make_ckplus48_tree
+from tests.fixtures.train_context import LocalContext
 
 
 def _tiny(**kw: Any) -> FERSNet:
@@ -122,33 +121,6 @@ def test_losses_follow_eq6_and_masks() -> None:
 
 
 # ---- training step on CK+48 fixtures ------------------------------------------------------------
-class _Ctx:
-    """Local stand-in for the engine's TrainContext (plain CPU steps)."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.device, self.rank, self.world_size, self.amp, self.seed = torch.device("cpu"), 0, 1, False, 0
-        self.out_dir = out_dir
-        self.logs: list[str] = []
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Optional[list] = None,
-             clip_grad: Optional[float] = None) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module
-
-    def batches(self, n_items: int, batch_size: int, epoch: int, shuffle: bool = True,
-                drop_last: bool = True) -> Iterator[torch.Tensor]:
-        g = torch.Generator().manual_seed(epoch)
-        return iter(torch.randperm(n_items, generator=g).split(batch_size))
-
-    def log(self, message: str) -> None:
-        self.logs.append(message)
 
 
 def _identity_card(tmp_path: Path) -> Path:
@@ -176,7 +148,7 @@ def _recipe(tmp_path: Path, **opts: Any):
 
 def test_one_training_step_updates_g_and_d_and_every_loss_is_finite(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path)
-    ctx = _Ctx(tmp_path / "run")
+    ctx = LocalContext(tmp_path / "run")
     recipe.setup(ctx)
     assert set(recipe.modules()) == {"model", "discriminator"}
     assert set(recipe.optimizers()) == {"generator", "discriminator"}
@@ -200,7 +172,7 @@ def test_one_training_step_updates_g_and_d_and_every_loss_is_finite(tmp_path: Pa
 
 def test_epoch_end_writes_sample_grid_and_meta(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, identity_weights="none")
-    ctx = _Ctx(tmp_path / "run")
+    ctx = LocalContext(tmp_path / "run")
     recipe.setup(ctx)
     for _ in recipe.train_epoch(ctx, 0):
         pass
@@ -237,14 +209,14 @@ def test_target_sampler_finds_same_subject_with_target_expression() -> None:
 
 def test_no_mtl_and_fes_da_steps(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, no_mtl=True)
-    ctx = _Ctx(tmp_path / "a")
+    ctx = LocalContext(tmp_path / "a")
     recipe.setup(ctx)
     assert set(recipe.modules()) == {"model"} and recipe.identity is None
     result = next(iter(recipe.train_epoch(ctx, 0)))
     assert set(result.extra) == {"L_cls"}
 
     da = _recipe(tmp_path / "b", fes_da=1, schedule_epochs=2, identity_weights="none")
-    ctx = _Ctx(tmp_path / "b" / "run")
+    ctx = LocalContext(tmp_path / "b" / "run")
     da.setup(ctx)
     list(da.train_epoch(ctx, 1))  # the last epoch is the FES-DA fine-tuning
     n, e = len(da.images), len(da.classes)
@@ -253,3 +225,22 @@ def test_no_mtl_and_fes_da_steps(tmp_path: Path) -> None:
     # each face keeps its real image in its own expression's slot
     own = da.da_images.view(n, e, 1, 32, 32)[torch.arange(n), da.labels]
     assert torch.equal(own, da.images)
+
+
+def test_schedule_spans_the_runs_planned_epochs_unless_given(tmp_path: Path) -> None:
+    """--schedule-epochs defaults to ctx.epochs (lr reaches lr_end in the run's last epoch); explicit wins."""
+    recipe = _recipe(tmp_path / "a", identity_weights="none", schedule_epochs=None)
+    ctx = LocalContext(tmp_path / "a" / "run", epochs=4)  # the engine's planned total
+    recipe.setup(ctx)
+    assert recipe.schedule_epochs == 4
+    decay = recipe.sched_g.lr_lambdas[0]  # lr of epoch e = 1e-3 * decay(e); 1e-5 at the run's last epoch
+    assert 1e-3 * decay(3) == pytest.approx(1e-5) and 1e-3 * decay(1) == pytest.approx(1e-3 * 1e-2 ** (1 / 3))
+
+    explicit = _recipe(tmp_path / "b", identity_weights="none", schedule_epochs=7)
+    ctx = LocalContext(tmp_path / "b" / "run", epochs=4)
+    explicit.setup(ctx)
+    assert explicit.schedule_epochs == 7
+
+    paper = _recipe(tmp_path / "c", identity_weights="none", schedule_epochs=None)
+    paper.setup(LocalContext(tmp_path / "c" / "run"))  # a context without epochs: the paper's 500
+    assert paper.schedule_epochs == 500

@@ -1,14 +1,11 @@
 """Net B recipes on tiny fixtures in the datasets' real layouts: identity pretraining, transfer, ablations."""
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import pytest
 import torch
-import torch.nn as nn
 
 from ferkit.losses.softmax_mse import SoftmaxMSE
 from ferkit.recipes.netb import (LightCNNIdentity, NetBFer2013, NetBFerPlus, load_identity_training_data,
@@ -16,6 +13,7 @@ from ferkit.recipes.netb import (LightCNNIdentity, NetBFer2013, NetBFerPlus, loa
 from ferkit.training.recipe import get_recipe
 from tests.fixtures.datasets import (make_fer2013_emotion_tree, make_ferplus_tree, make_identity_tree,
                                      make_orl_tree)
+from tests.fixtures.train_context import LocalContext
 
 SMALL = {"input_size": 32, "width": 0.25, "batch_size": 8}
 
@@ -23,39 +21,6 @@ SMALL = {"input_size": 32, "width": 0.25, "batch_size": 8}
 @pytest.fixture(autouse=True)
 def _no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FERKIT_CACHE", "off")
-
-
-@dataclass
-class LocalContext:
-    """Minimal stand-in for the engine's TrainContext (the engine itself is exercised in one test below)."""
-
-    out_dir: Path
-    device: torch.device = torch.device("cpu")
-    rank: int = 0
-    world_size: int = 1
-    amp: bool = False
-    seed: int = 0
-    messages: list[str] = field(default_factory=list)
-
-    def autocast(self) -> Any:
-        return contextlib.nullcontext()
-
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-             parameters: Optional[list[nn.Parameter]] = None, clip_grad: Optional[float] = None) -> None:
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        return module
-
-    def batches(self, n_items: int, batch_size: int, epoch: int, shuffle: bool = True,
-                drop_last: bool = True) -> Iterator[torch.Tensor]:
-        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(epoch))
-        return iter(order.split(batch_size))
-
-    def log(self, message: str) -> None:
-        self.messages.append(message)
 
 
 @pytest.fixture()

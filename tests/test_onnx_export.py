@@ -22,7 +22,7 @@ FRESH: dict[str, tuple[dict, int]] = {
     "eifn": ({"width": 0.125, "num_subjects": 10}, 64),
     "netb": ({"width": 0.25, "input_size": 64}, 64),
     "lightcnn9": ({"width": 0.25, "input_size": 64, "num_classes": 10}, 64),
-    "fersnet_light": ({"width": 8}, 64),
+    "fersnet_light": ({"width": 8, "input_size": 64}, 64),
     "fersnet": ({"width": 8, "input_size": 64}, 64),
 }
 

@@ -1,9 +1,8 @@
 """TFE-JL recipes on tiny fixture trees in the datasets' real layouts, on CPU."""
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import pytest
 import torch
@@ -15,38 +14,11 @@ from ferkit.training.engine import train
 from ferkit.training.recipe import get_recipe
 from tests.fixtures.datasets import (FERPLUS_CLASSES, make_ckplus48_tree, make_ferplus_tree, make_identity_tree,
                                      make_orl_tree)
+from tests.fixtures.train_context import LocalContext
 
 # every row below passes the majority rule (labels 0, 1, 2, 3, 7 ...), so all images are kept
 _VOTES = [[10, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 8, 2, 0, 0, 0, 0, 0, 0, 0], [0, 0, 9, 0, 0, 0, 1, 0, 0, 0],
           [0, 0, 0, 7, 3, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 6, 4, 0], [0, 0, 0, 0, 8, 0, 0, 0, 0, 2]]
-
-
-class LocalContext:
-    """Minimal TrainContext for driving a recipe step by step (the engine is tested on its own)."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.device = torch.device("cpu")
-        self.rank, self.world_size, self.amp, self.seed, self.out_dir = 0, 1, False, 0, out_dir
-
-    def autocast(self) -> Any:
-        return contextlib.nullcontext()
-
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-             parameters: Optional[list[nn.Parameter]] = None, clip_grad: Optional[float] = None) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def wrap(self, module: nn.Module) -> nn.Module:
-        return module
-
-    def batches(self, n_items: int, batch_size: int, epoch: int, shuffle: bool = True,
-                drop_last: bool = True) -> Iterator[torch.Tensor]:
-        order = torch.randperm(n_items, generator=torch.Generator().manual_seed(epoch))
-        return iter(order.split(batch_size))
-
-    def log(self, message: str) -> None:
-        pass
 
 
 @pytest.fixture()

@@ -147,9 +147,10 @@ class SynthesisPanel(QWidget):
             box = QVBoxLayout(tile)
             box.setContentsMargins(2, 2, 2, 2)
             box.setSpacing(1)
-            img, cap = ImageLabel(size=110), QLabel()
+            img, cap = ImageLabel(size=104), QLabel()
+            img.setFixedSize(104, 104)  # fixed: a pixmap that follows its label's size can oscillate in a grid
             cap.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            box.addWidget(img, 1)
+            box.addWidget(img, 0, Qt.AlignmentFlag.AlignHCenter)
             box.addWidget(cap)
             n = len(self.tiles)
             self.strip.addWidget(tile, n // 4, n % 4)

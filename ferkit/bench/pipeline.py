@@ -32,7 +32,18 @@ STAGES = ("decode", "detect", "align", "infer", "synthesis", "draw")
 
 
 def _rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    ``VmHWM`` is per address space, so it restarts at exec; ``ru_maxrss`` does not on Linux (a
+    child forked from a big benchmark process would report the parent's peak).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -96,11 +96,14 @@ def _usage_of(row: dict[str, str], csv_path: Path, lineno: int) -> str:
     return u
 
 
-def _load_pixels_csv(csv_path: Path, header: list[str], wanted: Optional[set[str]], grayscale: bool,
-                     size: Optional[int]) -> FaceDataset:
-    images: list[np.ndarray] = []
-    labels: list[int] = []
-    paths: list[str] = []
+def _wanted_rows(csv_path: Path, header: list[str],
+                 wanted: Optional[set[str]]) -> Iterator[tuple[int, dict[str, str], str, int]]:
+    """(line number, row, usage, label) of every csv row in the wanted usages.
+
+    Both csv forms share these checks (complete row, known Usage, emotion 0..6), so a broken line
+    gets the same ``DataError`` naming its line whichever form it is in; rows of other usages are
+    skipped before their label is read.
+    """
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh, fieldnames=header)
         next(reader)
@@ -110,13 +113,21 @@ def _load_pixels_csv(csv_path: Path, header: list[str], wanted: Optional[set[str
             u = _usage_of(row, csv_path, lineno)
             if wanted is not None and u not in wanted:
                 continue
-            label = _label(row["emotion"], csv_path, lineno)
-            pix = np.array(row["pixels"].split(), dtype=np.int64) if row["pixels"].strip() else np.zeros(0, np.int64)
-            if pix.size != 48 * 48 or pix.min() < 0 or pix.max() > 255:
-                raise DataError(csv_path, f"pixels must be 2304 values in 0..255, got {pix.size}", line=lineno)
-            images.append(pix.astype(np.uint8).reshape(48, 48))
-            labels.append(label)
-            paths.append(f"{csv_path}:{lineno}")
+            yield lineno, row, u, _label(row["emotion"], csv_path, lineno)
+
+
+def _load_pixels_csv(csv_path: Path, header: list[str], wanted: Optional[set[str]], grayscale: bool,
+                     size: Optional[int]) -> FaceDataset:
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    paths: list[str] = []
+    for lineno, row, _, label in _wanted_rows(csv_path, header, wanted):
+        pix = np.array(row["pixels"].split(), dtype=np.int64) if row["pixels"].strip() else np.zeros(0, np.int64)
+        if pix.size != 48 * 48 or pix.min() < 0 or pix.max() > 255:
+            raise DataError(csv_path, f"pixels must be 2304 values in 0..255, got {pix.size}", line=lineno)
+        images.append(pix.astype(np.uint8).reshape(48, 48))
+        labels.append(label)
+        paths.append(f"{csv_path}:{lineno}")
     import cv2
 
     def convert(img: np.ndarray) -> np.ndarray:
@@ -135,25 +146,16 @@ def _load_pixels_csv(csv_path: Path, header: list[str], wanted: Optional[set[str
 def _read_emotion_csv(csv_path: Path, header: list[str], wanted: Optional[set[str]],
                       drop_ambiguous: bool) -> list[tuple[Path, int, int]]:
     rows: list[tuple[Path, int, int]] = []
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh, fieldnames=header)
-        next(reader)
-        for lineno, row in enumerate(reader, start=2):
-            if None in row or any(row.get(k) is None for k in header):
-                raise DataError(csv_path, f"expected {len(header)} fields", line=lineno)
-            u = _usage_of(row, csv_path, lineno)
-            if wanted is not None and u not in wanted:
-                continue
-            label = _label(row["emotion"], csv_path, lineno)
-            amb = (row.get("ambiguous") or "0").strip()
-            if amb not in {"0", "1"}:
-                raise DataError(csv_path, f"ambiguous must be 0 or 1, got {amb!r}", line=lineno)
-            if drop_ambiguous and amb == "1":
-                continue
-            name = row["Image name"].strip()
-            if not name:
-                raise DataError(csv_path, "empty image name", line=lineno)
-            rows.append((csv_path.parent / USAGE_FOLDERS[u] / name, label, lineno))
+    for lineno, row, u, label in _wanted_rows(csv_path, header, wanted):
+        amb = (row.get("ambiguous") or "0").strip()
+        if amb not in {"0", "1"}:
+            raise DataError(csv_path, f"ambiguous must be 0 or 1, got {amb!r}", line=lineno)
+        if drop_ambiguous and amb == "1":
+            continue
+        name = row["Image name"].strip()
+        if not name:
+            raise DataError(csv_path, "empty image name", line=lineno)
+        rows.append((csv_path.parent / USAGE_FOLDERS[u] / name, label, lineno))
     return rows
 
 

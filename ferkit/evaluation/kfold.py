@@ -76,3 +76,58 @@ def fold_indices(subjects: Union[Sequence[int], torch.Tensor, np.ndarray], k: in
     if not 0 <= fold < k:
         raise ValueError(f"fold must be in 0..{k - 1} for {k} folds, got {fold}")
     return subject_kfold(subjects, k, seed)[fold]
+
+
+# ---- what the fold-capable training recipes share ------------------------------------------------
+# Every recipe with ``supports_folds`` takes the same three options and holds out the same fold,
+# so ``ferkit cv`` and ``ferkit train --folds K --fold I`` agree; the option wording and the
+# split live here once instead of in each recipe.
+from typing import Any, Optional  # noqa: E402  (appended section; kept apart from the module head)
+
+
+def add_fold_arguments(parser: Any, default_folds: Optional[int] = 10) -> None:
+    """Add ``--folds``, ``--fold`` and ``--split-seed`` to a recipe's argument parser.
+
+    ``default_folds=10`` (the papers' 10-fold protocol; ``--folds 0`` trains on every image)
+    gives ``--fold`` the default 0. ``default_folds=None`` leaves both unset, for recipes where
+    giving neither means "train on every image" and giving only one is an error. A flag the
+    parser already defines (a command's generic option) is left to that definition.
+    """
+    def add(flag: str, **kwargs: Any) -> None:
+        if flag not in getattr(parser, "_option_string_actions", {}):  # argparse has no public query
+            parser.add_argument(flag, **kwargs)
+
+    if default_folds is None:
+        add("--folds", type=int, default=None, help="K of the subject-independent K-fold protocol")
+        add("--fold", type=int, default=None, help="which fold (0..K-1) to hold out for evaluation")
+    else:
+        add("--folds", type=int, default=default_folds,
+            help=f"subject-independent folds (paper: {default_folds}); 0 trains on every image")
+        add("--fold", type=int, default=0, help="held-out fold, 0..folds-1")
+    add("--split-seed", type=int, default=0, help="seed of the subject split")
+
+
+def option_fold_indices(subjects: Union[Sequence[int], torch.Tensor, np.ndarray], folds: int, fold: int,
+                        seed: int = 0) -> Split:
+    """:func:`fold_indices` with the range error worded for the ``--folds`` / ``--fold`` options."""
+    folds, fold = int(folds), int(fold)
+    if not 0 <= fold < folds:
+        raise ValueError(f"--fold must be in 0..{folds - 1} for --folds {folds}, got {fold}")
+    return subject_kfold(subjects, folds, int(seed))[fold]
+
+
+def split_dataset_fold(dataset: Any, folds: int, fold: int, seed: int = 0) -> tuple[Any, Optional[Any], str]:
+    """(train, held-out test or None, description) of a ``FaceDataset`` with subject ids.
+
+    ``folds <= 0`` keeps every image for training (no held-out set). The description is what a
+    weights card's ``data`` field says about the split, e.g. "subject-independent fold 2 of 10
+    (split seed 0): 880 train / 101 test images".
+    """
+    folds = int(folds)
+    if folds <= 0:
+        return dataset, None, f"all {len(dataset)} images (no held-out fold)"
+    fold, seed = int(fold), int(seed)
+    train_idx, test_idx = option_fold_indices(dataset.subjects, folds, fold, seed)
+    desc = (f"subject-independent fold {fold} of {folds} (split seed {seed}): "
+            f"{len(train_idx)} train / {len(test_idx)} test images")
+    return dataset.subset(torch.as_tensor(train_idx)), dataset.subset(torch.as_tensor(test_idx)), desc

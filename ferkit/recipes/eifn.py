@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ferkit.data.errors import DataError
+from ferkit.evaluation.kfold import add_fold_arguments, option_fold_indices
 from ferkit.losses.center import CenterLoss
 from ferkit.models.eifn import MODES, EIFN, EIFNLoss
 from ferkit.models.registry import create_model
@@ -107,9 +108,7 @@ class EIFNCKPlus(Recipe):
         _add(parser, "--batch-size", type=int, default=100)
         _add(parser, "--init", type=str, default=None,
              help="stage-1 checkpoint or weights card to start from (matching tensors only)")
-        _add(parser, "--folds", type=int, default=None, help="K of the subject-independent K-fold protocol")
-        _add(parser, "--fold", type=int, default=None, help="which fold (0..K-1) to hold out for evaluation")
-        _add(parser, "--split-seed", type=int, default=0, help="seed of the subject fold assignment")
+        add_fold_arguments(parser, default_folds=None)  # neither --folds nor --fold: train on every image
 
     # ---- data ----------------------------------------------------------------------------------
     @classmethod
@@ -137,11 +136,7 @@ class EIFNCKPlus(Recipe):
             return torch.arange(len(dataset)), None
         if folds is None or fold is None:
             raise ValueError("give both --folds K and --fold I (or neither, to train on every image)")
-        from ferkit.evaluation.kfold import subject_kfold  # lazy: only fold runs need it
-
-        if not 0 <= int(fold) < int(folds):
-            raise ValueError(f"--fold must be in 0..{int(folds) - 1} for --folds {folds}, got {fold}")
-        train_idx, test_idx = subject_kfold(dataset.subjects, int(folds), int(self._opt("split_seed", 0)))[int(fold)]
+        train_idx, test_idx = option_fold_indices(dataset.subjects, folds, fold, self._opt("split_seed", 0))
         return torch.as_tensor(train_idx), torch.as_tensor(test_idx)
 
     @staticmethod

@@ -18,8 +18,9 @@ transform (stacked as channels for :func:`~ferkit.data.augment.augment_batch`) s
 aligned faces.
 
 Schedule: Adam (beta1 0.5, the usual GAN setting; the paper gives none), learning rate decayed
-exponentially per epoch from 1e-3 to 1e-5 over ``--schedule-epochs`` (the paper: "within 500
-epochs"), batch 64.
+exponentially per epoch from 1e-3 to 1e-5 over ``--schedule-epochs`` (default: the run's planned
+epochs, ``ctx.epochs``, so a shorter ``--epochs`` still completes the decay and the l4 ramp; the
+paper: "within 500 epochs"), batch 64.
 
 Ablations: ``--no-mtl`` (L_cls only, FER stream only), ``--no-convflu`` (hard sharing, see
 :mod:`ferkit.models.fersnet`), ``--fes-da K`` (the last K epochs of the schedule fine-tune on the
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from ferkit.data.augment import augment_batch
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
+from ferkit.evaluation.kfold import add_fold_arguments, split_dataset_fold
 from ferkit.evaluation.synthesis import FrozenIdentity, synthesis_grid, write_png
 from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, masked_mse
 from ferkit.models.patchgan import PatchDiscriminator
@@ -124,7 +126,8 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (paper: 1e-3)")
         parser.add_argument("--lr-end", type=float, default=1e-5, help="final learning rate (paper: 1e-5)")
         parser.add_argument("--schedule-epochs", type=int, default=None,
-                            help="epochs the lr decay and the l4 ramp span; set it to --epochs (default: paper's 500)")
+                            help="epochs the lr decay and the l4 ramp span (default: the run's --epochs, "
+                                 "paper's 500)")
         parser.add_argument("--lambda-gan", type=float, default=0.3, help="l1 (paper 0.3)")
         parser.add_argument("--lambda-rec", type=float, default=1.0, help="l2 (paper 1)")
         parser.add_argument("--lambda-cyc", type=float, default=0.5, help="l3 (paper 0.5)")
@@ -192,7 +195,8 @@ class _FersnetRecipe(Recipe):
                                           cyc=float(_option(o, "lambda_cyc", 0.5)),
                                           idt_start=float(_option(o, "lambda_idt_start", 0.1)),
                                           idt_end=float(_option(o, "lambda_idt_end", 0.5)))
-        self.schedule_epochs = int(_option(o, "schedule_epochs", self.default_epochs))
+        # the run's planned epochs (ctx.epochs, from --epochs or the paper's 500) unless given
+        self.schedule_epochs = int(_option(o, "schedule_epochs", getattr(ctx, "epochs", None) or self.default_epochs))
         self.fes_da = int(_option(o, "fes_da", 0))
         if self.fes_da and not self.mtl:
             raise ValueError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
@@ -420,10 +424,7 @@ class FersnetCkplusRecipe(_FersnetRecipe):
 
     @classmethod
     def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--folds", type=int, default=10,
-                            help="subject-independent folds (paper: 10); 0 trains on every image")
-        parser.add_argument("--fold", type=int, default=0, help="held-out fold, 0..folds-1")
-        parser.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
+        add_fold_arguments(parser)
 
     @classmethod
     def validate_data(cls, data_dir: Path) -> None:
@@ -436,22 +437,11 @@ class FersnetCkplusRecipe(_FersnetRecipe):
         return load_ckplus48(data_dir, size=size)
 
     def _load_split(self, size: int) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        ds = self.load_dataset(self.data_dir, size=size)
-        k = int(_option(self.options, "folds", 10))
-        if k <= 0:
-            self._data_desc = f"CK+48 7-class, all {len(ds)} images (no held-out fold)"
-            return ds, None
-        # imported lazily: ferkit.evaluation.kfold belongs to the protocols module
-        from ferkit.evaluation.kfold import subject_kfold
-
-        fold = int(_option(self.options, "fold", 0))
-        seed = int(_option(self.options, "split_seed", 0))
-        if not 0 <= fold < k:
-            raise ValueError(f"--fold must be in 0..{k - 1} for --folds {k}, got {fold}")
-        train_idx, test_idx = subject_kfold(ds.subjects, k, seed)[fold]
-        self._data_desc = (f"CK+48 7-class, subject-independent fold {fold} of {k} (split seed {seed}): "
-                           f"{len(train_idx)} train / {len(test_idx)} test images")
-        return ds.subset(torch.as_tensor(train_idx)), ds.subset(torch.as_tensor(test_idx))
+        train, test, desc = split_dataset_fold(self.load_dataset(self.data_dir, size=size),
+                                               _option(self.options, "folds", 10), _option(self.options, "fold", 0),
+                                               _option(self.options, "split_seed", 0))
+        self._data_desc = "CK+48 7-class, " + desc
+        return train, test
 
 
 @register_recipe

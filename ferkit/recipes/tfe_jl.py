@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from ferkit.data.augment import augment_batch
 from ferkit.data.dataset import FaceDataset, concat
 from ferkit.data.errors import DataError
+from ferkit.evaluation.kfold import add_fold_arguments, split_dataset_fold
 from ferkit.losses.contrastive import verification_loss
 from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing, get_weights
@@ -341,53 +342,41 @@ class _CkplusData:
 
     @classmethod
     def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--folds", type=int, default=10,
-                            help="subject-independent folds (paper: 10); 0 trains on every image")
-        parser.add_argument("--fold", type=int, default=0, help="held-out fold, 0..folds-1")
-        parser.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
+        add_fold_arguments(parser)
 
     def _load_split(self) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        ds = self.load_dataset(self.data_dir)
-        k = int(_option(self.options, "folds", 10))
-        if k <= 0:
-            self._data_desc = f"CK+48 all {len(ds)} images (no held-out fold)"
-            return ds, None
-        # imported lazily: ferkit.evaluation.kfold belongs to the protocols module
-        from ferkit.evaluation.kfold import subject_kfold
-
-        fold = int(_option(self.options, "fold", 0))
-        seed = int(_option(self.options, "split_seed", 0))
-        if not 0 <= fold < k:
-            raise ValueError(f"--fold must be in 0..{k - 1} for --folds {k}, got {fold}")
-        train_idx, test_idx = subject_kfold(ds.subjects, k, seed)[fold]
-        self._data_desc = (f"CK+48 7-class, subject-independent fold {fold} of {k} (split seed {seed}): "
-                           f"{len(train_idx)} train / {len(test_idx)} test images")
-        return ds.subset(torch.as_tensor(train_idx)), ds.subset(torch.as_tensor(test_idx))
+        train, test, desc = split_dataset_fold(self.load_dataset(self.data_dir), _option(self.options, "folds", 10),
+                                               _option(self.options, "fold", 0), _option(self.options, "split_seed", 0))
+        self._data_desc = ("CK+48 7-class, " if test is not None else "CK+48 ") + desc
+        return train, test
 
 
 # ---- stage 2: emotion ResNets -------------------------------------------------------------------
+class _EmotionNetRecipe(_SupervisedRecipe):
+    """A stage-2 emotion ResNet: its weights card is ``weights_name`` with ``num_classes`` only."""
+
+    weights_name = ""
+
+    def weights_meta(self) -> dict[str, Any]:
+        return self._meta(self.weights_name, self.architecture, {"num_classes": len(self.classes)}, self._data_desc)
+
+
 @register_recipe
-class ResNet18FerplusRecipe(_FerplusData, _SupervisedRecipe):
+class ResNet18FerplusRecipe(_FerplusData, _EmotionNetRecipe):
     name = "tfe-jl/resnet18-ferplus"
     description = "TFE-JL stage 2: ResNet18 emotion net on FER+ (majority vote), SGD lr 0.1"
     default_lr = 0.1
     architecture = "resnet18_fer"
-
-
-    def weights_meta(self) -> dict[str, Any]:
-        return self._meta("resnet18-ferplus", self.architecture, {"num_classes": len(self.classes)}, self._data_desc)
+    weights_name = "resnet18-ferplus"
 
 
 @register_recipe
-class ResNet12CkplusRecipe(_CkplusData, _SupervisedRecipe):
+class ResNet12CkplusRecipe(_CkplusData, _EmotionNetRecipe):
     name = "tfe-jl/resnet12-ckplus"
     description = "TFE-JL stage 2 (CK+): ResNet12 emotion net on CK+48, SGD lr 0.16, subject-independent folds"
     default_lr = 0.16
     architecture = "resnet12_fer"
-
-
-    def weights_meta(self) -> dict[str, Any]:
-        return self._meta("resnet12-ckplus", self.architecture, {"num_classes": len(self.classes)}, self._data_desc)
+    weights_name = "resnet12-ckplus"
 
 
 # ---- stage 1: DeepID identity net ---------------------------------------------------------------
