@@ -16,7 +16,7 @@ index lists around.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -82,9 +82,6 @@ def fold_indices(subjects: Union[Sequence[int], torch.Tensor, np.ndarray], k: in
 # Every recipe with ``supports_folds`` takes the same three options and holds out the same fold,
 # so ``ferkit cv`` and ``ferkit train --folds K --fold I`` agree; the option wording and the
 # split live here once instead of in each recipe.
-from typing import Any, Optional  # noqa: E402  (appended section; kept apart from the module head)
-
-
 def add_fold_arguments(parser: Any, default_folds: Optional[int] = 10) -> None:
     """Add ``--folds``, ``--fold`` and ``--split-seed`` to a recipe's argument parser.
 

@@ -329,8 +329,8 @@ class _FersnetRecipe(Recipe):
             self.discriminator.requires_grad_(True)
             correct = int((out.logits.argmax(1) == y).sum())
             yield StepResult(float(loss.detach()), correct, len(idx), {
-                "L_cls": float(loss_cls), "L_GAN": float(loss_gan), "L_rec": float(loss_rec),
-                "L_cyc": float(loss_cyc), "L_idt": float(loss_idt), "L_D": float(loss_d),
+                "L_cls": float(loss_cls.detach()), "L_GAN": float(loss_gan.detach()), "L_rec": float(loss_rec.detach()),
+                "L_cyc": float(loss_cyc.detach()), "L_idt": float(loss_idt.detach()), "L_D": float(loss_d.detach()),
                 "lambda_idt": l_idt, "rec_pairs": float(has_pair.float().mean())})
 
     # ---- FES data augmentation (Table VI, "FERSNet w/ FES-DA") ---------------------------------
