@@ -148,3 +148,20 @@ def test_use_onnx_switches_a_predictor(tmp_path: Path, monkeypatch: pytest.Monke
     assert (got.logits - ref.logits).abs().max() <= TOLERANCE
     assert (got.identity - ref.identity).abs().max() <= TOLERANCE
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once into the cache
+
+
+def test_predictor_engine_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Predictor(engine="onnx")` (what `ferkit predict --engine onnx` uses) gives torch's numbers."""
+    from ferkit.inference import Predictor
+
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+    model, weights = _fresh("tfe_jl")
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
+    crops = torch.randint(0, 256, (2, 1, 48, 48), dtype=torch.uint8)
+    ref = Predictor(str(ckpt), device="cpu").predict_tensor(crops)
+    onnx_predictor = Predictor(str(ckpt), device="cpu", engine="onnx")
+    assert isinstance(onnx_predictor.model, OnnxModel)
+    assert (onnx_predictor.predict_tensor(crops).logits - ref.logits).abs().max() <= TOLERANCE
+    with pytest.raises(ValueError, match="engine"):
+        Predictor(str(ckpt), device="cpu", engine="tensorrt")

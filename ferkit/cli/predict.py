@@ -23,6 +23,8 @@ def register(subparsers: Any) -> None:
                    help="score each whole image as one face (pictures that already are face crops)")
     p.add_argument("--fallback-whole-image", action="store_true",
                    help="score the whole image when no face is found")
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="torch eager (default) or ONNX Runtime (faster on CPU)")
     p.add_argument("--max-faces", type=int, default=5, help="at most this many faces per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{paths[0]}: no such file")
     results: list[dict[str, Any]] = []
     failed = 0
-    with Predictor(resolve_weights(args), device=args.device, max_faces=args.max_faces) as predictor:
+    with Predictor(resolve_weights(args), device=args.device, max_faces=args.max_faces,
+                   engine=args.engine) as predictor:
         for path in paths:
             try:
                 res = predictor.predict_file(path, whole_image=args.whole_image,
