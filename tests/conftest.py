@@ -27,3 +27,11 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_left_as_found():
+    """A test (or library code it calls) that switches autograd off globally breaks every later
+    training test in the session; fail the culprit instead of its victims."""
+    yield
+    assert torch.is_grad_enabled(), "autograd was left disabled globally (use a scoped no_grad/inference_mode)"

@@ -74,13 +74,13 @@ def _classifier(weights: str, engine: str, device: str) -> tuple[Any, Any, str, 
     return model, w, label, trained
 
 
+@torch.inference_mode()  # scoped, never a global switch: callers (and tests) may train afterwards
 def run(video: Path, weights: str = "tfe-jl", engine: str = "torch", synthesis: Optional[str] = None,
         frames: int = 120, passes: int = 3, landmarks: bool = True, device: str = "cpu",
         warmup_frames: int = 10) -> dict[str, Any]:
     from ferkit.face.pipeline import FacePipeline
     from ferkit.inference import crops_to_tensor
 
-    torch.set_grad_enabled(False)
     rss_start = _rss_mb()
     model, w, label, trained = _classifier(weights, engine, device)
     prep = w.preprocessing
