@@ -338,6 +338,10 @@ def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, see
         raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
     if seed is None:
         seed = int(state.get("seed", 0)) if state else 0
+    # Denormal flushing is process-wide state (load_weights turns it on for inference speed); fix it
+    # here so a run's numbers never depend on what the process did before (resume in a new process
+    # must equal the uninterrupted run), and so CPU training avoids the slow denormal path.
+    torch.set_flush_denormal(True)
     total_epochs = int(epochs if epochs is not None else (state["epochs"] if state else recipe.default_epochs))
     if total_epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {total_epochs}")
