@@ -12,7 +12,8 @@ import torch  # noqa: E402
 
 from ferkit.paths import shared_data_dir  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+TEST_THREADS = max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,14 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """The app sets torch to one thread (its live-video choice); float reductions then differ from a
+    2-thread subprocess, which would make bit-identical resume checks depend on test order."""
+    yield
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(autouse=True)
