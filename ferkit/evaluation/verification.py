@@ -57,7 +57,7 @@ def pair_scores(features: torch.Tensor, first: ArrayLike, second: ArrayLike) -> 
     """Cosine similarity of ``features[first[p]]`` and ``features[second[p]]`` for every pair ``p``."""
     i = torch.as_tensor(_np(first, np.int64))
     j = torch.as_tensor(_np(second, np.int64))
-    return cosine_similarity(features[i], features[j]).numpy()
+    return cosine_similarity(features[i], features[j]).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------

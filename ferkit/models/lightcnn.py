@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from ferkit.models.base import FerModel
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.registry import register_model
+from ferkit.models.vgg import scaled
+from ferkit.models.weights import float_state
 
 PAPER_LIGHTCNN = "Wu, He, Sun: A Lightened CNN for Deep Face Representation (2015), Net B / Light CNN-9"
 PAPER_NETB = ("Zhai et al.: Deep Convolutional Neural Network for Facial Expression Recognition "
@@ -137,10 +139,6 @@ def _xavier_caffe(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _ch(n: int, width: float) -> int:
-    return max(1, int(round(n * width)))
-
-
 class LightCNN9(FerModel):
     """Light CNN-9 trunk with an ``fc`` (MFM fc1 + dropout + fc2) or ``dal`` (DAL + IP2) head.
 
@@ -170,7 +168,7 @@ class LightCNN9(FerModel):
         self.input_size = int(input_size)
         self.width = float(width)
         self.feature_dim = int(feature_dim)
-        c1, c2, c3, c4, c5 = (_ch(n, width) for n in (48, 96, 192, 128, 128))
+        c1, c2, c3, c4, c5 = (scaled(n, width) for n in (48, 96, 192, 128, 128))
         pool = lambda: nn.MaxPool2d(2, 2, ceil_mode=True)  # noqa: E731
         self.features = nn.Sequential(
             MFMConv2d(in_channels, c1, 5, padding=2), pool(),
@@ -233,7 +231,7 @@ def transfer_identity_weights(model: LightCNN9, identity_state: Mapping[str, tor
     into 7". Returns the names of the parameters that were loaded; raises with a clear message if
     the two nets were built with different ``input_size`` / ``width`` (their shapes would differ).
     """
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in identity_state.items()}
+    state = float_state(identity_state)
     mapped: dict[str, torch.Tensor] = {k: v for k, v in state.items() if k.startswith("features.")}
     w1, b1 = state.get("fc1.fc.weight"), state.get("fc1.fc.bias")
     if w1 is None or b1 is None:

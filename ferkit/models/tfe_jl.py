@@ -48,6 +48,7 @@ from ferkit.models.base import FerModel
 from ferkit.models.blocks import IdentityBlock, ProjectionBlock, conv_bn
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.registry import register_model
+from ferkit.models.weights import float_state
 
 PAPER = "tfe-jl"
 
@@ -207,7 +208,7 @@ class TfeJl(FerModel):
 
 def _without(state: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
     prefixes = tuple(prefixes)
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items() if not k.startswith(prefixes)}
+    return float_state({k: v for k, v in state.items() if not k.startswith(prefixes)})
 
 
 @register_model("resnet18_fer", paper=PAPER)

@@ -106,6 +106,11 @@ class Weights:
         return checkpoint["modules"]["model"]
 
 
+def float_state(state: Any) -> dict[str, torch.Tensor]:
+    """A state dict with its floating-point tensors upcast to float32 (shipped files are usually fp16)."""
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+
+
 def list_weights() -> list[str]:
     folder = weights_dir()
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
@@ -151,7 +156,7 @@ def load_weights(name_or_path: Union[str, Path], device: Union[str, torch.device
     weights = get_weights(name_or_path)
     dev = resolve_device(device)
     model = weights.build_model()
-    state = {k: (v.float() if v.is_floating_point() else v) for k, v in weights.state_dict().items()}
+    state = float_state(weights.state_dict())
     model.load_state_dict(state)
     model.to(dev).eval()
     # Trained small nets produce denormal activations; x86 CPUs take a slow microcode path on them

@@ -43,7 +43,7 @@ from ferkit.data.errors import DataError
 from ferkit.evaluation.kfold import add_fold_arguments, split_dataset_fold
 from ferkit.losses.contrastive import verification_loss
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing, get_weights
+from ferkit.models.weights import Preprocessing, float_state, get_weights
 from ferkit.training.recipe import Recipe, StepResult, TrainContext, register_recipe
 
 INPUT_SIZE = 48
@@ -170,8 +170,7 @@ class _SupervisedRecipe(Recipe):
             if weights.architecture != self.architecture:
                 raise ValueError(f"--init-checkpoint {init} holds a {weights.architecture!r} model, "
                                  f"this recipe trains {self.architecture!r}")
-            model.load_state_dict({k: (v.float() if v.is_floating_point() else v)
-                                   for k, v in weights.state_dict().items()})
+            model.load_state_dict(float_state(weights.state_dict()))
             ctx.log(f"{self.name}: initialised from {init}")
         self.model = model.to(ctx.device, memory_format=self.memory_format)
         self.net = ctx.wrap(self.model)
