@@ -168,7 +168,7 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "torch", synthesis: 
             "frames_per_pass": frames, "passes": passes, "fps": summary(fps, digits=1),
             "stage_ms": stages, "faces_per_frame": summary(faces_seen, digits=2),
             "rss_mb": {"before_models": round(rss_start, 1), "after_load_and_warmup": round(rss_loaded or 0, 1),
-                       "peak": round(_rss_mb(), 1)},
+                       "peak": round(max(_rss_mb(), rss_start, rss_loaded or 0.0), 1)},
             "torch_threads": torch.get_num_threads(), "flush_denormal": FLUSH_DENORMAL_STATE["on"]}
 
 
