@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QLinearGradient, QPainter, QPen
-from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
+from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 
 def to_qimage(array: np.ndarray) -> QImage:
@@ -192,3 +192,14 @@ class ImageLabel(QLabel):
     def mousePressEvent(self, event) -> None:
         self.clicked.emit()
         super().mousePressEvent(event)
+
+
+def panel_header(panel: QWidget) -> tuple[QVBoxLayout, "Notice", QLabel]:
+    """The top of an explanation panel: a layout, the plain-words notice and a wrapping info line."""
+    outer = QVBoxLayout(panel)
+    notice = Notice()
+    outer.addWidget(notice)
+    info = QLabel("")
+    info.setWordWrap(True)
+    outer.addWidget(info)
+    return outer, notice, info

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog
                                QLabel, QVBoxLayout, QWidget)
 
 from app.core.explain import GATE_NAMES, colormap_lut, overlay, parse_gate_keys
-from app.widgets.common import ColourBar, ImageLabel, Notice
+from app.widgets.common import ColourBar, ImageLabel, panel_header
 
 CMAP = "inferno"
 
@@ -23,12 +23,7 @@ CMAP = "inferno"
 class GatesPanel(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        outer = QVBoxLayout(self)
-        self.notice = Notice()
-        outer.addWidget(self.notice)
-        self.info = QLabel("")
-        self.info.setWordWrap(True)
-        outer.addWidget(self.info)
+        outer, self.notice, self.info = panel_header(self)
         pick = QHBoxLayout()
         self.gate = QComboBox()
         self.direction = QComboBox()
@@ -119,12 +114,7 @@ class SynthesisPanel(QWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
-        outer = QVBoxLayout(self)
-        self.notice = Notice()
-        outer.addWidget(self.notice)
-        self.info = QLabel("")
-        self.info.setWordWrap(True)
-        outer.addWidget(self.info)
+        outer, self.notice, self.info = panel_header(self)
         self.strip_host = QWidget()
         self.strip = QGridLayout(self.strip_host)
         self.strip.setAlignment(Qt.AlignmentFlag.AlignTop)
