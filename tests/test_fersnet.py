@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, masked_mse
+from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
 from ferkit.models.fersnet import DIRECTIONS, FERSNet, gate_key
 from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
@@ -95,7 +95,7 @@ def test_hard_sharing_feeds_both_heads_from_one_encoder() -> None:
     model = _tiny(convflu=False).eval()
     x = torch.randn(2, 1, 32, 32)
     f_fer, f_fes, gates = model.encode(x, return_gates=True)
-    assert f_fes is f_fer and gates == {}
+    assert f_fes[-1] is f_fer and gates == {}
 
 
 def test_patch_discriminator_is_conditioned_on_the_label() -> None:
@@ -112,8 +112,9 @@ def test_losses_follow_eq6_and_masks() -> None:
     torch.testing.assert_close(discriminator_loss(real, fake), expected.squeeze())
     torch.testing.assert_close(generator_adversarial_loss(fake), -torch.log(torch.sigmoid(fake)).squeeze())
     p, t = torch.zeros(3, 1, 2, 2), torch.stack([torch.full((1, 2, 2), v) for v in (1.0, 2.0, 3.0)])
-    torch.testing.assert_close(masked_mse(p, t, torch.tensor([True, False, True])), torch.tensor(5.0))
-    assert float(masked_mse(p, t, torch.tensor([False, False, False]))) == 0.0
+    # squared L2 norm per image (4 pixels: 4 x 1 and 4 x 9), averaged over the two masked-in samples
+    torch.testing.assert_close(mean_squared_norm(p, t, torch.tensor([True, False, True])), torch.tensor(20.0))
+    assert float(mean_squared_norm(p, t, torch.tensor([False, False, False]))) == 0.0
     w = FersnetLossWeights()
     assert (w.gan, w.rec, w.cyc) == (0.3, 1.0, 0.5)
     assert w.idt(0, 10) == pytest.approx(0.1) and w.idt(9, 10) == pytest.approx(0.5)
@@ -205,6 +206,8 @@ def test_target_sampler_finds_same_subject_with_target_expression() -> None:
         assert int(pair[2]) == -1      # subject 1 has no label 1
         any_c = s.any_of_class(target, g)
         assert bool((labels[any_c] == target).all())
+        mine = s.any_of_subject(idx, g)
+        assert bool((subjects[mine] == subjects[idx]).all())  # any expression, same person
 
 
 def test_no_mtl_and_fes_da_steps(tmp_path: Path) -> None:
@@ -244,3 +247,102 @@ def test_schedule_spans_the_runs_planned_epochs_unless_given(tmp_path: Path) -> 
     paper = _recipe(tmp_path / "c", identity_weights="none", schedule_epochs=None)
     paper.setup(LocalContext(tmp_path / "c" / "run"))  # a context without epochs: the paper's 500
     assert paper.schedule_epochs == 500
+
+
+def test_own_target_prob_uses_the_source_as_its_own_target(tmp_path: Path) -> None:
+    """--own-target-prob 1: every target is the source's expression and L_rec compares with the source."""
+    recipe = _recipe(tmp_path, identity_weights="none", own_target_prob=1.0, augment="off")
+    ctx = LocalContext(tmp_path / "run")
+    recipe.setup(ctx)
+    batches, targets = [], []
+    real_batches, real_g = ctx.batches, recipe.g
+
+    def recording_batches(*args: Any):
+        for idx in real_batches(*args):
+            batches.append(idx)
+            yield idx
+
+    def recording_g(x: torch.Tensor, target: Any = None, **kw: Any):
+        if target is not None and not targets:
+            targets.append(target.clone())  # the first synthesis of the step: source -> target
+        return real_g(x, target=target, **kw)
+
+    ctx.batches, recipe.g = recording_batches, recording_g
+    result = next(iter(recipe.train_epoch(ctx, 0)))
+    assert result.extra["rec_pairs"] == 1.0  # every sample had an I^t: itself
+    assert torch.equal(targets[0], recipe.labels[batches[0]])
+    with pytest.raises(ValueError, match="own-target-prob"):
+        _recipe(tmp_path / "bad", identity_weights="none", own_target_prob=1.5).setup(LocalContext(tmp_path / "b"))
+
+
+def test_lambda_gan_zero_skips_the_discriminator(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, identity_weights="none", lambda_gan=0.0)
+    ctx = LocalContext(tmp_path / "run")
+    recipe.setup(ctx)
+    d0 = {k: v.clone() for k, v in recipe.discriminator.state_dict().items()}
+    result = next(iter(recipe.train_epoch(ctx, 0)))
+    assert result.extra["L_GAN"] == 0.0 and result.extra["L_D"] == 0.0
+    assert all(torch.equal(v, d0[k]) for k, v in recipe.discriminator.state_dict().items())
+    assert "no adversarial term" in recipe.weights_meta()["notes"]
+
+
+def test_init_copies_matching_tensors_and_rejects_other_models(tmp_path: Path) -> None:
+    first = _recipe(tmp_path / "a", identity_weights="none")
+    ctx = LocalContext(tmp_path / "a" / "run")
+    first.setup(ctx)
+    ckpt = tmp_path / "first.pt"
+    torch.save({"modules": {"model": first.model.state_dict()}, "weights_meta": first.weights_meta()}, ckpt)
+    card = Weights.from_dict(first.weights_meta())
+    assert card.architecture.startswith("fersnet")
+
+    second = _recipe(tmp_path / "b", identity_weights="none", init=str(ckpt))
+    second.setup(LocalContext(tmp_path / "b" / "run"))
+    for k, v in first.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[k], v, msg=k)
+    assert "initialised from" in second.weights_meta()["notes"]
+
+    wider = _recipe(tmp_path / "c", identity_weights="none", init=str(ckpt), width=8)
+    with pytest.raises(ValueError, match="no tensor matches"):
+        wider.setup(LocalContext(tmp_path / "c" / "run"))
+    with pytest.raises(ValueError, match="must be a FERSNet"):
+        _recipe(tmp_path / "d", identity_weights="none", init=str(_identity_card(tmp_path))).setup(
+            LocalContext(tmp_path / "d" / "run"))
+
+
+def test_identity_net_defaults_to_the_shipped_one(tmp_path: Path) -> None:
+    """Not giving --identity-weights means the default shipped net, not 'none'."""
+    from ferkit.evaluation.synthesis import resolve_identity_weights
+
+    recipe = _recipe(tmp_path, identity_weights=None)
+    recipe.setup(LocalContext(tmp_path / "run"))
+    assert recipe.identity is not None and recipe.identity.name == resolve_identity_weights(None)
+
+
+def test_skips_feed_each_fes_level_to_the_decoder_of_its_size() -> None:
+    assert not create_model("fersnet").skips and create_model("fersnet_light").skips
+    model = FERSNet(3, input_size=32, width=4, fc_dim=8, skips=True).eval()
+    plain = FERSNet(3, input_size=32, width=4, fc_dim=8).eval()
+    assert [b[0].in_channels for b in model.decoder] == [8, 8, 8, 8]
+    assert [b[0].in_channels for b in plain.decoder] == [8, 4, 4, 4]
+    x = torch.randn(2, 1, 32, 32)
+    _, levels, _ = model.encode(x)
+    assert [f.shape[-1] for f in levels] == [16, 8, 4, 2]
+    target = torch.tensor([0, 2])
+    base = model.decode(levels, target)
+    assert base.shape == x.shape
+    for i in range(3):  # every skip level reaches the output
+        changed = [f + 1.0 if j == i else f for j, f in enumerate(levels)]
+        assert not torch.allclose(model.decode(changed, target), base), i
+    changed = [f + 1.0 if j < 3 else f for j, f in enumerate(levels)]
+    torch.testing.assert_close(plain.decode(changed, target), plain.decode(levels, target))  # no skips: unused
+
+
+def test_subject_target_draw_gives_every_sample_a_same_subject_target(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, identity_weights="none")
+    recipe.setup(LocalContext(tmp_path / "run"))
+    assert recipe.target_draw == "subject"  # the default where the data has subject ids
+    result = next(iter(recipe.train_epoch(LocalContext(tmp_path / "run"), 0)))
+    assert result.extra["rec_pairs"] == 1.0
+    uniform = _recipe(tmp_path / "u", identity_weights="none", target_draw="uniform")
+    uniform.setup(LocalContext(tmp_path / "u" / "run"))
+    assert uniform.target_draw == "uniform" and "targets drawn: uniform" in uniform.weights_meta()["notes"]

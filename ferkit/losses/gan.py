@@ -31,15 +31,20 @@ def generator_adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-sample squared error averaged over the samples where ``mask`` is True (eqs. 7-9).
+def mean_squared_norm(prediction: torch.Tensor, target: torch.Tensor,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(1/n) sum_i ||prediction_i - target_i||_2^2 over the samples where ``mask`` is True (eqs. 7-9).
 
-    Samples without a target (no image of the same subject with the target expression) are left
-    out of the mean instead of counting as zero, so the term's scale does not depend on how many
-    targets a batch happens to have. With no valid sample it is an exact zero that still keeps
-    the graph (so the caller need not special-case it).
+    The squared norm SUMS over each sample's elements (pixels, or identity-feature dimensions),
+    as the equations write it; the paper's text calls eq. 7 "mean squared error", but a per-pixel
+    mean would shrink L_rec and L_cyc by the pixel count (2304 at 48x48) against the adversarial
+    term, which is a per-patch mean, and the discriminator then drowns them (our first CPU runs,
+    trained that way, synthesised noise). Samples without a target (no image of the same subject
+    with the target expression) are left out of the mean instead of counting as zero, so the
+    term's scale does not depend on how many targets a batch happens to have. With no valid
+    sample it is an exact zero that still keeps the graph (so the caller need not special-case it).
     """
-    err = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    err = (prediction.float() - target.float()).pow(2).flatten(1).sum(dim=1)
     if mask is None:
         return err.mean()
     mask = mask.to(err.dtype)

@@ -7,13 +7,19 @@ Per batch, with a random target expression z^t drawn for every sample:
    + 0.5 L_cyc (eq. 8) + l4 L_idt (eq. 9), l4 ramped 0.1 -> 0.5 over the schedule.
 
 Targets. "We randomly select a target label z^t with the corresponding facial image I^t for
-each training sample": where the data has subject ids (CK+48) I^t is a random image of the SAME
-subject showing z^t, and L_rec and L_idt compare against it. CK+ subjects show 2-3 of the 7
-expressions, so z^t is drawn uniformly over all classes (the generator must learn every target)
-and L_rec is averaged over the samples that have such an image; L_idt then compares with the
-source face, which shows the same person. The discriminator's real sample is I^t when it exists,
-else a random real face with expression z^t. Without subject ids (FER+), L_rec is left out and
-L_idt always uses the source face. Source and target are augmented with one shared random
+each training sample". Two readings, ``--target-draw``:
+
+* ``subject`` (default where the data has subject ids, CK+48): I^t is a random training image of
+  the SAME subject and z^t its label, so every sample has an I^t and L_rec and L_idt compare
+  against it. CK+ subjects show 2-3 of the 7 expressions; across subjects every target occurs.
+* ``uniform``: z^t uniform over all classes, I^t a random same-subject image showing z^t where
+  one exists (about 47 % of CK+ draws); L_rec is averaged over those samples and L_idt compares
+  with the source face otherwise. In our CPU runs this reading taught the generator to copy its
+  input (the other 53 % are constrained only by L_cyc, which copying satisfies).
+
+The discriminator's real sample is I^t when it exists, else a random real face with expression
+z^t. Without subject ids (FER+) targets are uniform, L_rec is left out and L_idt always uses the
+source face. Source and target are augmented with one shared random
 transform (stacked as channels for :func:`~ferkit.data.augment.augment_batch`) so L_rec compares
 aligned faces.
 
@@ -21,6 +27,14 @@ Schedule: Adam (beta1 0.5, the usual GAN setting; the paper gives none), learnin
 exponentially per epoch from 1e-3 to 1e-5 over ``--schedule-epochs`` (default: the run's planned
 epochs, ``ctx.epochs``, so a shorter ``--epochs`` still completes the decay and the l4 ramp; the
 paper: "within 500 epochs"), batch 64.
+
+Options beyond the paper (off by default, named in the weights' notes when used):
+``--own-target-prob P`` draws the source's own expression as the target with probability P and
+then uses the source itself as I^t - the one same-subject image every dataset has, so L_rec also
+works on FER+ (an autoencoding signal that teaches the FES stream to keep the person);
+``--init SOURCE`` starts G from another FERSNet's matching tensors (the paper pre-trains on
+BU-4DFE before CK+; ``fersnet/ferplus`` can play that part); ``--lambda-gan 0`` skips the
+discriminator entirely (no D step), for such pre-training.
 
 Ablations: ``--no-mtl`` (L_cls only, FER stream only), ``--no-convflu`` (hard sharing, see
 :mod:`ferkit.models.fersnet`), ``--fes-da K`` (the last K epochs of the schedule fine-tune on the
@@ -50,7 +64,7 @@ from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.evaluation.kfold import add_fold_arguments, split_dataset_fold
 from ferkit.evaluation.synthesis import FrozenIdentity, synthesis_grid, write_png
-from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, masked_mse
+from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
 from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing
@@ -86,6 +100,15 @@ class TargetSampler:
             self.count = counts.view(n_subj, num_classes)
             self.start = (torch.cumsum(counts, 0) - counts).view(n_subj, num_classes)
 
+    def any_of_subject(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Index of a random image of subject(idx), any expression (the source itself included)."""
+        if self.subjects is None:
+            raise ValueError("drawing a same-subject target needs subject ids")
+        s = self.subjects[idx]
+        count = self.count[s].sum(1)
+        pick = (torch.rand(idx.shape, generator=generator) * count).long()
+        return self.order[self.start[s, 0] + pick]
+
     def same_subject(self, idx: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Index of a random image of subject(idx) with expression ``target``, or -1 where none exists."""
         if self.subjects is None:
@@ -119,8 +142,12 @@ class _FersnetRecipe(Recipe):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--arch", choices=["fersnet", "fersnet_light"], default="fersnet_light",
-                            help="fersnet: paper size (256 filters, 96x96); fersnet_light: CPU size, 16 filters, 48x48 (default)")
+                            help="fersnet: paper size (256 filters, 96x96); fersnet_light: CPU size, 16 filters, 96x96, "
+                                 "FES skip connections (default)")
         parser.add_argument("--width", type=int, default=None, help="filters per conv layer (overrides --arch)")
+        parser.add_argument("--skips", choices=["on", "off"], default=None,
+                            help="FES encoder -> decoder skip connections (default: on for fersnet_light, "
+                                 "off for the paper's fersnet, which has none)")
         parser.add_argument("--input-size", type=int, default=None, help="face side, multiple of 16")
         parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (paper: 64)")
         parser.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (paper: 1e-3)")
@@ -133,6 +160,15 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--lambda-cyc", type=float, default=0.5, help="l3 (paper 0.5)")
         parser.add_argument("--lambda-idt-start", type=float, default=0.1, help="l4 at the start (paper 0.1)")
         parser.add_argument("--lambda-idt-end", type=float, default=0.5, help="l4 at the end (paper 0.5)")
+        parser.add_argument("--target-draw", choices=["subject", "uniform"], default=None,
+                            help="subject: I^t = a random image of the same subject, z^t its label (default "
+                                 "with subject ids); uniform: z^t uniform, L_rec only where the subject has it")
+        parser.add_argument("--own-target-prob", type=float, default=0.0, metavar="P",
+                            help="probability of drawing the source's own expression as the target, the "
+                                 "source then serving as I^t for L_rec (default 0: uniform targets, paper)")
+        parser.add_argument("--init", default=None, metavar="SOURCE",
+                            help="start G from this FERSNet checkpoint / card / shipped name (tensors of "
+                                 "matching name and shape; class-count-dependent layers stay random)")
         parser.add_argument("--identity-weights", default=None,
                             help="identity net for L_idt: shipped name or checkpoint (Light CNN / DeepID), or none")
         parser.add_argument("--no-mtl", action="store_true", help="ablation: FERSNet w/o MTL (FER stream only)")
@@ -160,9 +196,10 @@ class _FersnetRecipe(Recipe):
         arch = _option(o, "arch", "fersnet_light")
         light = arch == "fersnet_light"
         return {"num_classes": num_classes,
-                "input_size": int(_option(o, "input_size", 48 if light else 96)),
+                "input_size": int(_option(o, "input_size", 96)),
                 "width": int(_option(o, "width", 16 if light else 256)),
                 "fc_dim": 128 if light else 512,
+                "skips": _option(o, "skips", "on" if light else "off") == "on",
                 "mtl": not o.get("no_mtl", False), "convflu": not o.get("no_convflu", False)}
 
     def setup(self, ctx: TrainContext) -> None:
@@ -188,6 +225,9 @@ class _FersnetRecipe(Recipe):
         self.memory_format = (torch.channels_last if cl == "on" or (cl == "auto" and self.device.type == "cpu")
                               else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)
+        init = o.get("init")
+        if init:
+            ctx.log(self._load_init(str(init)))
         self.g = ctx.wrap(self.model)
         self.mtl = self.model.mtl
         self.weights = FersnetLossWeights(gan=float(_option(o, "lambda_gan", 0.3)),
@@ -197,6 +237,14 @@ class _FersnetRecipe(Recipe):
                                           idt_end=float(_option(o, "lambda_idt_end", 0.5)))
         # the run's planned epochs (ctx.epochs, from --epochs or the paper's 500) unless given
         self.schedule_epochs = int(_option(o, "schedule_epochs", getattr(ctx, "epochs", None) or self.default_epochs))
+        self.target_draw = _option(o, "target_draw", "subject" if train.subjects is not None else "uniform")
+        if self.target_draw not in ("subject", "uniform"):
+            raise ValueError(f"--target-draw must be subject or uniform, got {self.target_draw!r}")
+        if self.target_draw == "subject" and train.subjects is None:
+            raise ValueError("--target-draw subject needs subject ids; this dataset has none (use uniform)")
+        self.own_target_prob = float(_option(o, "own_target_prob", 0.0))
+        if not 0.0 <= self.own_target_prob <= 1.0:
+            raise ValueError(f"--own-target-prob must lie in [0, 1], got {self.own_target_prob}")
         self.fes_da = int(_option(o, "fes_da", 0))
         if self.fes_da and not self.mtl:
             raise ValueError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
@@ -217,8 +265,8 @@ class _FersnetRecipe(Recipe):
             self.d = ctx.wrap(self.discriminator)
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda ep: decay ** min(ep, span))
-            ident = o.get("identity_weights")
-            if str(ident).lower() != "none":
+            ident = o.get("identity_weights")  # None (not given) = the default shipped identity net
+            if ident is None or str(ident).lower() != "none":
                 self.identity = FrozenIdentity.load(ident, device=self.device)
         self.augment = _option(o, "augment", "on") == "on"
         self.batch_size = int(_option(o, "batch_size", 64))
@@ -229,6 +277,25 @@ class _FersnetRecipe(Recipe):
         ctx.log(f"{self.name}: {arch} {self.model_cfg}; {self._data_desc}; identity net for L_idt: "
                 f"{self.identity.name if self.identity else 'none'}; lr {lr} -> {lr_end} over "
                 f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else ""))
+
+    def _load_init(self, source: str) -> str:
+        """Copy the tensors of ``source`` whose name and shape match this model; say what was kept."""
+        from ferkit.models.weights import float_state, get_weights
+
+        weights = get_weights(source)
+        if not weights.architecture.startswith("fersnet"):
+            raise ValueError(f"--init {source} holds a {weights.architecture!r} model; it must be a FERSNet")
+        state = float_state(weights.state_dict())
+        own = self.model.state_dict()
+        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        learned = [k for k, v in own.items() if v.is_floating_point()]
+        if sum(k in take for k in learned) * 2 < len(learned):  # only class-count layers may differ
+            raise ValueError(f"--init {source}: no tensor matches this model's names and shapes for most "
+                             f"layers ({self.model_cfg}); was it trained with another --width / --input-size?")
+        self.model.load_state_dict(take, strict=False)
+        skipped = sorted(k for k in own if k not in take)
+        return (f"{self.name}: initialised {len(take)}/{len(own)} tensors from {source}"
+                + (f"; random: {', '.join(skipped)}" if skipped else ""))
 
     @staticmethod
     def _grid_selection(ds: FaceDataset) -> torch.Tensor:
@@ -289,10 +356,18 @@ class _FersnetRecipe(Recipe):
                     loss = F.cross_entropy(out.logits.float(), y)
                 ctx.step(loss, self.opt_g)
                 correct = int((out.logits.argmax(1) == y).sum())
-                yield StepResult(float(loss), correct, len(idx), {"L_cls": float(loss)})
+                yield StepResult(float(loss.detach()), correct, len(idx), {"L_cls": float(loss.detach())})
                 continue
-            target_cpu = torch.randint(e, idx_cpu.shape, generator=gen)
-            pair = self.sampler.same_subject(idx_cpu, target_cpu, gen)
+            if self.target_draw == "subject":
+                pair = self.sampler.any_of_subject(idx_cpu, gen)
+                target_cpu = self.sampler.labels[pair]
+            else:
+                target_cpu = torch.randint(e, idx_cpu.shape, generator=gen)
+                pair = self.sampler.same_subject(idx_cpu, target_cpu, gen)
+            if self.own_target_prob > 0:
+                own = torch.rand(idx_cpu.shape, generator=gen) < self.own_target_prob
+                target_cpu = torch.where(own, self.sampler.labels[idx_cpu], target_cpu)
+                pair = torch.where(own, idx_cpu, pair)  # the source is I^t for its own expression
             has_pair = (pair >= 0).to(self.device)
             real_idx = torch.where(pair >= 0, pair, self.sampler.any_of_class(target_cpu, gen)).to(self.device)
             target = target_cpu.to(self.device)
@@ -300,27 +375,33 @@ class _FersnetRecipe(Recipe):
             x, x_t = both[:, :1], both[:, 1:]
 
             # D step (eq. 6): real target faces vs synthesised ones, both with the target label
+            use_gan = self.weights.gan > 0
             with ctx.autocast():
                 out = self.g(x, target=target)
                 fake = out.synthesis
-                loss_d = discriminator_loss(self.d(x_t, target).float(), self.d(fake.detach(), target).float())
-            ctx.step(loss_d, self.opt_d)
+                if use_gan:
+                    loss_d = discriminator_loss(self.d(x_t, target).float(), self.d(fake.detach(), target).float())
+            if use_gan:
+                ctx.step(loss_d, self.opt_d)
+            else:
+                loss_d = torch.zeros((), device=self.device)
 
             # G step (eq. 10); D's weights are not trained here
             self.discriminator.requires_grad_(False)
             with ctx.autocast():
                 loss_cls = F.cross_entropy(out.logits.float(), y)
-                loss_gan = generator_adversarial_loss(self.d(fake, target).float())
-                loss_rec = masked_mse(fake, x_t, has_pair)
+                loss_gan = (generator_adversarial_loss(self.d(fake, target).float()) if use_gan
+                            else torch.zeros((), device=self.device))
+                loss_rec = mean_squared_norm(fake, x_t, has_pair)
                 cycled = self.g(fake, target=y).synthesis
-                loss_cyc = masked_mse(cycled, x)
+                loss_cyc = mean_squared_norm(cycled, x)
                 if self.identity is not None:
                     # eq. 9 compares with I^t; without one, the source face shows the same person
                     reference = torch.where(has_pair.view(-1, 1, 1, 1), x_t, x)
                     f_fake = self.identity(fake, self.preprocessing)
                     with torch.no_grad():
                         f_ref = self.identity(reference, self.preprocessing)
-                    loss_idt = masked_mse(f_fake, f_ref)
+                    loss_idt = mean_squared_norm(f_fake, f_ref)
                 else:
                     loss_idt = torch.zeros((), device=self.device)
                 loss = (loss_cls + self.weights.gan * loss_gan + self.weights.rec * loss_rec
@@ -364,7 +445,7 @@ class _FersnetRecipe(Recipe):
                 out = self.g(x)
                 loss = F.cross_entropy(out.logits.float(), y)
             ctx.step(loss, self.opt_g)
-            yield StepResult(float(loss), int((out.logits.argmax(1) == y).sum()), len(idx), {"L_cls": float(loss)})
+            yield StepResult(float(loss.detach()), int((out.logits.argmax(1) == y).sum()), len(idx), {"L_cls": float(loss.detach())})
 
     # ---- evaluation and artefacts ---------------------------------------------------------------
     @torch.no_grad()
@@ -405,11 +486,19 @@ class _FersnetRecipe(Recipe):
         ablation = [n for n, on in (("w/o MTL", not self.model_cfg["mtl"]),
                                     ("w/o ConvFLU", not self.model_cfg["convflu"]),
                                     (f"FES-DA ({self.fes_da} epochs)", self.fes_da > 0)) if on]
+        extras = [f"own-target probability {self.own_target_prob}"] if self.own_target_prob > 0 else []
+        if self.model_cfg["mtl"]:
+            extras.append(f"targets drawn: {self.target_draw}")
+        if self.weights.gan == 0 and self.model_cfg["mtl"]:
+            extras.append("no adversarial term (lambda_GAN 0)")
+        if self.options.get("init"):
+            extras.append(f"initialised from {self.options['init']}")
         return {"name": "fersnet", "architecture": self.arch, "classes": list(self.classes),
                 "preprocessing": asdict(self.preprocessing), "model_cfg": dict(self.model_cfg),
                 "data": self._data_desc, "recipe": self.name,
                 "notes": "FERSNet" + (f" ({', '.join(ablation)})" if ablation else "")
-                         + f"; identity net for L_idt: {self.identity.name if self.identity else 'none'}"}
+                         + f"; identity net for L_idt: {self.identity.name if self.identity else 'none'}"
+                         + "".join(f"; {x}" for x in extras)}
 
 
 @register_recipe
@@ -446,7 +535,7 @@ class FersnetCkplusRecipe(_FersnetRecipe):
 
 @register_recipe
 class FersnetFerplusRecipe(_FersnetRecipe):
-    """FER+ (majority vote, 8 classes): no subject ids, so L_rec is left out."""
+    """FER+ (majority vote, 8 classes): no subject ids, so L_rec is left out (but see --own-target-prob)."""
 
     name = "fersnet/ferplus"
     description = "FERSNet (eq. 10 without L_rec: no subject ids) on FER+ majority vote, 8 classes"
@@ -483,7 +572,9 @@ class FersnetFerplusRecipe(_FersnetRecipe):
         vote = _option(self.options, "vote", "majority")
         train_dir = self._split_folder(self.data_dir, "train")
         train = load_ferplus(train_dir, vote=vote, size=size)
-        train.subjects = None  # FER+ has no subject ids: L_rec is left out (model-details.md)
+        # FER+ has no subject ids: L_rec is left out (model-details.md) except for own-expression
+        # targets, whose I^t is the source itself (--own-target-prob)
+        train.subjects = None
         valid_dir = train_dir.parent / "FER2013Valid"
         val = load_ferplus(valid_dir, vote=vote, size=size) if (valid_dir / "label.csv").is_file() else None
         self._data_desc = f"FER+ {train_dir.name} ({len(train)} images, {vote} vote); validation " + \
