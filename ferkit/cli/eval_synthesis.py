@@ -79,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if pre.channels != ds.images.shape[1]:
         raise ValueError(f"--data has {ds.images.shape[1]}-channel images, the weights expect {pre.channels}")
     judge = Judge(load_weights(args.judge, device=generator.device), classes) if args.judge else None
-    identity = None
-    if args.identity_weights is None or args.identity_weights.lower() != "none":  # None = the default net
-        identity = FrozenIdentity.load(args.identity_weights, device=generator.device)
+    identity = FrozenIdentity.from_option(args.identity_weights, device=generator.device)
     report = evaluate_synthesis(generator, ds.images, ds.labels, ds.subjects, judge=judge, identity=identity,
                                 batch_size=args.batch_size)
     result = {"weights": generator.weights.name, "source": generator.weights.source, "data": desc,

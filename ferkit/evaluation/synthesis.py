@@ -104,6 +104,17 @@ class FrozenIdentity(nn.Module):
     def load(cls, name_or_path: Optional[str], device: Union[str, torch.device] = "cpu") -> "FrozenIdentity":
         return cls(load_weights(resolve_identity_weights(name_or_path), device=device))
 
+    @classmethod
+    def from_option(cls, value: Optional[str], device: Union[str, torch.device] = "cpu") -> Optional["FrozenIdentity"]:
+        """An ``--identity-weights`` value: not given (None) = the default net, ``none`` = no identity net.
+
+        One parser for every command that takes the option, so "not given" cannot be mistaken for
+        "none" (``str(None).lower() == "none"`` once silently switched L_idt off).
+        """
+        if value is not None and value.strip().lower() == "none":
+            return None
+        return cls.load(value, device=device)
+
     def train(self, mode: bool = True) -> "FrozenIdentity":
         super().train(False)  # frozen: BN statistics and dropout stay in inference mode
         return self

@@ -111,6 +111,16 @@ def float_state(state: Any) -> dict[str, torch.Tensor]:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
+def matching_tensors(model: nn.Module, state: Any) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` (upcast as :func:`float_state`) whose name and shape match ``model``'s.
+
+    For warm starts (``--init``) from a related model that differs in some layers - another class
+    count, another head: load the result with ``strict=False``; the caller decides how much must match.
+    """
+    own = model.state_dict()
+    return {k: v for k, v in float_state(state).items() if k in own and own[k].shape == v.shape}
+
+
 def list_weights() -> list[str]:
     folder = weights_dir()
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []

@@ -214,11 +214,9 @@ class EIFNCKPlus(Recipe):
                 f"lambdas=({self.loss_fn.lambda1}, {self.loss_fn.lambda2}, {self.loss_fn.lambda3})")
 
     def _load_init(self, source: str) -> None:
-        from ferkit.models.weights import get_weights
+        from ferkit.models.weights import get_weights, matching_tensors
 
-        state = get_weights(source).state_dict()
-        own = self.model.state_dict()
-        take = {k: v.float() for k, v in state.items() if k in own and own[k].shape == v.shape}
+        take = matching_tensors(self.model, get_weights(source).state_dict())
         if not any(k.startswith("expression_extractor.") for k in take):
             raise ValueError(f"--init {source}: no extractor weights of this width in it")
         self.model.load_state_dict(take, strict=False)

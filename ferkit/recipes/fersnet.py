@@ -265,9 +265,7 @@ class _FersnetRecipe(Recipe):
             self.d = ctx.wrap(self.discriminator)
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda ep: decay ** min(ep, span))
-            ident = o.get("identity_weights")  # None (not given) = the default shipped identity net
-            if ident is None or str(ident).lower() != "none":
-                self.identity = FrozenIdentity.load(ident, device=self.device)
+            self.identity = FrozenIdentity.from_option(o.get("identity_weights"), device=self.device)
         self.augment = _option(o, "augment", "on") == "on"
         self.batch_size = int(_option(o, "batch_size", 64))
         self.da_images: Optional[torch.Tensor] = None
@@ -280,14 +278,13 @@ class _FersnetRecipe(Recipe):
 
     def _load_init(self, source: str) -> str:
         """Copy the tensors of ``source`` whose name and shape match this model; say what was kept."""
-        from ferkit.models.weights import float_state, get_weights
+        from ferkit.models.weights import get_weights, matching_tensors
 
         weights = get_weights(source)
         if not weights.architecture.startswith("fersnet"):
             raise ValueError(f"--init {source} holds a {weights.architecture!r} model; it must be a FERSNet")
-        state = float_state(weights.state_dict())
+        take = matching_tensors(self.model, weights.state_dict())
         own = self.model.state_dict()
-        take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         learned = [k for k, v in own.items() if v.is_floating_point()]
         if sum(k in take for k in learned) * 2 < len(learned):  # only class-count layers may differ
             raise ValueError(f"--init {source}: no tensor matches this model's names and shapes for most "
@@ -375,16 +372,15 @@ class _FersnetRecipe(Recipe):
             x, x_t = both[:, :1], both[:, 1:]
 
             # D step (eq. 6): real target faces vs synthesised ones, both with the target label
+            # (lambda_GAN 0: no D step at all, e.g. for pre-training)
             use_gan = self.weights.gan > 0
             with ctx.autocast():
                 out = self.g(x, target=target)
                 fake = out.synthesis
-                if use_gan:
-                    loss_d = discriminator_loss(self.d(x_t, target).float(), self.d(fake.detach(), target).float())
+                loss_d = (discriminator_loss(self.d(x_t, target).float(), self.d(fake.detach(), target).float())
+                          if use_gan else torch.zeros((), device=self.device))
             if use_gan:
                 ctx.step(loss_d, self.opt_d)
-            else:
-                loss_d = torch.zeros((), device=self.device)
 
             # G step (eq. 10); D's weights are not trained here
             self.discriminator.requires_grad_(False)
