@@ -26,7 +26,7 @@ from app.core.enrolment import EnrolmentStore
 from app.core.export import result_records, save_records
 from app.core.models import ModelCache, configure_torch_threads, default_weights, display_name
 from app.core.sources import SourceError, folder_images, kind_of, load_image, sample_video
-from app.core.tracking import Smoother
+from ferkit.face.tracking import Smoother
 from app.errors import config_dir, plain_message
 from app.training import JobManager
 from app.widgets.explain_panels import GatesPanel, SynthesisPanel

@@ -165,7 +165,7 @@ class TrainingDialog(QDialog):
     # ---- form ------------------------------------------------------------------------------
     def _load_recipes(self) -> None:
         try:
-            from ferkit.training.recipe import list_recipes
+            from ferkit.recipes.registry import list_recipes
 
             names = list_recipes()
         except Exception as exc:
@@ -180,7 +180,7 @@ class TrainingDialog(QDialog):
     def _recipe_changed(self, name: str) -> None:
         if not name:
             return
-        from ferkit.training.recipe import get_recipe
+        from ferkit.recipes.registry import get_recipe
 
         cls = get_recipe(name)
         self.recipe_help.setText(f"{cls.description}<br><i>Data:</i> {cls.data_help}")
@@ -196,7 +196,7 @@ class TrainingDialog(QDialog):
     def validate(self) -> Optional[str]:
         """A plain sentence of what is wrong with the form, or None when a job can start."""
         from ferkit.data.errors import DataError
-        from ferkit.training.recipe import get_recipe
+        from ferkit.recipes.registry import get_recipe
 
         name = self.recipe.currentText()
         if not name:

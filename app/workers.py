@@ -24,7 +24,7 @@ from app.core.analyzer import FrameAnalyzer, refresh_enrolments
 from app.core.enrolment import EnrolmentStore
 from app.core.models import ModelCache
 from app.core.sources import SourceError, VideoFile
-from app.core.tracking import Smoother
+from ferkit.face.tracking import Smoother
 from app.errors import plain_message
 
 log = logging.getLogger("ferkit.app")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ferkit.evaluation.forward import check_tta
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing, Weights, load_weights
 
@@ -108,6 +109,21 @@ def crops_to_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2)))
 
 
+def merge_flip_outputs(out: ModelOutput, n: int) -> ModelOutput:
+    """One result per crop from a batch of ``n`` crops followed by their ``n`` mirrors.
+
+    Class probabilities are averaged (``logits`` become their log, so ``probabilities`` is the
+    mean); the identity feature is averaged too; gates, embedding and synthesis are those of the
+    unflipped crops (maps of mirrored faces would not line up with the picture).
+    """
+    probs = 0.5 * (out.probabilities[:n] + out.probabilities[n:])
+    identity = None if out.identity is None else 0.5 * (out.identity[:n] + out.identity[n:])
+    return ModelOutput(logits=probs.clamp_min(1e-12).log(), identity=identity,
+                       embedding=None if out.embedding is None else out.embedding[:n],
+                       gates={k: v[:n] for k, v in out.gates.items()},
+                       synthesis=None if out.synthesis is None else out.synthesis[:n])
+
+
 @dataclass
 class FaceResult:
     """One face: where it is, what the model says, and the crop the model saw."""
@@ -157,10 +173,14 @@ class Predictor:
     otherwise so that predicting on crops never imports mediapipe.
     ``engine``: ``torch`` (eager) or ``onnx`` (ONNX Runtime on the CPU, 3-8x faster at batch 1 here
     per ``ferkit bench``; gate maps and synthesis stay torch-only).
+    ``tta``: ``"flip"`` scores each crop and its mirror in one batch and averages the class
+    probabilities; ``None`` (default) uses the weights' card (the setting its metrics were
+    measured with), ``"none"`` switches it off.
     """
 
     def __init__(self, weights: Union[str, Path] = DEFAULT_WEIGHTS, device: Union[str, torch.device] = "auto",
-                 max_faces: int = 5, min_confidence: float = 0.5, pipeline: Any = None, engine: str = "torch"):
+                 max_faces: int = 5, min_confidence: float = 0.5, pipeline: Any = None, engine: str = "torch",
+                 tta: Optional[str] = None):
         if engine not in ("torch", "onnx"):
             raise ValueError(f"--engine must be torch or onnx, not {engine!r}")
         try:
@@ -180,6 +200,7 @@ class Predictor:
         if n_out is not None and n_out != len(self.classes):
             raise ValueError(f"{self.weights.source}: the model has {n_out} outputs but the card lists "
                              f"{len(self.classes)} classes")
+        self.tta = check_tta(self.weights.tta if tta is None else tta)
         self.engine = engine
         if engine == "onnx":
             from ferkit.export.onnx import use_onnx  # lazy: onnxruntime is an optional extra
@@ -213,6 +234,11 @@ class Predictor:
         Crops of another size or channel count are converted per :func:`to_model_input`.
         """
         x = to_model_input(batch.to(self.device), self.preprocessing)
+        if self.tta == "flip":
+            n = x.shape[0]
+            both = torch.cat([x, x.flip(-1)])
+            out = self.model(both, return_gates=True) if return_gates else self.model(both)
+            return merge_flip_outputs(out, n)
         if return_gates:
             return self.model(x, return_gates=True)
         return self.model(x)

@@ -25,7 +25,8 @@ from ferkit.models.base import FerModel
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.registry import _MODELS, register_model
 from ferkit.models.weights import Preprocessing
-from ferkit.training.recipe import _RECIPES, Recipe, StepResult, TrainContext, register_recipe
+from ferkit.recipes.registry import _RECIPES, register_recipe
+from ferkit.training.recipe import Recipe, StepResult, TrainContext
 
 MODEL_NAME = "test-engine-tinycnn"
 RECIPE_NAME = "test-engine/tiny"

@@ -13,7 +13,7 @@ pytest.importorskip("PySide6")
 from app.core.enrolment import EnrolmentStore, cosine  # noqa: E402
 from app.core.explain import colormap_lut, gate_map, overlay, parse_gate_keys  # noqa: E402
 from app.core.jobs import JobState, cli_command, train_args  # noqa: E402
-from app.core.tracking import FaceTracker, Smoother, iou  # noqa: E402
+from ferkit.face.tracking import FaceTracker, Smoother, iou  # noqa: E402
 
 
 def test_iou_of_known_boxes() -> None:

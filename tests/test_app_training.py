@@ -22,7 +22,7 @@ def _isolated_config(tmp_path: Path, monkeypatch) -> None:
 
 @pytest.fixture()
 def ferplus(tmp_path: Path) -> Path:
-    from ferkit.training.recipe import list_recipes
+    from ferkit.recipes.registry import list_recipes
 
     if RECIPE not in list_recipes():
         pytest.skip(f"recipe {RECIPE} is not registered yet")

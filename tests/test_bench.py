@@ -36,7 +36,7 @@ def test_environment_records_versions_threads() -> None:
 
 
 def test_every_recipe_has_a_training_network_spec() -> None:
-    from ferkit.training.recipe import list_recipes
+    from ferkit.recipes.registry import list_recipes
 
     real = [r for r in list_recipes() if not r.startswith("test-")]
     missing = [r for r in real if r not in bench_training.RECIPE_NETWORKS]

@@ -15,7 +15,8 @@ from ferkit.data.ckplus import load_ckplus48
 from ferkit.evaluation.cv import run_cv, to_model_input
 from ferkit.evaluation.kfold import subject_kfold
 from ferkit.models.weights import Preprocessing
-from ferkit.training.recipe import _RECIPES, Recipe, StepResult, TrainContext, register_recipe
+from ferkit.recipes.registry import _RECIPES, register_recipe
+from ferkit.training.recipe import Recipe, StepResult, TrainContext
 from tests.engine_support import MODEL_NAME, TinyCNN
 from tests.fixtures.datasets import make_ckplus48_tree
 

@@ -180,7 +180,7 @@ def ck_tree(tmp_path: Path) -> Path:
 def _recipe(ck_tree: Path, **opts):
     from ferkit.recipes.eifn import EIFNCKPlus
 
-    monkey = dict(width=1 / 16, id_dim=8, batch_size=12, lr=0.01)
+    monkey = dict(width=1 / 16, id_dim=8, batch_size=12, lr=0.01, folds=0)
     monkey.update(opts)
     return EIFNCKPlus(ck_tree, monkey)
 
@@ -190,7 +190,8 @@ def test_recipe_loss_goes_down_on_a_fixed_batch(ck_tree: Path, tmp_path: Path, m
     recipe = _recipe(ck_tree, mode=mode)
     ctx = LocalContext(tmp_path)
     recipe.setup(ctx)
-    x, y, s = recipe.x_train[:8], recipe.y_train[:8], recipe.s_train[:8]
+    x = recipe.inputs(recipe.x_train[:8], augment=False)
+    y, s = recipe.y_train[:8], recipe.s_train[:8]
 
     def fixed_loss() -> float:
         recipe.model.train()
@@ -217,19 +218,20 @@ def test_recipe_folds_hold_out_whole_subjects(ck_tree: Path, tmp_path: Path) -> 
     from ferkit.evaluation.kfold import subject_kfold
 
     train_idx, test_idx = subject_kfold(ds.subjects, 2, 0)[0]
-    assert len(recipe.y_train) == len(train_idx) and len(recipe.y_test) == len(test_idx)
+    assert len(recipe.y_train) == len(train_idx) and len(recipe.y_val) == len(test_idx)
     # identity classes = the training subjects only, re-indexed 0..S-1
     n_train_subjects = len(set(ds.subjects[torch.as_tensor(train_idx)].tolist()))
     assert recipe.model.num_subjects == n_train_subjects
     assert sorted(set(recipe.s_train.tolist())) == list(range(n_train_subjects))
     metrics = recipe.evaluate(LocalContext(tmp_path), 0)
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
-    assert recipe.x_train.shape[-2:] == (64, 64)
+    assert recipe.inputs(recipe.x_train[:2], augment=False).shape[-2:] == (64, 64)
 
 
-def test_recipe_fold_options_must_come_together(ck_tree: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--folds"):
-        _recipe(ck_tree, folds=2).setup(LocalContext(tmp_path))
+def test_recipe_folds_zero_trains_on_every_image(ck_tree: Path, tmp_path: Path) -> None:
+    recipe = _recipe(ck_tree, folds=0)
+    recipe.setup(LocalContext(tmp_path))
+    assert len(recipe.y_train) == len(recipe.load_dataset(ck_tree)) and recipe.x_val is None
 
 
 def test_paper_augment_uses_the_paper_angles() -> None:
@@ -257,7 +259,7 @@ def test_engine_trains_and_checkpoint_loads_as_weights(ck_tree: Path, tmp_path: 
     assert out.logits.shape == (1, len(loaded.weights.classes)) and out.identity is not None
 
     # --init (the paper's stage-1 initialisation hook): extractors copied, per-data-set heads skipped
-    follow = _recipe(ck_tree, mode="eifn", init=str(tmp_path / "run" / "checkpoint.pt"))
+    follow = _recipe(ck_tree, mode="eifn", folds=0, init=str(tmp_path / "run" / "checkpoint.pt"))
     follow.setup(LocalContext(tmp_path))
     src = loaded.model.state_dict()
     for key, value in follow.model.state_dict().items():

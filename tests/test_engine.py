@@ -55,7 +55,7 @@ def cli(*args: str) -> list[str]:
 # ---- context pieces ------------------------------------------------------------------------------
 def fake_ctx(rank: int = 0, world: int = 1, seed: int = 0) -> EngineContext:
     info = distributed.DistInfo(rank, world, rank, torch.device("cpu"))
-    return EngineContext(info, amp=True, seed=seed, out_dir=Path("."), reporter=ProgressReporter(enabled=False))
+    return EngineContext(info, amp_dtype=None, seed=seed, out_dir=Path("."), reporter=ProgressReporter(enabled=False))
 
 
 def test_batches_are_seeded_and_sharded_without_overlap() -> None:

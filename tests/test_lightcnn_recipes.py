@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ferkit.losses.softmax_mse import SoftmaxMSE
-from ferkit.recipes.netb import (LightCNNIdentity, NetBFer2013, NetBFerPlus, load_identity_training_data,
-                                 to_input)
-from ferkit.training.recipe import get_recipe
+from ferkit.models.outputs import ModelOutput
+from ferkit.recipes.netb import LightCNNIdentity, NetBFer2013, NetBFerPlus, load_identity_training_data
+from ferkit.recipes.registry import get_recipe
 from tests.fixtures.datasets import (make_fer2013_emotion_tree, make_ferplus_tree, make_identity_tree,
                                      make_orl_tree)
 from tests.fixtures.train_context import LocalContext
@@ -32,7 +32,7 @@ def identity_root(tmp_path: Path) -> Path:
 
 
 def _identity_checkpoint(tmp_path: Path, identity_root: Path) -> tuple[Path, LightCNNIdentity]:
-    recipe = LightCNNIdentity(identity_root, {**SMALL, "holdout_identities": 1, "max_steps": 2})
+    recipe = LightCNNIdentity(identity_root, {**SMALL, "holdout_identities": 1, "max_steps_per_epoch": 2})
     ctx = LocalContext(tmp_path)
     recipe.setup(ctx)
     list(recipe.train_epoch(ctx, 0))
@@ -59,30 +59,34 @@ def test_identity_pretraining_steps_and_meta(tmp_path: Path, identity_root: Path
     recipe = LightCNNIdentity(identity_root, {**SMALL, "holdout_identities": 1, "val_every": 2})
     ctx = LocalContext(tmp_path)
     recipe.setup(ctx)
-    assert recipe.val_images.shape[0] == 5 * 2  # images 2 and 4 of each of the 5 training identities
+    assert recipe.x_val.shape[0] == 5 * 2  # images 2 and 4 of each of the 5 training identities
     results = list(recipe.train_epoch(ctx, 0))
     assert results and all(torch.isfinite(torch.tensor(r.loss)) for r in results)
     metrics = recipe.evaluate(ctx, 0)
     assert 0.0 <= metrics["val_accuracy"] <= 1.0 and "val_softmax_mse" not in metrics
     meta = recipe.weights_meta()
     assert meta["architecture"] == "lightcnn9" and meta["model_cfg"]["num_classes"] == 5
-    assert "celeba_subset/0011" in meta["notes"]
+    assert meta["heldout_identities"] == ["celeba_subset/0011"]
+
+
+def _loss(recipe: Any, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return recipe._loss(ModelOutput(logits=logits), y)[0]
 
 
 def _loss_drops_on_fixed_batch(recipe: Any) -> None:
     """Repeated steps on one fixed batch (no dropout, no augmentation) must lower the recipe's loss."""
     recipe.model.eval()  # dropout off: the batch and the function are then fixed
-    x = to_input(recipe.train_images[:8], recipe.pre)
-    y = recipe.train_labels[:8]
+    x = recipe.inputs(recipe.x_train[:8], augment=False)
+    y = recipe.y_train[:8]
     opt = torch.optim.SGD(recipe.model.parameters(), lr=0.01, momentum=0.9)
     first = None
     for _ in range(15):
-        loss = recipe.loss_fn(recipe.model(x).logits, y)
+        loss = _loss(recipe, recipe.model(x).logits, y)
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert recipe.loss_fn(recipe.model(x).logits, y).item() < first
+    assert _loss(recipe, recipe.model(x).logits, y).item() < first
 
 
 def test_identity_loss_goes_down(tmp_path: Path, identity_root: Path) -> None:
@@ -97,7 +101,7 @@ def test_fer2013_ablations_transfer_and_train(tmp_path: Path, identity_root: Pat
     fer = tmp_path / "ferplus"
     make_fer2013_emotion_tree(fer, n_train=12, n_valid=5, ambiguous=())
     recipe = NetBFer2013(fer, {"identity_checkpoint": str(ckpt), "head": head, "loss": loss, "lr": 0.01,
-                               "batch_size": 4, "max_steps": 3})
+                               "batch_size": 4, "max_steps_per_epoch": 3})
     ctx = LocalContext(tmp_path)
     recipe.setup(ctx)
     # input size and width come from the identity checkpoint
@@ -111,14 +115,14 @@ def test_fer2013_ablations_transfer_and_train(tmp_path: Path, identity_root: Pat
         torch.testing.assert_close(recipe.model.dal.ip1_b.weight, id_state["fc1.fc.weight"][256:])
     else:
         torch.testing.assert_close(recipe.model.fc1.fc.weight, id_state["fc1.fc.weight"])
-    assert isinstance(recipe.loss_fn.__self__, NetBFer2013)
     if loss == "softmax-mse":
         assert isinstance(recipe._softmax_mse, SoftmaxMSE)
     results = list(recipe.train_epoch(ctx, 0))
     assert len(results) == 3
     metrics = recipe.evaluate(ctx, 0)
-    assert set(metrics) == {"val_accuracy", "val_loss", "val_softmax_mse"}
-    assert recipe.val_images.shape[0] == 5
+    assert set(metrics) == ({"val_accuracy", "val_loss", "val_accuracy_no_tta"}
+                            | ({"val_softmax_mse"} if loss == "softmax-mse" else set()))
+    assert recipe.x_val.shape[0] == 5
     meta = recipe.weights_meta()
     assert meta["model_cfg"]["head"] == head and meta["classes"][0] == "angry"
     assert meta["name"] == ("netb-dal-mse" if (head, loss) == ("dal", "softmax-mse") else f"netb-{head}-{loss}")
@@ -132,7 +136,7 @@ def test_softmax_mse_recipe_reports_eq3_value(tmp_path: Path) -> None:
     recipe.setup(LocalContext(tmp_path))
     logits = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     # uniform p over 7 classes -> y_hat = 3; label 0 -> (3 - 0)^2 = 9
-    assert recipe.loss_fn(logits, torch.tensor([0])).item() == pytest.approx(9.0)
+    assert _loss(recipe, logits, torch.tensor([0])).item() == pytest.approx(9.0)
 
 
 def test_transfer_rejects_other_shapes(tmp_path: Path, identity_root: Path) -> None:
@@ -149,7 +153,7 @@ def test_ferplus_recipe_runs(tmp_path: Path) -> None:
     make_ferplus_tree(fer / "FER2013Train", n=12)
     make_ferplus_tree(fer / "FER2013Valid", n=12)
     NetBFerPlus.validate_data(fer)
-    recipe = NetBFerPlus(fer, {**SMALL, "head": "dal", "loss": "softmax-mse", "lr": 0.01, "max_steps": 2})
+    recipe = NetBFerPlus(fer, {**SMALL, "head": "dal", "loss": "softmax-mse", "lr": 0.01, "max_steps_per_epoch": 2})
     ctx = LocalContext(tmp_path)
     recipe.setup(ctx)
     assert recipe.model.num_classes == 8 and recipe.classes[0] == "neutral"
@@ -162,13 +166,13 @@ def test_through_the_engine_then_load(tmp_path: Path, identity_root: Path) -> No
     from ferkit.training.engine import train
 
     id_out = tmp_path / "id"
-    train(LightCNNIdentity(identity_root, {**SMALL, "holdout_identities": 1, "max_steps": 2}), id_out, epochs=1,
+    train(LightCNNIdentity(identity_root, {**SMALL, "holdout_identities": 1, "max_steps_per_epoch": 2}), id_out, epochs=1,
           device="cpu", json_lines=False)
     fer = tmp_path / "ferplus"
     make_fer2013_emotion_tree(fer, n_train=12, n_valid=4, ambiguous=())
     out = tmp_path / "fer"
     end = train(NetBFer2013(fer, {"identity_checkpoint": str(id_out / "checkpoint.pt"), "batch_size": 4,
-                                  "max_steps": 2}), out, epochs=1, device="cpu", json_lines=False)
+                                  "max_steps_per_epoch": 2}), out, epochs=1, device="cpu", json_lines=False)
     assert end["status"] == "completed"
     loaded = load_weights(out / "checkpoint.pt", device="cpu")
     assert loaded.weights.architecture == "netb" and loaded.weights.name == "netb-dal-mse"

@@ -42,9 +42,10 @@ for _name, _ident in ((PIXELS, True), (NO_ID, False)):
         register_model(_name, paper="test only")(lambda num_classes=2, _i=_ident: PixelIdentity(num_classes, _i))
 
 
-def _checkpoint(path: Path, architecture: str = PIXELS, notes: str = "") -> Path:
+def _checkpoint(path: Path, architecture: str = PIXELS, heldout: tuple[str, ...] = ()) -> Path:
     w = Weights(name="pixels", architecture=architecture, classes=["a", "b"],
-                preprocessing=Preprocessing(input_size=16, grayscale=True, mean=0.5, std=0.5), notes=notes)
+                preprocessing=Preprocessing(input_size=16, grayscale=True, mean=0.5, std=0.5),
+                heldout_identities=list(heldout))
     torch.save({"weights_meta": w.to_dict(), "modules": {"model": {}}}, path)
     return path
 
@@ -75,10 +76,9 @@ def test_identity_folders_separable_gives_perfect_scores(tmp_path: Path, capsys:
     assert json.loads((report / "verification.json").read_text())["auc"] == 1.0
 
 
-def test_identities_filter_and_heldout_notes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_identities_filter_and_heldout_card_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     names = _identity_tree(tmp_path / "ids")
-    ckpt = _checkpoint(tmp_path / "m.pt", notes=f"identities held out of training for verification "
-                                                f"(from ids): {names[0]}, {names[2]}, {names[4]}")
+    ckpt = _checkpoint(tmp_path / "m.pt", heldout=(names[0], names[2], names[4]))
     rc = main(["eval-verification", "--checkpoint", str(ckpt), "--data", str(tmp_path / "ids"), "--n-pairs", "40",
                "--identities", "heldout", "--json", "--device", "cpu"])
     assert rc == 0
@@ -87,8 +87,8 @@ def test_identities_filter_and_heldout_notes(tmp_path: Path, capsys: pytest.Capt
     assert parse_identities("a, b,,c") == ["a", "b", "c"]
     (tmp_path / "names.txt").write_text("x\ny\n")
     assert parse_identities(f"@{tmp_path / 'names.txt'}") == ["x", "y"]
-    with pytest.raises(ValueError, match="name no held-out"):
-        parse_identities("heldout", "trained on everything")
+    with pytest.raises(ValueError, match="lists no held-out"):
+        parse_identities("heldout", [])
     assert main(["eval-verification", "--checkpoint", str(ckpt), "--data", str(tmp_path / "ids"),
                  "--identities", "nobody"]) == 2
     assert "not in" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from ferkit.models.weights import Preprocessing
 
 from app.core.enrolment import EnrolmentStore
 from app.core.models import ModelCache, ModelHandle
-from app.core.tracking import FaceTracker, Smoother, track_colour
+from ferkit.face.tracking import FaceTracker, Smoother, track_colour
 
 
 @dataclass

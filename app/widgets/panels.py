@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFo
 
 from app.core.analyzer import FaceResult, FrameResult
 from app.core.labels import canonical
-from app.core.tracking import SMOOTHING_MODES, Smoother
+from ferkit.face.tracking import SMOOTHING_MODES, Smoother
 from app.widgets.common import Notice, ScoreBars, qcolour
 
 

@@ -6,9 +6,15 @@ generator's classification + synthesis reconstruction loss; its discriminator st
 counted). Data is random and already on the device, as the recipes keep their data on the
 training device; augmentation is not included. channels_last is used on CPU where the recipe
 uses it (TFE-JL, Light CNN).
+
+Each network is measured in fp32 and with bf16 autocast (the engine's ``--precision bf16``) in
+the same run, steps alternating between the two, so the ratio is not skewed by other load on a
+shared machine. Threads: every core, as the training engine uses.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -49,8 +55,13 @@ PROBE_BATCH = 8
 STEPS = 3
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> dict[str, Any]:
+    """fp32 and bf16 training img/s of one network, measured side by side."""
     from ferkit.models.registry import create_model
+    from ferkit.training.precision import autocast
 
     torch.manual_seed(0)
     model = create_model(spec.architecture, **spec.cfg).to(device).train()
@@ -60,15 +71,17 @@ def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> di
     model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    def step(batch: int) -> float:
+    def step(batch: int, precision: str = "fp32") -> float:
         x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=fmt)
         y = torch.randint(0, model.num_classes, (batch,), device=device)
+        cast = autocast(device, torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
         t = time.perf_counter()
-        if spec.synthesis:
-            out = model(x, target=y)
-            loss = F.cross_entropy(out.logits, y) + (out.synthesis - x.tanh()).abs().mean()
-        else:
-            loss = F.cross_entropy(model(x).logits, y)
+        with cast:
+            if spec.synthesis:
+                out = model(x, target=y)
+                loss = F.cross_entropy(out.logits.float(), y) + (out.synthesis.float() - x.tanh()).abs().mean()
+            else:
+                loss = F.cross_entropy(model(x).logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -84,19 +97,28 @@ def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> di
     batch = spec.batch
     if per_image * batch > MAX_STEP_TIME_S:
         batch = max(probe, int(MAX_STEP_TIME_S / per_image))
-    step(batch)  # warm-up at the measured batch (allocation, kernel selection)
-    rates = [batch / step(batch) for _ in range(steps)]
+    rates: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    for p in PRECISIONS:
+        step(batch, p)  # warm-up at the measured batch (allocation, kernel selection)
+    for _ in range(steps):
+        for p in PRECISIONS:  # alternate, so background load hits both alike
+            rates[p].append(batch / step(batch, p))
+    fp32, bf16 = summary(rates["fp32"], digits=1), summary(rates["bf16"], digits=1)
     return {"architecture": spec.architecture, "batch": batch, "recipe_batch": spec.batch,
             "input": [channels, size, size], "channels_last": fmt == torch.channels_last, "device": str(device),
-            "img_per_s": summary(rates, digits=1)}
+            "threads": torch.get_num_threads(), "img_per_s": fp32, "img_per_s_bf16": bf16,
+            "bf16_speedup": round(bf16["median"] / fp32["median"], 2) if fp32["median"] else None}
 
 
 def bench_training(recipes: Optional[list[str]] = None, device: torch.device = torch.device("cpu")) -> list[dict]:
     """One row per recipe; recipes sharing a network configuration are measured once."""
-    from ferkit.training.recipe import list_recipes
+    from ferkit.recipes.registry import list_recipes
 
     known = list_recipes()
     names = recipes or known
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)  # as the training engine does
     done: dict[str, dict[str, Any]] = {}
     rows = []
     for name in names:
@@ -111,4 +133,5 @@ def bench_training(recipes: Optional[list[str]] = None, device: torch.device = t
             except Exception as exc:  # noqa: BLE001 - keep the other rows
                 done[key] = {"architecture": spec.architecture, "error": f"{type(exc).__name__}: {exc}"}
         rows.append({"recipe": name, "registered": name in known, **done[key]})
+    torch.set_num_threads(threads)
     return rows

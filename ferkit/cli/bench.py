@@ -183,14 +183,15 @@ def format_tables(report: dict[str, Any]) -> str:
                        f"{_fmt(st.get('draw'))} | {r['rss_mb']['peak']} |")
         out.append("")
     if report.get("training"):
-        out += ["| recipe | network | batch | device | train img/s |", "|---|---|---:|---|---:|"]
+        out += ["| recipe | network | batch | device | fp32 img/s | bf16 img/s | bf16 / fp32 |",
+                "|---|---|---:|---|---:|---:|---:|"]
         for r in report["training"]:
             if "error" in r:
-                out.append(f"| {r['recipe']} | {r.get('architecture', '-')} | | | error: {r['error'][:60]} |")
+                out.append(f"| {r['recipe']} | {r.get('architecture', '-')} | | | error: {r['error'][:60]} | | |")
                 continue
             batch = f"{r['batch']}" + ("" if r["batch"] == r.get("recipe_batch", r["batch"]) else f" (recipe {r['recipe_batch']})")
             out.append(f"| {r['recipe']} | {r['architecture']} {r['input'][1]}px | {batch} | {r['device']} | "
-                       f"{_fmt(r['img_per_s'])} |")
+                       f"{_fmt(r['img_per_s'])} | {_fmt(r.get('img_per_s_bf16'))} | {r.get('bf16_speedup', '-')} |")
     return "\n".join(out)
 
 

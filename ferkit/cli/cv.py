@@ -75,7 +75,7 @@ def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from ferkit.evaluation.cv import run_cv
-    from ferkit.training.recipe import get_recipe, list_recipes
+    from ferkit.recipes.registry import get_recipe, list_recipes
 
     if not args.recipe:
         fold_capable = [n for n in list_recipes() if getattr(get_recipe(n), "supports_folds", False)]

@@ -1,7 +1,7 @@
 """`ferkit eval (--weights NAME | --checkpoint PATH) --data DIR [--json] [--vote ...] [--report DIR]`.
 
-Accuracy of weights on a folder of already-cropped labelled faces (FER+ split, CK+48, or a
-prepared dataset): ``--json`` prints ``{"accuracy", "n", "per_class", "confusion", "vote_rule",
+Accuracy of weights on a folder of already-cropped labelled faces (FER+ split, FER2013 with
+``--split Training|PublicTest|PrivateTest``, CK+48, or a prepared dataset): ``--json`` prints ``{"accuracy", "n", "per_class", "confusion", "vote_rule",
 "data", ...}``; ``--report DIR`` also writes ``confusion.png``, ``per_class.csv`` and ``eval.json``.
 """
 from __future__ import annotations
@@ -18,7 +18,13 @@ def register(subparsers: Any) -> None:
                               description="Evaluate weights on a FER+ split folder, CK+48 or a prepared dataset.")
     add_weights_arguments(p, default_shipped=False)
     p.add_argument("--data", required=True, help="FER+ split folder (e.g. ferplus/FER2013Valid), CK+48, or prepared .pt")
-    p.add_argument("--vote", default="majority", choices=["majority", "plurality"], help="FER+ label rule")
+    p.add_argument("--vote", default="majority", choices=["majority", "plurality"],
+                   help="FER+ label rule (default majority: the FER+ reference code's >50 %% rule)")
+    p.add_argument("--split", default=None, choices=["Training", "PublicTest", "PrivateTest"],
+                   help="evaluate FER2013's original 7-class labels of this usage (--data: the folder holding "
+                        "fer2013.csv or fer2013_emotion.csv)")
+    p.add_argument("--tta", default=None, choices=["none", "flip"],
+                   help="test-time augmentation (default: the weights card's, the setting its numbers used)")
     p.add_argument("--report", default=None, metavar="DIR", help="write confusion.png, per_class.csv, eval.json here")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -29,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from ferkit.cli.predict import resolve_weights
     from ferkit.evaluation.evaluate import evaluate, format_table
 
-    result = evaluate(resolve_weights(args), args.data, vote=args.vote, device=args.device, report_dir=args.report)
+    result = evaluate(resolve_weights(args), args.data, vote=args.vote, device=args.device, report_dir=args.report,
+                      split=args.split, tta=args.tta)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

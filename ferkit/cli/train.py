@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="train a recipe (ferkit train --list shows them)",
         description="Train RECIPE. Options after the name: --data DIR --out DIR [--epochs N] [--resume] "
-                    "[--device auto|cpu|cuda] [--seed N] [--no-amp] plus the recipe's own options "
+                    "[--device auto|cpu|cuda] [--seed N] [--precision auto|fp32|bf16] plus the recipe's own options "
                     "(ferkit train RECIPE --help).")
     p.add_argument("recipe", nargs="?", help="recipe name, e.g. tfe-jl/resnet18-ferplus")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
@@ -43,7 +43,14 @@ def recipe_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0, or the checkpoint's)")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="same as --precision fp32")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="autocast precision (auto: bf16 on GPUs and on CPUs with avx512_bf16/amx_bf16, "
+                             "fp32 elsewhere; weights, optimiser and loss stay fp32)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for CPU training (default: every core)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="stop before an epoch that would end past this many seconds (checkpoint kept)")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic CUDA kernels (slower; CPU runs are deterministic anyway)")
     parser.add_argument("--progress-interval", type=float, default=0.5,
@@ -56,7 +63,7 @@ def recipe_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
 
 
 def list_text() -> str:
-    from ferkit.training.recipe import get_recipe, list_recipes
+    from ferkit.recipes.registry import get_recipe, list_recipes
 
     lines = []
     for name in list_recipes():
@@ -69,7 +76,7 @@ def list_text() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ferkit.training.engine import train
-    from ferkit.training.recipe import get_recipe
+    from ferkit.recipes.registry import get_recipe
 
     if args.list or (args.rest and "--list" in args.rest):
         print(list_text())
@@ -85,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     recipe_cls.validate_data(opts.data)
     recipe = recipe_cls(opts.data, {k: getattr(opts, k) for k in sorted(own)})
     end = train(recipe, opts.out, epochs=opts.epochs, device=opts.device, resume=opts.resume, seed=opts.seed,
-                amp=opts.amp, progress_interval=opts.progress_interval, deterministic=opts.deterministic,
+                amp=opts.amp, precision=opts.precision, threads=opts.threads, time_budget_s=opts.time_budget,
+                progress_interval=opts.progress_interval, deterministic=opts.deterministic,
                 validate=False)
     return EXIT_INTERRUPTED if end["status"] == "interrupted" else 0
 

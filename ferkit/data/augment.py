@@ -20,12 +20,13 @@ def _uniform(n: int, low: float, high: float, generator: Optional[torch.Generato
 
 
 def augment_batch(x: torch.Tensor, generator: Optional[torch.Generator] = None, flip: bool = True,
-                  max_shift: float = 0.1, max_rotation_deg: float = 10.0,
+                  max_shift: float = 0.1, max_rotation_deg: float = 10.0, max_scale: float = 0.0,
                   padding_mode: str = "border") -> torch.Tensor:
     """Randomly flip / shift / rotate each image of a float ``[N, C, H, W]`` batch.
 
     ``max_shift`` is a fraction of the image side (0.1 = up to 4.8 px on 48x48) drawn uniformly
-    per image and axis; ``max_rotation_deg`` likewise, about the image centre. ``generator`` (on
+    per image and axis; ``max_rotation_deg`` likewise, about the image centre; ``max_scale`` 0.1
+    zooms each image by a factor drawn from [0.9, 1.1] (> 1 enlarges the face). ``generator`` (on
     ``x.device``) makes the draw reproducible. Values stay inside the input's range: flips copy
     pixels and bilinear sampling with ``border`` padding only takes convex combinations of them.
     """
@@ -39,13 +40,16 @@ def augment_batch(x: torch.Tensor, generator: Optional[torch.Generator] = None, 
     if flip:
         mask = torch.rand(n, generator=generator, device=device) < 0.5
         out = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    if max_shift <= 0 and max_rotation_deg <= 0:
+    if max_shift <= 0 and max_rotation_deg <= 0 and max_scale <= 0:
         return out
     angle = _uniform(n, -max_rotation_deg, max_rotation_deg, generator, device) * (math.pi / 180.0)
     # normalised coordinates span 2 units per side, so a shift of f * side is 2 f
     tx = _uniform(n, -max_shift, max_shift, generator, device) * 2.0
     ty = _uniform(n, -max_shift, max_shift, generator, device) * 2.0
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    # the grid maps output to input coordinates, so zooming in by s divides the linear part by s
+    inv_scale = 1.0 / _uniform(n, 1.0 - max_scale, 1.0 + max_scale, generator, device) if max_scale > 0 \
+        else torch.ones(n, device=device)
+    cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
     theta = torch.stack([
         torch.stack([cos, -sin * h / w, tx], dim=1),
         torch.stack([sin * w / h, cos, ty], dim=1),

@@ -35,10 +35,14 @@ def load_ckplus48(root: Union[str, Path], size: Optional[int] = None, grayscale:
     ``root`` may be the ``CK+48`` folder or its parent. A file whose name is not
     ``S###_###_########`` is an error (it would get no subject, breaking subject-independent folds).
     """
-    from ferkit.data.prepared import is_prepared, load_prepared
+    from ferkit.data.prepared import convert_images, is_prepared, load_prepared
 
     if is_prepared(root):  # the output of `ferkit prepare ckplus48 ...`
         return load_prepared(root, size=size, grayscale=grayscale)
+    from ferkit.data.pack import is_pack, load_faces_pack
+
+    if is_pack(root):  # scripts/pack_training_data.py (the GPU machine's copy)
+        return convert_images(load_faces_pack(root), size, grayscale)
     root, classes, entries = _scan(root)
     subject_names = sorted({s for _, _, s, _ in entries})
     index = {s: i for i, s in enumerate(subject_names)}

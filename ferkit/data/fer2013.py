@@ -161,11 +161,27 @@ def _read_emotion_csv(csv_path: Path, header: list[str], wanted: Optional[set[st
 
 def _build_from_pngs(csv_path: Path, rows: list[tuple[Path, int, int]], wanted: Optional[set[str]],
                      drop_ambiguous: bool, grayscale: bool, size: Optional[int]) -> FaceDataset:
+    from ferkit.data.pack import images_by_name, is_pack
+
+    packed = {f.parent for f, _, _ in rows if is_pack(f.parent)}
     for f, _, lineno in rows:
-        if not f.is_file():
+        if f.parent not in packed and not f.is_file():
             raise DataError(f, f"image named on line {lineno} of {csv_path} is missing",
                             hint="restore it, or restrict usage= to the splits you have")
-    images = read_images([f for f, _, _ in rows], grayscale=grayscale, size=size)
+    if packed:  # FER+ splits packed for the GPU machine: the csv names images inside the packs
+        from ferkit.data.prepared import convert_images
+
+        images = torch.zeros((len(rows), 1, 48, 48), dtype=torch.uint8)  # FER+ packs hold FER's 48x48 gray
+        for folder in packed:
+            at = [i for i, (f, _, _) in enumerate(rows) if f.parent == folder]
+            images[torch.as_tensor(at)] = images_by_name(folder, [rows[i][0].name for i in at])
+        others = [i for i, (f, _, _) in enumerate(rows) if f.parent not in packed]
+        if others:
+            images[torch.as_tensor(others)] = read_images([rows[i][0] for i in others], grayscale=True)
+        images = convert_images(FaceDataset(images=images, labels=torch.zeros(len(rows), dtype=torch.int64),
+                                            classes=list(FER2013_CLASSES)), size, grayscale).images
+    else:
+        images = read_images([f for f, _, _ in rows], grayscale=grayscale, size=size)
     return FaceDataset(images=images, labels=torch.tensor([l for _, l, _ in rows], dtype=torch.int64),
                        classes=list(FER2013_CLASSES), paths=[str(f) for f, _, _ in rows],
                        meta={"dataset": "fer2013", "source": "fer2013_emotion.csv+png",

@@ -18,6 +18,11 @@ Vote rules (``vote=``), recorded in ``dataset.meta["vote"]``:
   invent an order between emotions (a first-index tie-break, common in public code, inflates
   "neutral").
 
+* ``"votes"`` (training only, for ``--target votes``): every image whose 8 emotion columns hold
+  more than half of the votes (it is not mostly unknown / not-a-face); ``labels`` is the
+  most-voted emotion (first on ties) and only serves the running training accuracy, the loss
+  uses ``soft_labels``. Never used for a reported number: those name majority or plurality.
+
 ``soft_labels`` are always filled: the raw vote counts of the 8 emotions divided by their sum
 (the FER+ paper's probability target before any outlier removal).
 """
@@ -40,6 +45,8 @@ FERPLUS_CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disg
 #: all ten vote columns of label.csv, in order
 VOTE_COLUMNS = FERPLUS_CLASSES + ["unknown", "NF"]
 VOTE_RULES = ("majority", "plurality")
+#: rules a training set may be read with (``votes`` keeps every mostly-emotional image)
+TRAINING_VOTE_RULES = VOTE_RULES + ("votes",)
 SPLITS = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
 
 _BOX = re.compile(r"^\(\s*(-?\d+)\s*,\s*(-?\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)$")
@@ -66,12 +73,23 @@ def plurality_label(votes: np.ndarray) -> Optional[int]:
     return int(np.argmax(emotions))
 
 
+def emotional_label(votes: np.ndarray) -> Optional[int]:
+    """Most-voted emotion when the 8 emotions hold more than half of all votes; else None."""
+    v = np.asarray(votes, dtype=np.int64)
+    emotions = v[: len(FERPLUS_CLASSES)]
+    if emotions.sum() <= 0 or 2 * int(emotions.sum()) <= int(v.sum()):
+        return None
+    return int(np.argmax(emotions))
+
+
 def vote_label(votes: np.ndarray, vote: str) -> Optional[int]:
     if vote == "majority":
         return majority_label(votes)
     if vote == "plurality":
         return plurality_label(votes)
-    raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(VOTE_RULES)}")
+    if vote == "votes":
+        return emotional_label(votes)
+    raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(TRAINING_VOTE_RULES)}")
 
 
 def read_label_csv(label_csv: Union[str, Path]) -> list[tuple[str, np.ndarray, int]]:
@@ -119,6 +137,8 @@ def resolve_split(folder: Union[str, Path], split: Optional[str] = None) -> Path
         folder = folder / SPLITS.get(split.lower(), split)
     if (folder / "manifest.json").is_file() and not (folder / "label.csv").is_file():
         return folder  # a `ferkit prepare ferplus` output; load_ferplus reads it
+    if (folder / "pack.json").is_file():
+        return folder  # a pack of this split (scripts/pack_training_data.py); load_ferplus reads it
     if not (folder / "label.csv").is_file():
         children = [c for c in SPLITS.values() if (folder / c / "label.csv").is_file()]
         hint = (f"it holds {', '.join(children)}: pass one of those folders" if children
@@ -135,7 +155,7 @@ def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Option
     docstring. The rule is stored in ``meta["vote"]`` and the number of dropped rows in
     ``meta["dropped"]``. ``size`` resizes (None keeps 48x48); ``grayscale=False`` gives 3 channels.
     """
-    if vote not in VOTE_RULES:
+    if vote not in TRAINING_VOTE_RULES:
         raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(VOTE_RULES)}")
     from ferkit.data.prepared import is_prepared, load_prepared
 
@@ -147,6 +167,10 @@ def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Option
                             hint="prepare again with --vote " + vote)
         return ds
     folder = resolve_split(folder, split)
+    from ferkit.data.pack import is_pack
+
+    if is_pack(folder):
+        return _load_ferplus_pack(folder, vote, grayscale, size)
     label_csv = folder / "label.csv"
     rows = read_label_csv(label_csv)
     kept = [(name, votes, line) for name, votes, line in rows if vote_label(votes, vote) is not None]
@@ -165,6 +189,25 @@ def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Option
 
     params = {"folder": str(folder.resolve()), "vote": vote, "grayscale": grayscale, "size": size}
     return cached_dataset("ferplus", params, [label_csv, *files], build, use_cache=use_cache)
+
+
+def _load_ferplus_pack(folder: Path, vote: str, grayscale: bool, size: Optional[int]) -> FaceDataset:
+    """A packed FER+ split, filtered by ``vote`` exactly as the csv rows are."""
+    from ferkit.data.pack import ferplus_pack_rows
+    from ferkit.data.prepared import convert_images
+
+    rows, images = ferplus_pack_rows(folder)
+    keep = [i for i, (_, v, _) in enumerate(rows) if vote_label(v, vote) is not None]
+    labels = torch.tensor([vote_label(rows[i][1], vote) for i in keep], dtype=torch.int64)
+    emo = (np.stack([rows[i][1][: len(FERPLUS_CLASSES)] for i in keep]).astype(np.float32) if keep
+           else np.zeros((0, len(FERPLUS_CLASSES)), np.float32))
+    soft = torch.from_numpy(emo / np.maximum(emo.sum(axis=1, keepdims=True), 1.0))
+    ds = FaceDataset(images=images[torch.as_tensor(keep, dtype=torch.int64)], labels=labels,
+                     classes=list(FERPLUS_CLASSES), subjects=None, soft_labels=soft,
+                     paths=[str(folder / rows[i][0]) for i in keep],
+                     meta={"dataset": "ferplus", "split": folder.name, "vote": vote, "rows": len(rows),
+                           "dropped": len(rows) - len(keep), "pack": str(folder)})
+    return convert_images(ds, size, grayscale)
 
 
 def index_ferplus(folder: Union[str, Path], vote: str = "majority", split: Optional[str] = None):

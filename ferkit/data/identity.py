@@ -16,6 +16,7 @@ import torch
 from ferkit.data.cache import cached_dataset
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
+from ferkit.data.pack import is_pack
 from ferkit.data.images import IMAGE_EXTENSIONS, read_images
 
 
@@ -25,8 +26,16 @@ def natural_key(name: str) -> list[Union[int, str]]:
 
 def list_identity_folders(root: Union[str, Path], min_images: int = 1,
                           max_identities: Optional[int] = None) -> list[tuple[str, list[Path]]]:
-    """``(identity, sorted image files)`` for every sub-folder holding at least ``min_images`` images."""
+    """``(identity, sorted image files)`` for every sub-folder holding at least ``min_images`` images.
+
+    For a pack the "files" are the names of its images (``<identity>/<file>``) under ``root``."""
     root = Path(root)
+    if is_pack(root):
+        ds = _identity_pack(root, None, None, min_images, max_identities)
+        groups: dict[int, list[Path]] = {}
+        for label, path in zip(ds.labels.tolist(), ds.paths):
+            groups.setdefault(label, []).append(Path(path))
+        return [(ds.classes[k], files) for k, files in sorted(groups.items())]
     if not root.is_dir():
         raise DataError(root, "identity root folder is missing",
                         hint="expected <root>/<identity>/<image files>")
@@ -58,6 +67,8 @@ def load_identity_folders(root: Union[str, Path], size: int = 48, grayscale: boo
     root = Path(root)
     if is_prepared(root):  # the output of `ferkit prepare identity ...`
         return load_prepared(root, size=size, grayscale=grayscale)
+    if is_pack(root):  # scripts/pack_training_data.py (the GPU machine's copy)
+        return _identity_pack(root, size, grayscale, min_images, max_identities)
     groups = list_identity_folders(root, min_images=min_images, max_identities=max_identities)
     files = [f for _, fs in groups for f in fs]
     names = [name for name, _ in groups]
@@ -73,6 +84,31 @@ def load_identity_folders(root: Union[str, Path], size: int = 48, grayscale: boo
     params = {"root": str(root.resolve()), "size": size, "grayscale": grayscale, "min_images": min_images,
               "max_identities": max_identities}
     return cached_dataset("identity", params, files, build, use_cache=use_cache)
+
+
+def _identity_pack(root: Path, size: Optional[int], grayscale: Optional[bool], min_images: int,
+                   max_identities: Optional[int]) -> FaceDataset:
+    """An identity pack with the loader's filters: identities with >= ``min_images``, the first
+    ``max_identities``, labels renumbered in order as the folder reader numbers them."""
+    from ferkit.data.pack import load_faces_pack
+    from ferkit.data.prepared import convert_images
+
+    ds = load_faces_pack(root)
+    counts = torch.bincount(ds.labels, minlength=len(ds.classes))
+    keep = [k for k in range(len(ds.classes)) if int(counts[k]) >= min_images]
+    if max_identities is not None:
+        keep = keep[:max_identities]
+    if not keep:
+        raise DataError(root, f"no identities with at least {min_images} image(s) in this pack")
+    remap = torch.full((len(ds.classes),), -1, dtype=torch.int64)
+    remap[keep] = torch.arange(len(keep))
+    rows = (remap[ds.labels] >= 0).nonzero().flatten()
+    labels = remap[ds.labels[rows]]
+    names = [ds.classes[k] for k in keep]
+    out = FaceDataset(images=ds.images[rows], labels=labels, classes=names, subjects=labels.clone(),
+                      paths=[ds.paths[i] for i in rows.tolist()], subject_names=list(names),
+                      meta={**ds.meta, "dataset": "identity-folders", "root": str(root)})
+    return convert_images(out, size, grayscale)
 
 
 def load_orl(root: Union[str, Path], size: int = 48, grayscale: bool = True, use_cache: bool = True) -> FaceDataset:

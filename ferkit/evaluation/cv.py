@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
+from ferkit.evaluation.forward import batched_forward
 from ferkit.evaluation.kfold import subject_kfold
 from ferkit.evaluation.metrics import confusion
 from ferkit.inference import to_model_input
@@ -65,15 +66,12 @@ def fold_dir(out_dir: Path, fold: int) -> Path:
     return Path(out_dir) / f"fold-{fold:02d}"
 
 
-@torch.no_grad()
 def predict_labels(model: torch.nn.Module, images: torch.Tensor, prep: Preprocessing,
                    device: torch.device) -> torch.Tensor:
-    model.eval()
-    preds = []
-    for start in range(0, images.shape[0], EVAL_BATCH):
-        x = to_model_input(images[start:start + EVAL_BATCH].to(device), prep)
-        preds.append(model(x).logits.float().argmax(1).cpu())
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
+    if images.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    logits = batched_forward(model, images, lambda x: to_model_input(x.to(device), prep), batch_size=EVAL_BATCH)
+    return logits.argmax(1).cpu()
 
 
 def _checkpoint_progress(path: Path) -> tuple[int, bool]:

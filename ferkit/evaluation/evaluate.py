@@ -9,12 +9,20 @@ Accepted data (detected from the folder):
 
 - FER+ split folder (``label.csv`` beside the PNGs, e.g. ``ferplus/FER2013Valid``); ``vote``
   picks the label rule (``majority``, the papers' protocol, or ``plurality``).
+- FER2013 with its original 7-class labels: a folder holding ``fer2013.csv`` or
+  ``fer2013_emotion.csv`` (beside the FER+ PNG folders) with ``split`` = ``Training`` |
+  ``PublicTest`` | ``PrivateTest`` (FER2013's own "Usage" column).
 - CK+48 (``CK+48/<class>/S###_###_########.png`` or the CK+48 folder itself).
 - a folder written by ``ferkit prepare`` (``manifest.json`` + chunks, see
   :mod:`ferkit.data.prepared`): faces detected and aligned by the same pipeline as ``predict``.
 
 Dataset class names are matched to the model's by name with the usual synonyms (happy =
-happiness, angry = anger, ...); the confusion matrix is over the model's classes.
+happiness, angry = anger, ...); the confusion matrix is over the model's classes. Images of a
+class the model cannot predict (FER+'s contempt for a 7-class FER2013 model) are left out and
+counted in ``excluded`` -- the accuracy is then over the shared classes, and says so.
+
+``tta``: test-time augmentation, by default the one recorded in the weights' card (the setting
+its published numbers were measured with); every result names the one used.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -56,10 +64,22 @@ def class_mapping(data_classes: list[str], model_classes: list[str]) -> list[int
     return [model_index[canonical(c)] for c in data_classes]
 
 
-def detect_layout(path: Path) -> str:
-    """``ferplus`` | ``ckplus48`` | ``prepared``; a DataError saying what was expected otherwise."""
+FER2013_SPLITS = ("Training", "PublicTest", "PrivateTest")
+
+
+def detect_layout(path: Path, split: Optional[str] = None) -> str:
+    """``ferplus`` | ``fer2013`` | ``ckplus48`` | ``prepared``; a DataError saying what was expected otherwise."""
     from ferkit.data.prepared import is_prepared
 
+    has_fer2013 = path.is_file() and path.suffix == ".csv" or any(
+        (path / n).is_file() for n in ("fer2013.csv", "fer2013_emotion.csv"))
+    if split is not None:
+        if split not in FER2013_SPLITS:
+            raise DataError(path, f"--split {split!r} is not a FER2013 usage",
+                            hint=f"use one of {', '.join(FER2013_SPLITS)}; for FER+ pass the split folder itself")
+        if not has_fer2013:
+            raise DataError(path, "--split needs FER2013 labels (fer2013.csv or fer2013_emotion.csv) here")
+        return "fer2013"
     if not path.is_dir():
         raise DataError(path, "no such folder")
     if is_prepared(path):
@@ -68,8 +88,9 @@ def detect_layout(path: Path) -> str:
         return "ferplus"
     children = [c for c in ("FER2013Valid", "FER2013Test", "FER2013Train") if (path / c / "label.csv").is_file()]
     if children:
+        fer2013 = " or add --split PublicTest for FER2013's 7-class labels" if has_fer2013 else ""
         raise DataError(path, "this is a FER+ root, not a split folder",
-                        hint=f"pass one split, e.g. {path / children[0]}")
+                        hint=f"pass one split, e.g. {path / children[0]}{fer2013}")
     root = path / "CK+48" if (path / "CK+48").is_dir() else path
     subdirs = [d for d in root.iterdir() if d.is_dir()]
     if subdirs and any(f.name.startswith("S") and "_" in f.name for d in subdirs for f in list(d.iterdir())[:5]):
@@ -79,10 +100,15 @@ def detect_layout(path: Path) -> str:
                          "or a folder written by `ferkit prepare`")
 
 
-def load_eval_data(path: Union[str, Path], vote: str = "majority") -> tuple[FaceDataset, str]:
-    """The labelled crops at ``path`` and the layout name."""
+def load_eval_data(path: Union[str, Path], vote: str = "majority",
+                   split: Optional[str] = None) -> tuple[FaceDataset, str]:
+    """The labelled crops at ``path`` (FER2013 usage ``split`` when given) and the layout name."""
     path = Path(path)
-    layout = detect_layout(path)
+    layout = detect_layout(path, split)
+    if layout == "fer2013":
+        from ferkit.data.fer2013 import load_fer2013
+
+        return load_fer2013(path, usage=split), layout
     if layout == "ferplus":
         from ferkit.data.ferplus import load_ferplus
 
@@ -96,21 +122,39 @@ def load_eval_data(path: Union[str, Path], vote: str = "majority") -> tuple[Face
     return load_prepared(path), layout
 
 
+def shared_class_mapping(data_classes: list[str], model_classes: list[str]) -> tuple[list[int], list[str]]:
+    """Model class index of every dataset class (-1 where the model lacks it) and the lacking names.
+
+    An error when the two share no class at all (an identity net, or the wrong dataset)."""
+    model_index = {canonical(c): i for i, c in enumerate(model_classes)}
+    mapping = [model_index.get(canonical(c), -1) for c in data_classes]
+    missing = [c for c, m in zip(data_classes, mapping) if m < 0]
+    if len(missing) == len(data_classes):
+        class_mapping(data_classes, model_classes)  # raises the plain message
+    return mapping, missing
+
+
 def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "majority", device: str = "auto",
-             report_dir: Union[str, Path, None] = None, batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+             report_dir: Union[str, Path, None] = None, batch_size: int = EVAL_BATCH,
+             split: Optional[str] = None, tta: Optional[str] = None) -> dict[str, Any]:
     """Accuracy, per-class metrics and the confusion matrix of ``weights`` (name or checkpoint) on ``data``."""
     from ferkit.inference import Predictor
 
-    dataset, layout = load_eval_data(data, vote=vote)
+    dataset, layout = load_eval_data(data, vote=vote, split=split)
     if len(dataset) == 0:
         raise DataError(Path(data), "no labelled images to evaluate (all rows dropped by the vote rule?)")
-    predictor = Predictor(weights, device=device)
+    predictor = Predictor(weights, device=device, tta=tta)
     model_classes = predictor.classes
-    mapping = torch.tensor(class_mapping(list(dataset.classes), model_classes))
-    target = mapping[dataset.labels].numpy()
+    mapping_list, missing = shared_class_mapping(list(dataset.classes), model_classes)
+    mapping = torch.tensor(mapping_list)
+    target_all = mapping[dataset.labels]
+    keep = target_all >= 0
+    excluded = {c: int((dataset.labels == i).sum()) for i, c in enumerate(dataset.classes) if c in missing}
+    images = dataset.images[keep]
+    target = target_all[keep].numpy()
     preds = []
-    for start in range(0, len(dataset), batch_size):
-        out = predictor.predict_tensor(dataset.images[start:start + batch_size])
+    for start in range(0, len(images), batch_size):
+        out = predictor.predict_tensor(images[start:start + batch_size])
         preds.append(out.logits.float().argmax(1).cpu())
     pred = torch.cat(preds).numpy()
     cm = confusion(pred, target, len(model_classes))
@@ -124,6 +168,9 @@ def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "maj
         "confusion": cm.tolist(),
         "classes": list(model_classes),
         "vote_rule": dataset.meta.get("vote") if layout == "ferplus" else None,
+        "split": split,
+        "tta": predictor.tta,
+        "excluded": excluded,
         "data": str(data),
         "layout": layout,
         "weights": predictor.weights.name,
@@ -162,10 +209,15 @@ def write_report(result: dict[str, Any], out: Path) -> dict[str, str]:
 
 def format_table(result: dict[str, Any]) -> str:
     """The human view of an evaluation (what `ferkit eval` prints without --json)."""
+    excluded = result.get("excluded") or {}
     lines = [f"{result['weights']} on {result['data']} ({result['layout']}"
-             + (f", {result['vote_rule']} vote" if result.get("vote_rule") else "") + ")",
+             + (f" {result['split']}" if result.get("split") else "")
+             + (f", {result['vote_rule']} vote" if result.get("vote_rule") else "")
+             + f", tta {result.get('tta', 'none')})",
              f"accuracy {result['accuracy']:.4f} on {result['n']} images; "
-             f"mean class accuracy {result['mean_class_accuracy']:.4f}", "",
+             f"mean class accuracy {result['mean_class_accuracy']:.4f}"
+             + ("; left out (the model lacks the class): "
+                + ", ".join(f"{k} {v}" for k, v in excluded.items()) if excluded else ""), "",
              f"{'class':12s} {'n':>6s} {'acc':>7s} {'prec':>7s} {'f1':>7s}"]
     for name, m in result["per_class"].items():
         f = ["   -   " if m[k] is None else f"{m[k]:7.4f}" for k in ("accuracy", "precision", "f1")]

@@ -267,39 +267,32 @@ def draw_balanced_pairs(subjects: ArrayLike, n_pairs: int, seed: int = 0,
 EVAL_BATCH = 256
 
 
-@torch.no_grad()
 def identity_features(model: torch.nn.Module, images: torch.Tensor, preprocessing, device: torch.device,
                       batch: int = EVAL_BATCH) -> torch.Tensor:
     """Identity features ``[N, D]`` (float32, CPU) of uint8 ``[N, C, H, W]`` images."""
+    from ferkit.evaluation.forward import batched_forward
     from ferkit.inference import to_model_input
 
-    model.eval()
-    feats = []
-    for start in range(0, images.shape[0], batch):
-        out = model(to_model_input(images[start:start + batch].to(device), preprocessing))
+    def identity(out):
         if out.identity is None:
             raise ValueError(f"{type(model).__name__} has no identity feature (ModelOutput.identity is None); "
                              "verification needs an identity-capable model such as deepid, lightcnn9, eifn or tfe-jl")
-        feats.append(out.identity.float().cpu())
-    return torch.cat(feats)
+        return out.identity
+
+    return batched_forward(model, images, lambda x: to_model_input(x.to(device), preprocessing), batch_size=batch,
+                           select=identity).cpu()
 
 
-def parse_identities(spec: Optional[str], weights_notes: str = "") -> Optional[list[str]]:
-    """``--identities``: ``a,b,c``, ``@file`` (one name per line) or ``heldout`` (read from the weights notes).
-
-    ``heldout`` takes the names after the last colon of the sentence in the weights notes that
-    mentions identities "held out" (how the DeepID recipe records them).
-    """
+def parse_identities(spec: Optional[str], heldout: Optional[list[str]] = None) -> Optional[list[str]]:
+    """``--identities``: ``a,b,c``, ``@file`` (one name per line) or ``heldout`` (the weights card's
+    ``heldout_identities``: the identities its recipe kept out of training)."""
     if not spec:
         return None
     if spec == "heldout":
-        import re
-
-        m = re.search(r"held[ -]out[^:]*:\s*([^\n]+)", weights_notes or "", flags=re.IGNORECASE)
-        if not m or m.group(1).strip() in {"", "none"}:
-            raise ValueError("--identities heldout: the weights' notes name no held-out identities; "
-                             "pass the names (a,b,c or @file)")
-        names = [n.strip().rstrip(".") for n in m.group(1).split(",")]
+        if not heldout:
+            raise ValueError("--identities heldout: the weights' card lists no held-out identities "
+                             "(heldout_identities); pass the names (a,b,c or @file)")
+        names = list(heldout)
     elif spec.startswith("@"):
         from pathlib import Path
 
@@ -390,7 +383,7 @@ def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: 
                     "pairs file with one fold: accuracy at the best threshold on the same pairs (optimistic)")
         n_images, n_ids = len(paths), None
     else:
-        names = parse_identities(identities, loaded.weights.notes)
+        names = parse_identities(identities, loaded.weights.heldout_identities)
         ds, desc = load_verification_images(data, prep, names)
         images = ds.images
         first, second, same, folds = draw_balanced_pairs(ds.subjects, n_pairs, seed=seed, n_folds=n_folds)

@@ -24,7 +24,7 @@ class SoftmaxMSEFunction(torch.autograd.Function):
     """``apply(logits [n, m], labels int64 [n]) -> scalar``; see the module docstring."""
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         if logits.dim() != 2:
             raise ValueError(f"Softmax-MSE expects logits [n, m], got {tuple(logits.shape)}")
         if labels.shape != logits.shape[:1]:
@@ -37,24 +37,28 @@ class SoftmaxMSEFunction(torch.autograd.Function):
         loss = (y_hat - labels.to(x.dtype)).pow(2).mean()  # eq. 3
         ctx.save_for_backward(p, labels)
         ctx.logits_dtype = logits.dtype
+        ctx.label_smoothing = float(label_smoothing)
         return loss.to(logits.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         p, labels = ctx.saved_tensors
-        grad = p.clone()
-        grad[torch.arange(p.shape[0], device=p.device), labels] -= 1.0  # eq. 4
+        eps = ctx.label_smoothing
+        # eq. 4; with label smoothing eps the softmax gradient is taken against the smoothed target
+        # (1 - eps) onehot + eps / m, exactly as F.cross_entropy(..., label_smoothing=eps) does
+        grad = p - eps / p.shape[1] if eps else p.clone()
+        grad[torch.arange(p.shape[0], device=p.device), labels] -= 1.0 - eps
         grad = grad * (grad_output.to(p.dtype) / p.shape[0])
-        return grad.to(ctx.logits_dtype), None
+        return grad.to(ctx.logits_dtype), None, None
 
 
-def softmax_mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Functional form of :class:`SoftmaxMSE`."""
-    return SoftmaxMSEFunction.apply(logits, labels)
+def softmax_mse(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Functional form of :class:`SoftmaxMSE` (``label_smoothing`` only changes the gradient)."""
+    return SoftmaxMSEFunction.apply(logits, labels, label_smoothing)
 
 
 class SoftmaxMSE(nn.Module):
     """Loss module: value of eqs. 1-3, gradient of eq. 4 (softmax cross-entropy's), batch-averaged."""
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return SoftmaxMSEFunction.apply(logits, labels)
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        return SoftmaxMSEFunction.apply(logits, labels, label_smoothing)

@@ -136,7 +136,7 @@ class EIFNLoss(nn.Module):
     """
 
     def __init__(self, center_loss: CenterLoss, lambda1: float = 1e-4, lambda2: float = 2.0,
-                 lambda3: float = 1.0, mode: str = "eifn") -> None:
+                 lambda3: float = 1.0, mode: str = "eifn", label_smoothing: float = 0.0) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"unknown EIFN mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -145,6 +145,8 @@ class EIFNLoss(nn.Module):
         self.lambda2 = 0.0 if mode == "efn" else float(lambda2)
         self.lambda3 = float(lambda3)
         self.mode = mode
+        #: smoothing of the expression labels in L_S_exp (0 = the paper's plain softmax loss)
+        self.label_smoothing = float(label_smoothing)
 
     @property
     def uses_identity(self) -> bool:
@@ -152,7 +154,7 @@ class EIFNLoss(nn.Module):
 
     def forward(self, out: ModelOutput, labels: torch.Tensor,
                 subjects: Optional[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        l_exp = F.cross_entropy(out.logits.float(), labels)
+        l_exp = F.cross_entropy(out.logits.float(), labels, label_smoothing=self.label_smoothing)
         parts = {"L_exp": l_exp.detach()}
         total = self.lambda3 * l_exp
         if self.uses_identity:

@@ -64,6 +64,16 @@ class Weights:
     wall_time_s: Optional[float] = None
     #: cosine-similarity threshold of the identity feature, from `ferkit eval-verification`
     identity_threshold: Optional[float] = None
+    #: training precision ("bf16" autocast with fp32 master weights, or "fp32")
+    precision: str = ""
+    #: test-time augmentation the card's metrics were measured with and inference uses by
+    #: default ("none" or "flip": mean of the softmax of the image and its mirror)
+    tta: str = "none"
+    #: the recipe options of the run (target, schedule, augmentation...), so a card says how it was made
+    training_options: dict[str, Any] = field(default_factory=dict)
+    #: identities / subjects never trained on (held out for verification or a test fold); what
+    #: ``ferkit eval-verification --identities heldout`` evaluates on
+    heldout_identities: list[str] = field(default_factory=list)
     notes: str = ""
     #: where the entry was read from (json card or checkpoint); not serialised
     source: Optional[str] = None
@@ -78,7 +88,8 @@ class Weights:
     def from_dict(cls, d: dict[str, Any], source: Optional[str] = None) -> "Weights":
         d = dict(d)
         d.pop("source", None)
-        d["preprocessing"] = Preprocessing(**d.get("preprocessing", {}))
+        pre = d.get("preprocessing", {})
+        d["preprocessing"] = pre if isinstance(pre, Preprocessing) else Preprocessing(**pre)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known}, source=source)
 

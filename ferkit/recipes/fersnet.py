@@ -62,21 +62,18 @@ import torch.nn.functional as F
 from ferkit.data.augment import augment_batch
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
-from ferkit.evaluation.kfold import add_fold_arguments, split_dataset_fold
 from ferkit.evaluation.synthesis import FrozenIdentity, synthesis_grid, write_png
 from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
 from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing
-from ferkit.training.recipe import Recipe, StepResult, TrainContext, register_recipe
+from ferkit.recipes.base import option
+from ferkit.recipes.data import CkplusData, FerplusData
+from ferkit.recipes.registry import register_recipe
+from ferkit.training.recipe import Recipe, StepResult, TrainContext
 
 EVAL_BATCH = 256
 GRID_FACES = 6
-
-
-def _option(options: dict[str, Any], name: str, default: Any) -> Any:
-    value = options.get(name)
-    return default if value is None else value
 
 
 class TargetSampler:
@@ -179,33 +176,27 @@ class _FersnetRecipe(Recipe):
                             help="random flip, shift and rotation (paper: crop, mirror, rotation up to 15 deg)")
         parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                             help="channels_last memory format (auto: on for CPU, where it is faster)")
+        parser.add_argument("--max-steps-per-epoch", type=int, default=None,
+                            help="stop each epoch after this many steps (smoke runs)")
         parser.add_argument("--disc-width", type=int, default=None, help="PatchGAN base width (paper 64; light 32)")
         cls._add_data_arguments(parser)
-
-    @classmethod
-    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        pass
-
-    # ---- data hooks ------------------------------------------------------------------------
-    def _load_split(self, size: int) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        raise NotImplementedError
 
     # ---- setup -----------------------------------------------------------------------------
     def _model_cfg(self, num_classes: int) -> dict[str, Any]:
         o = self.options
-        arch = _option(o, "arch", "fersnet_light")
+        arch = option(o, "arch", "fersnet_light")
         light = arch == "fersnet_light"
         return {"num_classes": num_classes,
-                "input_size": int(_option(o, "input_size", 96)),
-                "width": int(_option(o, "width", 16 if light else 256)),
+                "input_size": int(option(o, "input_size", 96)),
+                "width": int(option(o, "width", 16 if light else 256)),
                 "fc_dim": 128 if light else 512,
-                "skips": _option(o, "skips", "on" if light else "off") == "on",
+                "skips": option(o, "skips", "on" if light else "off") == "on",
                 "mtl": not o.get("no_mtl", False), "convflu": not o.get("no_convflu", False)}
 
     def setup(self, ctx: TrainContext) -> None:
         o = self.options
         self.device = ctx.device
-        arch = _option(o, "arch", "fersnet_light")
+        arch = option(o, "arch", "fersnet_light")
         probe_cfg = self._model_cfg(1)
         size = probe_cfg["input_size"]
         train, val = self._load_split(size)
@@ -221,7 +212,7 @@ class _FersnetRecipe(Recipe):
         self.labels = train.labels.to(self.device)
         self.sampler = TargetSampler(train.labels, train.subjects, e)
         self.model = create_model(arch, **self.model_cfg).to(self.device)
-        cl = _option(o, "channels_last", "auto")
+        cl = option(o, "channels_last", "auto")
         self.memory_format = (torch.channels_last if cl == "on" or (cl == "auto" and self.device.type == "cpu")
                               else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)
@@ -230,27 +221,27 @@ class _FersnetRecipe(Recipe):
             ctx.log(self._load_init(str(init)))
         self.g = ctx.wrap(self.model)
         self.mtl = self.model.mtl
-        self.weights = FersnetLossWeights(gan=float(_option(o, "lambda_gan", 0.3)),
-                                          rec=float(_option(o, "lambda_rec", 1.0)),
-                                          cyc=float(_option(o, "lambda_cyc", 0.5)),
-                                          idt_start=float(_option(o, "lambda_idt_start", 0.1)),
-                                          idt_end=float(_option(o, "lambda_idt_end", 0.5)))
+        self.weights = FersnetLossWeights(gan=float(option(o, "lambda_gan", 0.3)),
+                                          rec=float(option(o, "lambda_rec", 1.0)),
+                                          cyc=float(option(o, "lambda_cyc", 0.5)),
+                                          idt_start=float(option(o, "lambda_idt_start", 0.1)),
+                                          idt_end=float(option(o, "lambda_idt_end", 0.5)))
         # the run's planned epochs (ctx.epochs, from --epochs or the paper's 500) unless given
-        self.schedule_epochs = int(_option(o, "schedule_epochs", getattr(ctx, "epochs", None) or self.default_epochs))
-        self.target_draw = _option(o, "target_draw", "subject" if train.subjects is not None else "uniform")
+        self.schedule_epochs = int(option(o, "schedule_epochs", getattr(ctx, "epochs", None) or self.default_epochs))
+        self.target_draw = option(o, "target_draw", "subject" if train.subjects is not None else "uniform")
         if self.target_draw not in ("subject", "uniform"):
             raise ValueError(f"--target-draw must be subject or uniform, got {self.target_draw!r}")
         if self.target_draw == "subject" and train.subjects is None:
             raise ValueError("--target-draw subject needs subject ids; this dataset has none (use uniform)")
-        self.own_target_prob = float(_option(o, "own_target_prob", 0.0))
+        self.own_target_prob = float(option(o, "own_target_prob", 0.0))
         if not 0.0 <= self.own_target_prob <= 1.0:
             raise ValueError(f"--own-target-prob must lie in [0, 1], got {self.own_target_prob}")
-        self.fes_da = int(_option(o, "fes_da", 0))
+        self.fes_da = int(option(o, "fes_da", 0))
         if self.fes_da and not self.mtl:
             raise ValueError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
         if self.fes_da >= self.schedule_epochs:
             raise ValueError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs}")
-        lr, lr_end = float(_option(o, "lr", 1e-3)), float(_option(o, "lr_end", 1e-5))
+        lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.999))
         span = max(1, self.schedule_epochs - 1)
         decay = (lr_end / lr) ** (1.0 / span)
@@ -259,15 +250,16 @@ class _FersnetRecipe(Recipe):
         self.discriminator: Optional[nn.Module] = None
         self.identity: Optional[FrozenIdentity] = None
         if self.mtl:
-            dwidth = int(_option(o, "disc_width", 32 if arch == "fersnet_light" else 64))
+            dwidth = int(option(o, "disc_width", 32 if arch == "fersnet_light" else 64))
             self.discriminator = PatchDiscriminator(e, in_channels=1, width=dwidth).to(self.device)
             self.discriminator.to(memory_format=self.memory_format)
             self.d = ctx.wrap(self.discriminator)
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda ep: decay ** min(ep, span))
             self.identity = FrozenIdentity.from_option(o.get("identity_weights"), device=self.device)
-        self.augment = _option(o, "augment", "on") == "on"
-        self.batch_size = int(_option(o, "batch_size", 64))
+        self.augment = option(o, "augment", "on") == "on"
+        self.batch_size = int(option(o, "batch_size", 64))
+        self.max_steps = o.get("max_steps_per_epoch")
         self.da_images: Optional[torch.Tensor] = None
         self.da_labels: Optional[torch.Tensor] = None
         grid_src = val if val is not None and len(val) else train
@@ -343,7 +335,9 @@ class _FersnetRecipe(Recipe):
         gen = torch.Generator().manual_seed(ctx.seed * 1000003 + epoch)
         e = len(self.classes)
         l_idt = self.weights.idt(epoch, self.schedule_epochs)
-        for idx in ctx.batches(len(self.images), self.batch_size, epoch):
+        for step, idx in enumerate(ctx.batches(len(self.images), self.batch_size, epoch)):
+            if self.max_steps is not None and step >= self.max_steps:
+                break  # --max-steps-per-epoch (smoke runs)
             idx_cpu = idx.cpu()
             y = self.labels[idx]
             if not self.mtl:
@@ -352,8 +346,8 @@ class _FersnetRecipe(Recipe):
                     out = self.g(x)
                     loss = F.cross_entropy(out.logits.float(), y)
                 ctx.step(loss, self.opt_g)
-                correct = int((out.logits.argmax(1) == y).sum())
-                yield StepResult(float(loss.detach()), correct, len(idx), {"L_cls": float(loss.detach())})
+                correct = (out.logits.detach().argmax(1) == y).sum()
+                yield StepResult(loss.detach(), correct, len(idx), {"L_cls": loss.detach()})
                 continue
             if self.target_draw == "subject":
                 pair = self.sampler.any_of_subject(idx_cpu, gen)
@@ -404,11 +398,11 @@ class _FersnetRecipe(Recipe):
                         + self.weights.cyc * loss_cyc + l_idt * loss_idt)
             ctx.step(loss, self.opt_g)
             self.discriminator.requires_grad_(True)
-            correct = int((out.logits.argmax(1) == y).sum())
-            yield StepResult(float(loss.detach()), correct, len(idx), {
-                "L_cls": float(loss_cls.detach()), "L_GAN": float(loss_gan.detach()), "L_rec": float(loss_rec.detach()),
-                "L_cyc": float(loss_cyc.detach()), "L_idt": float(loss_idt.detach()), "L_D": float(loss_d.detach()),
-                "lambda_idt": l_idt, "rec_pairs": float(has_pair.float().mean())})
+            correct = (out.logits.detach().argmax(1) == y).sum()
+            yield StepResult(loss.detach(), correct, len(idx), {
+                "L_cls": loss_cls.detach(), "L_GAN": loss_gan.detach(), "L_rec": loss_rec.detach(),
+                "L_cyc": loss_cyc.detach(), "L_idt": loss_idt.detach(), "L_D": loss_d.detach(),
+                "lambda_idt": l_idt, "rec_pairs": has_pair.float().mean()})
 
     # ---- FES data augmentation (Table VI, "FERSNet w/ FES-DA") ---------------------------------
     @torch.no_grad()
@@ -434,14 +428,16 @@ class _FersnetRecipe(Recipe):
             self._build_fes_da()
             counts = torch.bincount(self.da_labels.cpu(), minlength=len(self.classes)).tolist()
             ctx.log(f"FES-DA: fine-tuning on {len(self.da_images)} faces ({counts} per class)")
-        for idx in ctx.batches(len(self.da_images), self.batch_size, epoch):
+        for step, idx in enumerate(ctx.batches(len(self.da_images), self.batch_size, epoch)):
+            if self.max_steps is not None and step >= self.max_steps:
+                break
             x = self._prepare(self.da_images[idx])
             y = self.da_labels[idx]
             with ctx.autocast():
                 out = self.g(x)
                 loss = F.cross_entropy(out.logits.float(), y)
             ctx.step(loss, self.opt_g)
-            yield StepResult(float(loss.detach()), int((out.logits.argmax(1) == y).sum()), len(idx), {"L_cls": float(loss.detach())})
+            yield StepResult(loss.detach(), (out.logits.detach().argmax(1) == y).sum(), len(idx), {"L_cls": loss.detach()})
 
     # ---- evaluation and artefacts ---------------------------------------------------------------
     @torch.no_grad()
@@ -498,81 +494,26 @@ class _FersnetRecipe(Recipe):
 
 
 @register_recipe
-class FersnetCkplusRecipe(_FersnetRecipe):
+class FersnetCkplusRecipe(CkplusData, _FersnetRecipe):
     """CK+48, 7 classes, subject-independent folds; L_rec uses same-subject target faces."""
 
     name = "fersnet/ckplus"
     description = "FERSNet (eq. 10) on CK+48, 7 classes, subject-independent folds, with L_rec"
-    data_help = "CK+48 folder (CK+48/<class>/S###_###_########.png), e.g. ../shared/data/ckplus48"
-    supports_folds = True
     default_alignment = "ckplus48"
-
-    @classmethod
-    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        add_fold_arguments(parser)
-
-    @classmethod
-    def validate_data(cls, data_dir: Path) -> None:
-        cls.load_dataset(data_dir)
-
-    @classmethod
-    def load_dataset(cls, data_dir: Path, size: Optional[int] = None) -> FaceDataset:
-        from ferkit.data.ckplus import load_ckplus48
-
-        return load_ckplus48(data_dir, size=size)
-
-    def _load_split(self, size: int) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        train, test, desc = split_dataset_fold(self.load_dataset(self.data_dir, size=size),
-                                               _option(self.options, "folds", 10), _option(self.options, "fold", 0),
-                                               _option(self.options, "split_seed", 0))
-        self._data_desc = "CK+48 7-class, " + desc
-        return train, test
 
 
 @register_recipe
-class FersnetFerplusRecipe(_FersnetRecipe):
+class FersnetFerplusRecipe(FerplusData, _FersnetRecipe):
     """FER+ (majority vote, 8 classes): no subject ids, so L_rec is left out (but see --own-target-prob)."""
 
     name = "fersnet/ferplus"
     description = "FERSNet (eq. 10 without L_rec: no subject ids) on FER+ majority vote, 8 classes"
-    data_help = "FER+ folder with FER2013Train/ and FER2013Valid/ (label.csv + PNGs), e.g. ../shared/data/ferplus"
     default_alignment = "fer2013"
+    supports_vote_targets = False
 
-    @classmethod
-    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--vote", choices=["majority", "plurality"], default="majority",
-                            help="FER+ label rule (papers: majority)")
-
-    @staticmethod
-    def _split_folder(data_dir: Path, split: str) -> Optional[Path]:
-        from ferkit.data.ferplus import resolve_split
-
-        data_dir = Path(data_dir)
-        if (data_dir / "FER2013Train" / "label.csv").is_file():
-            return resolve_split(data_dir, split)
-        return resolve_split(data_dir) if split == "train" else None
-
-    @classmethod
-    def validate_data(cls, data_dir: Path) -> None:
-        cls._split_folder(data_dir, "train")
-
-    @classmethod
-    def load_dataset(cls, data_dir: Path, size: Optional[int] = None) -> FaceDataset:
-        from ferkit.data.ferplus import load_ferplus
-
-        return load_ferplus(cls._split_folder(data_dir, "train"), vote="majority", size=size)
-
-    def _load_split(self, size: int) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        from ferkit.data.ferplus import load_ferplus
-
-        vote = _option(self.options, "vote", "majority")
-        train_dir = self._split_folder(self.data_dir, "train")
-        train = load_ferplus(train_dir, vote=vote, size=size)
+    def _load_split(self, size: Optional[int] = None) -> tuple[FaceDataset, Optional[FaceDataset]]:
+        train, val = super()._load_split(size)
         # FER+ has no subject ids: L_rec is left out (model-details.md) except for own-expression
         # targets, whose I^t is the source itself (--own-target-prob)
         train.subjects = None
-        valid_dir = train_dir.parent / "FER2013Valid"
-        val = load_ferplus(valid_dir, vote=vote, size=size) if (valid_dir / "label.csv").is_file() else None
-        self._data_desc = f"FER+ {train_dir.name} ({len(train)} images, {vote} vote); validation " + \
-                          (valid_dir.name if val is not None else "none")
         return train, val

@@ -44,7 +44,8 @@ Progress events (stdout, JSON lines, one object per line, flushed; rank 0 only)
       extra, val (the recipe's ``evaluate`` dict, e.g. ``{"val_accuracy": ..}``), lr,
       images_per_s, epoch_time_s, eta_s, checkpoint (path), best (bool: this epoch wrote
       ``best.pt``), best_path, best_val_accuracy, curves (csv path).
-    - ``end``: status (``"completed"`` | ``"interrupted"``), message, epoch (completed epochs),
+    - ``end``: status (``"completed"`` | ``"interrupted"`` | ``"budget"``: ``--time-budget`` ran
+      out before the planned epochs), message, epoch (completed epochs),
       epochs, checkpoint, best_path, best_val_accuracy, wall_time_s, metrics (last val dict).
     - ``error``: message, type (exception class name); the exception is then re-raised.
 
@@ -59,12 +60,13 @@ ranks gets ``batch_size // N`` items per step, so the paper's hyper-parameters h
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional, Union
 
@@ -77,6 +79,8 @@ from ferkit.training import distributed
 from ferkit.training.checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, load_state_dicts, restore_rng,
                                         save_checkpoint, state_dicts)
 from ferkit.training.curves import write_curves
+from ferkit.training.precision import autocast as precision_autocast
+from ferkit.training.precision import precision_name, resolve_precision
 from ferkit.training.progress import ProgressReporter, format_duration
 from ferkit.training.recipe import Recipe, StepResult
 
@@ -99,7 +103,7 @@ def seed_everything(seed: int) -> None:
 class EngineContext:
     """The :class:`~ferkit.training.recipe.TrainContext` the engine hands a recipe."""
 
-    def __init__(self, info: distributed.DistInfo, amp: bool, seed: int, out_dir: Path,
+    def __init__(self, info: distributed.DistInfo, amp_dtype: Optional[torch.dtype], seed: int, out_dir: Path,
                  reporter: ProgressReporter):
         self.info = info
         self.device = info.device
@@ -108,9 +112,8 @@ class EngineContext:
         self.seed = seed
         self.out_dir = Path(out_dir)
         self._reporter = reporter
-        self.amp_dtype: Optional[torch.dtype] = None
-        if amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        #: autocast dtype of this run (None: fp32), from :func:`~ferkit.training.precision.resolve_precision`
+        self.amp_dtype: Optional[torch.dtype] = amp_dtype
         self.amp = self.amp_dtype is not None
         self._scalers: dict[int, torch.amp.GradScaler] = {}
         #: planned total number of epochs of this run (schedules that span the run need it)
@@ -121,9 +124,7 @@ class EngineContext:
 
     # ---- TrainContext ------------------------------------------------------------------------
     def autocast(self) -> ContextManager[Any]:
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return precision_autocast(self.device, self.amp_dtype)
 
     def scaler(self, optimizer: torch.optim.Optimizer) -> Optional[torch.amp.GradScaler]:
         """fp16 needs loss scaling (one scaler per optimiser: GAN alternation steps them apart)."""
@@ -290,15 +291,22 @@ class _EpochStats:
 
 
 def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = None, device: str = "auto",
-          resume: bool = False, seed: Optional[int] = None, amp: bool = True, *,
+          resume: bool = False, seed: Optional[int] = None, amp: bool = True, *, precision: str = "auto",
+          threads: Optional[int] = None,
           progress_interval: float = 0.5, deterministic: bool = False,
           on_event: Optional[Callable[[dict[str, Any]], None]] = None,
-          json_lines: bool = True, validate: bool = True) -> dict[str, Any]:
+          json_lines: bool = True, validate: bool = True, time_budget_s: Optional[float] = None) -> dict[str, Any]:
     """Train ``recipe`` into ``out_dir``; returns the ``end`` event (status, checkpoint, metrics...).
 
     ``seed`` defaults to 0, or to the checkpoint's seed on resume. ``epochs`` defaults to the
     recipe's paper value, or to the checkpoint's planned total on resume (pass a larger value to
-    extend a finished run). ``json_lines=False`` keeps stdout clean (in-process callers that use
+    extend a finished run). ``precision`` is ``auto|fp32|bf16|fp16`` (see
+    :mod:`ferkit.training.precision`); ``amp=False`` is the old spelling of ``fp32``. ``threads``
+    sets torch's intra-op threads on CPU (default: every core, since training is the only work;
+    inference elsewhere in ferkit uses one thread). ``time_budget_s`` stops the run before an epoch
+    that would end past the budget (status ``"budget"``, the last epoch's checkpoint kept; the
+    schedule is the caller's to fit, e.g. :func:`ferkit.training.budget.fit_epochs`).
+    ``json_lines=False`` keeps stdout clean (in-process callers that use
     ``on_event``). ``validate=False`` skips ``recipe.validate_data`` (the CLI has run it already).
     """
     out_dir = Path(out_dir)
@@ -311,9 +319,16 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
             type(recipe).validate_data(recipe.data_dir)
         info = distributed.setup(device)
         reporter.enabled = info.is_main
-        with contextlib.redirect_stdout(sys.stderr):
-            return _run(recipe, out_dir, epochs, resume, seed, amp, info, reporter,
-                        progress_interval, deterministic)
+        amp_dtype = resolve_precision(precision if amp else "fp32", info.device)
+        previous_threads = torch.get_num_threads()
+        if info.device.type == "cpu" and not info.distributed:
+            torch.set_num_threads(max(1, int(threads or os.cpu_count() or 1)))
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                return _run(recipe, out_dir, epochs, resume, seed, amp_dtype, info, reporter,
+                            progress_interval, deterministic, time_budget_s)
+        finally:
+            torch.set_num_threads(previous_threads)
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             reporter.emit({"event": "error", "time": time.time(), "message": str(exc), "type": type(exc).__name__})
@@ -323,216 +338,294 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
             distributed.teardown(info)
 
 
-def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, seed: Optional[int], amp: bool,
-         info: distributed.DistInfo, reporter: ProgressReporter, progress_interval: float,
-         deterministic: bool) -> dict[str, Any]:
-    ckpt_path, best_path = out_dir / "checkpoint.pt", out_dir / "best.pt"
-    state: Optional[dict[str, Any]] = None
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt_path}; start without --resume")
-        state = load_checkpoint(ckpt_path)
-        if state.get("recipe") != recipe.name:
-            raise ValueError(f"{ckpt_path} was written by recipe {state.get('recipe')!r}, not {recipe.name!r}")
-    elif ckpt_path.exists():
-        raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
-    if seed is None:
-        seed = int(state.get("seed", 0)) if state else 0
-    # Denormal flushing is process-wide state (load_weights turns it on for inference speed); fix it
-    # here so a run's numbers never depend on what the process did before (resume in a new process
-    # must equal the uninterrupted run), and so CPU training avoids the slow denormal path.
-    torch.set_flush_denormal(True)
-    total_epochs = int(epochs if epochs is not None else (state["epochs"] if state else recipe.default_epochs))
-    if total_epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {total_epochs}")
+def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, seed: Optional[int],
+         amp_dtype: Optional[torch.dtype], info: distributed.DistInfo, reporter: ProgressReporter,
+         progress_interval: float, deterministic: bool, time_budget_s: Optional[float] = None) -> dict[str, Any]:
+    run = _Run(recipe, out_dir, info, reporter, progress_interval, time_budget_s=time_budget_s)
+    run.restore(epochs, resume, seed, amp_dtype, deterministic)
+    with _StopFlag(run.ctx.log) as stop:
+        for epoch in range(run.start_epoch, run.total_epochs):
+            if distributed.any_rank(stop.requested is not None, info):  # all ranks agree, or DDP hangs
+                run.stop_name, run.status = stop.requested or "SIGTERM", "interrupted"
+                break
+            if distributed.any_rank(run.next_epoch_over_budget(), info):
+                run.status = "budget"
+                break
+            if not run.train_epoch(epoch, stop):
+                break
+            run.finish_epoch(epoch)
+    return run.end()
 
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif info.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
 
-    ctx = EngineContext(info, amp, seed, out_dir, reporter)
-    ctx.epochs = total_epochs
-    seed_everything(seed)
-    recipe.setup(ctx)
-    modules, optimizers, schedulers = recipe.modules(), recipe.optimizers(), recipe.schedulers()
-    if "model" not in modules:
-        raise ValueError(f"recipe {recipe.name!r}: modules() must contain 'model' (it has {sorted(modules)})")
-    base_meta = _plain_meta(recipe.weights_meta())
-    hardware = _hardware(info)
+@dataclass
+class _Run:
+    """One call of :func:`train`: restore, then per epoch train + finish, then the end event.
 
-    start_epoch, global_step, history, best_acc, wall_before = 0, 0, [], None, 0.0
-    if state is not None:
+    Split this way so each step reads top to bottom: ``restore`` decides where the run starts,
+    ``train_epoch`` is the inner loop (progress, interrupts), ``finish_epoch`` is everything that
+    happens between epochs (means over ranks, evaluation, checkpoint, curves, event).
+    """
+
+    recipe: Recipe
+    out_dir: Path
+    info: distributed.DistInfo
+    reporter: ProgressReporter
+    progress_interval: float
+    #: wall seconds this call may train; the run stops before an epoch that would not fit
+    time_budget_s: Optional[float] = None
+    status: str = "completed"
+    stop_name: Optional[str] = None
+    start_epoch: int = 0
+    global_step: int = 0
+    epoch_start_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_acc: Optional[float] = None
+    wall_before: float = 0.0
+    last_val: dict[str, Any] = field(default_factory=dict)
+    steps_per_epoch: Optional[int] = None
+    step_time_total: float = 0.0
+    steps_this_run: int = 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def wall(self) -> float:
+        return self.wall_before + (time.monotonic() - self.t_run)
+
+    # ---- restore ---------------------------------------------------------------------------
+    def restore(self, epochs: Optional[int], resume: bool, seed: Optional[int], amp_dtype: Optional[torch.dtype],
+                deterministic: bool) -> None:
+        recipe, info, ckpt_path = self.recipe, self.info, self.ckpt_path
+        state: Optional[dict[str, Any]] = None
+        if resume:
+            if not ckpt_path.exists():
+                raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt_path}; start without --resume")
+            state = load_checkpoint(ckpt_path)
+            if state.get("recipe") != recipe.name:
+                raise ValueError(f"{ckpt_path} was written by recipe {state.get('recipe')!r}, not {recipe.name!r}")
+        elif ckpt_path.exists():
+            raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
+        self.seed = int(state.get("seed", 0)) if (seed is None and state) else int(seed or 0)
+        # Denormal flushing is process-wide state (load_weights turns it on for inference speed); fix it
+        # here so a run's numbers never depend on what the process did before (resume in a new process
+        # must equal the uninterrupted run), and so CPU training avoids the slow denormal path.
+        torch.set_flush_denormal(True)
+        self.total_epochs = int(epochs if epochs is not None else (state["epochs"] if state else recipe.default_epochs))
+        if self.total_epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.total_epochs}")
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif info.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+        ctx = self.ctx = EngineContext(info, amp_dtype, self.seed, self.out_dir, self.reporter)
+        ctx.epochs = self.total_epochs
+        seed_everything(self.seed)
+        recipe.setup(ctx)
+        self.modules, self.optimizers, self.schedulers = recipe.modules(), recipe.optimizers(), recipe.schedulers()
+        if "model" not in self.modules:
+            raise ValueError(f"recipe {recipe.name!r}: modules() must contain 'model' (it has {sorted(self.modules)})")
+        self.base_meta = _plain_meta(recipe.weights_meta())
+        self.hardware = _hardware(info)
+        if state is not None:
+            self._load_state(state)
+        self.epoch_start_step = self.global_step
+        self.t_run = time.monotonic()
+        self.reporter.emit({"event": "start", "time": time.time(), "recipe": recipe.name, "out_dir": str(self.out_dir),
+                            "device": str(info.device), "world_size": info.world_size,
+                            "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ctx.amp_dtype),
+                            "precision": precision_name(ctx.amp_dtype), "threads": torch.get_num_threads(),
+                            "seed": self.seed, "epochs": self.total_epochs, "start_epoch": self.start_epoch,
+                            "steps": None, "resumed": state is not None})
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        recipe, ctx, ckpt_path = self.recipe, self.ctx, self.ckpt_path
         diff = {k: (state.get("options", {}).get(k), v) for k, v in recipe.options.items()
                 if state.get("options", {}).get(k) != v}
         if diff:
             ctx.log(f"note: options differ from the checkpoint's (checkpoint, now): {diff}")
-        load_state_dicts(modules, state["modules"], "module", ckpt_path)
-        load_state_dicts(optimizers, state["optimizers"], "optimizer", ckpt_path)
-        load_state_dicts(schedulers, state.get("schedulers", {}), "scheduler", ckpt_path)
-        ctx.load_scaler_states(optimizers, state.get("scalers", {}))
+        load_state_dicts(self.modules, state["modules"], "module", ckpt_path)
+        load_state_dicts(self.optimizers, state["optimizers"], "optimizer", ckpt_path)
+        load_state_dicts(self.schedulers, state.get("schedulers", {}), "scheduler", ckpt_path)
+        ctx.load_scaler_states(self.optimizers, state.get("scalers", {}))
         recipe.load_extra_state(state.get("extra_state", {}))
         restore_rng(state.get("rng", {}))
-        start_epoch = int(state["epoch"])
+        self.start_epoch = int(state["epoch"])
         # a mid-epoch checkpoint restarts its epoch: count steps from that epoch's start
-        global_step = int(state.get("epoch_start_step", state["global_step"]))
-        history, best_acc = list(state.get("history", [])), state.get("best_val_accuracy")
-        wall_before = float(state.get("wall_time_s", 0.0))
+        self.global_step = int(state.get("epoch_start_step", state["global_step"]))
+        self.history, self.best_acc = list(state.get("history", [])), state.get("best_val_accuracy")
+        self.wall_before = float(state.get("wall_time_s", 0.0))
+        self.last_val = dict(state.get("last_val", {}))
         if state.get("partial_epoch"):
-            ctx.log(f"note: {ckpt_path} was saved in the middle of epoch {start_epoch + 1}; "
+            ctx.log(f"note: {ckpt_path} was saved in the middle of epoch {self.start_epoch + 1}; "
                     "that epoch restarts from its first batch")
 
-    t_run = time.monotonic()
-    last_val: dict[str, Any] = dict(state.get("last_val", {})) if state else {}
-
-    def wall() -> float:
-        return wall_before + (time.monotonic() - t_run)
-
-    def checkpoint_state(epoch_done: int, partial: bool, val: dict[str, Any]) -> dict[str, Any]:
-        meta = dict(base_meta)
+    def checkpoint_state(self, epoch_done: int, partial: bool, val: dict[str, Any]) -> dict[str, Any]:
+        recipe, ctx = self.recipe, self.ctx
+        meta = dict(self.base_meta)
         meta.setdefault("recipe", recipe.name)
         meta["epochs"] = epoch_done
-        meta["metrics"] = {**dict(base_meta.get("metrics") or {}), **{k: v for k, v in val.items()
-                                                                    if isinstance(v, (int, float))}}
+        meta["metrics"] = {**dict(self.base_meta.get("metrics") or {}),
+                           **{k: v for k, v in val.items() if isinstance(v, (int, float))}}
         if not meta.get("hardware"):
-            meta["hardware"] = hardware
-        meta["wall_time_s"] = round(wall(), 1)
+            meta["hardware"] = self.hardware
+        meta["wall_time_s"] = round(self.wall(), 1)
+        meta["precision"] = precision_name(ctx.amp_dtype)
+        given = {k: v for k, v in recipe.options.items() if isinstance(v, (str, int, float, bool))}
+        meta["training_options"] = {**given, **dict(self.base_meta.get("training_options") or {})}
         return {
-            "recipe": recipe.name, "options": dict(recipe.options), "seed": seed,
-            "epoch": epoch_done, "epochs": total_epochs, "global_step": global_step, "partial_epoch": partial,
-            "epoch_start_step": epoch_start_step if partial else global_step,
-            "modules": state_dicts(modules), "optimizers": state_dicts(optimizers),
-            "schedulers": state_dicts(schedulers), "scalers": ctx.scaler_states(optimizers),
+            "recipe": recipe.name, "options": dict(recipe.options), "seed": self.seed,
+            "epoch": epoch_done, "epochs": self.total_epochs, "global_step": self.global_step,
+            "partial_epoch": partial, "epoch_start_step": self.epoch_start_step if partial else self.global_step,
+            "modules": state_dicts(self.modules), "optimizers": state_dicts(self.optimizers),
+            "schedulers": state_dicts(self.schedulers), "scalers": ctx.scaler_states(self.optimizers),
             "rng": capture_rng(), "extra_state": recipe.extra_state(),
-            "history": history, "last_val": val, "best_val_accuracy": best_acc, "wall_time_s": wall(),
-            "weights_meta": meta,
+            "history": self.history, "last_val": val, "best_val_accuracy": self.best_acc,
+            "wall_time_s": self.wall(), "weights_meta": meta,
         }
 
-    steps_per_epoch: Optional[int] = None
-    epoch_start_step = global_step
-    reporter.emit({"event": "start", "time": time.time(), "recipe": recipe.name, "out_dir": str(out_dir),
-                   "device": str(info.device), "world_size": info.world_size,
-                   "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ctx.amp_dtype),
-                   "seed": seed, "epochs": total_epochs, "start_epoch": start_epoch, "steps": None,
-                   "resumed": state is not None})
-
-    status, stop_name = "completed", None
-    step_time_total, steps_this_run = 0.0, 0
-    with _StopFlag(ctx.log) as stop:
-        for epoch in range(start_epoch, total_epochs):
-            if distributed.any_rank(stop.requested is not None, info):  # all ranks agree, or DDP hangs
-                stop_name, status = stop.requested or "SIGTERM", "interrupted"
-                break
-            epoch_start_step = global_step
-            # each epoch depends only on the state at its start -> exact resume at epoch boundaries
-            seed_everything(derive_seed(seed, epoch, info.rank))
-            stats = _EpochStats()
-            t_epoch = time.monotonic()
-            last_report = -1e9
-            ctx.steps_hint = None
-            gen = recipe.train_epoch(ctx, epoch)
-            interrupted_mid = False
-            try:
-                for result in gen:
-                    global_step += 1
-                    steps_per_epoch = ctx.steps_hint or steps_per_epoch
-                    stats.add(result, fallback_n=0)
-                    stopping = distributed.any_rank(stop.requested is not None, info)
-                    now = time.monotonic()
-                    if info.is_main and (now - last_report >= progress_interval or stats.steps == 1):
-                        last_report = now
-                        elapsed = now - t_epoch
-                        loss, acc, extra = stats.means()
-                        ips = stats.images * info.world_size / elapsed if elapsed > 0 else None
-                        rate = (step_time_total + elapsed) / (steps_this_run + stats.steps)
-                        remaining = None
-                        if steps_per_epoch:
-                            remaining = ((steps_per_epoch - stats.steps)
-                                         + (total_epochs - epoch - 1) * steps_per_epoch) * rate
-                        reporter.emit({"event": "step", "time": time.time(), "epoch": epoch + 1,
-                                       "epochs": total_epochs, "step": stats.steps, "steps": steps_per_epoch,
-                                       "global_step": global_step, "loss": loss, "accuracy": acc,
-                                       "lr": _first_lr(optimizers), "images_per_s": ips, "eta_s": remaining,
-                                       "extra": extra})
-                    if stopping:
-                        stop.requested = stop.requested or "SIGINT"
-                        interrupted_mid = True
-                        break
-            finally:
-                gen.close()
-            epoch_time = time.monotonic() - t_epoch
-            if interrupted_mid:
-                stop_name, status = stop.requested, "interrupted"
-                if info.is_main:
-                    save_checkpoint(checkpoint_state(epoch, True, last_val), ckpt_path)
-                break
-            step_time_total += epoch_time
-            steps_this_run += stats.steps
-            steps_per_epoch = stats.steps or steps_per_epoch
-
-            # one collective per epoch: the train means over all ranks
-            loss_sum = _num(stats.loss_sum) if stats.steps else 0.0
-            extra_keys = sorted(stats.extra)
-            sums = distributed.all_reduce_sum(
-                [loss_sum, stats.steps, _num(stats.correct), stats.n, stats.images]
-                + [_num(stats.extra[k]) for k in extra_keys], info)
-            n_steps = sums[1] or 1.0
-            train_loss = sums[0] / n_steps if sums[1] else None
-            train_acc = sums[2] / sums[3] if sums[3] else None
-            extra_means = {k: sums[5 + i] / n_steps for i, k in enumerate(extra_keys)}
-            images_per_s = sums[4] / epoch_time if epoch_time > 0 else None
-            lr = _first_lr(optimizers)
-
-            t_eval = time.monotonic()
-            val = dict(recipe.evaluate(ctx, epoch) or {})
-            recipe.end_epoch(ctx, epoch)
-            eval_time = time.monotonic() - t_eval
-            last_val = val
-
-            improved = False
-            acc_now = val.get("val_accuracy")
-            if isinstance(acc_now, (int, float)) and (best_acc is None or acc_now > best_acc):
-                best_acc, improved = float(acc_now), True
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc}
-            row.update({f"train_{k}": v for k, v in extra_means.items()})
-            row.update({k: v for k, v in val.items() if isinstance(v, (int, float))})
-            row.update({"lr": lr, "images_per_s": images_per_s, "epoch_time_s": epoch_time,
-                        "eval_time_s": eval_time})
-            history.append(row)
-
-            curves_path = None
+    # ---- one epoch -------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, stop: _StopFlag) -> bool:
+        """Run the recipe's epoch; False when an interrupt stopped it (a partial checkpoint is saved)."""
+        info, ctx = self.info, self.ctx
+        self.epoch_start_step = self.global_step
+        # each epoch depends only on the state at its start -> exact resume at epoch boundaries
+        seed_everything(derive_seed(self.seed, epoch, info.rank))
+        stats = self.stats = _EpochStats()
+        t_epoch = time.monotonic()
+        last_report = -1e9
+        ctx.steps_hint = None
+        gen = self.recipe.train_epoch(ctx, epoch)
+        interrupted_mid = False
+        try:
+            for result in gen:
+                self.global_step += 1
+                self.steps_per_epoch = ctx.steps_hint or self.steps_per_epoch
+                stats.add(result, fallback_n=0)
+                stopping = distributed.any_rank(stop.requested is not None, info)
+                now = time.monotonic()
+                if info.is_main and (now - last_report >= self.progress_interval or stats.steps == 1):
+                    last_report = now
+                    self._report_step(epoch, now - t_epoch)
+                if stopping:
+                    stop.requested = stop.requested or "SIGINT"
+                    interrupted_mid = True
+                    break
+        finally:
+            gen.close()
+        self.epoch_time = time.monotonic() - t_epoch
+        if interrupted_mid:
+            self.stop_name, self.status = stop.requested, "interrupted"
             if info.is_main:
-                ckpt = checkpoint_state(epoch + 1, False, val)
-                save_checkpoint(ckpt, ckpt_path)
-                if improved:
-                    copy_checkpoint(ckpt_path, best_path)
-                try:
-                    curves_path, _ = write_curves(history, out_dir, title=recipe.name)
-                except Exception as exc:  # noqa: BLE001 - a plotting failure must not lose a training run
-                    ctx.log(f"warning: could not write training curves: {exc}")
-            per_epoch = (step_time_total / max(1, steps_this_run)) * (steps_per_epoch or 0) + eval_time
-            reporter.emit({"event": "epoch", "time": time.time(), "epoch": epoch + 1, "epochs": total_epochs,
-                           "global_step": global_step, "loss": train_loss, "accuracy": train_acc,
-                           "extra": extra_means, "val": val, "lr": lr, "images_per_s": images_per_s,
-                           "epoch_time_s": epoch_time, "eta_s": per_epoch * (total_epochs - epoch - 1),
-                           "checkpoint": str(ckpt_path), "best": improved,
-                           "best_path": str(best_path) if best_acc is not None else None,
-                           "best_val_accuracy": best_acc, "curves": str(curves_path) if curves_path else None})
-            distributed.barrier(info)
+                save_checkpoint(self.checkpoint_state(epoch, True, self.last_val), self.ckpt_path)
+            return False
+        self.step_time_total += self.epoch_time
+        self.steps_this_run += stats.steps
+        self.steps_per_epoch = stats.steps or self.steps_per_epoch
+        return True
 
-    done = len(history)
-    if status == "interrupted":
-        message = (f"stopped by {stop_name} after {done}/{total_epochs} completed epochs; checkpoint saved to "
-                   f"{ckpt_path}; run the same command with --resume to continue")
-    else:
-        message = (f"finished {done}/{total_epochs} epochs in {format_duration(wall())}; checkpoint {ckpt_path}"
-                   + (f", best val_accuracy {best_acc:.4f} in {best_path}" if best_acc is not None else ""))
-    end = {"event": "end", "time": time.time(), "status": status, "message": message, "epoch": done,
-           "epochs": total_epochs, "checkpoint": str(ckpt_path),
-           "best_path": str(best_path) if best_acc is not None else None, "best_val_accuracy": best_acc,
-           "wall_time_s": wall(), "metrics": last_val, "global_step": global_step}
-    reporter.emit(end)
-    return end
+    def _report_step(self, epoch: int, elapsed: float) -> None:
+        stats = self.stats
+        loss, acc, extra = stats.means()
+        ips = stats.images * self.info.world_size / elapsed if elapsed > 0 else None
+        rate = (self.step_time_total + elapsed) / (self.steps_this_run + stats.steps)
+        remaining = None
+        if self.steps_per_epoch:
+            remaining = ((self.steps_per_epoch - stats.steps)
+                         + (self.total_epochs - epoch - 1) * self.steps_per_epoch) * rate
+        self.reporter.emit({"event": "step", "time": time.time(), "epoch": epoch + 1,
+                            "epochs": self.total_epochs, "step": stats.steps, "steps": self.steps_per_epoch,
+                            "global_step": self.global_step, "loss": loss, "accuracy": acc,
+                            "lr": _first_lr(self.optimizers), "images_per_s": ips, "eta_s": remaining,
+                            "extra": extra})
+
+    def finish_epoch(self, epoch: int) -> None:
+        """Train means over ranks, evaluation, checkpoint (+ best), curves, the ``epoch`` event."""
+        info, stats, recipe, ctx = self.info, self.stats, self.recipe, self.ctx
+        epoch_time = self.epoch_time
+        # one collective per epoch: the train means over all ranks
+        loss_sum = _num(stats.loss_sum) if stats.steps else 0.0
+        extra_keys = sorted(stats.extra)
+        sums = distributed.all_reduce_sum(
+            [loss_sum, stats.steps, _num(stats.correct), stats.n, stats.images]
+            + [_num(stats.extra[k]) for k in extra_keys], info)
+        n_steps = sums[1] or 1.0
+        train_loss = sums[0] / n_steps if sums[1] else None
+        train_acc = sums[2] / sums[3] if sums[3] else None
+        extra_means = {k: sums[5 + i] / n_steps for i, k in enumerate(extra_keys)}
+        images_per_s = sums[4] / epoch_time if epoch_time > 0 else None
+        lr = _first_lr(self.optimizers)
+
+        t_eval = time.monotonic()
+        val = dict(recipe.evaluate(ctx, epoch) or {})
+        recipe.end_epoch(ctx, epoch)
+        eval_time = time.monotonic() - t_eval
+        self.last_val = val
+
+        improved = False
+        acc_now = val.get("val_accuracy")
+        if isinstance(acc_now, (int, float)) and (self.best_acc is None or acc_now > self.best_acc):
+            self.best_acc, improved = float(acc_now), True
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc}
+        row.update({f"train_{k}": v for k, v in extra_means.items()})
+        row.update({k: v for k, v in val.items() if isinstance(v, (int, float))})
+        row.update({"lr": lr, "images_per_s": images_per_s, "epoch_time_s": epoch_time, "eval_time_s": eval_time})
+        self.history.append(row)
+
+        curves_path = None
+        if info.is_main:
+            save_checkpoint(self.checkpoint_state(epoch + 1, False, val), self.ckpt_path)
+            if improved:
+                copy_checkpoint(self.ckpt_path, self.best_path)
+            try:
+                curves_path, _ = write_curves(self.history, self.out_dir, title=recipe.name)
+            except Exception as exc:  # noqa: BLE001 - a plotting failure must not lose a training run
+                ctx.log(f"warning: could not write training curves: {exc}")
+        per_epoch = (self.step_time_total / max(1, self.steps_this_run)) * (self.steps_per_epoch or 0) + eval_time
+        self.reporter.emit({"event": "epoch", "time": time.time(), "epoch": epoch + 1, "epochs": self.total_epochs,
+                            "global_step": self.global_step, "loss": train_loss, "accuracy": train_acc,
+                            "extra": extra_means, "val": val, "lr": lr, "images_per_s": images_per_s,
+                            "epoch_time_s": epoch_time, "eta_s": per_epoch * (self.total_epochs - epoch - 1),
+                            "checkpoint": str(self.ckpt_path), "best": improved,
+                            "best_path": str(self.best_path) if self.best_acc is not None else None,
+                            "best_val_accuracy": self.best_acc,
+                            "curves": str(curves_path) if curves_path else None})
+        distributed.barrier(info)
+
+    def next_epoch_over_budget(self) -> bool:
+        """True when another epoch (at this run's mean epoch time, evaluation included) would end
+        past ``time_budget_s``; never before the first epoch of the call."""
+        epochs_done = len(self.history) - self.start_epoch
+        if self.time_budget_s is None or epochs_done <= 0:
+            return False
+        elapsed = time.monotonic() - self.t_run
+        return elapsed + elapsed / epochs_done > self.time_budget_s
+
+    # ---- end -------------------------------------------------------------------------------
+    def end(self) -> dict[str, Any]:
+        done, total = len(self.history), self.total_epochs
+        if self.status == "budget":
+            message = (f"stopped by the time budget ({self.time_budget_s:.0f} s) after {done}/{total} epochs; "
+                       f"checkpoint {self.ckpt_path}")
+        elif self.status == "interrupted":
+            message = (f"stopped by {self.stop_name} after {done}/{total} completed epochs; checkpoint saved to "
+                       f"{self.ckpt_path}; run the same command with --resume to continue")
+        else:
+            message = (f"finished {done}/{total} epochs in {format_duration(self.wall())}; checkpoint "
+                       f"{self.ckpt_path}" + (f", best val_accuracy {self.best_acc:.4f} in {self.best_path}"
+                                              if self.best_acc is not None else ""))
+        end = {"event": "end", "time": time.time(), "status": self.status, "message": message, "epoch": done,
+               "epochs": total, "checkpoint": str(self.ckpt_path),
+               "best_path": str(self.best_path) if self.best_acc is not None else None,
+               "best_val_accuracy": self.best_acc, "wall_time_s": self.wall(), "metrics": self.last_val,
+               "global_step": self.global_step}
+        self.reporter.emit(end)
+        return end

@@ -140,30 +140,3 @@ class Recipe(abc.ABC):
     @abc.abstractmethod
     def weights_meta(self) -> dict[str, Any]:
         """The :class:`ferkit.models.weights.Weights` fields of ``modules()["model"]`` (as a dict)."""
-
-
-_RECIPES: dict[str, type[Recipe]] = {}
-
-
-def register_recipe(cls: type[Recipe]) -> type[Recipe]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _RECIPES:
-        raise ValueError(f"recipe {cls.name!r} registered twice")
-    _RECIPES[cls.name] = cls
-    return cls
-
-
-def list_recipes() -> list[str]:
-    import ferkit.recipes  # noqa: F401  (registers every recipe)
-
-    return sorted(_RECIPES)
-
-
-def get_recipe(name: str) -> type[Recipe]:
-    import ferkit.recipes  # noqa: F401
-
-    try:
-        return _RECIPES[name]
-    except KeyError:
-        raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(_RECIPES))}") from None

@@ -1,0 +1,154 @@
+"""Dataset mix-ins of the classifier recipes: the one door from ``--data`` to train/validation sets.
+
+Each mix-in supplies ``data_help``, ``validate_data``, ``load_dataset`` (the full labelled set,
+which ``ferkit cv`` splits the same way), its CLI options and ``_load_split(size=None)`` (train,
+validation; ``size`` resizes the stored images, e.g. FERSNet's 96x96) and sets ``_data_desc``,
+the sentence a weights card's ``data`` field carries. A recipe is
+``class MyRecipe(FerplusData, ClassifierRecipe)``; FERSNet uses the same mix-ins.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Optional
+
+from ferkit.data.dataset import FaceDataset
+from ferkit.evaluation.kfold import add_fold_arguments, split_dataset_fold
+from ferkit.recipes.base import INPUT_SIZE, option
+
+
+def heldout_subject_names(test: Optional[FaceDataset]) -> list[str]:
+    """Sorted subject names of a held-out fold (what a card's ``heldout_identities`` lists)."""
+    if test is None or test.subjects is None:
+        return []
+    ids = sorted({int(v) for v in test.subjects.tolist()})
+    return sorted(test.subject_names[i] if test.subject_names else str(i) for i in ids)
+
+
+class FerplusData:
+    """FER+ (vote-distribution or majority targets): ``--data`` is the folder holding FER2013Train (+ FER2013Valid), or FER2013Train."""
+
+    data_help = "FER+ folder with FER2013Train/ and FER2013Valid/ (label.csv + PNGs), e.g. ../shared/data/ferplus"
+    #: False for recipes that need hard labels (FERSNet): no --target option, majority labels
+    supports_vote_targets = True
+    data_dir: Path
+    options: dict[str, Any]
+
+    @staticmethod
+    def _train_folder(data_dir: Path) -> Path:
+        from ferkit.data.ferplus import resolve_split
+
+        data_dir = Path(data_dir)
+        if (data_dir / "FER2013Train").is_dir():
+            return resolve_split(data_dir, "train")
+        return resolve_split(data_dir)
+
+    @classmethod
+    def validate_data(cls, data_dir: Path) -> None:
+        cls._train_folder(data_dir)
+
+    @classmethod
+    def load_dataset(cls, data_dir: Path, vote: str = "majority", size: Optional[int] = None) -> FaceDataset:
+        from ferkit.data.ferplus import load_ferplus
+
+        return load_ferplus(cls._train_folder(data_dir), vote=vote, size=size)
+
+    @classmethod
+    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--vote", choices=["majority", "plurality"], default="majority",
+                            help="FER+ label rule of the validation (and of the training labels with "
+                                 "--target majority); papers: majority")
+        if cls.supports_vote_targets:
+            parser.add_argument("--target", choices=["votes", "majority"], default="votes",
+                                help="votes (default): cross-entropy against each image's normalised 8-emotion "
+                                     "vote distribution (the FER+ paper's PLD), on every image whose votes are "
+                                     "mostly emotions; majority: the hard --vote label, as the TFE-JL paper")
+        parser.add_argument("--valid", default=None,
+                            help="validation folder (default: FER2013Valid beside the training folder)")
+
+    def _load_split(self, size: Optional[int] = None) -> tuple[FaceDataset, Optional[FaceDataset]]:
+        from ferkit.data.ferplus import load_ferplus
+
+        vote = option(self.options, "vote", "majority")
+        target = option(self.options, "target", "votes") if self.supports_vote_targets else "majority"
+        self._soft_targets = target == "votes"
+        train_dir = self._train_folder(self.data_dir)
+        train = load_ferplus(train_dir, vote="votes" if self._soft_targets else vote, size=size)
+        valid_dir = self.options.get("valid")
+        if valid_dir is None:
+            candidate = train_dir.parent / "FER2013Valid"
+            valid_dir = candidate if any((candidate / f).is_file() for f in ("label.csv", "pack.json")) else None
+        val = load_ferplus(valid_dir, vote=vote, size=size) if valid_dir is not None else None
+        how = "target = vote distribution" if self._soft_targets else f"{vote} vote labels"
+        self._data_desc = (f"FER+ {train_dir.name} ({len(train)} images, {how}); validation "
+                           f"{Path(valid_dir).name if valid_dir else 'none'} ({vote} vote)")
+        return train, val
+
+
+class CkplusData:
+    """CK+48 with subject-independent folds (``--folds K --fold I --split-seed S``)."""
+
+    data_help = "CK+48 folder (CK+48/<class>/S###_###_########.png), e.g. ../shared/data/ckplus48"
+    supports_folds = True
+    data_dir: Path
+    options: dict[str, Any]
+
+    @classmethod
+    def validate_data(cls, data_dir: Path) -> None:
+        cls.load_dataset(data_dir)
+
+    @classmethod
+    def load_dataset(cls, data_dir: Path, size: Optional[int] = None) -> FaceDataset:
+        from ferkit.data.ckplus import load_ckplus48
+
+        ds = load_ckplus48(data_dir, size=size)
+        if size is None and ds.image_shape != (1, INPUT_SIZE, INPUT_SIZE):
+            ds = load_ckplus48(data_dir, size=INPUT_SIZE)
+        return ds
+
+    @classmethod
+    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        add_fold_arguments(parser)
+
+    def _load_split(self, size: Optional[int] = None) -> tuple[FaceDataset, Optional[FaceDataset]]:
+        train, test, desc = split_dataset_fold(self.load_dataset(self.data_dir, size), option(self.options, "folds", 10),
+                                               option(self.options, "fold", 0), option(self.options, "split_seed", 0))
+        self._data_desc = ("CK+48 7-class, " if test is not None else "CK+48 ") + desc
+        self.heldout_subjects = heldout_subject_names(test)
+        return train, test
+
+
+class Fer2013Data:
+    """FER2013's original 7-class labels: trains on Training, validates on PublicTest (``--val-usage``)."""
+
+    data_help = ("a folder holding fer2013_emotion.csv with FER2013Train/FER2013Valid PNGs beside it "
+                 "(or the original fer2013.csv), e.g. ../shared/data/ferplus")
+    data_dir: Path
+    options: dict[str, Any]
+
+    @classmethod
+    def validate_data(cls, data_dir: Path) -> None:
+        from ferkit.data.errors import DataError
+
+        d = Path(data_dir)
+        if not any((d / n).is_file() for n in ("fer2013_emotion.csv", "fer2013.csv")) and not d.is_file():
+            raise DataError(d, "no fer2013_emotion.csv or fer2013.csv here", hint=cls.data_help)
+
+    @classmethod
+    def load_dataset(cls, data_dir: Path) -> FaceDataset:
+        from ferkit.data.fer2013 import load_fer2013
+
+        return load_fer2013(data_dir, usage="Training")
+
+    @classmethod
+    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--val-usage", choices=["PublicTest", "PrivateTest"], default="PublicTest",
+                            help="FER2013 split to validate on (default PublicTest, the papers' test split)")
+
+    def _load_split(self) -> tuple[FaceDataset, Optional[FaceDataset]]:
+        from ferkit.data.fer2013 import load_fer2013
+
+        usage = option(self.options, "val_usage", "PublicTest")
+        train = load_fer2013(self.data_dir, usage="Training")
+        self._data_desc = f"FER2013 Training ({len(train)} images, original 7-class labels); validation {usage}"
+        return train, load_fer2013(self.data_dir, usage=usage)

@@ -1,0 +1,186 @@
+"""Per-frame expression analysis of a whole video file, for researchers (py-feat's ``detect_video``).
+
+Every analysed frame goes through the same :class:`~ferkit.inference.Predictor` as a still image
+(detection, alignment, the weights' preprocessing and TTA), so a row here equals ``ferkit predict``
+on that frame. Faces keep a track id across frames (:class:`~ferkit.face.tracking.FaceTracker`,
+the tracker of the app), so a timeline can be drawn per person.
+
+A damaged or truncated file is not an exception that loses the work: decoding stops at the last
+readable frame, the rows so far are kept, and :attr:`VideoAnalysis.problem` says at which frame it
+broke (compared with the frame count in the container's header).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+#: file endings ``ferkit predict`` treats as videos
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+#: a file shorter than its header's frame count by more than this many frames is reported damaged
+#: (containers often over-count by one or two)
+FRAME_COUNT_SLACK = 2
+
+
+class VideoOpenError(ValueError):
+    """The file is missing or no frame of it can be decoded."""
+
+
+@dataclass
+class VideoRow:
+    """One face in one analysed frame."""
+
+    time_s: float
+    frame: int
+    track: int
+    box: tuple[int, int, int, int]
+    label: str
+    scores: dict[str, float]
+    #: cosine similarity of the face's identity feature to each enrolled person (``--enrol``)
+    similarity: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"time_s": round(self.time_s, 4), "frame": self.frame, "track": self.track, "box": list(self.box),
+                "label": self.label, "scores": {k: round(v, 6) for k, v in self.scores.items()},
+                **({"similarity": {k: round(v, 4) for k, v in self.similarity.items()}} if self.similarity else {})}
+
+
+@dataclass
+class VideoAnalysis:
+    path: str
+    fps: float
+    frames_read: int
+    #: the container's frame count (may be 0 when the header does not say)
+    frames_expected: int
+    every: int
+    classes: list[str]
+    rows: list[VideoRow] = field(default_factory=list)
+    #: None, or what went wrong ("video ends early at frame 97 of 472 (damaged or truncated)")
+    problem: Optional[str] = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames_read / self.fps if self.fps else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "fps": self.fps, "frames_read": self.frames_read,
+                "frames_expected": self.frames_expected, "every": self.every, "classes": list(self.classes),
+                "problem": self.problem, "rows": [r.to_json() for r in self.rows]}
+
+    def to_csv(self) -> str:
+        """One line per analysed frame and face: time, frame, track, box, label, one column per class."""
+        enrolled = sorted({k for r in self.rows for k in r.similarity})
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["time_s", "frame", "track", "x", "y", "w", "h", "label", *self.classes,
+                    *(f"similarity_{n}" for n in enrolled)])
+        for r in self.rows:
+            w.writerow([f"{r.time_s:.4f}", r.frame, r.track, *r.box, r.label,
+                        *(f"{r.scores[c]:.6f}" for c in self.classes),
+                        *(f"{r.similarity[n]:.4f}" if n in r.similarity else "" for n in enrolled)])
+        return buf.getvalue()
+
+
+def is_video(path: Union[str, Path]) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
+                  enrolled: Optional[dict[str, np.ndarray]] = None,
+                  progress: Optional[Callable[[int, int], None]] = None) -> VideoAnalysis:
+    """Analyse every ``every``-th frame of ``path`` with ``predictor`` (a :class:`Predictor`).
+
+    ``enrolled``: name -> identity feature; each row then carries the cosine similarity of its
+    face to every name. ``progress(frames_read, frames_expected)`` is called after each frame.
+    """
+    import cv2
+
+    from ferkit.face.tracking import FaceTracker
+
+    if every < 1:
+        raise ValueError(f"--every must be at least 1, got {every}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such video file")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise VideoOpenError(f"{path}: cannot be opened as a video (unknown format or damaged header)")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
+    expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    result = VideoAnalysis(str(path), fps, 0, expected, every, list(predictor.classes))
+    tracker = FaceTracker(max_missed=max(2, 12 // every))
+    refs = {n: _unit(v) for n, v in (enrolled or {}).items()}
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            index = result.frames_read
+            result.frames_read += 1
+            if index % every == 0:
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                faces = predictor.predict_image(rgb).faces
+                tracks = tracker.update([f.box for f in faces])
+                for face, track in zip(faces, tracks):
+                    sims = ({n: float(_unit(face.identity) @ ref) for n, ref in refs.items()}
+                            if refs and face.identity is not None else {})
+                    result.rows.append(VideoRow(index / fps, index, track.id, tuple(face.box), face.label,
+                                                dict(face.scores), sims))
+            if progress is not None:
+                progress(result.frames_read, expected)
+    finally:
+        cap.release()
+    if result.frames_read == 0:
+        raise VideoOpenError(f"{path}: no frame could be decoded (damaged or not a video)")
+    if expected and result.frames_read < expected - FRAME_COUNT_SLACK:
+        result.problem = (f"video ends early at frame {result.frames_read} of {expected} (damaged or truncated); "
+                          f"the {len(result.rows)} rows up to there are kept")
+    return result
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64).ravel()
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def plot_timeline(analysis: VideoAnalysis, out: Union[str, Path], min_rows: int = 2) -> Path:
+    """Each track's class probabilities over time (one panel per track), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tracks: dict[int, list[VideoRow]] = {}
+    for r in analysis.rows:
+        tracks.setdefault(r.track, []).append(r)
+    shown = [t for t, rows in sorted(tracks.items()) if len(rows) >= min_rows] or sorted(tracks)
+    n = max(1, len(shown))
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False, sharex=True)
+    colours = plt.get_cmap("tab10")
+    for ax, tid in zip(axes[:, 0], shown):
+        rows = tracks[tid]
+        t = [r.time_s for r in rows]
+        for k, name in enumerate(analysis.classes):
+            ax.plot(t, [r.scores[name] for r in rows], label=name, color=colours(k % 10), linewidth=1.4)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"track {tid}\nprobability")
+        ax.grid(alpha=0.3)
+    if not shown:
+        axes[0, 0].text(0.5, 0.5, "no face found in the analysed frames", ha="center", va="center")
+    axes[-1, 0].set_xlabel("time (s)")
+    axes[0, 0].legend(loc="upper right", fontsize=8, ncol=4)
+    title = f"{Path(analysis.path).name}: every {analysis.every} frame(s), {analysis.frames_read} frames"
+    if analysis.problem:
+        title += f"\n{analysis.problem}"
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,45 @@
+"""The GPU campaign cannot rot: its smoke mode runs every stage on CPU with synthetic packs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from ferkit.training.budget import fit_epochs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_smoke_campaign_runs_every_stage_and_writes_loadable_weights(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "FERKIT_CACHE": "off",
+           "FERKIT_PACKS": str(tmp_path / "no-packs")}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_campaign.sh"), "--smoke", "--device", "cpu",
+                           "--out", str(out), "--runs", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "campaign.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["deepid", "resnet18", "joint", "lightcnn", "netb", "eifn",
+                                                       "fersnet", "eifn_efn"]
+    assert all(s["status"] == "completed" and s["epochs"] == 1 for s in report["stages"]), report
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and "campaign.json" in files  # what the device may return
+    from ferkit.models.weights import load_weights
+
+    for name in ("tfe-jl", "netb-dal-mse-128", "fersnet-paper"):
+        state = torch.load(out / f"{name}.pt", weights_only=False)["modules"]["model"]
+        assert all(v.dtype != torch.float32 for v in state.values())  # fp16 travels back
+        loaded = load_weights(out / f"{name}.pt", device="cpu")  # the shape `ferkit export-weights` reads
+        p = loaded.weights.preprocessing
+        x = torch.zeros(1, p.channels, p.input_size, p.input_size)
+        assert loaded.model(x).logits.shape == (1, len(loaded.weights.classes))
+
+
+def test_fit_epochs_leaves_room_for_what_the_probe_does_not_see() -> None:
+    assert fit_epochs(100, 1000, 100, overhead=0.0) == 10
+    assert fit_epochs(100, 1000, 100) == 7
+    assert fit_epochs(1, 10**6, 10) == 1 and fit_epochs(1e6, 10, 1e6, max_epochs=50) == 50

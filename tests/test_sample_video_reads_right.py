@@ -1,0 +1,68 @@
+"""The demo's promise on its own sample video: the crying start reads sad, the laughing end happy.
+
+Through the real face pipeline (mediapipe detection + alignment) and the default shipped
+weights, exactly as the app scores the video; a check of the trained weights, not of the code.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+
+from ferkit.inference import DEFAULT_WEIGHTS, Predictor
+from ferkit.paths import samples_dir
+
+VIDEO = samples_dir() / "expressions_pexels_640x360.mp4"
+#: the first ~5 s: she cries (hands at her face in part of it); 24 fps
+CRYING = list(range(6, 121, 12))
+#: the last ~7 s: she laughs
+LAUGHING = list(range(300, 471, 17))
+SAD = {"sadness", "fear", "sad"}
+HAPPY = {"happiness", "happy"}
+
+
+def _frames(indices: list[int]) -> dict[int, np.ndarray]:
+    cap = cv2.VideoCapture(str(VIDEO))
+    wanted, out, i = set(indices), {}, 0
+    try:
+        while len(out) < len(wanted):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i in wanted:
+                out[i] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            i += 1
+    finally:
+        cap.release()
+    assert len(out) == len(wanted), f"could read only {len(out)} of {len(wanted)} frames of {VIDEO}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    pytest.importorskip("mediapipe")
+    with Predictor(DEFAULT_WEIGHTS, device="cpu") as p:
+        yield p
+
+
+def _labels(predictor: Predictor, indices: list[int]) -> list[str]:
+    labels = []
+    for index, rgb in sorted(_frames(indices).items()):
+        result = predictor.predict_image(rgb)
+        assert len(result.faces) == 1, f"frame {index}: expected her face, found {len(result.faces)}"
+        labels.append(result.faces[0].label)
+    return labels
+
+
+def test_crying_part_reads_sad(predictor: Predictor) -> None:
+    labels = _labels(predictor, CRYING)
+    sad = sum(label in SAD for label in labels)
+    assert sad >= 0.7 * len(labels), f"crying frames labelled {Counter(labels)}"
+    assert not any(label in HAPPY for label in labels), f"crying frames labelled {Counter(labels)}"
+
+
+def test_laughing_part_reads_happy(predictor: Predictor) -> None:
+    labels = _labels(predictor, LAUGHING)
+    assert sum(label in HAPPY for label in labels) >= 0.9 * len(labels), f"laughing frames labelled {Counter(labels)}"
