@@ -91,11 +91,13 @@ def is_video(path: Union[str, Path]) -> bool:
 
 def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
                   enrolled: Optional[dict[str, np.ndarray]] = None,
-                  progress: Optional[Callable[[int, int], None]] = None) -> VideoAnalysis:
+                  progress: Optional[Callable[[int, int], None]] = None, whole_image: bool = False) -> VideoAnalysis:
     """Analyse every ``every``-th frame of ``path`` with ``predictor`` (a :class:`Predictor`).
 
     ``enrolled``: name -> identity feature; each row then carries the cosine similarity of its
     face to every name. ``progress(frames_read, frames_expected)`` is called after each frame.
+    ``whole_image``: score each whole frame as one face (videos of already-cropped faces).
+    Times come from the container's timestamps (variable frame rates stay right).
     """
     import cv2
 
@@ -110,7 +112,7 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
     if not cap.isOpened():
         raise VideoOpenError(f"{path}: cannot be opened as a video (unknown format or damaged header)")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
-    expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    expected = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))  # some containers say -1 or guess
     result = VideoAnalysis(str(path), fps, 0, expected, every, list(predictor.classes))
     tracker = FaceTracker(max_missed=max(2, 12 // every))
     refs = {n: _unit(v) for n, v in (enrolled or {}).items()}
@@ -121,14 +123,16 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
                 break
             index = result.frames_read
             result.frames_read += 1
+            msec = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+            time_s = msec / 1000.0 if msec > 0 or index == 0 else index / fps
             if index % every == 0:
                 rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                faces = predictor.predict_image(rgb).faces
+                faces = predictor.predict_image(rgb, whole_image=whole_image).faces
                 tracks = tracker.update([f.box for f in faces])
                 for face, track in zip(faces, tracks):
                     sims = ({n: float(_unit(face.identity) @ ref) for n, ref in refs.items()}
                             if refs and face.identity is not None else {})
-                    result.rows.append(VideoRow(index / fps, index, track.id, tuple(face.box), face.label,
+                    result.rows.append(VideoRow(time_s, index, track.id, tuple(face.box), face.label,
                                                 dict(face.scores), sims))
             if progress is not None:
                 progress(result.frames_read, expected)
@@ -136,7 +140,9 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
         cap.release()
     if result.frames_read == 0:
         raise VideoOpenError(f"{path}: no frame could be decoded (damaged or not a video)")
-    if expected and result.frames_read < expected - FRAME_COUNT_SLACK:
+    # containers whose header only estimates the count (webm, mkv) are not called damaged
+    estimated = path.suffix.lower() in {".webm", ".mkv"}
+    if expected and not estimated and result.frames_read < expected - FRAME_COUNT_SLACK:
         result.problem = (f"video ends early at frame {result.frames_read} of {expected} (damaged or truncated); "
                           f"the {len(result.rows)} rows up to there are kept")
     return result

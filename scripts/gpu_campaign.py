@@ -112,9 +112,10 @@ def _gpu() -> dict[str, Any]:
             "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported()}
 
 
-def export_compact(checkpoint: Path, name: str, out: Path) -> list[str]:
-    """``out/<name>.pt``: checkpoint layout with fp16 weights; int8 (+ scales) in <= 16 MiB parts
-    only when fp16 is larger. Returns the files written."""
+def export_compact(checkpoint: Path, name: str, out: Path, max_file: int = MAX_FILE) -> list[str]:
+    """``out/<name>.pt``: checkpoint layout with fp16 weights; int8 (+ per-tensor scales) in parts of
+    at most ``max_file`` bytes only when fp16 is larger (``--merge`` turns them back into one
+    fp16 file here). Returns the files written."""
     from ferkit.training.checkpoint import load_checkpoint
     from ferkit.utils.io import atomic_torch_save
 
@@ -123,7 +124,7 @@ def export_compact(checkpoint: Path, name: str, out: Path) -> list[str]:
     blob = {"weights_meta": ckpt["weights_meta"], "modules": {"model": state}}
     path = out / f"{name}.pt"
     atomic_torch_save(blob, path)
-    if path.stat().st_size <= MAX_FILE:
+    if path.stat().st_size <= max_file:
         return [path.name]
     path.unlink()
     q, scales = {}, {}
@@ -135,8 +136,8 @@ def export_compact(checkpoint: Path, name: str, out: Path) -> list[str]:
             q[k] = v
     parts, current, size, files = [], {}, 0, []
     for k, v in q.items():
-        nbytes = v.numel() * v.element_size()
-        if current and size + nbytes > MAX_FILE * 0.9:
+        nbytes = v.numel() * v.element_size() + 1024  # + torch.save's per-tensor record overhead
+        if current and size + nbytes > max_file * 0.8:
             parts.append(current)
             current, size = {}, 0
         current[k] = v
@@ -150,11 +151,34 @@ def export_compact(checkpoint: Path, name: str, out: Path) -> list[str]:
     return files
 
 
+def merge_parts(first: Path) -> Path:
+    """``NAME.int8-1ofK.pt`` (+ its siblings) -> ``NAME.pt`` beside them, fp16, checkpoint layout."""
+    import re
+
+    from ferkit.utils.io import atomic_torch_save
+
+    m = re.fullmatch(r"(.+)\.int8-1of(\d+)\.pt", first.name)
+    if not m:
+        raise ValueError(f"{first}: expected the first part, NAME.int8-1ofK.pt")
+    name, k = m.group(1), int(m.group(2))
+    meta, state = None, {}
+    for i in range(1, k + 1):
+        part = torch.load(first.parent / f"{name}.int8-{i}of{k}.pt", map_location="cpu", weights_only=False)
+        meta = meta or part["weights_meta"]
+        for key, v in part["int8"].items():
+            state[key] = (v.float() * part["scales"][key]).half() if key in part["scales"] else v
+    path = first.parent / f"{name}.pt"
+    atomic_torch_save({"weights_meta": meta, "modules": {"model": state}}, path)
+    return path
+
+
 def run_stage(stage: Stage, packs: Path, out: Path, runs: Path, device: str, smoke: bool,
               done: dict[str, Path]) -> dict[str, Any]:
     cls = get_recipe(stage.recipe)
     data = packs / stage.data
     options = {k: _resolve(v, done, packs) for k, v in stage.options.items()}
+    if stage.recipe == "netb/fer2013" and not (packs / "ferplus" / "FER2013Valid" / "pack.json").is_file():
+        options["val_usage"] = "none"  # a FER+ train-only pack: PublicTest is evaluated here afterwards
     if smoke:
         options.update({"max_steps_per_epoch": 2, "batch_size": 8})
         for key in ("input_size",):
@@ -211,9 +235,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                               f"{' '.join(s.key for s in STAGES)})")
     p.add_argument("--device", default="auto")
     p.add_argument("--smoke", action="store_true", help="every stage for two steps (CI, and first on the GPU)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="PART",
+                   help="turn NAME.int8-1ofK.pt parts brought back into NAME.pt (run here, not on the GPU)")
     p.add_argument("--previous", type=Path, default=None,
                    help="the --out of an earlier call: its <name>.pt files stand in for stages not run now")
     args = p.parse_args(argv)
+    if args.merge:
+        for first in args.merge:
+            print(merge_parts(first))
+        return 0
     import tempfile
 
     runs = args.runs or Path(tempfile.mkdtemp(prefix="ferkit-campaign-"))

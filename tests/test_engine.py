@@ -294,3 +294,14 @@ def test_progress_bar_on_a_tty_and_plain_lines_otherwise() -> None:
     assert "\r" not in plain.getvalue() and plain.getvalue().count("\n") == 1 and "*best*" in plain.getvalue()
     lines = out.getvalue().splitlines()
     assert len(lines) == 4 and json.loads(lines[0])["loss"] is None  # NaN -> null keeps the line valid JSON
+
+
+def test_time_budget_stops_before_an_epoch_that_would_not_fit(fer_dir: Path, tmp_path: Path) -> None:
+    end = train(TinyRecipe(fer_dir, {}), tmp_path / "run", epochs=5, device="cpu", seed=0, json_lines=False,
+                time_budget_s=1e-6)
+    assert end["status"] == "budget" and end["epoch"] == 1  # the first epoch always runs
+    assert "time budget" in end["message"]
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["epoch"] == 1 and not state["partial_epoch"]
+    again = train(TinyRecipe(fer_dir, {}), tmp_path / "run", epochs=2, device="cpu", resume=True, json_lines=False)
+    assert again["status"] == "completed" and again["epoch"] == 2  # resumable like any stop

@@ -188,7 +188,8 @@ def run_video(args: argparse.Namespace) -> int:
         enrolled = _enrolment(predictor, args.enrol)
         bar = _ProgressLine()
         try:
-            analysis = analyse_video(args.paths[0], predictor, every=args.every, enrolled=enrolled, progress=bar)
+            analysis = analyse_video(args.paths[0], predictor, every=args.every, enrolled=enrolled, progress=bar,
+                                     whole_image=args.whole_image)
         finally:
             bar.close()
     if args.csv:

@@ -73,6 +73,8 @@ def load_fer2013(path: Union[str, Path], usage: Union[None, str, Iterable[str]] 
     if {"Usage", "Image name", "emotion"} <= set(header):
         rows = _read_emotion_csv(csv_path, header, wanted, drop_ambiguous)
         files = [f for f, _, _ in rows]
+        # a packed split stands for its PNGs: the cache must follow the pack file
+        files += sorted({f.parent / "pack.npz" for f in files if (f.parent / "pack.json").is_file()})
         build = lambda: _build_from_pngs(csv_path, rows, wanted, drop_ambiguous, grayscale, size)  # noqa: E731
         return cached_dataset("fer2013-png", params, [csv_path, *files], build, use_cache=use_cache)
     raise DataError(csv_path, f"unrecognised header {header}", line=1,
@@ -171,10 +173,13 @@ def _build_from_pngs(csv_path: Path, rows: list[tuple[Path, int, int]], wanted: 
     if packed:  # FER+ splits packed for the GPU machine: the csv names images inside the packs
         from ferkit.data.prepared import convert_images
 
-        images = torch.zeros((len(rows), 1, 48, 48), dtype=torch.uint8)  # FER+ packs hold FER's 48x48 gray
+        images = None
         for folder in packed:
             at = [i for i, (f, _, _) in enumerate(rows) if f.parent == folder]
-            images[torch.as_tensor(at)] = images_by_name(folder, [rows[i][0].name for i in at])
+            part = images_by_name(folder, [rows[i][0].name for i in at])
+            if images is None:
+                images = torch.zeros((len(rows), *part.shape[1:]), dtype=torch.uint8)
+            images[torch.as_tensor(at)] = part
         others = [i for i, (f, _, _) in enumerate(rows) if f.parent not in packed]
         if others:
             images[torch.as_tensor(others)] = read_images([rows[i][0] for i in others], grayscale=True)

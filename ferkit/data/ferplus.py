@@ -156,7 +156,7 @@ def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Option
     ``meta["dropped"]``. ``size`` resizes (None keeps 48x48); ``grayscale=False`` gives 3 channels.
     """
     if vote not in TRAINING_VOTE_RULES:
-        raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(VOTE_RULES)}")
+        raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(TRAINING_VOTE_RULES)}")
     from ferkit.data.prepared import is_prepared, load_prepared
 
     if split is None and is_prepared(folder):  # the output of `ferkit prepare ferplus ...`

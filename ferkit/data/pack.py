@@ -63,7 +63,8 @@ def encode_images(images: np.ndarray, tile: int = TILE) -> tuple[np.ndarray, np.
             mosaic = mosaic[..., ::-1]  # OpenCV writes BGR
         ok, buf = cv2.imencode(".webp", np.ascontiguousarray(mosaic), [cv2.IMWRITE_WEBP_QUALITY, 101])
         if not ok:
-            raise RuntimeError("OpenCV could not encode a WebP mosaic (is its WebP codec missing?)")
+            raise RuntimeError(f"OpenCV could not encode a {mosaic.shape[1]}x{mosaic.shape[0]} WebP mosaic "
+                               "(WebP allows at most 16383 px a side: pack smaller faces or a smaller tile)")
         parts.append(buf.ravel())
         offsets.append(offsets[-1] + buf.size)
     blob = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
@@ -135,8 +136,7 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- reading -----------------------------------------------------------------------------------
-def read_pack(folder: PathLike) -> tuple[dict[str, Any], torch.Tensor, dict[str, np.ndarray]]:
-    """(manifest, uint8 images ``[N, C, H, W]``, per-image arrays) of a pack folder."""
+def read_manifest(folder: PathLike) -> dict[str, Any]:
     folder = Path(folder)
     try:
         manifest = json.loads((folder / "pack.json").read_text())
@@ -145,10 +145,21 @@ def read_pack(folder: PathLike) -> tuple[dict[str, Any], torch.Tensor, dict[str,
     if manifest.get("format") != FORMAT or int(manifest.get("version", 0)) > VERSION:
         raise DataError(folder / "pack.json", f"not a {FORMAT} v{VERSION} manifest",
                         hint="write the pack again with scripts/pack_training_data.py")
-    with np.load(folder / "pack.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    images = decode_images(arrays.pop("blob"), arrays.pop("offsets"), int(manifest["n"]), tuple(manifest["shape"]),
-                           int(manifest.get("tile", TILE)))
+    return manifest
+
+
+def read_pack(folder: PathLike) -> tuple[dict[str, Any], torch.Tensor, dict[str, np.ndarray]]:
+    """(manifest, uint8 images ``[N, C, H, W]``, per-image arrays) of a pack folder."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    try:
+        with np.load(folder / "pack.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        images = decode_images(arrays.pop("blob"), arrays.pop("offsets"), int(manifest["n"]),
+                               tuple(manifest["shape"]), int(manifest.get("tile", TILE)))
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(folder / "pack.npz", f"the pack is damaged or incomplete ({type(exc).__name__}: {exc})",
+                        hint="write the pack again with scripts/pack_training_data.py") from None
     return manifest, torch.from_numpy(images), arrays
 
 
@@ -220,6 +231,7 @@ def write_training_packs(src: PathLike, out: PathLike, parts: tuple[str, ...] = 
                 log(f"pack: ferplus/{split}")
         csv = src / "ferplus" / "fer2013_emotion.csv"
         if csv.is_file():
+            (out / "ferplus").mkdir(parents=True, exist_ok=True)
             shutil.copy2(csv, out / "ferplus" / csv.name)
         sizes["ferplus"] = folder_bytes(out / "ferplus")
     if "ckplus48" in parts:

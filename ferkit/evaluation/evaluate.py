@@ -84,6 +84,10 @@ def detect_layout(path: Path, split: Optional[str] = None) -> str:
         raise DataError(path, "no such folder")
     if is_prepared(path):
         return "prepared"
+    from ferkit.data.pack import is_pack, read_manifest
+
+    if is_pack(path):  # the GPU machine's packs read like the folders they stand for
+        return "ferplus" if read_manifest(path).get("kind") == "ferplus" else "ckplus48"
     if (path / "label.csv").is_file():
         return "ferplus"
     children = [c for c in ("FER2013Valid", "FER2013Test", "FER2013Train") if (path / c / "label.csv").is_file()]
@@ -152,6 +156,8 @@ def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "maj
     excluded = {c: int((dataset.labels == i).sum()) for i, c in enumerate(dataset.classes) if c in missing}
     images = dataset.images[keep]
     target = target_all[keep].numpy()
+    if len(images) == 0:
+        raise DataError(Path(data), f"no image of a class the model predicts (left out: {excluded})")
     preds = []
     for start in range(0, len(images), batch_size):
         out = predictor.predict_tensor(images[start:start + batch_size])

@@ -356,8 +356,6 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
 def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: int = 0,
                      identities: Optional[str] = None, device: str = "auto", n_folds: int = 10) -> tuple[dict, VerificationResult]:
     """The whole protocol for ``--weights``/``--checkpoint`` on ``data``: (summary dict, result)."""
-    from pathlib import Path
-
     from ferkit.models.weights import load_weights
 
     loaded = load_weights(weights, device=device)

@@ -74,6 +74,8 @@ class Weights:
     #: identities / subjects never trained on (held out for verification or a test fold); what
     #: ``ferkit eval-verification --identities heldout`` evaluates on
     heldout_identities: list[str] = field(default_factory=list)
+    #: how the data was split: {"train", "validation", "vote", "folds", "fold", "split_seed"} as applicable
+    split: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     #: where the entry was read from (json card or checkpoint); not serialised
     source: Optional[str] = None

@@ -48,8 +48,8 @@ def measure_normalisation(images: torch.Tensor) -> tuple[float, float]:
 
 def make_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int,
                   step_size: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step LR schedule spanning ``total_steps``: ``onecycle`` (torch's OneCycleLR: warm-up
-    over 30 % to the optimiser's lr, cosine anneal to lr/1e4 -- converges in tens of epochs),
+    """A per-step LR schedule spanning ``total_steps``: ``onecycle`` (torch's OneCycleLR: from lr/25,
+    warm-up over 30 % to the optimiser's lr, cosine anneal to lr/2.5e5 -- converges in tens of epochs),
     ``cosine`` (linear warm-up, cosine to 0), ``step`` (/10 every ``step_size`` steps) or
     ``constant``."""
     if kind == "onecycle":
@@ -239,7 +239,8 @@ class ClassifierRecipe(Recipe):
         epochs = int(option(o, "schedule_epochs", None) or getattr(ctx, "epochs", None)
                      or option(o, "epochs", None) or self.default_epochs)
         self.schedule = str(option(o, "schedule", self.default_schedule))
-        self.scheduler = make_schedule(self.optimizer, self.schedule, self.steps_per_epoch * epochs,
+        self.schedule_steps = self.steps_per_epoch * epochs
+        self.scheduler = make_schedule(self.optimizer, self.schedule, self.schedule_steps,
                                        int(float(option(o, "warmup_epochs", 0.5)) * self.steps_per_epoch),
                                        step_size=int(option(o, "lr_step", 20)) * self.steps_per_epoch)
         aug = str(option(o, "augment", self.default_augment)).lower()
@@ -282,6 +283,21 @@ class ClassifierRecipe(Recipe):
 
     def end_epoch(self, ctx: TrainContext, epoch: int) -> None:
         """Nothing: the schedule is stepped after every optimisation step."""
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"schedule": self.schedule, "schedule_steps": self.schedule_steps, "ema": self.ema_decay}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Refuse a resume whose schedule or EMA differs from the checkpoint's: a one-cycle schedule
+        cannot be stretched (torch's OneCycleLR keeps its total), and EMA changes what "model" is."""
+        steps = state.get("schedule_steps")
+        if steps is not None and int(steps) != self.schedule_steps:
+            raise ValueError(f"this run's {state.get('schedule')} schedule spans {steps} steps, the resumed one would "
+                             f"span {self.schedule_steps}: resume with the same --epochs / --schedule-epochs, or "
+                             "start a new run from it with --init-checkpoint")
+        if "ema" in state and (state["ema"] or None) != (self.ema_decay or None):
+            raise ValueError(f"the checkpoint was trained with --ema {state['ema']}, this run has "
+                             f"--ema {self.ema_decay}; resume with the same --ema")
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """Random augmentation of a float [0, 1] batch (a paper with its own scheme overrides this)."""
@@ -352,6 +368,7 @@ class ClassifierRecipe(Recipe):
         return {"name": name, "architecture": architecture, "classes": list(self.classes),
                 "preprocessing": self.preprocessing, "model_cfg": model_cfg, "data": data,
                 "recipe": self.name, "notes": notes, "tta": self.tta, "training_options": dict(self.settings),
-                "heldout_identities": list(getattr(self, "heldout_subjects", []))}
+                "heldout_identities": list(getattr(self, "heldout_subjects", [])),
+                "split": dict(getattr(self, "_split_info", {}))}
 
 

@@ -73,12 +73,20 @@ class FerplusData:
         target = option(self.options, "target", "votes") if self.supports_vote_targets else "majority"
         self._soft_targets = target == "votes"
         train_dir = self._train_folder(self.data_dir)
+        if self._soft_targets and (train_dir / "manifest.json").is_file():
+            raise ValueError(f"--target votes needs the vote counts of label.csv, and {train_dir} is a prepared "
+                             "folder holding labels only: use --target majority, or point --data at the FER+ folder")
         train = load_ferplus(train_dir, vote="votes" if self._soft_targets else vote, size=size)
         valid_dir = self.options.get("valid")
         if valid_dir is None:
             candidate = train_dir.parent / "FER2013Valid"
             valid_dir = candidate if any((candidate / f).is_file() for f in ("label.csv", "pack.json")) else None
+        if valid_dir is not None and Path(valid_dir).resolve() == train_dir.resolve():
+            raise ValueError(f"the validation folder {valid_dir} is the training folder: point --data at the FER+ "
+                             "root (FER2013Train + FER2013Valid) or pass another --valid")
         val = load_ferplus(valid_dir, vote=vote, size=size) if valid_dir is not None else None
+        self._split_info = {"train": train_dir.name, "validation": Path(valid_dir).name if valid_dir else None,
+                            "vote": vote, "target": target}
         how = "target = vote distribution" if self._soft_targets else f"{vote} vote labels"
         self._data_desc = (f"FER+ {train_dir.name} ({len(train)} images, {how}); validation "
                            f"{Path(valid_dir).name if valid_dir else 'none'} ({vote} vote)")
@@ -115,6 +123,9 @@ class CkplusData:
                                                option(self.options, "fold", 0), option(self.options, "split_seed", 0))
         self._data_desc = ("CK+48 7-class, " if test is not None else "CK+48 ") + desc
         self.heldout_subjects = heldout_subject_names(test)
+        self._split_info = {"train": "CK+48", "folds": int(option(self.options, "folds", 10)),
+                            "fold": int(option(self.options, "fold", 0)),
+                            "split_seed": int(option(self.options, "split_seed", 0)), "by": "subject"}
         return train, test
 
 
@@ -142,8 +153,9 @@ class Fer2013Data:
 
     @classmethod
     def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--val-usage", choices=["PublicTest", "PrivateTest"], default="PublicTest",
-                            help="FER2013 split to validate on (default PublicTest, the papers' test split)")
+        parser.add_argument("--val-usage", choices=["PublicTest", "PrivateTest", "none"], default="PublicTest",
+                            help="FER2013 split to validate on (default PublicTest, the papers' test split; none "
+                                 "when its images are not here, e.g. the GPU machine's FER+ train-only pack)")
 
     def _load_split(self) -> tuple[FaceDataset, Optional[FaceDataset]]:
         from ferkit.data.fer2013 import load_fer2013
@@ -151,4 +163,5 @@ class Fer2013Data:
         usage = option(self.options, "val_usage", "PublicTest")
         train = load_fer2013(self.data_dir, usage="Training")
         self._data_desc = f"FER2013 Training ({len(train)} images, original 7-class labels); validation {usage}"
-        return train, load_fer2013(self.data_dir, usage=usage)
+        self._split_info = {"train": "Training", "validation": None if usage == "none" else usage}
+        return train, None if usage == "none" else load_fer2013(self.data_dir, usage=usage)

@@ -487,7 +487,8 @@ class _FersnetRecipe(Recipe):
             extras.append(f"initialised from {self.options['init']}")
         return {"name": "fersnet", "architecture": self.arch, "classes": list(self.classes),
                 "preprocessing": asdict(self.preprocessing), "model_cfg": dict(self.model_cfg),
-                "data": self._data_desc, "recipe": self.name,
+                "data": self._data_desc, "recipe": self.name, "split": dict(getattr(self, "_split_info", {})),
+                "heldout_identities": list(getattr(self, "heldout_subjects", [])),
                 "notes": "FERSNet" + (f" ({', '.join(ablation)})" if ablation else "")
                          + f"; identity net for L_idt: {self.identity.name if self.identity else 'none'}"
                          + "".join(f"; {x}" for x in extras)}

@@ -9,8 +9,8 @@
    fc | dal and ``--loss`` softmax | softmax-mse give the paper's ablations
    (fc + softmax = Net B, dal + softmax = Net B_DAL, dal + softmax-mse = Net B_DAL_MSE).
    Evaluated on PublicTest.
-3. ``netb/ferplus``: the same transfer on FER+ (8 classes, vote-distribution or majority targets),
-   evaluated on FER2013Valid.
+3. ``netb/ferplus``: the same transfer on FER+ (8 classes, hard ``--vote`` labels: eq. 3 needs
+   one), evaluated on FER2013Valid.
 
 All three are :class:`~ferkit.recipes.base.ClassifierRecipe` s: the training loop, schedule,
 augmentation, precision and TTA are the shared ones. The paper's own settings (fixed lr "10e-5"
@@ -277,4 +277,6 @@ class NetBFer2013(Fer2013Data, _NetBTransfer):
 @register_recipe
 class NetBFerPlus(FerplusData, _NetBTransfer):
     name = "netb/ferplus"
-    description = "Net B_DAL_MSE (and ablations) transferred from the Light CNN face net to FER+ (8 classes)"
+    description = "Net B_DAL_MSE (and ablations) transferred from the Light CNN face net to FER+ (8 classes, --vote labels)"
+    #: Softmax-MSE (eq. 3) is defined on a hard label, so FER+ is read with the --vote rule
+    supports_vote_targets = False

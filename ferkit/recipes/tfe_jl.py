@@ -73,7 +73,7 @@ class _EmotionNetRecipe(ClassifierRecipe):
 @register_recipe
 class ResNet18FerplusRecipe(FerplusData, _EmotionNetRecipe):
     name = "tfe-jl/resnet18-ferplus"
-    description = "TFE-JL stage 2: ResNet18 emotion net on FER+ (majority vote), SGD lr 0.1"
+    description = "TFE-JL stage 2: ResNet18 emotion net on FER+ (vote-distribution targets by default), SGD lr 0.1"
     default_lr = 0.1
     architecture = "resnet18_fer"
     weights_name = "resnet18-ferplus"
@@ -194,9 +194,10 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
         return ident + self.verif_weight * verif, {"ident": ident.detach(), "verif": verif.detach()}
 
     def extra_state(self) -> dict[str, Any]:
-        return {"margin": self.margin}
+        return {**super().extra_state(), "margin": self.margin}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
         if state.get("margin") is not None:
             self.margin = float(state["margin"])
 

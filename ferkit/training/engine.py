@@ -299,8 +299,9 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
     """Train ``recipe`` into ``out_dir``; returns the ``end`` event (status, checkpoint, metrics...).
 
     ``seed`` defaults to 0, or to the checkpoint's seed on resume. ``epochs`` defaults to the
-    recipe's paper value, or to the checkpoint's planned total on resume (pass a larger value to
-    extend a finished run). ``precision`` is ``auto|fp32|bf16|fp16`` (see
+    recipe's paper value, or to the checkpoint's planned total on resume (a larger value extends a
+    finished run where the recipe's schedule allows it; the classifier recipes refuse, since their
+    schedule spans the planned epochs: start a new run with ``--init-checkpoint`` instead). ``precision`` is ``auto|fp32|bf16|fp16`` (see
     :mod:`ferkit.training.precision`); ``amp=False`` is the old spelling of ``fp32``. ``threads``
     sets torch's intra-op threads on CPU (default: every core, since training is the only work;
     inference elsewhere in ferkit uses one thread). ``time_budget_s`` stops the run before an epoch
