@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 import torch
 
+from ferkit.data.identity import load_identity_training_data
 from ferkit.losses.softmax_mse import SoftmaxMSE
 from ferkit.models.outputs import ModelOutput
-from ferkit.recipes.netb import LightCNNIdentity, NetBFer2013, NetBFerPlus, load_identity_training_data
+from ferkit.recipes.netb import LightCNNIdentity, NetBFer2013, NetBFerPlus
 from ferkit.recipes.registry import get_recipe
 from tests.fixtures.datasets import (make_fer2013_emotion_tree, make_ferplus_tree, make_identity_tree,
                                      make_orl_tree)

@@ -130,3 +130,59 @@ def index_identity_folders(root: Union[str, Path], min_images: int = 1, max_iden
     samples = [Sample(f, i, name) for i, (name, files) in enumerate(groups) for f in files]
     return DatasetIndex("identity", [n for n, _ in groups], samples,
                         meta={"min_images": min_images, "max_identities": max_identities}, cropped=cropped)
+
+
+# ---- identity training sets (several roots merged, some identities held out) ----------------------
+def split_identity_sets(data_dir: Path, sets: str) -> list[Path]:
+    """The identity-folder roots named by ``--identity-sets`` (sub-folders of ``data_dir``)."""
+    names = [s.strip() for s in (sets or "").split(",") if s.strip()]
+    if not names:
+        return [data_dir]
+    roots = [data_dir / n for n in names]
+    for r in roots:
+        if not r.is_dir():
+            raise DataError(r, "identity set folder is missing",
+                            hint=f"--data must hold the sets named by --identity-sets ({sets}); "
+                                 "pass --identity-sets '' to use --data itself as one identity-folder root")
+    return roots
+
+
+def load_identity_training_data(data_dir: Path, sets: str, size: int, holdout: int
+                                ) -> tuple[FaceDataset, list[str], list[str]]:
+    """All identity sets merged (labels renumbered), minus the last ``holdout`` identities of the first set.
+
+    Returns (training identities dataset, identity names "set/name", held-out names "set/name").
+    Held-out identities never reach training: they are the unseen people of the verification check.
+    """
+    from ferkit.data.identity import load_identity_folders
+
+    images, labels, names, held_out = [], [], [], []
+    for i, root in enumerate(split_identity_sets(Path(data_dir), sets)):
+        ds = load_identity_folders(root, size=size, grayscale=True)
+        keep_ids = list(range(len(ds.classes)))
+        if i == 0 and holdout > 0:
+            if holdout >= len(ds.classes):
+                raise DataError(root, f"--holdout-identities {holdout} leaves no identity of {len(ds.classes)} to train")
+            keep_ids = keep_ids[: len(ds.classes) - holdout]
+            held_out += [f"{root.name}/{c}" for c in ds.classes[len(keep_ids):]]
+        remap = torch.full((len(ds.classes),), -1, dtype=torch.int64)
+        remap[keep_ids] = torch.arange(len(keep_ids)) + len(names)
+        mask = remap[ds.labels] >= 0
+        images.append(ds.images[mask])
+        labels.append(remap[ds.labels[mask]])
+        names += [f"{root.name}/{ds.classes[j]}" for j in keep_ids]
+    all_labels = torch.cat(labels)
+    merged = FaceDataset(images=torch.cat(images), labels=all_labels, classes=names, subjects=all_labels.clone(),
+                         meta={"dataset": "identity-folders", "sets": sets, "size": size, "held_out": held_out})
+    return merged, names, held_out
+
+
+def image_holdout_split(labels: torch.Tensor, every: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``every``-th image of each identity (identities with >= 3 images) -> validation."""
+    val = torch.zeros_like(labels, dtype=torch.bool)
+    if every and every > 1:
+        for c in torch.unique(labels).tolist():
+            idx = (labels == c).nonzero().flatten()
+            if idx.numel() >= 3:
+                val[idx[every - 1::every]] = True
+    return (~val).nonzero().flatten(), val.nonzero().flatten()

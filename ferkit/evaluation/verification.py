@@ -139,6 +139,18 @@ def best_threshold(scores: ArrayLike, same: ArrayLike) -> tuple[float, float]:
     return float(threshold), float(correct[c] / n)
 
 
+def best_balanced_threshold(sim: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """Verification accuracy at the best threshold on balanced classes: max over t of (TPR+TNR)/2."""
+    order = np.argsort(-sim)
+    s, y = sim[order], same[order].astype(bool)
+    n_pos, n_neg = max(1, int(y.sum())), max(1, int((~y).sum()))
+    tp = np.cumsum(y) / n_pos            # accept the first k pairs (similarity >= s[k-1])
+    tn = 1.0 - np.cumsum(~y) / n_neg
+    bal = 0.5 * (tp + tn)
+    k = int(np.argmax(bal))
+    return float(bal[k]), float(s[k])
+
+
 def accuracy_at(scores: ArrayLike, same: ArrayLike, threshold: float) -> float:
     s = _np(scores)
     y = _np(same, dtype=bool)

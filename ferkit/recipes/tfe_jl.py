@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ferkit.data.dataset import FaceDataset, concat
 from ferkit.evaluation.forward import batched_forward
+from ferkit.evaluation.verification import best_balanced_threshold
 from ferkit.losses.contrastive import verification_loss
 from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing, get_weights
@@ -46,18 +47,6 @@ from ferkit.recipes.base import EVAL_BATCH, INPUT_SIZE, ClassifierRecipe, option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import TrainContext
-
-
-def best_threshold_accuracy(sim: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """Verification accuracy at the best threshold on balanced classes: max over t of (TPR+TNR)/2."""
-    order = np.argsort(-sim)
-    s, y = sim[order], same[order].astype(bool)
-    n_pos, n_neg = max(1, int(y.sum())), max(1, int((~y).sum()))
-    tp = np.cumsum(y) / n_pos            # accept the first k pairs (similarity >= s[k-1])
-    tn = 1.0 - np.cumsum(~y) / n_neg
-    bal = 0.5 * (tp + tn)
-    k = int(np.argmax(bal))
-    return float(bal[k]), float(s[k])
 
 
 # ---- stage 2: emotion ResNets -------------------------------------------------------------------
@@ -211,7 +200,7 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
             iu = torch.triu_indices(len(f), len(f), offset=1)
             labels = self.verif_set.labels.to(f.device)
             same = (labels[:, None] == labels[None, :])[iu[0], iu[1]].cpu().numpy()
-            acc, thr = best_threshold_accuracy(sim[iu[0], iu[1]].cpu().numpy(), same)
+            acc, thr = best_balanced_threshold(sim[iu[0], iu[1]].cpu().numpy(), same)
             metrics.update({"val_verification_accuracy": acc, "val_verification_threshold": thr})
         return metrics
 
