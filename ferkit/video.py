@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
+import torch
 
 #: file endings ``ferkit predict`` treats as videos
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -62,10 +63,6 @@ class VideoAnalysis:
     #: None, or what went wrong ("video ends early at frame 97 of 472 (damaged or truncated)")
     problem: Optional[str] = None
 
-    @property
-    def duration_s(self) -> float:
-        return self.frames_read / self.fps if self.fps else 0.0
-
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "fps": self.fps, "frames_read": self.frames_read,
                 "frames_expected": self.frames_expected, "every": self.every, "classes": list(self.classes),
@@ -101,6 +98,7 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
     """
     import cv2
 
+    from ferkit.evaluation.verification import cosine_similarity
     from ferkit.face.tracking import FaceTracker
 
     if every < 1:
@@ -115,7 +113,7 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
     expected = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))  # some containers say -1 or guess
     result = VideoAnalysis(str(path), fps, 0, expected, every, list(predictor.classes))
     tracker = FaceTracker(max_missed=max(2, 12 // every))
-    refs = {n: _unit(v) for n, v in (enrolled or {}).items()}
+    refs = {n: torch.as_tensor(np.asarray(v, dtype=np.float64).ravel())[None] for n, v in (enrolled or {}).items()}
     try:
         while True:
             ok, frame = cap.read()
@@ -123,15 +121,17 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
                 break
             index = result.frames_read
             result.frames_read += 1
-            msec = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
-            time_s = msec / 1000.0 if msec > 0 or index == 0 else index / fps
             if index % every == 0:
+                msec = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
+                time_s = msec / 1000.0 if msec > 0 or index == 0 else index / fps
                 rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 faces = predictor.predict_image(rgb, whole_image=whole_image).faces
                 tracks = tracker.update([f.box for f in faces])
                 for face, track in zip(faces, tracks):
-                    sims = ({n: float(_unit(face.identity) @ ref) for n, ref in refs.items()}
-                            if refs and face.identity is not None else {})
+                    sims = {}
+                    if refs and face.identity is not None:
+                        feature = torch.as_tensor(np.asarray(face.identity, dtype=np.float64).ravel())[None]
+                        sims = {n: float(cosine_similarity(feature, ref)) for n, ref in refs.items()}
                     result.rows.append(VideoRow(time_s, index, track.id, tuple(face.box), face.label,
                                                 dict(face.scores), sims))
             if progress is not None:
@@ -146,12 +146,6 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
         result.problem = (f"video ends early at frame {result.frames_read} of {expected} (damaged or truncated); "
                           f"the {len(result.rows)} rows up to there are kept")
     return result
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64).ravel()
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v
 
 
 def plot_timeline(analysis: VideoAnalysis, out: Union[str, Path], min_rows: int = 2) -> Path:

@@ -154,31 +154,10 @@ def _enrolment(predictor: Any, specs: list[str]) -> dict[str, Any]:
     return enrolled
 
 
-class _ProgressLine:
-    """``frame 120/472 (25%)  48 fps`` on stderr, redrawn at most twice a second."""
-
-    def __init__(self) -> None:
-        import time
-
-        self._time = time.monotonic
-        self.start = self.last = self._time()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = self._time()
-        if now - self.last < 0.5 and done != total:
-            return
-        self.last = now
-        rate = done / max(1e-6, now - self.start)
-        of = f"/{total} ({100 * done / total:.0f}%)" if total else ""
-        print(f"\rframe {done}{of}  {rate:.0f} fps   ", end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        print(file=sys.stderr)
-
-
 def run_video(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ferkit.data.prepared import Progress
     from ferkit.inference import Predictor
     from ferkit.utils.io import atomic_write_text
     from ferkit.video import analyse_video, plot_timeline
@@ -186,10 +165,15 @@ def run_video(args: argparse.Namespace) -> int:
     with Predictor(resolve_weights(args), device=args.device, max_faces=args.max_faces,
                    engine=args.engine, tta=args.tta) as predictor:
         enrolled = _enrolment(predictor, args.enrol)
-        bar = _ProgressLine()
+        bar = Progress(0, "frames")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = max(total, done)  # the container's count is known once the video is open
+            bar.update(done, force=done == total)
+
         try:
-            analysis = analyse_video(args.paths[0], predictor, every=args.every, enrolled=enrolled, progress=bar,
-                                     whole_image=args.whole_image)
+            analysis = analyse_video(args.paths[0], predictor, every=args.every, enrolled=enrolled,
+                                     progress=progress, whole_image=args.whole_image)
         finally:
             bar.close()
     if args.csv:

@@ -177,18 +177,23 @@ def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Option
     files = [folder / name for name, _, _ in kept]
 
     def build() -> FaceDataset:
-        images = read_images(files, grayscale=grayscale, size=size)
-        labels = torch.tensor([vote_label(v, vote) for _, v, _ in kept], dtype=torch.int64)
-        emo = np.stack([v[: len(FERPLUS_CLASSES)] for _, v, _ in kept]).astype(np.float32) if kept \
-            else np.zeros((0, len(FERPLUS_CLASSES)), np.float32)
-        soft = torch.from_numpy(emo / np.maximum(emo.sum(axis=1, keepdims=True), 1.0))
-        return FaceDataset(images=images, labels=labels, classes=list(FERPLUS_CLASSES), subjects=None,
-                           soft_labels=soft, paths=[str(f) for f in files],
-                           meta={"dataset": "ferplus", "split": folder.name, "vote": vote,
-                                 "rows": len(rows), "dropped": len(rows) - len(kept)})
+        return _ferplus_dataset(folder, vote, kept, len(rows), read_images(files, grayscale=grayscale, size=size))
 
     params = {"folder": str(folder.resolve()), "vote": vote, "grayscale": grayscale, "size": size}
     return cached_dataset("ferplus", params, [label_csv, *files], build, use_cache=use_cache)
+
+
+def _ferplus_dataset(folder: Path, vote: str, kept: list[tuple[str, np.ndarray, int]], n_rows: int,
+                     images: torch.Tensor) -> FaceDataset:
+    """The kept rows of a split (name, votes, line) and their images -> labels, vote distributions, meta."""
+    labels = torch.tensor([vote_label(v, vote) for _, v, _ in kept], dtype=torch.int64)
+    emo = np.stack([v[: len(FERPLUS_CLASSES)] for _, v, _ in kept]).astype(np.float32) if kept \
+        else np.zeros((0, len(FERPLUS_CLASSES)), np.float32)
+    soft = torch.from_numpy(emo / np.maximum(emo.sum(axis=1, keepdims=True), 1.0))
+    return FaceDataset(images=images, labels=labels, classes=list(FERPLUS_CLASSES), subjects=None,
+                       soft_labels=soft, paths=[str(folder / name) for name, _, _ in kept],
+                       meta={"dataset": "ferplus", "split": folder.name, "vote": vote,
+                             "rows": n_rows, "dropped": n_rows - len(kept)})
 
 
 def _load_ferplus_pack(folder: Path, vote: str, grayscale: bool, size: Optional[int]) -> FaceDataset:
@@ -198,15 +203,9 @@ def _load_ferplus_pack(folder: Path, vote: str, grayscale: bool, size: Optional[
 
     rows, images = ferplus_pack_rows(folder)
     keep = [i for i, (_, v, _) in enumerate(rows) if vote_label(v, vote) is not None]
-    labels = torch.tensor([vote_label(rows[i][1], vote) for i in keep], dtype=torch.int64)
-    emo = (np.stack([rows[i][1][: len(FERPLUS_CLASSES)] for i in keep]).astype(np.float32) if keep
-           else np.zeros((0, len(FERPLUS_CLASSES)), np.float32))
-    soft = torch.from_numpy(emo / np.maximum(emo.sum(axis=1, keepdims=True), 1.0))
-    ds = FaceDataset(images=images[torch.as_tensor(keep, dtype=torch.int64)], labels=labels,
-                     classes=list(FERPLUS_CLASSES), subjects=None, soft_labels=soft,
-                     paths=[str(folder / rows[i][0]) for i in keep],
-                     meta={"dataset": "ferplus", "split": folder.name, "vote": vote, "rows": len(rows),
-                           "dropped": len(rows) - len(keep), "pack": str(folder)})
+    ds = _ferplus_dataset(folder, vote, [rows[i] for i in keep], len(rows),
+                          images[torch.as_tensor(keep, dtype=torch.int64)])
+    ds.meta["pack"] = str(folder)
     return convert_images(ds, size, grayscale)
 
 

@@ -53,17 +53,6 @@ def canonical(name: str) -> str:
     return SYNONYMS.get(n, n)
 
 
-def class_mapping(data_classes: list[str], model_classes: list[str]) -> list[int]:
-    """Model class index of every dataset class; a clear error naming the ones the model lacks."""
-    model_index = {canonical(c): i for i, c in enumerate(model_classes)}
-    missing = [c for c in data_classes if canonical(c) not in model_index]
-    if missing:
-        shown = ", ".join(model_classes[:10]) + (f", ... ({len(model_classes)} in all)" if len(model_classes) > 10 else "")
-        raise ValueError(f"the data has classes the model does not predict: {', '.join(missing)} "
-                         f"(model classes: {shown}); is this an expression model?")
-    return [model_index[canonical(c)] for c in data_classes]
-
-
 FER2013_SPLITS = ("Training", "PublicTest", "PrivateTest")
 
 
@@ -129,12 +118,14 @@ def load_eval_data(path: Union[str, Path], vote: str = "majority",
 def shared_class_mapping(data_classes: list[str], model_classes: list[str]) -> tuple[list[int], list[str]]:
     """Model class index of every dataset class (-1 where the model lacks it) and the lacking names.
 
-    An error when the two share no class at all (an identity net, or the wrong dataset)."""
+    An error naming them when the two share no class at all (an identity net, or the wrong dataset)."""
     model_index = {canonical(c): i for i, c in enumerate(model_classes)}
     mapping = [model_index.get(canonical(c), -1) for c in data_classes]
     missing = [c for c, m in zip(data_classes, mapping) if m < 0]
     if len(missing) == len(data_classes):
-        class_mapping(data_classes, model_classes)  # raises the plain message
+        shown = ", ".join(model_classes[:10]) + (f", ... ({len(model_classes)} in all)" if len(model_classes) > 10 else "")
+        raise ValueError(f"the data has classes the model does not predict: {', '.join(missing)} "
+                         f"(model classes: {shown}); is this an expression model?")
     return mapping, missing
 
 

@@ -26,6 +26,7 @@ from ferkit.data.augment import augment_batch
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.evaluation.forward import check_tta, class_probabilities
+from ferkit.inference import to_model_input
 from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing, float_state, get_weights
 from ferkit.training.recipe import Recipe, StepResult, TrainContext
@@ -311,12 +312,8 @@ class ClassifierRecipe(Recipe):
         x = images.float().div_(255.0)
         if augment:
             x = self._augment(x)
-        x = self.preprocessing.normalize(x)
-        size = self.preprocessing.input_size
-        if x.shape[-1] != size or x.shape[-2] != size:  # e.g. 48x48 FER faces into a 128x128 net
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > size)
-        return x.contiguous(memory_format=self.memory_format)
+        # the same conversion live inference uses (resizes e.g. 48x48 FER faces for a 128x128 net)
+        return to_model_input(x, self.preprocessing).contiguous(memory_format=self.memory_format)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

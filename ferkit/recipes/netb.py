@@ -93,7 +93,7 @@ class LightCNNIdentity(ClassifierRecipe):
 
     def _load_split(self) -> tuple[FaceDataset, Optional[FaceDataset]]:
         size = int(option(self.options, "input_size", 128))
-        data, self.identity_names, self.held_out = load_identity_training_data(
+        data, self.identity_names, self.heldout_subjects = load_identity_training_data(
             self.data_dir, option(self.options, "identity_sets", DEFAULT_IDENTITY_SETS), size,
             int(option(self.options, "holdout_identities", 48)))
         tr, va = image_holdout_split(data.labels, int(option(self.options, "val_every", 10)))
@@ -115,13 +115,12 @@ class LightCNNIdentity(ClassifierRecipe):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        ctx.log(f"identity pretraining: {len(self.identity_names)} identities; {len(self.held_out)} identities "
+        ctx.log(f"identity pretraining: {len(self.identity_names)} identities; {len(self.heldout_subjects)} identities "
                 "held out")
 
     def weights_meta(self) -> dict[str, Any]:
-        return {**self._meta("lightcnn9-identity", "lightcnn9", dict(self.model_cfg), self._data_desc,
-                             f"{len(self.held_out)} identities held out of training (heldout_identities)"),
-                "heldout_identities": list(self.held_out)}
+        return self._meta("lightcnn9-identity", "lightcnn9", dict(self.model_cfg), self._data_desc,
+                          f"{len(self.heldout_subjects)} identities held out of training (heldout_identities)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
             raise ValueError(f"--holdout-identities must be in 0..{n_ids - 1} ({self.data_dir} has {n_ids} identities)")
         rng = np.random.default_rng(int(option(self.options, "split_seed", 0) or 0))
         held = set(rng.choice(n_ids, size=n_hold, replace=False).tolist()) if n_hold else set()
-        self.heldout_names = sorted(primary.classes[i] for i in held)
+        self.heldout_names = self.heldout_subjects = sorted(primary.classes[i] for i in held)
         is_held = torch.tensor([int(s) in held for s in primary.subjects.tolist()])
         self.verif_set = primary.subset(is_held) if n_hold else None
 
@@ -178,7 +178,7 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
 
     def _loss(self, out: Any, y: torch.Tensor, soft: Optional[torch.Tensor] = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ident = F.cross_entropy(out.logits.float(), y, label_smoothing=self.label_smoothing)
+        ident, _ = super()._loss(out, y)  # the identification softmax (label-smoothed)
         verif = verification_loss(out.identity.float(), y, float(self.margin))
         return ident + self.verif_weight * verif, {"ident": ident.detach(), "verif": verif.detach()}
 
@@ -207,8 +207,7 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
     def weights_meta(self) -> dict[str, Any]:
         notes = ("identities held out of training for verification (from "
                  f"{self.data_dir.name}): {', '.join(self.heldout_names) or 'none'}")
-        return {**self._meta("deepid", "deepid", {"num_classes": len(self.classes)}, self._data_desc, notes),
-                "heldout_identities": list(self.heldout_names)}
+        return self._meta("deepid", "deepid", {"num_classes": len(self.classes)}, self._data_desc, notes)
 
 
 def _relabel(ds: FaceDataset, prefix: str) -> FaceDataset:

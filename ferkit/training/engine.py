@@ -442,7 +442,7 @@ class _Run:
         self.t_run = time.monotonic()
         self.reporter.emit({"event": "start", "time": time.time(), "recipe": recipe.name, "out_dir": str(self.out_dir),
                             "device": str(info.device), "world_size": info.world_size,
-                            "amp": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(ctx.amp_dtype),
+                            "amp": None if ctx.amp_dtype is None else precision_name(ctx.amp_dtype),
                             "precision": precision_name(ctx.amp_dtype), "threads": torch.get_num_threads(),
                             "seed": self.seed, "epochs": self.total_epochs, "start_epoch": self.start_epoch,
                             "steps": None, "resumed": state is not None})
