@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     w.tabs.setCurrentWidget(panel)
     w.play_video(sample_video(), realtime=args.realtime)
     if not args.realtime:
-        w.capture.backpressure = w.worker.idle
+        w.sources.capture.backpressure = w.worker.idle
     times: list[float] = []
     stages: dict[str, list[float]] = {}
     faces: list[int] = []
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             faces.append(len(r.faces))
 
     w.result_shown.connect(on_result)
-    explainer = w.synth_worker if args.panel == "synthesis" else w.gates_worker
+    explainer = w.explainers.workers["synthesis" if args.panel == "synthesis" else "gates"]
     runs0 = None
     dropped0 = None
     total = args.frames + args.warmup

@@ -1,7 +1,8 @@
 """``ferkit-app``: the desktop demo. ``python -m app`` does the same.
 
     ferkit-app                      camera if there is one, else the sample video (with a notice)
-    ferkit-app --source FILE|DIR    a video, an image or a folder of images
+    ferkit-app FILE|DIR             a video, an image or a folder of images
+    ferkit-app --source FILE|DIR    the same ('camera' for the camera)
     ferkit-app --weights NAME       start with these weights (a shipped name or a checkpoint .pt)
     ferkit-app --device cpu|cuda    override the automatic device choice
     ferkit-app --selftest           load every shipped model, run the face pipeline on bundled
@@ -18,6 +19,7 @@ from typing import Optional, Sequence
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferkit-app", description="ferkit desktop demo: live facial expression "
                                 "recognition, identity similarity, ConvFLU gates and expression synthesis.")
+    p.add_argument("path", nargs="?", help="video file, image file or folder of images to open")
     p.add_argument("--source", help="video file, image file or folder of images; 'camera' for the camera")
     p.add_argument("--weights", help="weights to start with (shipped name or training checkpoint)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="inference device (default: auto)")
@@ -25,8 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def source_of(args: argparse.Namespace) -> Optional[str]:
+    """What to open first: the positional path, else ``--source``, else ``$FERKIT_APP_SOURCE``."""
+    return args.path or args.source or os.environ.get("FERKIT_APP_SOURCE")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.path and args.source and args.path != args.source:
+        parser.error("give the source either as PATH or as --source, not both")
     if args.selftest:
         from app.selftest import run_selftest
 
@@ -45,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     window = MainWindow(device=args.device, weights=args.weights)
     window.show()
-    window.start_default_source(args.source or os.environ.get("FERKIT_APP_SOURCE"))
+    window.start_default_source(source_of(args))
     return int(app.exec())
 
 

@@ -2,8 +2,10 @@
 
 Renders offscreen (``widget.grab()``), so anyone can regenerate the pictures in the README or
 check a build without a screen: the sample video with tracked faces and smoothed bars, the
-comparison, identity (a face enrolled from the video), gates, synthesis, inspection (the
-multi-face photo), live settings and the training dialog.
+comparison, identity (the woman of the video enrolled, then named on a later frame, and a
+stranger shown as "unknown" -- or, without a calibrated identity feature, the panel saying so),
+gates, synthesis, inspection (the multi-face photo, labels placed without overlap), live
+settings, the training dialog and a source error shown in the window.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ def wait_until(app, condition: Callable[[], bool], timeout_s: float = 60.0) -> b
     return False
 
 
+ENROLLED = "woman in the video"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -44,6 +49,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     w.resize(1400, 820)
     w.show()
     saved: list[Path] = []
+    state = w.state
 
     def shot(name: str, widget=None) -> None:
         app.processEvents()
@@ -56,42 +62,66 @@ def main(argv: Optional[list[str]] = None) -> int:
         w.result_shown.connect(lambda _r: seen.__setitem__(0, seen[0] + 1))
         return wait_until(app, lambda: seen[0] >= n, timeout_s)
 
-    if not wait_until(app, lambda: w.handles.get("primary") is not None, 120):
+    def named(result) -> bool:
+        return any(f.match is not None and f.match.name == ENROLLED for f in result.faces)
+
+    if not wait_until(app, lambda: state.loaded.primary is not None, 120):
         print("no model could be loaded: the screenshots show the panels' notices", file=sys.stderr)
     w.play_video(sample_video())
     frames(40)
     w.tabs.setCurrentWidget(w.scores_panel)
     frames(3)
     shot("01_live_scores")
-    compare = [n for n in w.compare_panel_names() if n != w.current_model()][:1]
+    compare = [n for n in w.compare_panel.names() if n != w.current_model()][:1]
     if compare:
         w.set_comparison(compare)
         frames(8)
     w.tabs.setCurrentWidget(w.compare_panel)
     frames(3)
     shot("02_compare")
+    # identity: enrol the woman now, then show her named on a later frame of the video
     w.tabs.setCurrentWidget(w.identity_panel)
     frames(2)
-    if w.handles.get("primary") is not None and w.handles["primary"].has_identity:
-        w.enrol_selected("person in the video")
-        frames(5)
-    shot("03_identity")
-    for name, panel, data in (("04_gates", w.gates_panel, "data"), ("05_synthesis", w.synth_panel, "data")):
+    w.enrol_selected(ENROLLED)
+    if state.loaded.identity.active:
+        hits: list = []
+        w.result_shown.connect(lambda r: hits.append(r) if named(r) and r.frame_index > 60 else None)
+        if not wait_until(app, lambda: bool(hits), 120):
+            print("the enrolled woman was not named on a later frame within 2 minutes", file=sys.stderr)
+        w.toggle_pause(True)
+        frames(1, 5)
+    shot("03_identity_enrolled")
+    for name, panel in (("04_gates", w.gates_panel), ("05_synthesis", w.synth_panel)):
+        w.toggle_pause(False)
         w.tabs.setCurrentWidget(panel)
         wait_until(app, lambda p=panel: p.data is not None, 60)
         frames(3)
         shot(name)
+    # a stranger: the man of single_face.jpg is "unknown", never the enrolled name
+    w.inspect([samples_dir() / "single_face.jpg"])
+    wait_until(app, lambda: state.inspection.finished, 120)
+    w.tabs.setCurrentWidget(w.identity_panel)
+    w.show_inspected(str(samples_dir() / "single_face.jpg"))
+    shot("06_identity_stranger")
     w.inspect([samples_dir() / "multi_face.jpg", samples_dir() / "single_face.jpg"])
-    wait_until(app, lambda: len(w.inspected) >= 2, 120)
+    wait_until(app, lambda: state.inspection.finished, 120)
     w.show_inspected(str(samples_dir() / "multi_face.jpg"))
     w.tabs.setCurrentWidget(w.inspect_panel)
-    shot("06_inspect")
+    shot("07_inspect")
     w.tabs.setCurrentWidget(w.live_panel)
-    shot("07_live_settings")
+    shot("08_live_settings")
     w.show_training()
     app.processEvents()
-    shot("08_training_dialog", w.training_dialog)
+    shot("09_training_dialog", w.training_dialog)
     w.training_dialog.hide()
+    w.shutdown()
+    # what `ferkit-app /nonexistent/clip.mp4` shows: a fresh window, the error where the video would be
+    w = MainWindow()
+    w.resize(1400, 820)
+    w.show()
+    wait_until(app, lambda: w.state.loaded.primary is not None, 120)
+    w.start_default_source("/nonexistent/clip.mp4")
+    shot("10_source_error")
     w.shutdown()
     for p in saved:
         print(p)

@@ -2,22 +2,72 @@
 
 The manager belongs to the main window, not to the dialog, so jobs keep running when the dialog
 is closed. Progress is the engine's JSON-lines stream on stdout (parsed by
-:class:`app.core.jobs.JobState`); stderr (the human progress bar and log) goes to the log view.
+:class:`TrainingJobState`, a :class:`app.core.jobs.JobState`); stderr (the engine's human
+lines: one per event, warnings, errors) is the log view. Each event therefore reaches the log
+once, from stderr, and the numbers shown (steps, ETA, validation positions) are the engine's own.
 Cancel sends SIGTERM (``QProcess.terminate``): the engine finishes the current step, saves
 ``checkpoint.pt`` and exits, so a cancelled job can be resumed.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from PySide6.QtCore import QObject, QProcess, QProcessEnvironment, QTimer, Signal
 
 from app.core.jobs import JobState, cli_command, train_args
 
 log = logging.getLogger("ferkit.app")
+
+#: job statuses during which a process exists or is about to (no second job may use the folder)
+ACTIVE = ("queued", "running", "stopping")
+
+
+@dataclass
+class TrainingJobState(JobState):
+    """:class:`JobState` as the dialog needs it: one log line per event, engine positions and times.
+
+    ``JobState.feed`` writes its own summary line for ``start``/``epoch``/``end``/``error``
+    events, but the engine (and the CLI, for errors) prints the human version of each on stderr,
+    which the log view shows too: every epoch and "stopped by SIGTERM ..." appeared twice. Here
+    stderr is the one human log, so the summary lines of parsed events are dropped.
+    """
+
+    #: validation accuracy per epoch at the engine's ``global_step`` of that epoch's end, so it sits
+    #: on the same x axis as the step curve (``epoch * steps`` was wrong for shortened epochs)
+    val_curve: list[tuple[float, Optional[float]]] = field(default_factory=list)
+    #: engine wall-clock time (``time`` of the event) at which ``eta_s`` was estimated
+    eta_time: Optional[float] = None
+
+    def feed(self, line: str) -> Optional[dict[str, Any]]:
+        before = len(self.log)
+        event = super().feed(line)
+        if event is None:
+            return None
+        del self.log[before:]  # the engine's own line for this event comes on stderr
+        kind = event.get("event")
+        if kind in ("step", "epoch"):
+            self.eta_time = event.get("time") if isinstance(event.get("time"), (int, float)) else None
+        elif kind in ("end", "error"):
+            self.eta_time = None
+        if kind == "epoch":
+            x = event.get("global_step")
+            if not isinstance(x, (int, float)):  # an older engine: the last step seen is the best guess
+                x = self.step_curve[-1][0] if self.step_curve else self.epoch * (self.steps or 1)
+            self.val_curve.append((float(x), (event.get("val") or {}).get("val_accuracy")))
+        return event
+
+    def eta_now(self, now: Optional[float] = None) -> Optional[float]:
+        """The engine's latest ETA, counted down since it was made (events pause during evaluation)."""
+        if self.eta_s is None:
+            return None
+        if self.status != "running" or self.eta_time is None:
+            return self.eta_s
+        elapsed = (time.time() if now is None else now) - self.eta_time
+        return max(0.0, self.eta_s - max(0.0, elapsed))
 
 
 @dataclass
@@ -32,10 +82,16 @@ class Job:
     state: JobState = None  # type: ignore[assignment]
     process: Optional[QProcess] = None
     _stdout_buf: str = ""
+    _stderr_buf: str = ""
 
     def __post_init__(self) -> None:
         if self.state is None:
-            self.state = JobState(self.recipe, Path(self.out))
+            self.state = TrainingJobState(self.recipe, Path(self.out))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the engine keeps this run's checkpoint (what ``--resume`` continues from)."""
+        return Path(self.out) / "checkpoint.pt"
 
     @property
     def title(self) -> str:
@@ -62,6 +118,19 @@ class JobManager(QObject):
         self.job_added.emit(index)
         self._start_next()
         return index
+
+    def folder_busy(self, out: Path) -> bool:
+        """True while a queued, running or stopping job writes to ``out``."""
+        target = _norm(out)
+        return any(j.state.status in ACTIVE and _norm(j.out) == target for j in self.jobs)
+
+    def can_resume(self, index: int) -> bool:
+        """A job can be resumed when it has stopped, its checkpoint is on disk and nothing uses the folder."""
+        if not 0 <= index < len(self.jobs):
+            return False
+        job = self.jobs[index]
+        return (job.state.status in ("interrupted", "failed", "completed") and job.checkpoint_path.is_file()
+                and not self.folder_busy(job.out))
 
     def running(self) -> list[int]:
         return [i for i, j in enumerate(self.jobs) if j.process is not None
@@ -106,12 +175,18 @@ class JobManager(QObject):
 
     def _read_stderr(self, index: int) -> None:
         job = self.jobs[index]
-        text = bytes(job.process.readAllStandardError()).decode("utf-8", "replace")
-        for line in text.replace("\r", "\n").splitlines():
+        job._stderr_buf += bytes(job.process.readAllStandardError()).decode("utf-8", "replace")
+        # whole lines only: a read can end mid-line, which used to split one message over two log lines
+        *lines, job._stderr_buf = job._stderr_buf.replace("\r", "\n").split("\n")
+        self._log_stderr(job, lines)
+        self.job_updated.emit(index)
+
+    @staticmethod
+    def _log_stderr(job: Job, lines: list[str]) -> None:
+        for line in lines:
             line = line.replace("\x1b[K", "").strip()
             if line:
                 job.state.log.append(line)
-        self.job_updated.emit(index)
 
     def _error(self, index: int, err) -> None:
         job = self.jobs[index]
@@ -127,6 +202,9 @@ class JobManager(QObject):
         if job._stdout_buf:
             job.state.feed(job._stdout_buf)
             job._stdout_buf = ""
+        if job._stderr_buf:
+            self._log_stderr(job, [job._stderr_buf])
+            job._stderr_buf = ""
         st = job.state
         if st.status in ("running", "stopping"):
             if code == 0:
@@ -164,6 +242,7 @@ class JobManager(QObject):
             self.job_updated.emit(index)
 
     def resume(self, index: int) -> int:
+        """Queue a ``--resume`` run of job ``index`` (same recipe, data, folder and options)."""
         old = self.jobs[index]
         return self.add(Job(old.recipe, old.data, old.out, old.epochs, old.device, resume=True, extra=list(old.extra)))
 
@@ -175,3 +254,11 @@ class JobManager(QObject):
                 if not job.process.waitForFinished(wait_ms):
                     job.process.kill()
                     job.process.waitForFinished(3000)
+
+
+def _norm(path: Path) -> str:
+    """A folder's comparable spelling (absolute, symlinks resolved), so two spellings of one folder match."""
+    try:
+        return str(Path(path).expanduser().resolve())
+    except OSError:
+        return str(Path(path).absolute())

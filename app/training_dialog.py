@@ -3,34 +3,116 @@
 Data is validated with the recipe's own ``validate_data`` before anything starts, so a wrong
 folder is a clear sentence here instead of a failed job minutes later. Closing the dialog only
 hides it; the jobs belong to :class:`app.training.JobManager`.
+
+What the dialog shows about a job (step x/y, ETA, where validation points sit) is the engine's
+own numbers from its JSON events, never re-derived here. Recipe texts are plain text: they say
+things like ``CK+48/<class>/S###.png``, which a rich-text label would swallow as a tag.
 """
 from __future__ import annotations
 
+import html
 import shlex
 import time
 from pathlib import Path
 from typing import Optional
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QRect, QSize, QStandardPaths, Qt, QTimer, Signal
+from PySide6.QtGui import QPainter, QPalette
 from PySide6.QtWidgets import (QComboBox, QDialog, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
-                               QSpinBox, QSplitter, QVBoxLayout, QWidget)
+                               QSizePolicy, QSpinBox, QSplitter, QVBoxLayout, QWidget)
 
 from app.training import Job, JobManager
+from ferkit.training.progress import format_duration
 from app.widgets.common import Notice
 
 
+def runs_root() -> Path:
+    """Where new runs go by default: ``<user data folder>/ferkit/runs``.
+
+    Not the current directory (wherever the app happened to be started, often not writable
+    or the source checkout). ``GenericDataLocation`` is the platform's per-user data folder
+    (``~/.local/share``, ``~/Library/Application Support``, ``%LOCALAPPDATA%``) without the
+    application's own name appended, so the folder reads the same whether the app was started
+    as ``ferkit-app`` or from Python; Documents, then the home folder, are the fallbacks.
+    """
+    for kind in (QStandardPaths.StandardLocation.GenericDataLocation,
+                 QStandardPaths.StandardLocation.DocumentsLocation):
+        location = QStandardPaths.writableLocation(kind)
+        if location:
+            return Path(location) / "ferkit" / "runs"
+    return Path.home() / "ferkit" / "runs"
+
+
+def default_out_dir(recipe: str) -> Path:
+    """The default run folder of ``recipe`` (its slashes would otherwise make nested folders)."""
+    return runs_root() / recipe.replace("/", "-")
+
+
+def recipe_help_html(description: str, data_help: str) -> str:
+    """The recipe's description and data layout as rich text, with the recipe's own text escaped."""
+    text = html.escape(description or "")
+    if data_help:
+        text += ("<br>" if text else "") + "<i>Data:</i> " + html.escape(data_help)
+    return text
+
+
+class StatusLines(QLabel):
+    """A fixed number of plain-text lines, each elided to the width; the full text is the tooltip.
+
+    A status that grows a line (the "checkpoint: ..." line after the first epoch) or gets a long
+    path must not resize the label: the Cancel/Resume buttons below it used to jump.
+    """
+
+    def __init__(self, lines: int = 2, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.lines = lines
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self._fix_height()
+
+    def _fix_height(self) -> None:
+        m = self.contentsMargins()
+        self.setFixedHeight(self.fontMetrics().lineSpacing() * self.lines + m.top() + m.bottom())
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt name
+        super().setText(text)
+        self.setToolTip(text)
+        self.update()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt name
+        return QSize(200, self.height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt name
+        return QSize(0, self.height())
+
+    def changeEvent(self, event: QEvent) -> None:  # noqa: N802 - Qt name
+        super().changeEvent(event)
+        if event.type() == QEvent.Type.FontChange:
+            self._fix_height()
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 - Qt name
+        painter = QPainter(self)
+        painter.setPen(self.palette().color(QPalette.ColorRole.WindowText))
+        rect, fm = self.contentsRect(), self.fontMetrics()
+        for i, line in enumerate(self.text().split("\n")[: self.lines]):
+            row = QRect(rect.left(), rect.top() + i * fm.lineSpacing(), rect.width(), fm.lineSpacing())
+            painter.drawText(row, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+                             fm.elidedText(line, Qt.TextElideMode.ElideMiddle, rect.width()))
+        painter.end()
+
+
 def format_eta(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+    """``mm:ss`` or ``h:mm:ss``, as the engine's own log prints it; ``?`` without an estimate."""
+    return format_duration(seconds)
 
 
 class CurvesCanvas(QWidget):
-    """Loss and accuracy curves of one job (matplotlib in Qt), redrawn at most twice a second."""
+    """Loss and accuracy curves of one job (matplotlib in Qt), redrawn at most twice a second.
+
+    Both curves use the engine's ``global_step`` as x: the running train means from step events,
+    validation at the ``global_step`` of each ``epoch`` event.
+    """
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -46,6 +128,15 @@ class CurvesCanvas(QWidget):
         layout.addWidget(self.canvas)
         self._last = 0.0
 
+    @staticmethod
+    def validation_points(state) -> list[tuple[float, Optional[float]]]:
+        """(global step, val accuracy) per epoch; from ``val_curve`` (engine positions) when kept."""
+        points = getattr(state, "val_curve", None)
+        if points is not None:
+            return list(points)
+        # a plain JobState: assume full epochs of the last known length
+        return [(float(e * (state.steps or 1)), v) for e, *_, v in state.epoch_curve]
+
     def plot(self, state, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < 0.5:
@@ -58,12 +149,10 @@ class CurvesCanvas(QWidget):
             xs = [s for s, _, _ in steps]
             self.ax_loss.plot(xs, [l if l is not None else float("nan") for _, l, _ in steps], lw=1, label="train (running)")
             self.ax_acc.plot(xs, [a if a is not None else float("nan") for _, _, a in steps], lw=1, label="train (running)")
-        if state.epoch_curve and state.steps:
-            ex = [e * state.steps for e, *_ in state.epoch_curve]
-            vals = [v for *_, v in state.epoch_curve]
-            if any(v is not None for v in vals):
-                self.ax_acc.plot(ex, [v if v is not None else float("nan") for v in vals], "o-", lw=1.5,
-                                 label="validation")
+        points = self.validation_points(state)
+        if any(v is not None for _, v in points):
+            self.ax_acc.plot([x for x, _ in points], [v if v is not None else float("nan") for _, v in points],
+                             "o-", lw=1.5, label="validation")
         self.ax_loss.set_title("loss", fontsize=9)
         self.ax_acc.set_title("accuracy", fontsize=9)
         for ax in (self.ax_loss, self.ax_acc):
@@ -75,6 +164,8 @@ class CurvesCanvas(QWidget):
 
 
 class TrainingDialog(QDialog):
+    """New-job form on the left, the job queue with progress, curves and log on the right."""
+
     job_started = Signal(int)
 
     def __init__(self, manager: JobManager, devices: list[str], parent=None) -> None:
@@ -91,6 +182,7 @@ class TrainingDialog(QDialog):
         form = QFormLayout(form_box)
         self.recipe = QComboBox()
         self.recipe_help = QLabel("")
+        self.recipe_help.setTextFormat(Qt.TextFormat.RichText)  # built by recipe_help_html (escaped)
         self.recipe_help.setWordWrap(True)
         form.addRow("Recipe", self.recipe)
         form.addRow("", self.recipe_help)
@@ -108,6 +200,9 @@ class TrainingDialog(QDialog):
         self.epochs.setRange(1, 10000)
         form.addRow("Epochs", self.epochs)
         self.out = QLineEdit()
+        #: the folder last filled in from the recipe; while the field still holds it, the user
+        #: has not chosen one and it follows the recipe
+        self._auto_out = ""
         browse2 = QPushButton("Browse…")
         browse2.clicked.connect(lambda: self._browse(self.out, "Output folder"))
         row2 = QHBoxLayout()
@@ -121,6 +216,7 @@ class TrainingDialog(QDialog):
         self.start_button.clicked.connect(self.start_job)
         form.addRow(self.start_button)
         self.message = Notice()
+        self.message.setTextFormat(Qt.TextFormat.PlainText)  # quotes recipe data_help (<class>...)
         form.addRow(self.message)
         split.addWidget(form_box)
 
@@ -135,7 +231,7 @@ class TrainingDialog(QDialog):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         jl.addWidget(self.progress)
-        self.status = QLabel("")
+        self.status = StatusLines(2)
         jl.addWidget(self.status)
         buttons = QHBoxLayout()
         self.cancel_button = QPushButton("Cancel (keeps checkpoint)")
@@ -144,6 +240,8 @@ class TrainingDialog(QDialog):
         self.resume_button.clicked.connect(self._resume)
         buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.resume_button)
+        self.cancel_button.setEnabled(False)  # nothing to cancel or resume before a job exists
+        self.resume_button.setEnabled(False)
         buttons.addStretch(1)
         jl.addLayout(buttons)
         self.curves = CurvesCanvas()
@@ -155,12 +253,18 @@ class TrainingDialog(QDialog):
         split.addWidget(jobs_box)
         split.setSizes([330, 570])
 
+        # the ETA counts down between events (none come while the engine evaluates)
+        self._tick = QTimer(self)
+        self._tick.setInterval(1000)
+        self._tick.timeout.connect(self._refresh_status)
+
         self.recipe.currentTextChanged.connect(self._recipe_changed)
         manager.job_added.connect(self._job_added)
         manager.job_updated.connect(self._job_updated)
         self._load_recipes()
         for i in range(len(manager.jobs)):
             self._job_added(i)
+        self._update_buttons()
 
     # ---- form ------------------------------------------------------------------------------
     def _load_recipes(self) -> None:
@@ -183,10 +287,17 @@ class TrainingDialog(QDialog):
         from ferkit.recipes.registry import get_recipe
 
         cls = get_recipe(name)
-        self.recipe_help.setText(f"{cls.description}<br><i>Data:</i> {cls.data_help}")
+        self.recipe_help.setText(recipe_help_html(cls.description, cls.data_help))
         self.epochs.setValue(max(1, int(cls.default_epochs or 1)))
-        if not self.out.text():
-            self.out.setText(str(Path.cwd() / "runs" / name.replace("/", "-")))
+        current = self.out.text().strip()
+        if not current or current == self._auto_out:  # not the user's choice: follow the recipe
+            self._auto_out = str(default_out_dir(name))
+            self.out.setText(self._auto_out)
+
+    @property
+    def out_is_automatic(self) -> bool:
+        """True while the output folder is the recipe's default (it then follows recipe changes)."""
+        return self.out.text().strip() == self._auto_out
 
     def _browse(self, edit: QLineEdit, title: str) -> None:
         path = QFileDialog.getExistingDirectory(self, title, edit.text() or str(Path.home()))
@@ -241,6 +352,7 @@ class TrainingDialog(QDialog):
         self.job_list.setCurrentRow(index)
 
     def _job_text(self, job: Job) -> str:
+        """The queue entry: status, recipe → folder, epochs done."""
         st = job.state
         return f"[{st.status}] {job.title}  epoch {st.epoch}/{st.epochs or '?'}"
 
@@ -249,29 +361,60 @@ class TrainingDialog(QDialog):
             self.job_list.item(index).setText(self._job_text(self.manager.jobs[index]))
         if index == self.job_list.currentRow():
             self._show_job()
+        else:
+            self._update_buttons()  # another job may have freed (or taken) the selected job's folder
 
     def current_job(self) -> Optional[Job]:
+        """The job selected in the queue (None before any job exists)."""
         row = self.job_list.currentRow()
         return self.manager.jobs[row] if 0 <= row < len(self.manager.jobs) else None
 
+    def status_text(self, job: Job) -> str:
+        """Two lines: where the job is (engine step counts and ETA), then the checkpoint or the error."""
+        st = job.state
+        speed = f", {st.images_per_s:.0f} images/s" if st.images_per_s and st.status == "running" else ""
+        text = f"{st.status}: epoch {st.epoch}/{st.epochs or '?'}"
+        if st.status == "running" and st.step:
+            # the epoch running is the one after those completed; steps is the engine's count
+            text = f"{st.status}: epoch {st.epoch + 1}/{st.epochs or '?'}, step {st.step}/{st.steps or '?'}"
+        eta = st.eta_now() if hasattr(st, "eta_now") else st.eta_s
+        if st.status in ("running", "stopping"):
+            text += f", ETA {format_eta(eta)}{speed}"
+        if st.status == "failed" and st.message:
+            text += f"\n{st.message}"
+        elif st.checkpoint:
+            text += f"\ncheckpoint: {st.checkpoint}"
+        return text
+
+    def _refresh_status(self) -> None:
+        job = self.current_job()
+        if job is None:
+            self.status.setText("")
+            self._tick.stop()
+            return
+        self.status.setText(self.status_text(job))
+        if job.state.status == "running":
+            if not self._tick.isActive():
+                self._tick.start()
+        else:
+            self._tick.stop()
+
+    def _update_buttons(self) -> None:
+        """Cancel only while the selected job is queued or running; Resume only when it has stopped,
+        its folder holds a checkpoint and no other job is using that folder."""
+        row = self.job_list.currentRow()
+        job = self.current_job()
+        self.cancel_button.setEnabled(job is not None and job.state.status in ("queued", "running"))
+        self.resume_button.setEnabled(job is not None and self.manager.can_resume(row))
+
     def _show_job(self, force: bool = False) -> None:
         job = self.current_job()
+        self._update_buttons()
+        self._refresh_status()
         if job is None:
             return
         st = job.state
         self.progress.setValue(int(st.fraction * 1000))
-        speed = f", {st.images_per_s:.0f} images/s" if st.images_per_s else ""
-        text = f"{st.status}: epoch {st.epoch}/{st.epochs or '?'}"
-        if st.status == "running" and st.steps:
-            text += f", step {st.step}/{st.steps}"
-        text += f", ETA {format_eta(st.eta_s)}{speed}"
-        if st.checkpoint:
-            text += f"\ncheckpoint: {st.checkpoint}"
-        if st.status == "failed" and st.message:
-            text += f"\n{st.message}"
-        self.status.setText(text)
-        self.cancel_button.setEnabled(st.status in ("queued", "running"))
-        self.resume_button.setEnabled(st.status in ("interrupted", "failed", "completed"))
         lines = "\n".join(st.log)
         if self.log_view.toPlainText() != lines:
             self.log_view.setPlainText(lines)
@@ -280,10 +423,10 @@ class TrainingDialog(QDialog):
 
     def _cancel(self) -> None:
         row = self.job_list.currentRow()
-        if row >= 0:
+        if row >= 0 and self.cancel_button.isEnabled():
             self.manager.cancel(row)
 
     def _resume(self) -> None:
         row = self.job_list.currentRow()
-        if row >= 0:
+        if row >= 0 and self.manager.can_resume(row):
             self.manager.resume(row)

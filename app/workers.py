@@ -20,11 +20,13 @@ from typing import Any, Callable, Optional
 import numpy as np
 from PySide6.QtCore import QThread, Signal
 
+from ferkit.face.tracking import Smoother
+
 from app.core.analyzer import FrameAnalyzer, refresh_enrolments
 from app.core.enrolment import EnrolmentStore
+from app.core.identity import choose_identity
 from app.core.models import ModelCache
 from app.core.sources import SourceError, VideoFile
-from ferkit.face.tracking import Smoother
 from app.errors import plain_message
 
 log = logging.getLogger("ferkit.app")
@@ -132,7 +134,11 @@ class VideoCaptureWorker(StoppableThread):
                     while not self.stopping and not self.backpressure():
                         time.sleep(0.0005)
                 video.loop = self.loop
-                rgb = video.read()
+                try:
+                    rgb = video.read()
+                except SourceError as exc:  # damaged mid-way: said once, never looped
+                    self.failed.emit(str(exc))
+                    return
                 if rgb is None:
                     if video.index < 0:
                         self.failed.emit(f"{self.path.name} holds no readable frames.")
@@ -168,17 +174,28 @@ class AnalyzerConfig:
     reset_tracks: bool = False
 
 
+@dataclass
+class Job:
+    """Work for the inference thread and what to do with its outcome, on the GUI thread."""
+
+    fn: Callable[[FrameAnalyzer], Any]
+    on_done: Callable[[Any], None]
+    on_failed: Optional[Callable[[str], None]] = None
+
+
 class InferenceWorker(StoppableThread):
     """Owns the FacePipeline and models of the live view (one pipeline per thread).
 
     Live frames come through a :class:`LatestSlot` (stale ones dropped); still images and
-    other jobs through a FIFO that is never dropped (inspection must score every file).
+    other jobs through a FIFO that is never dropped (inspection must score every file). Each job
+    carries its own callbacks, called on the GUI thread (queued signals to this object, which lives
+    there), so no one has to dispatch on what a result is.
     """
 
     result = Signal(object)  # FrameResult of a live frame
-    job_done = Signal(object, object)  # (tag, result) of a submitted job
-    job_failed = Signal(object, str)  # (tag, plain message)
-    models_changed = Signal(object)  # dict with the loaded handles' facts
+    _job_done = Signal(object, object)  # (Job, result), delivered to the job's own callback
+    _job_failed = Signal(object, str)  # (Job, plain message)
+    models_changed = Signal(object)  # dict: primary, comparison, device, identity (IdentityChoice)
     failed = Signal(str)
 
     def __init__(self, cache: ModelCache, enrolments: EnrolmentStore, slot: Optional[LatestSlot] = None,
@@ -187,21 +204,33 @@ class InferenceWorker(StoppableThread):
         self.cache = cache
         self.enrolments = enrolments
         self.slot = slot or LatestSlot()
-        self._jobs: "queue.Queue[tuple[Any, Callable[[FrameAnalyzer], Any]]]" = queue.Queue()
+        self._jobs: "queue.Queue[Job]" = queue.Queue()
         self._config_lock = threading.Lock()
         self._pending: Optional[AnalyzerConfig] = None
         self.config = AnalyzerConfig()
         self.processed = 0
         self.busy = False
+        self._job_done.connect(self._deliver_done)
+        self._job_failed.connect(self._deliver_failed)
 
     # ---- called from the GUI thread ----------------------------------------------------
     def configure(self, config: AnalyzerConfig) -> None:
         with self._config_lock:
             self._pending = config
 
-    def submit(self, tag: Any, fn: Callable[[FrameAnalyzer], Any]) -> None:
-        """Run ``fn(analyzer)`` in this thread; ``job_done(tag, result)`` or ``job_failed(tag, msg)``."""
-        self._jobs.put((tag, fn))
+    def submit(self, fn: Callable[[FrameAnalyzer], Any], on_done: Callable[[Any], None],
+               on_failed: Optional[Callable[[str], None]] = None) -> None:
+        """Run ``fn(analyzer)`` in this thread; then ``on_done(result)`` or ``on_failed(message)`` on the GUI thread.
+
+        Without ``on_failed`` the message goes out through :attr:`failed` (the window's status bar).
+        """
+        self._jobs.put(Job(fn, on_done, on_failed))
+
+    def _deliver_done(self, job: Job, out: Any) -> None:
+        job.on_done(out)
+
+    def _deliver_failed(self, job: Job, message: str) -> None:
+        (job.on_failed or self.failed.emit)(message)
 
     def idle(self) -> bool:
         return not self.busy and self.slot._item is None
@@ -223,17 +252,32 @@ class InferenceWorker(StoppableThread):
             analyzer.tracker.reset()
         if cfg.smoother != analyzer.tracker.smoother:
             analyzer.set_smoother(cfg.smoother)
+        primary_changed = cfg.primary != self.config.primary or cfg.device != self.config.device \
+            or analyzer.primary is None
         self.config = cfg
         try:
             analyzer.set_models(cfg.primary, cfg.comparison)
-            refresh_enrolments(analyzer)
         except Exception as exc:  # a damaged checkpoint, a missing file: say so, keep running
             log.exception("loading models failed")
             analyzer.primary, analyzer.comparison = None, []
             self.failed.emit(plain_message(exc, "The model could not be loaded"))
-        self.models_changed.emit({
-            "primary": analyzer.primary, "comparison": list(analyzer.comparison), "device": cfg.device})
+        if primary_changed:
+            self._choose_identity(analyzer)
+        self.models_changed.emit({"primary": analyzer.primary, "comparison": list(analyzer.comparison),
+                                  "device": cfg.device, "identity": analyzer.identity})
         return analyzer
+
+    def _choose_identity(self, analyzer: FrameAnalyzer) -> None:
+        """The identity feature for "same person?" (cards read once per model change, here, not per frame)."""
+        p = analyzer.primary
+        choice = choose_identity(p.key if p else None, p.weights if p else None, bool(p and p.has_identity))
+        try:
+            analyzer.set_identity(choice)
+            refresh_enrolments(analyzer)
+        except Exception as exc:
+            log.exception("loading the identity weights failed")
+            analyzer.set_identity(type(choice)(reason=plain_message(exc, f"The identity weights '{choice.key}' "
+                                                                         "could not be loaded")))
 
     def run(self) -> None:
         analyzer: Optional[FrameAnalyzer] = None
@@ -246,18 +290,18 @@ class InferenceWorker(StoppableThread):
             while not self.stopping:
                 analyzer = self._apply_config(analyzer)
                 try:
-                    tag, fn = self._jobs.get_nowait()
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
-                    tag = fn = None
-                if fn is not None:
+                    job = None
+                if job is not None:
                     self.busy = True
                     try:
-                        out = fn(analyzer)
+                        out = job.fn(analyzer)
                     except Exception as exc:
-                        log.exception("job %r failed", tag)
-                        self.job_failed.emit(tag, plain_message(exc, "That could not be done"))
+                        log.exception("job failed")
+                        self._job_failed.emit(job, plain_message(exc, "That could not be done"))
                     else:
-                        self.job_done.emit(tag, out)
+                        self._job_done.emit(job, out)
                     finally:
                         self.busy = False
                     continue

@@ -65,7 +65,7 @@ def run(timeout_s: float = 120.0) -> int:
         "frozen": bool(getattr(sys, "frozen", False)),
         "ok": bool(first),
         "model": primary.name if primary is not None else None,
-        "source": str(getattr(window, "source_path", None) or getattr(window, "mode", None)),
+        "source": str(window.state.source.path or window.state.source.mode),
         "process_start_to_python_s": round(age_offset, 3) if age_at_python is not None else None,
         "process_start_to_qt_s": round(age_offset + t_qt - _T_PYTHON, 3),
         "process_start_to_window_s": round(age_offset + t_window - _T_PYTHON, 3),

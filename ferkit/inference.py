@@ -7,14 +7,23 @@ how a model is fed: the app's bars and ``ferkit predict --json`` show the same n
 
 A :class:`Predictor` owns one :class:`~ferkit.face.pipeline.FacePipeline`, whose mediapipe graphs
 are bound to one thread: make one Predictor per thread.
+
+Speed (issue 14): the network runs in ONNX Runtime where it is installed (``engine="auto"``, see
+:func:`choose_engine`), and a frame's few faces run with **one** intra-op thread
+(``Predictor(threads=1)``, :func:`intra_op_threads`): at batch 1 more threads gain nothing, and
+with one core busy elsewhere torch's default of one thread per core made a 5 ms TFE-JL forward
+take 258 ms (spin-waiting threads). Bigger batches (``ferkit eval``) run with whatever the caller
+set.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -29,6 +38,90 @@ from ferkit.models.weights import Preprocessing, Weights, load_weights
 DEFAULT_WEIGHTS = "tfe-jl"
 #: file endings treated as images when a folder is given
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
+#: inference engines: ``auto`` = ONNX Runtime when it can serve the request, else torch
+ENGINES = ("auto", "torch", "onnx", "onnx-int8")
+#: what a request may need beyond class scores and identity features (torch-only: not in the ONNX export)
+TORCH_ONLY_NEEDS = ("gates", "synthesis")
+#: forwards of at most this many crops (a frame's faces and their mirrors) run with ``Predictor.threads``;
+#: larger batches (evaluation) keep the caller's thread setting
+SMALL_BATCH = 16
+
+log = logging.getLogger(__name__)
+_SAID: set[str] = set()
+
+
+def _say_once(message: str, level: int = logging.INFO) -> None:
+    """Log ``message`` the first time only: a fallback is worth one line, not one per frame."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.log(level, message)
+
+
+@contextmanager
+def intra_op_threads(n: Optional[int]) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the caller's setting.
+
+    ``torch.set_num_threads`` sets the calling thread's OpenMP/MKL pool size (and the default of
+    threads that have not run torch yet): setting and restoring it around a forward in the same
+    thread leaves every other thread, and the caller's own later work, as it was. ``None`` leaves
+    the setting alone. Setting the same value is skipped (changing it clears oneDNN's primitive
+    cache, so toggling on every frame is avoided when the process already runs with ``n``).
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    n = max(1, int(n))
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def onnxruntime_available() -> Optional[str]:
+    """None when ONNX Runtime (and onnx, for exporting) import; else why not, in words."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return f"onnxruntime is not installed ({exc.name or exc}); pip install 'ferkit[onnx]' for the faster engine"
+    return None
+
+
+def choose_engine(requested: str, model: Any, device: torch.device,
+                  needs: Optional[Iterable[str]] = None) -> tuple[str, Optional[str]]:
+    """(engine to use, why it is not the one requested, or None) for a request.
+
+    ``auto`` picks ONNX Runtime unless: the device is not the CPU (torch runs on the GPU), the
+    request ``needs`` gate maps or synthesis (not in the ONNX export), ``needs`` is None (not
+    said) and the model offers gates or synthesis (a FERSNet predictor keeps all it can do), or
+    onnxruntime is missing. ``torch`` / ``onnx`` / ``onnx-int8`` are taken as asked.
+    """
+    if requested not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {requested!r}")
+    if requested != "auto":
+        return requested, None
+    if device.type != "cpu":
+        return "torch", f"device {device.type}: torch runs on the GPU (ONNX Runtime is used on the CPU)"
+    wanted = set(needs or ())
+    unknown = wanted - set(TORCH_ONLY_NEEDS)
+    if unknown:
+        raise ValueError(f"needs may hold {', '.join(TORCH_ONLY_NEEDS)}, not {', '.join(sorted(unknown))}")
+    if needs is None:
+        offered = {k for k in TORCH_ONLY_NEEDS if getattr(model, f"has_{k}", False)}
+        if offered:
+            return "torch", (f"the model offers {' and '.join(sorted(offered))}, which the ONNX export lacks, so the "
+                             "torch engine is used (pass needs=() to run scores only in ONNX Runtime)")
+    if wanted:
+        return "torch", (f"{' and '.join(sorted(wanted))} requested: the ONNX export holds the recognition path "
+                         "only, so the torch engine is used")
+    missing = onnxruntime_available()
+    if missing:
+        return "torch", missing
+    return "onnx", None
 
 
 class ImageReadError(ValueError):
@@ -169,43 +262,98 @@ class Predictor:
 
     ``weights``: a shipped name (``resources/weights/<name>.json``), a card path, or a training
     checkpoint path. ``device``: ``auto`` (CUDA when present) / ``cpu`` / ``cuda``.
-    ``pipeline``: an existing face pipeline (anything with ``detect`` and ``align``), made lazily
-    otherwise so that predicting on crops never imports mediapipe.
-    ``engine``: ``torch`` (eager) or ``onnx`` (ONNX Runtime on the CPU, 3-8x faster at batch 1 here
-    per ``ferkit bench``; gate maps and synthesis stay torch-only).
+    ``pipeline``: an existing face pipeline (anything with ``detect`` and ``align``, e.g. a
+    :class:`~ferkit.face.pipeline.TrackedFacePipeline` for video streams), made lazily otherwise so
+    that predicting on crops never imports mediapipe.
+    ``engine``: ``auto`` (default: ONNX Runtime on the CPU where installed, see
+    :func:`choose_engine`, with the int8 file shipped beside the weights when it was validated
+    within 0.5 points, see :func:`ferkit.export.onnx.shipped_int8`; :attr:`engine` says what runs,
+    :attr:`engine_reason` why it is not what was asked, :attr:`engine_note` which file), ``torch``,
+    ``onnx``, or ``onnx-int8`` (the shipped int8 file, or static int8 quantised here on the face
+    crops in ``calibration``, default FER2013Valid of the shared data).
+    ``needs``: what the caller will ask beyond scores (``"gates"``, ``"synthesis"``); None = all
+    the model offers. Gate maps always come from the torch model (:attr:`torch_model`).
+    ``threads``: intra-op threads of forwards of up to :data:`SMALL_BATCH` crops (a frame's faces):
+    1 by default (see the module docstring); None uses the caller's setting. Larger batches always
+    use the caller's setting. torch's setting is restored after every forward.
     ``tta``: ``"flip"`` scores each crop and its mirror in one batch and averages the class
     probabilities; ``None`` (default) uses the weights' card (the setting its metrics were
     measured with), ``"none"`` switches it off.
     """
 
     def __init__(self, weights: Union[str, Path] = DEFAULT_WEIGHTS, device: Union[str, torch.device] = "auto",
-                 max_faces: int = 5, min_confidence: float = 0.5, pipeline: Any = None, engine: str = "torch",
-                 tta: Optional[str] = None):
-        if engine not in ("torch", "onnx"):
-            raise ValueError(f"--engine must be torch or onnx, not {engine!r}")
+                 max_faces: int = 5, min_confidence: float = 0.5, pipeline: Any = None, engine: str = "auto",
+                 tta: Optional[str] = None, threads: Optional[int] = 1, needs: Optional[Iterable[str]] = None,
+                 calibration: Union[str, Path, None] = None):
+        if engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         try:
             loaded = load_weights(weights, device)
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{weights}: cannot be read as ferkit weights or a training checkpoint "
                              f"({type(exc).__name__}: {exc})") from None
-        self.model = loaded.model
+        #: the torch module (always loaded: training engine, gate maps, synthesis, the fallback)
+        self.torch_model = loaded.model
+        #: what runs the recognition forward: the torch module or an :class:`~ferkit.export.onnx.OnnxModel`
+        self.model: Any = loaded.model
         self.weights: Weights = loaded.weights
         self.device = loaded.device
         self.preprocessing: Preprocessing = self.weights.preprocessing
         self.classes: list[str] = list(self.weights.classes)
         self.max_faces = max_faces
         self.min_confidence = min_confidence
+        self.threads = None if threads is None else max(1, int(threads))
         self._pipeline = pipeline
         n_out = getattr(self.model, "num_classes", None)
         if n_out is not None and n_out != len(self.classes):
             raise ValueError(f"{self.weights.source}: the model has {n_out} outputs but the card lists "
                              f"{len(self.classes)} classes")
         self.tta = check_tta(self.weights.tta if tta is None else tta)
-        self.engine = engine
-        if engine == "onnx":
-            from ferkit.export.onnx import use_onnx  # lazy: onnxruntime is an optional extra
+        self.engine_requested = engine
+        chosen, reason = choose_engine(engine, self.torch_model, self.device, needs)
+        self.engine = "torch"
+        #: why :attr:`engine` is not what was asked (None when it is)
+        self.engine_reason: Optional[str] = reason
+        #: what the engine runs, in words (e.g. which int8 file and what it costs in accuracy)
+        self.engine_note: Optional[str] = None
+        if chosen in ("onnx", "onnx-int8"):
+            try:
+                self._use_onnx(int8=chosen == "onnx-int8", calibration=calibration, auto=engine == "auto")
+            except Exception as exc:  # noqa: BLE001 - auto falls back; an explicit request reports the failure
+                if engine != "auto":
+                    raise
+                self.engine_reason = f"ONNX export/session failed ({type(exc).__name__}: {exc}); using torch"
+        if self.engine_reason:
+            level = logging.WARNING if self.engine_reason.startswith(("onnxruntime is not", "ONNX export")) \
+                else logging.INFO
+            _say_once(f"{self.weights.name}: engine {self.engine} (asked {engine}): {self.engine_reason}", level)
 
-            use_onnx(self)
+    def _use_onnx(self, int8: bool, calibration: Union[str, Path, None], auto: bool = False) -> None:
+        """Run the recognition path in ONNX Runtime. ``auto`` also takes a shipped int8 file
+        (:func:`~ferkit.export.onnx.shipped_int8`: made from these weights, validated within 0.5 points)."""
+        from ferkit.export.onnx import OnnxModel, cached_export, cached_int8_export, shipped_int8  # lazy: optional
+
+        source = self.weights.source
+        if source is None:
+            raise ValueError("these weights have no file to export to ONNX")
+        shipped = None
+        if auto or (int8 and calibration is None):  # a shipped, validated int8 file first
+            try:
+                shipped, self.engine_note = shipped_int8(self.weights)
+            except Exception as exc:  # noqa: BLE001 - a damaged int8 file must not cost the float engine
+                shipped, self.engine_note = None, f"shipped int8 file unusable ({type(exc).__name__}: {exc})"
+        if auto:
+            int8 = shipped is not None
+            path = shipped or cached_export(source)
+        elif int8:
+            path = shipped or cached_int8_export(source, calibration)
+            if shipped is None:
+                self.engine_note = f"int8 quantised here from {calibration or 'the default calibration crops'}"
+        else:
+            path = cached_export(source)
+        self.model = OnnxModel(path, threads=self.threads or torch.get_num_threads())
+        self.device = torch.device("cpu")
+        self.engine = "onnx-int8" if int8 else "onnx"
 
     @property
     def pipeline(self) -> Any:
@@ -227,21 +375,31 @@ class Predictor:
         self.close()
 
     # ---- tensors ---------------------------------------------------------------------------------
+    def forward_threads(self, n_crops: int) -> Optional[int]:
+        """Intra-op threads a forward of ``n_crops`` network inputs runs with (None: the caller's)."""
+        return self.threads if n_crops <= SMALL_BATCH else None
+
     @torch.inference_mode()
     def predict_tensor(self, batch: torch.Tensor, return_gates: bool = False) -> ModelOutput:
         """uint8 ``[N, C, H, W]`` crops -> the model's :class:`ModelOutput` (tensors on ``self.device``).
 
+        All crops go through the network in one forward (with their mirrors when ``tta`` is flip).
         Crops of another size or channel count are converted per :func:`to_model_input`.
+        ``return_gates`` runs the torch model whatever the engine (gate maps are torch-only).
         """
-        x = to_model_input(batch.to(self.device), self.preprocessing)
+        model = self.torch_model if return_gates else self.model
+        device = next(self.torch_model.parameters()).device if return_gates else self.device
+        x = to_model_input(batch.to(device), self.preprocessing)
+        n = x.shape[0]
         if self.tta == "flip":
-            n = x.shape[0]
-            both = torch.cat([x, x.flip(-1)])
-            out = self.model(both, return_gates=True) if return_gates else self.model(both)
-            return merge_flip_outputs(out, n)
-        if return_gates:
-            return self.model(x, return_gates=True)
-        return self.model(x)
+            x = torch.cat([x, x.flip(-1)])
+        threads = self.forward_threads(x.shape[0])
+        if self.engine != "torch" and not return_gates:
+            out = model(x, threads=threads or torch.get_num_threads())
+        else:
+            with intra_op_threads(threads):
+                out = model(x, return_gates=True) if return_gates else model(x)
+        return merge_flip_outputs(out, n) if self.tta == "flip" else out
 
     def probabilities(self, batch: torch.Tensor) -> np.ndarray:
         """``[N, K]`` float64 class probabilities of uint8 crops (the numbers every view shows)."""
@@ -249,12 +407,14 @@ class Predictor:
 
     # ---- images ----------------------------------------------------------------------------------
     def predict_image(self, image: np.ndarray, whole_image: bool = False,
-                      fallback_whole_image: bool = False) -> ImageResult:
+                      fallback_whole_image: bool = False, pipeline: Any = None) -> ImageResult:
         """Every face in ``image`` (RGB uint8 ``[H, W, 3]``, or gray ``[H, W]``) in one forward pass.
 
         ``whole_image=True`` scores the whole picture as one face (for pictures that already are
         face crops, like FER+ PNGs). ``fallback_whole_image=True`` does that only when no face is
         found. No face and no fallback -> an :class:`ImageResult` with no faces (never an exception).
+        ``pipeline``: the face pipeline for this call instead of the predictor's own (e.g. a
+        :class:`~ferkit.face.pipeline.TrackedFacePipeline` following the faces of a video).
         """
         from ferkit.face.align import whole_image_face
         from ferkit.face.pipeline import as_rgb
@@ -262,10 +422,11 @@ class Predictor:
         rgb = as_rgb(image)
         h, w = rgb.shape[:2]
         prep = self.preprocessing
+        pipe = self.pipeline if pipeline is None and not whole_image else pipeline
         aligned = []
         if not whole_image:
-            for face in self.pipeline.detect(rgb)[: self.max_faces]:
-                aligned.append((face, self.pipeline.align(rgb, face, prep), True))
+            for face in pipe.detect(rgb)[: self.max_faces]:
+                aligned.append((face, pipe.align(rgb, face, prep), True))
         if whole_image or (fallback_whole_image and not aligned):
             wf = whole_image_face(rgb, prep.input_size, prep.grayscale)
             aligned = [(wf.face, wf.crop, False)]

@@ -88,12 +88,17 @@ def is_video(path: Union[str, Path]) -> bool:
 
 def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
                   enrolled: Optional[dict[str, np.ndarray]] = None,
-                  progress: Optional[Callable[[int, int], None]] = None, whole_image: bool = False) -> VideoAnalysis:
+                  progress: Optional[Callable[[int, int], None]] = None, whole_image: bool = False,
+                  detect_every: int = 1) -> VideoAnalysis:
     """Analyse every ``every``-th frame of ``path`` with ``predictor`` (a :class:`Predictor`).
 
     ``enrolled``: name -> identity feature; each row then carries the cosine similarity of its
     face to every name. ``progress(frames_read, frames_expected)`` is called after each frame.
     ``whole_image``: score each whole frame as one face (videos of already-cropped faces).
+    ``detect_every`` > 1: the face detector runs every that many analysed frames (or when a face
+    is lost) and faces are followed by optical flow in between
+    (:class:`~ferkit.face.pipeline.TrackedFacePipeline`); 1 detects on every frame, exactly as
+    ``ferkit predict`` on a still image.
     Times come from the container's timestamps (variable frame rates stay right).
     """
     import cv2
@@ -112,7 +117,15 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
     expected = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))  # some containers say -1 or guess
     result = VideoAnalysis(str(path), fps, 0, expected, every, list(predictor.classes))
+    if detect_every < 1:
+        raise ValueError(f"--detect-every must be at least 1, got {detect_every}")
     tracker = FaceTracker(max_missed=max(2, 12 // every))
+    followed = None
+    if detect_every > 1 and not whole_image:
+        from ferkit.face.pipeline import TrackedFacePipeline
+
+        followed = TrackedFacePipeline(max_faces=predictor.max_faces, min_confidence=predictor.min_confidence,
+                                       detect_every=detect_every)
     refs = {n: torch.as_tensor(np.asarray(v, dtype=np.float64).ravel())[None] for n, v in (enrolled or {}).items()}
     try:
         while True:
@@ -125,7 +138,7 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
                 msec = float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
                 time_s = msec / 1000.0 if msec > 0 or index == 0 else index / fps
                 rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                faces = predictor.predict_image(rgb, whole_image=whole_image).faces
+                faces = predictor.predict_image(rgb, whole_image=whole_image, pipeline=followed).faces
                 tracks = tracker.update([f.box for f in faces])
                 for face, track in zip(faces, tracks):
                     sims = {}
@@ -138,6 +151,8 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
                 progress(result.frames_read, expected)
     finally:
         cap.release()
+        if followed is not None:
+            followed.close()
     if result.frames_read == 0:
         raise VideoOpenError(f"{path}: no frame could be decoded (damaged or not a video)")
     # containers whose header only estimates the count (webm, mkv) are not called damaged

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -22,89 +21,8 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
-from ferkit.paths import samples_dir, weights_dir  # noqa: E402
-
-REAL_WEIGHTS = weights_dir()
-SAMPLES = samples_dir()
-PHOTO = SAMPLES / "single_face.jpg"
-GROUP = SAMPLES / "multi_face.jpg"
-VIDEO = SAMPLES / "expressions_pexels_640x360.mp4"
-
-
-def shipped(name: str) -> bool:
-    return (REAL_WEIGHTS / f"{name}.json").exists()
-
-
-def real_classifier() -> str:
-    """A shipped expression classifier other than FERSNet (the panels then use FERSNet alongside it)."""
-    from ferkit.models.weights import get_weights, list_weights
-
-    from app.core.labels import is_expression_classifier
-
-    for n in ["tfe-jl"] + list_weights():
-        if n != "fersnet" and shipped(n) and is_expression_classifier(get_weights(n).classes):
-            return n
-    pytest.skip("no shipped expression classifier besides fersnet yet")
-
-
-def need(name: str) -> None:
-    if not shipped(name):
-        pytest.skip(f"shipped weights '{name}' are not in {REAL_WEIGHTS} yet")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_config(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("FERKIT_APP_CONFIG", str(tmp_path / "config"))
-
-
-@pytest.fixture()
-def classifier(tmp_path: Path, monkeypatch) -> str:
-    """``tfe-jl``: the shipped file when present, else a random-init stand-in in a tmp resources dir."""
-    if shipped("tfe-jl"):
-        return "tfe-jl"
-    import torch
-
-    from ferkit.models.registry import create_model
-    from ferkit.models.weights import Preprocessing, Weights
-
-    res = tmp_path / "resources"
-    (res / "weights").mkdir(parents=True)
-    (res / "samples").symlink_to(SAMPLES.resolve())
-    torch.manual_seed(0)
-    model = create_model("tfe_jl", num_classes=8)
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
-               res / "weights" / "tfe-jl.pt")
-    Weights("tfe-jl", "tfe_jl", ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"],
-            Preprocessing(48, True, 0.5, 0.5, "fer2013"), {"num_classes": 8}, file="tfe-jl.pt",
-            notes="test stand-in, random initialisation").save_card(res / "weights" / "tfe-jl.json")
-    monkeypatch.setenv("FERKIT_RESOURCES", str(res))
-    return "tfe-jl"
-
-
-@pytest.fixture()
-def window(qtbot):
-    from app.main_window import MainWindow
-
-    made = []
-
-    def make(**kw):
-        w = MainWindow(device="cpu", **kw)
-        qtbot.addWidget(w)
-        w.resize(1200, 720)
-        w.show()
-        made.append(w)
-        qtbot.waitUntil(lambda: w.handles.get("primary") is not None or w.model_combo.currentData() is None,
-                        timeout=120000)
-        return w
-
-    yield make
-    for w in made:
-        w.shutdown()
-
-
-def inspect_and_wait(qtbot, w, paths) -> None:
-    w.inspect([Path(p) for p in paths])
-    qtbot.waitUntil(lambda: all(str(p) in w.inspected for p in paths), timeout=120000)
+from tests.fixtures.app import (GROUP, PHOTO, VIDEO, calibrated_identity, classifier,  # noqa: E402,F401
+                                inspect_and_wait, isolated_config, need, real_classifier, window)
 
 
 def predict_json(paths, weights: str) -> list[dict]:
@@ -122,7 +40,7 @@ def test_image_bars_show_the_same_scores_as_ferkit_predict(qtbot, window, classi
     inspect_and_wait(qtbot, w, [PHOTO, GROUP])
     expected = predict_json([PHOTO, GROUP], classifier)
     for item in expected:
-        result = w.inspected[str(Path(item["path"]))]
+        result = w.state.inspection.results[str(Path(item["path"]))]
         assert len(result.faces) == len(item["faces"]) >= 1
         for face, exp in zip(sorted(result.faces, key=lambda f: f.box), sorted(item["faces"], key=lambda f: f["box"])):
             assert list(face.box) == exp["box"]
@@ -149,12 +67,16 @@ def test_corrupt_image_gives_a_message_not_a_crash(qtbot, window, classifier, tm
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
     w = window(weights=classifier)
     inspect_and_wait(qtbot, w, [bad, PHOTO])
-    assert isinstance(w.inspected[str(bad)], str)
-    assert "broken.jpg" in w.inspected[str(bad)] and "Traceback" not in w.inspected[str(bad)]
+    results = w.state.inspection.results
+    assert isinstance(results[str(bad)], str)
+    assert "broken.jpg" in results[str(bad)] and "Traceback" not in results[str(bad)]
     w.show_inspected(str(bad))
     assert w.inspect_panel.notice.isVisibleTo(w.inspect_panel)
     assert "broken.jpg" in w.inspect_panel.notice.text()
-    assert len(w.inspected[str(PHOTO)].faces) == 1  # the good file next to it still works
+    assert "broken.jpg" in w.view.message  # where the picture would be, not the "open a file" placeholder
+    w.show_inspected(str(PHOTO))
+    assert w.view.message == ""
+    assert len(results[str(PHOTO)].faces) == 1  # the good file next to it still works
 
 
 def test_no_face_says_so_and_can_score_the_whole_image(qtbot, window, classifier, tmp_path: Path) -> None:
@@ -165,12 +87,12 @@ def test_no_face_says_so_and_can_score_the_whole_image(qtbot, window, classifier
     w = window(weights=classifier)
     inspect_and_wait(qtbot, w, [blank])
     w.show_inspected(str(blank))
-    assert w.inspected[str(blank)].faces == []
+    results = w.state.inspection.results
+    assert results[str(blank)].faces == []
     assert "No face" in w.inspect_panel.notice.text()
-    w.inspected.clear()
-    w.inspect_panel.whole.setChecked(True)
-    qtbot.waitUntil(lambda: str(blank) in w.inspected, timeout=60000)
-    res = w.inspected[str(blank)]
+    w.inspect_panel.whole.setChecked(True)  # analysed again, scoring the whole picture
+    qtbot.waitUntil(lambda: bool(results[str(blank)].faces), timeout=60000)
+    res = results[str(blank)]
     assert len(res.faces) == 1 and res.faces[0].whole_image
     assert res.faces[0].scores[classifier].raw.sum() == pytest.approx(1.0, abs=1e-5)
     exp = predict_json([blank], classifier)  # predict has no fallback flag: it reports no face
@@ -183,9 +105,9 @@ def test_no_camera_gives_a_notice_and_plays_the_sample_video(qtbot, window, clas
     w.cameras = []
     assert w.start_camera() is False
     assert "camera" in w.last_message.lower() and "sample video" in w.last_message
-    assert w.mode == "video" and w.source_path.name == VIDEO.name
+    assert w.state.source.mode == "video" and w.state.source.path.name == VIDEO.name
     assert "No camera" in w.source_label.text()  # stays in the status bar while the sample plays
-    qtbot.waitUntil(lambda: w.last_result is not None and len(w.last_result.faces) > 0, timeout=120000)
+    qtbot.waitUntil(lambda: w.state.last_result is not None and len(w.state.last_result.faces) > 0, timeout=120000)
 
 
 def _rss_mb() -> float:
@@ -213,7 +135,7 @@ def test_600_video_frames_track_one_face_and_do_not_grow_memory(qtbot, window, c
 
     w.result_shown.connect(on_result)
     w.play_video(VIDEO, realtime=False)
-    w.capture.backpressure = w.worker.idle  # every frame analysed, as fast as the CPU allows
+    w.sources.capture.backpressure = w.worker.idle  # every frame analysed, as fast as the CPU allows
     qtbot.waitUntil(lambda: count[0] >= 700, timeout=900000)
     w.stop_source()
     growth = rss[700] - rss[100]
@@ -259,35 +181,24 @@ def test_settings_persist_between_sessions(qtbot, window, classifier) -> None:
 
 
 # ---------------------------------------------------------------------------------------- identity
-def test_identity_panel_says_plainly_when_the_model_has_no_identity(qtbot, window) -> None:
-    names = [n for n in ("fersnet", "netb-dal-mse", "eifn") if shipped(n)]
-    from app.core.models import load_handle
-    import torch
-
-    for n in names:
-        if not load_handle(n, torch.device("cpu")).has_identity:
-            w = window(weights=n)
-            assert "has no identity feature" in w.identity_panel.notice.text()
-            assert not w.identity_panel.enrol_button.isEnabled()
-            return
-    pytest.skip("no shipped model without an identity feature yet (fersnet weights not in resources/weights)")
-
-
-def test_enrolment_round_trip_and_same_picture_matches(qtbot, window, classifier) -> None:
+def test_enrolment_round_trip_and_same_picture_matches(qtbot, window, classifier, calibrated_identity) -> None:
+    calibrated_identity(0.8)
     w = window(weights=classifier)
     w.enrol_from_image("ada", str(PHOTO))
-    qtbot.waitUntil(lambda: len(w.enrolments) == 1, timeout=60000)
+    qtbot.waitUntil(lambda: len(w.state.enrolments) == 1, timeout=60000)
     inspect_and_wait(qtbot, w, [PHOTO])
-    sim = w.inspected[str(PHOTO)].faces[0].similarities["ada"]
-    assert sim > 0.95  # the same picture, re-detected from the stored face: nearly identical feature
+    face = w.state.inspection.results[str(PHOTO)].faces[0]
+    assert face.similarities["ada"] > 0.95  # the same picture, re-detected from the stored face
+    assert face.match.name == "ada"
     w.save_settings()
     w2 = window()
-    assert w2.enrolments.names() == ["ada"]
+    assert w2.state.enrolments.names() == ["ada"]
 
 
 @pytest.mark.parametrize("name", ["tfe-jl", "eifn", "netb-dal-mse", "lightcnn9-identity"])
 def test_enrol_same_face_above_threshold_other_faces_below(qtbot, window, name: str) -> None:
-    """Enrol the woman of the sample video at frame 10; one second later she must match (>= the
+    """Each shipped identity feature with a threshold in its card, used as the identity weights:
+    enrol the woman of the sample video at frame 10; one second later she must match (>= the
     card's threshold) and every person of the group photo must be less similar than she is.
     (Across her whole clip, expressions change a lot; netb-dal-mse's feature then drops below
     its threshold: measured 0.15-0.82, reported to its owner.)"""
@@ -298,7 +209,8 @@ def test_enrol_same_face_above_threshold_other_faces_below(qtbot, window, name: 
     if threshold is None:
         pytest.skip(f"the {name} weights card has no identity_threshold (no verification evaluation)")
     from app.core.analyzer import FrameAnalyzer, face_picture
-    from app.core.sources import VideoFile
+    from app.core.identity import IdentityChoice
+    from app.core.sources import VideoFile, load_image
 
     video = VideoFile(VIDEO, loop=False)
     frames = []
@@ -311,15 +223,15 @@ def test_enrol_same_face_above_threshold_other_faces_below(qtbot, window, name: 
     video.close()
     w = window(weights=name)
     an = FrameAnalyzer(w.cache, device="cpu", track=False)
-    an.set_models(name)
-    assert an.primary.has_identity
+    an.set_identity(IdentityChoice(key=name, threshold=threshold))
+    assert an.identity_handle.has_identity
     first = an.analyze(frames[0], track=False).faces[0]
-    w._add_enrolment("woman", face_picture(frames[0], first.box), first.identity, name)
-    an.enrolments = w.enrolments
+    w.enrolment.add("woman", face_picture(frames[0], first.box), name, first.identity)
+    an.enrolments = w.state.enrolments
     later = an.analyze(frames[1], track=False).faces[0]
-    group = an.analyze(__import__("app.core.sources", fromlist=["x"]).load_image(GROUP), track=False).faces
+    group = an.analyze(load_image(GROUP), track=False).faces
     an.close()
-    assert later.similarities["woman"] >= threshold
+    assert later.similarities["woman"] >= threshold and later.match.name == "woman"
     assert len(group) >= 3 and all(f.similarities["woman"] < later.similarities["woman"] for f in group)
 
 
@@ -355,12 +267,10 @@ def test_synthesis_strip_with_fersnet(qtbot, window) -> None:
 
 
 
-def test_gates_and_synthesis_panels_say_so_without_fersnet(qtbot, window, classifier, monkeypatch) -> None:
-    import app.main_window as mw
-
-    monkeypatch.setattr(mw, "EXPLAINER", "no-such-weights")
+def test_gates_and_synthesis_panels_say_so_without_fersnet(qtbot, window, classifier) -> None:
     w = window(weights=classifier)
-    w._update_explainer_notices()
+    w.explainers.explainer, w.explainers._fallback_read = "no-such-weights", False
+    w.explainers.on_models_loaded(w.state.loaded)
     for panel in (w.gates_panel, w.synth_panel):
         assert "No model here can show" in panel.notice.text()
 
@@ -377,9 +287,10 @@ def test_comparison_of_two_shipped_models(qtbot, window) -> None:
     w.set_comparison([names[1]])
     w.tabs.setCurrentWidget(w.compare_panel)
     inspect_and_wait(qtbot, w, [PHOTO])
-    qtbot.waitUntil(lambda: len(w.inspected[str(PHOTO)].faces[0].scores) == 2, timeout=120000)
+    results = w.state.inspection.results
+    qtbot.waitUntil(lambda: len(results[str(PHOTO)].faces[0].scores) == 2, timeout=120000)
     w.show_inspected(str(PHOTO))
     text = w.compare_panel.agreement.text()
     assert "agree" in text
-    labels = {m: canonical(s.label) for m, s in w.inspected[str(PHOTO)].faces[0].scores.items()}
+    labels = {m: canonical(s.label) for m, s in results[str(PHOTO)].faces[0].scores.items()}
     assert ("All 2 models agree" in text) == (len(set(labels.values())) == 1)

@@ -206,3 +206,135 @@ def test_pyside_refcount_workaround_keeps_none_alive() -> None:
         assert qc.applied and sys.getrefcount(None) > 1 << 39
     else:
         assert sys.getrefcount(None) >= before - 10
+
+
+# ---------------------------------------------------------------------------------------- issue #12
+STATE_SCRIPT = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "PySide6":
+            raise ImportError("blocked import: " + name)
+        return None
+sys.meta_path.insert(0, Block())
+from pathlib import Path
+from app.core.enrolment import EnrolmentStore
+from app.core.state import AppState
+state = AppState(EnrolmentStore(), Path("enrolments"))
+gen = state.inspection.start(["a.png", "b.png"])
+assert state.inspection.record(gen, "a.png", "could not be read") and not state.inspection.finished
+assert not state.inspection.record(gen - 1, "b.png", "stale")
+assert not any(m.split(".")[0] == "PySide6" for m in sys.modules), "PySide6 was imported"
+print("ok")
+"""
+
+
+def test_state_model_has_no_qt() -> None:
+    """The state model imports and works with Qt unavailable (as napari's components beside its Qt layer)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", STATE_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_labels_are_placed_without_overlap_in_a_crowd() -> None:
+    from app.core.layout import overlaps, place_labels
+
+    # five faces side by side, each label three times wider than its face
+    boxes = [(100 + 40 * i, 100 + (i % 2) * 10, 36, 36) for i in range(5)]
+    sizes = [(120.0, 18.0)] * 5
+    bounds = (0.0, 0.0, 640.0, 360.0)
+    rects = place_labels(boxes, sizes, bounds)
+    assert not any(overlaps(a, b) for i, a in enumerate(rects) for b in rects[i + 1:])
+    assert all(0 <= x and 0 <= y and x + w <= 640 and y + h <= 360 for x, y, w, h in rects)
+    assert rects[0] == (100, 82, 120.0, 18.0)  # a lone first label sits right above its box
+    assert not overlaps((0, 0, 10, 10), (10, 0, 10, 10))  # touching is not hiding
+
+
+def test_identity_decision_names_only_at_or_above_the_threshold() -> None:
+    from app.core.identity import IdentityChoice, decide
+
+    choice = IdentityChoice(key="idnet", threshold=0.5, far=0.01)
+    below = decide({"ada": 0.49, "bob": 0.2}, choice)
+    assert below.name is None and below.label == "unknown" and below.nearest == "ada"
+    assert decide({"ada": 0.5}, choice).name == "ada"
+    assert decide({"ada": 0.99}, IdentityChoice()) is None  # no calibrated threshold: no decision at all
+    assert decide({}, choice) is None
+
+
+def test_identity_choice_prefers_the_best_calibrated_feature_then_the_models_own(tmp_path: Path) -> None:
+    from ferkit.models.weights import Preprocessing, Weights
+
+    from app.core.identity import choose_identity, describe
+
+    def card(name: str, **kw) -> Weights:
+        return Weights(name, "lightcnn9", ["a", "b"], Preprocessing(), **kw)
+
+    idnet = card("idnet", identity_threshold=0.42, identity_far=0.01, identity_tar=0.8,
+                 identity_calibration="LFW View 2 pairs")
+    idnet.save_card(tmp_path / "idnet.json")
+    own = card("expr", identity_threshold=0.7, identity_far=0.001)
+    chosen = choose_identity("expr", own, True, best=lambda: str(tmp_path / "idnet.json"))
+    assert (chosen.origin, chosen.threshold, chosen.far) == ("enrolment", 0.42, 0.01)
+    assert "0.420" in describe(chosen) and "1 %" in describe(chosen) and "LFW View 2" in describe(chosen)
+    fallback = choose_identity("expr", own, True, best=lambda: None)
+    assert (fallback.key, fallback.origin, fallback.threshold) == ("expr", "model", 0.7)
+    uncalibrated = card("old", identity_threshold=0.79)  # a threshold without a stated false-accept rate
+    assert not choose_identity("old", uncalibrated, True, best=lambda: None).active
+    assert "No calibrated identity feature" in choose_identity("x", None, False, best=lambda: None).reason
+
+
+def test_one_canonical_name_per_class_and_only_expression_models_compare() -> None:
+    from ferkit.models.weights import get_weights, list_weights
+
+    from app.core.labels import canonical, display_classes, is_expression_classifier
+
+    assert display_classes(["angry", "happy", "sad", "surprise"]) == ["anger", "happiness", "sadness", "surprise"]
+    assert canonical("Happiness") == "happiness"
+    assert not is_expression_classifier(["07202", "07203"])  # an identity net's subjects
+    assert not is_expression_classifier(["celeba_subset/07201"] * 3)
+    assert is_expression_classifier(["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"])
+    known = {"deepid": False, "lightcnn9-identity": False, "tfe-jl": True, "netb-dal-mse": True, "eifn": True,
+             "fersnet": True, "resnet18-ferplus": True}
+    for name in set(known) & set(list_weights()):
+        assert is_expression_classifier(get_weights(name).classes) == known[name], name
+
+
+def test_a_truncated_video_is_damaged_at_the_frame_it_ends(tmp_path: Path) -> None:
+    from app.core.sources import VideoDamaged, VideoFile, sample_video
+
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(sample_video().read_bytes()[:200_000])
+    video = VideoFile(damaged, loop=True)
+    n = 0
+    with pytest.raises(VideoDamaged) as err:
+        while video.read() is not None:
+            n += 1
+            assert n < video.frame_count  # never rewound
+    video.close()
+    assert err.value.frame == n and 0 < n < err.value.expected
+    assert f"damaged at frame {n} of {err.value.expected}" in str(err.value)
+    whole = VideoFile(sample_video(), loop=False)
+    count = 0
+    while whole.read() is not None:  # a healthy file ends without complaint
+        count += 1
+    whole.close()
+    assert count >= whole.frame_count - 2
+
+
+def test_export_has_the_identity_decision_not_the_nearest_name(tmp_path: Path) -> None:
+    from app.core.analyzer import FaceResult, FrameResult, ModelScores
+    from app.core.export import result_records, save_records
+    from app.core.identity import IdentityChoice, decide
+
+    face = FaceResult(0, 1, (1, 2, 3), (10, 20, 30, 40), 0.9)
+    face.scores["m"] = ModelScores("m", ["happiness", "neutral"], np.array([0.75, 0.25]), np.array([0.75, 0.25]))
+    face.similarities = {"ada": 0.4}
+    face.match = decide(face.similarities, IdentityChoice(key="idnet", threshold=0.5))
+    recs = result_records("x.jpg", FrameResult(np.zeros((4, 4, 3), np.uint8), [face], "m", {}))
+    save_records(recs, tmp_path / "r.csv")
+    import csv
+
+    row = next(csv.DictReader(open(tmp_path / "r.csv")))
+    assert row["identity"] == "unknown" and row["similarity:ada"] == "0.4" and row["m:label"] == "happiness"

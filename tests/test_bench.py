@@ -79,5 +79,65 @@ def test_pipeline_on_sample_video_few_frames() -> None:
     assert r["resolution"] == [640, 360] and r["fps"]["n"] == 1 and r["fps"]["median"] > 0
     assert set(r["stage_ms"]) == {"decode", "detect", "align", "infer", "draw"}
     assert all(s["n"] == 3 for s in r["stage_ms"].values())
+    assert r["frame_ms"]["n"] == 3 and r["fps_at_median_frame"] > 0 and r["threads"] == 1
+    assert r["faces"] == "tracked" and r["face_path_stats"]["frames"] == 4  # the live path: detector + flow
     assert r["faces_per_frame"]["median"] == 1.0  # one woman in every frame
     assert r["rss_mb"]["peak"] >= r["rss_mb"]["before_models"] > 0
+
+
+def test_pipeline_many_faces_under_background_load_in_a_child() -> None:
+    pytest.importorskip("mediapipe")
+    pytest.importorskip("onnxruntime")
+    from ferkit.bench.pipeline import load_ratio, run_in_child
+
+    loaded = run_in_child(load_cores=1, video=samples_dir() / "multi_face.jpg", weights="resnet12_fer", frames=2,
+                          passes=1, faces="tracked", engine="auto", threads=1, detect_every=5)
+    assert "error" not in loaded, loaded
+    assert loaded["background_load_cores"] == 1 and loaded["faces_per_frame"]["median"] >= 4
+    assert loaded["engine"] == "onnx" and loaded["frame_ms"]["n"] == 2
+    ratio = load_ratio({"frame_ms": {"median": 10.0, "p95": 20.0}}, {"frame_ms": {"median": 12.0, "p95": 30.0}})
+    assert ratio == {"goal": 1.5, "frame_ms_median": 1.2, "frame_ms_p95": 1.5}
+
+
+def test_per_face_figures_per_engine(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from ferkit.models.registry import create_model
+    from ferkit.models.weights import Preprocessing, Weights
+
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bench_models, "LATENCY_REPEAT", 3)
+    model = create_model("resnet12_fer")
+    w = Weights(name="t", architecture="resnet12_fer", classes=[f"c{i}" for i in range(model.num_classes)],
+                preprocessing=Preprocessing(), tta="flip")
+    ckpt = tmp_path / "c.pt"
+    torch.save({"weights_meta": w.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
+    rows = bench_models.per_face(str(ckpt), engines=("torch", "onnx", "onnx-int8"),
+                                 calibration=tmp_path / "no-such-folder")
+    for engine in ("torch", "onnx"):
+        assert rows[engine]["engine"] == engine and rows[engine]["tta_card"] == "flip"
+        assert rows[engine]["ms"]["n"] == 3 and rows[engine]["ms_card_tta"]["median"] > 0
+    assert "calibration folder" in rows["onnx-int8"]["error"]  # reported, not fatal
+
+
+def test_tables_and_goals_from_a_report() -> None:
+    from ferkit.cli.bench import goals
+
+    frame = {"median": 12.5, "p95": 20.0, "min": 10.0, "max": 30.0, "n": 100}
+    stages = {k: frame for k in ("decode", "detect", "align", "infer", "draw")}
+    row = {"name": "1 face, live path", "engine": "onnx", "frame_ms": frame, "fps_at_median_frame": 80.0,
+           "fps": {"median": 78.0, "min": 77.0, "max": 79.0}, "stage_ms": stages, "faces_per_frame": {"median": 1.0},
+           "rss_mb": {"peak": 300.0}, "background_load_cores": 0}
+    per_face = {"torch": {"ms": frame, "ms_card_tta": frame, "tta_card": "flip"}, "onnx-int8": {"error": "no data"}}
+    model_row = {"model": "tfe-jl", "device": "cpu", "trained": True, "torch": {}, "onnx": {}, "per_face_ms": per_face}
+    report = {"environment": environment(), "wall_time_s": 1.0, "models": [model_row],
+              "pipeline": [row, {**row, "name": "1 face, live path, under load", "background_load_cores": 1}],
+              "pipeline_load_ratio": {"1 face": {"goal": 1.5, "frame_ms_median": 1.1, "frame_ms_p95": 1.3}},
+              "agreement": {"reference": "every_frame_mesh", "weights": "tfe-jl", "engine": "onnx", "detect_every": 5,
+                            "modes": {"tracked": {"frames": 472, "agreement": 0.99, "detector_runs": 95}}}}
+    table = format_tables(report)
+    assert "| 1 face, live path | onnx | 12.5 (10-30) |" in table and "x1.1 (median)" in table
+    assert "| tracked | 472 | 99.00% | - | 95 |" in table
+    assert "| tfe-jl | 12.5 (10-30) | - | - | flip | 12.5 (10-30) | - | - |" in table
+    g = goals(report)
+    assert g["fps_1_face_median >= 60"] == 80.0 and g["load_ratio_1_face <= 1.5"] == 1.1
+    assert g["agreement_tracked >= 0.98"] == 0.99 and g["fps_5_faces_median >= 30"] is None

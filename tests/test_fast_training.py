@@ -2,6 +2,8 @@
 augmentation, EMA, TTA, FER2013 evaluation; each checked against what it must compute."""
 from __future__ import annotations
 
+import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from ferkit.evaluation.forward import class_probabilities
 from ferkit.inference import Predictor, merge_flip_outputs
 from ferkit.losses.softmax_mse import softmax_mse
 from ferkit.models.outputs import ModelOutput
+from ferkit.recipes import base
 from ferkit.recipes.base import make_schedule
 from ferkit.training import precision as precision_mod
 from ferkit.training.engine import train
@@ -138,9 +141,50 @@ def test_ema_is_a_lerp_of_the_trained_weights(ferplus_root: Path, tmp_path: Path
     recipe.setup(ctx)
     assert set(recipe.modules()) == {"model", "train_model"} and recipe.model is not recipe.train_model
     before = [p.detach().clone() for p in recipe.model.parameters()]
+    stats_before = {k: v.clone() for k, v in recipe.model.named_buffers() if v.is_floating_point()}
     next(iter(recipe.train_epoch(ctx, 0)))
     for ema, old, new in zip(recipe.model.parameters(), before, recipe.train_model.parameters()):
         torch.testing.assert_close(ema, 0.9 * old + 0.1 * new.detach())
+    # BN running statistics are averaged alike (copying the live ones mismatches the averaged weights)
+    live = dict(recipe.train_model.named_buffers())
+    assert stats_before and any(not torch.equal(live[k], v) for k, v in stats_before.items())
+    for k, ema in recipe.model.named_buffers():
+        if k in stats_before:
+            torch.testing.assert_close(ema, 0.9 * stats_before[k] + 0.1 * live[k])
+
+
+def test_ema_bn_statistics_are_measured_for_the_averaged_weights(ferplus_root: Path, tmp_path: Path) -> None:
+    recipe = get_recipe("tfe-jl/resnet18-ferplus")(ferplus_root, {"batch_size": 8, "ema": 0.5})
+    ctx = LocalContext(tmp_path)
+    recipe.setup(ctx)
+    for _ in range(3):
+        next(iter(recipe.train_epoch(ctx, 0)))
+    first_bn = next(m for m in recipe.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    first_bn.running_var.fill_(100.0)  # stale statistics that would wreck evaluation
+    with torch.no_grad():  # averaged weights that differ clearly from the live ones
+        next(recipe.model.parameters()).mul_(3.0)
+    metrics = recipe.evaluate(ctx, 0)
+    assert math.isfinite(metrics["val_loss"])
+    # the stem's batch means over the settling batches (clean training images), for the EMA weights
+    order = torch.randperm(len(recipe.x_train), generator=torch.Generator().manual_seed(0))
+    x = recipe.inputs(recipe.x_train[order[:base.EMA_BN_BATCHES * recipe.batch_size]], augment=False)
+    seen = []
+
+    def batch_means(model: torch.nn.Module) -> torch.Tensor:
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        hook = bn.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].mean((0, 2, 3))))
+        with torch.no_grad():
+            model.train()
+            for i in range(0, len(x), recipe.batch_size):
+                model(x[i:i + recipe.batch_size])
+        hook.remove()
+        out = torch.stack(seen).mean(0)
+        seen.clear()
+        return out
+
+    ema_copy, live_copy = copy.deepcopy(recipe.model), copy.deepcopy(recipe.train_model)
+    torch.testing.assert_close(first_bn.running_mean, batch_means(ema_copy), atol=1e-4, rtol=1e-3)
+    assert not torch.allclose(first_bn.running_mean, batch_means(live_copy), atol=1e-4)
 
 
 # ---- TTA -------------------------------------------------------------------------------------
@@ -220,3 +264,21 @@ def test_bf16_and_fp32_evaluation_agree_on_real_faces(shared_data: Path) -> None
     acc32 = float((fp32 == data.labels).float().mean())
     acc16 = float((bf16 == data.labels).float().mean())
     assert abs(acc32 - acc16) <= 0.003, (acc32, acc16)
+
+
+def test_a_replayed_epoch_holds_the_final_lr_instead_of_failing() -> None:
+    """After a mid-epoch checkpoint the epoch restarts from its first batch: more steps than planned."""
+    from types import SimpleNamespace
+
+    from ferkit.recipes.base import ClassifierRecipe
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    holder = SimpleNamespace(scheduler=make_schedule(opt, "onecycle", total_steps=5, warmup_steps=0))
+    for _ in range(holder.scheduler.total_steps):  # the planned steps (5, plus the one after the last)
+        ClassifierRecipe._step_schedule(holder)
+    final = opt.param_groups[0]["lr"]
+    for _ in range(3):  # a plain scheduler.step() raises here ("Tried to step 7 times")
+        ClassifierRecipe._step_schedule(holder)
+    assert opt.param_groups[0]["lr"] == final
+    with pytest.raises(ValueError):
+        holder.scheduler.step()

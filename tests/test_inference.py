@@ -60,7 +60,7 @@ def test_to_model_input_converts_channels_and_size() -> None:
 
 def test_predict_tensor_matches_the_model(trained: tuple[Path, Path]) -> None:
     data, ckpt = trained
-    pred = Predictor(ckpt, device="cpu")
+    pred = Predictor(ckpt, device="cpu", engine="torch")
     ds = load_ferplus(data, use_cache=False)
     out = pred.predict_tensor(ds.images[:5])
     assert out.logits.shape == (5, 8) and out.identity is not None and out.identity.shape == (5, 16)
@@ -106,7 +106,7 @@ def test_predict_finds_the_face_in_the_sample_photo(trained: tuple[Path, Path]) 
 
 def test_multi_face_frame_runs_one_forward(trained: tuple[Path, Path]) -> None:
     _, ckpt = trained
-    with Predictor(ckpt, device="cpu") as pred:
+    with Predictor(ckpt, device="cpu", engine="torch") as pred:
         calls = []
         pred.model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
         res = pred.predict_file(samples_dir() / "multi_face.jpg")

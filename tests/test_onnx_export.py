@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ferkit.export.onnx import TOLERANCE, OnnxClassifier, OnnxModel, example_input, export_model, export_weights
+from ferkit.export.onnx import (TOLERANCE, OnnxClassifier, OnnxModel, batchnorm_count, example_input, export_model,
+                                export_weights)
 from ferkit.models.registry import create_model, list_models
 from ferkit.models.weights import Preprocessing, Weights, list_weights, load_weights
 
@@ -52,6 +53,7 @@ def test_fresh_model_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     model, weights = _fresh(name)
     result = export_model(model, weights, tmp_path / f"{name}.onnx")
     assert all(v <= TOLERANCE for v in result.max_abs_diff.values())
+    assert batchnorm_count(result.path) == 0 and batchnorm_count(result.path, optimized=True) == 0  # BN folded
     onnx_model = OnnxModel(result.path, threads=1)
     with torch.no_grad():
         probe = model(example_input(weights.preprocessing, 1))
@@ -123,6 +125,7 @@ def test_shipped_weights_onnx_matches_torch(name: str, tmp_path: Path) -> None:
         pytest.skip("no shipped weights in resources/weights yet")
     result = export_weights(name, tmp_path / f"{name}.onnx")
     assert all(v <= TOLERANCE for v in result.max_abs_diff.values()), result.max_abs_diff
+    assert batchnorm_count(result.path, optimized=True) == 0  # BN folded (TFE-JL's heads included)
     loaded = load_weights(name, device="cpu")
     x = example_input(loaded.weights.preprocessing, 4, seed=7)
     with torch.no_grad():
@@ -139,12 +142,12 @@ def test_use_onnx_switches_a_predictor(tmp_path: Path, monkeypatch: pytest.Monke
     model, weights = _fresh("tfe_jl")
     ckpt = tmp_path / "checkpoint.pt"
     torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
-    predictor = Predictor(str(ckpt), device="cpu")
+    predictor = Predictor(str(ckpt), device="cpu", engine="torch")
     crops = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
     ref = predictor.predict_tensor(crops)
     use_onnx(predictor, threads=1)
     got = predictor.predict_tensor(crops)
-    assert isinstance(predictor.model, OnnxModel)
+    assert isinstance(predictor.model, OnnxModel) and predictor.engine == "onnx"
     assert (got.logits - ref.logits).abs().max() <= TOLERANCE
     assert (got.identity - ref.identity).abs().max() <= TOLERANCE
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once into the cache
@@ -159,7 +162,7 @@ def test_predictor_engine_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ckpt = tmp_path / "checkpoint.pt"
     torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
     crops = torch.randint(0, 256, (2, 1, 48, 48), dtype=torch.uint8)
-    ref = Predictor(str(ckpt), device="cpu").predict_tensor(crops)
+    ref = Predictor(str(ckpt), device="cpu", engine="torch").predict_tensor(crops)
     onnx_predictor = Predictor(str(ckpt), device="cpu", engine="onnx")
     assert isinstance(onnx_predictor.model, OnnxModel)
     assert (onnx_predictor.predict_tensor(crops).logits - ref.logits).abs().max() <= TOLERANCE

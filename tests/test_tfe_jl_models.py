@@ -179,6 +179,28 @@ def test_load_branches_copies_pretrained_weights_and_rejects_wrong_architecture(
         joint.load_branches(emotion_state=create_model("resnet12_fer").state_dict())
 
 
+def test_start_as_emotion_net_reproduces_the_emotion_nets_logits() -> None:
+    torch.manual_seed(0)
+    deepid = create_model("deepid", num_classes=11)
+    resnet = create_model("resnet18_fer", num_classes=8)
+    with torch.no_grad():  # non-trivial BN statistics so an identity-BN shortcut would not pass
+        for m in resnet.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    joint = create_model("tfe_jl", num_classes=8)
+    joint.load_branches(deepid.state_dict(), resnet.state_dict())
+    x = torch.randn(64, 1, 48, 48)
+    joint.start_as_emotion_net(resnet.fc.weight, resnet.fc.bias, x)
+    joint.eval(), resnet.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(joint(x[:8]).logits, resnet(x[:8]).logits, atol=1e-4, rtol=1e-4)
+    assert joint.classifier.weight[:, :160].abs().max() == 0  # identity half starts silent...
+    joint.train()
+    joint(x).logits.sum().backward()
+    assert joint.classifier.weight.grad[:, :160].abs().max() > 0  # ...but learns
+
+
 def test_verification_loss_follows_deepid2_equation() -> None:
     f = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.3, 0.4], [10.0, 0.0]])
     y = torch.tensor([0, 0, 1, 2])

@@ -105,7 +105,7 @@ def test_deepid_loss_drops_on_fixed_batch(identity_root: tuple[Path, Path], tmp_
     recipe = get_recipe("tfe-jl/deepid-identity")(celeb, {"batch_size": 8, "holdout_identities": 1, "lr": 0.05})
     first, last = _fixed_batch_loss_drops(recipe, LocalContext(tmp_path), steps=25)
     assert last < first
-    assert recipe.margin > 0
+    assert recipe.verif_margin > 0
 
 
 def _write_card(folder: Path, name: str, architecture: str, model: nn.Module, classes: list[str],

@@ -65,6 +65,19 @@ def test_every_n_and_json(clip: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert out["frames_read"] == FRAMES and out["problem"] is None
 
 
+def test_detect_every_n_follows_the_face_between_detections(clip: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", str(clip), "--device", "cpu", "--detect-every", "5", "--json"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(clip), "--device", "cpu", "--json"]) == 0
+    every = json.loads(capsys.readouterr().out)
+    assert [r["frame"] for r in fast["rows"]] == list(range(FRAMES)) and {r["track"] for r in fast["rows"]} == {1}
+    for a, b in zip(fast["rows"], every["rows"]):  # the followed box stays on the detected face
+        ax, ay, aw, ah = a["box"]
+        bx, by, bw, bh = b["box"]
+        assert abs((ax + aw / 2) - (bx + bw / 2)) < 0.15 * bw and abs((ay + ah / 2) - (by + bh / 2)) < 0.15 * bh
+    assert main(["predict", str(samples_dir() / "single_face.jpg"), "--detect-every", "3"]) == 2  # videos only
+
+
 def test_truncated_video_keeps_rows_and_says_where_it_broke(clip: Path, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     broken = _truncate(clip, tmp_path / "broken.avi")

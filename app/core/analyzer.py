@@ -1,9 +1,15 @@
-"""One frame in, every face's boxes, ids, scores, identity feature and similarities out.
+"""One frame in, every face's boxes, ids, scores, identity feature and identity decision out.
 
 Used by the live inference worker, the image inspector, the self-test and the benchmark, so the
-numbers on screen are the numbers those report. Each stage is timed (detect, align, infer) so
-the status bar can show where the time goes. One analyzer (and so one ``FacePipeline``) per
-thread: mediapipe graphs are not shared across threads.
+numbers on screen are the numbers those report. Models run through the library's
+:class:`ferkit.inference.Predictor` (its preprocessing, test-time augmentation and forward), never a
+copy of them. Each stage is timed (detect, align, infer, identity) so the status bar can show where
+the time goes. One analyzer (and so one ``FacePipeline``) per thread: mediapipe graphs are not
+shared across threads.
+
+Identity: the feature that decides "same person?" is the :class:`IdentityChoice` the worker was
+configured with (the best calibrated identity weights, not necessarily the expression model); it
+runs once per frame on all faces in one batch.
 """
 from __future__ import annotations
 
@@ -14,11 +20,14 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
+from ferkit.face.tracking import FaceTracker, Smoother, track_colour
+from ferkit.inference import crops_to_tensor
+from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing
 
 from app.core.enrolment import EnrolmentStore
+from app.core.identity import IdentityChoice, IdentityMatch, decide
 from app.core.models import ModelCache, ModelHandle
-from ferkit.face.tracking import FaceTracker, Smoother, track_colour
 
 
 @dataclass
@@ -51,8 +60,11 @@ class FaceResult:
     crops: dict[Preprocessing, np.ndarray] = field(default_factory=dict)
     #: scores per model display name; the primary model first
     scores: dict[str, ModelScores] = field(default_factory=dict)
+    #: feature of the identity weights in use (``FrameResult.identity.key``); None without one
     identity: Optional[np.ndarray] = None
     similarities: dict[str, float] = field(default_factory=dict)
+    #: the decision: a name at or above the threshold, "unknown" below; None when nothing is decided
+    match: Optional[IdentityMatch] = None
 
 
 @dataclass
@@ -64,6 +76,18 @@ class FrameResult:
     frame_index: int = -1
     captured_at: float = 0.0  # time.perf_counter() when the frame was read
     note: str = ""
+    #: the identity feature and threshold the faces' decisions were made with
+    identity: IdentityChoice = field(default_factory=IdentityChoice)
+
+
+def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[FaceResult]:
+    """The selected track's face, else the largest face of the frame."""
+    if result is None or not result.faces:
+        return None
+    for f in result.faces:
+        if f.track_id == selected_id:
+            return f
+    return max(result.faces, key=lambda f: f.box[2] * f.box[3])
 
 
 def whole_image_crop(rgb: np.ndarray, pp: Preprocessing) -> np.ndarray:
@@ -103,6 +127,8 @@ class FrameAnalyzer:
         self.primary: Optional[ModelHandle] = None
         self.comparison: list[ModelHandle] = []
         self.enrolments: Optional[EnrolmentStore] = None
+        self.identity = IdentityChoice()
+        self.identity_handle: Optional[ModelHandle] = None
         #: extra preprocessings to align for (e.g. the FERSNet panels' input)
         self.extra_preprocessing: set[Preprocessing] = set()
 
@@ -110,6 +136,11 @@ class FrameAnalyzer:
     def set_models(self, primary: Optional[str], comparison: Sequence[str] = ()) -> None:
         self.primary = self.cache.get(primary, self.device) if primary else None
         self.comparison = [self.cache.get(k, self.device) for k in comparison if k and k != primary]
+
+    def set_identity(self, choice: IdentityChoice) -> None:
+        """Use ``choice``'s weights for identity features (loaded once here, in the worker thread)."""
+        self.identity = choice
+        self.identity_handle = self.cache.get(choice.key, self.device) if choice.active else None
 
     def set_smoother(self, smoother: Smoother) -> None:
         if self.tracker is not None:
@@ -149,6 +180,8 @@ class FrameAnalyzer:
             faces.append(FaceResult(i, tid, colour, tuple(int(v) for v in det.box), float(det.score), detection=det))
         # align once per distinct preprocessing
         pps = {h.preprocessing for h in self.handles()} | set(self.extra_preprocessing)
+        if self.identity_handle is not None:
+            pps.add(self.identity_handle.preprocessing)
         for face in faces:
             for pp in pps:
                 if face.whole_image:
@@ -157,27 +190,43 @@ class FrameAnalyzer:
                     face.crops[pp] = np.asarray(pipe.align(rgb, face.detection, pp))
         t2 = time.perf_counter()
         timings["align"] = (t2 - t1) * 1e3
+        primary_identity = None
         if faces:
             for handle in self.handles():
-                out = handle.run([f.crops[handle.preprocessing] for f in faces])
-                probs = out.probabilities.detach().cpu().double().numpy()
-                ident = out.identity.detach().float().cpu().numpy() if out.identity is not None else None
+                out = predict(handle, [f.crops[handle.preprocessing] for f in faces])
+                probs = out.probabilities.double().cpu().numpy()
+                if handle is self.primary and out.identity is not None:
+                    primary_identity = out.identity.float().cpu().numpy()
                 for k, face in enumerate(faces):
                     raw = probs[k]
                     smoothed = raw
                     if tracks and self.tracker is not None:
                         smoothed = tracks[k].smooth(handle.key, raw, self.tracker.smoother)
                     face.scores[handle.name] = ModelScores(handle.name, handle.classes, raw, smoothed)
-                    if handle is self.primary and ident is not None:
-                        face.identity = ident[k]
         t3 = time.perf_counter()
         timings["infer"] = (t3 - t2) * 1e3
-        if self.enrolments is not None and self.primary is not None:
-            for face in faces:
-                if face.identity is not None:
-                    face.similarities = self.enrolments.similarities(face.identity, self.primary.key)
+        self._identify([f for f in faces if not f.whole_image], primary_identity)
+        timings["identity"] = (time.perf_counter() - t3) * 1e3
         return FrameResult(rgb, faces, self.primary.name if self.primary else None, timings,
-                           frame_index=frame_index, captured_at=captured_at, note=note)
+                           frame_index=frame_index, captured_at=captured_at, note=note, identity=self.identity)
+
+    def _identify(self, faces: list[FaceResult], primary_identity: Optional[np.ndarray]) -> None:
+        """Identity feature of every detected face in one batch, its similarities and the decision."""
+        handle = self.identity_handle
+        if handle is None or not faces:
+            return
+        if handle is self.primary and primary_identity is not None:
+            features = primary_identity  # the expression model's own calibrated feature: already computed
+        else:
+            out = predict(handle, [f.crops[handle.preprocessing] for f in faces])
+            if out.identity is None:
+                return
+            features = out.identity.float().cpu().numpy()
+        for face, feature in zip(faces, features):
+            face.identity = feature
+            if self.enrolments is not None:
+                face.similarities = self.enrolments.similarities(feature, handle.key)
+            face.match = decide(face.similarities, self.identity)
 
     def close(self) -> None:
         for pipe in {id(self.pipeline): self.pipeline, id(self.live_pipeline): self.live_pipeline}.values():
@@ -202,6 +251,11 @@ def face_picture(rgb: np.ndarray, box: Sequence[int], margin: float = 0.6, max_s
     return np.ascontiguousarray(pic)
 
 
+def predict(handle: ModelHandle, crops: Sequence[np.ndarray]) -> ModelOutput:
+    """Aligned uint8 crops through the handle's library Predictor (preprocessing, TTA and forward are its own)."""
+    return handle.predictor.predict_tensor(crops_to_tensor([np.asarray(c) for c in crops]))
+
+
 def identity_of_picture(analyzer: FrameAnalyzer, handle: ModelHandle, picture: np.ndarray) -> Optional[np.ndarray]:
     """Identity feature of the largest face in ``picture`` (the whole picture if none is found)."""
     if not handle.has_identity:
@@ -213,13 +267,13 @@ def identity_of_picture(analyzer: FrameAnalyzer, handle: ModelHandle, picture: n
         crop = np.asarray(analyzer.pipeline.align(picture, det, pp))
     else:
         crop = whole_image_crop(picture, pp)
-    out = handle.run([crop])
+    out = predict(handle, [crop])
     return None if out.identity is None else out.identity[0].detach().float().cpu().numpy()
 
 
 def refresh_enrolments(analyzer: FrameAnalyzer) -> int:
-    """Give every enrolment a feature of the primary model (computed from its stored picture)."""
-    handle = analyzer.primary
+    """Give every enrolment a feature of the identity weights in use (computed from its stored picture)."""
+    handle = analyzer.identity_handle
     if analyzer.enrolments is None or handle is None or not handle.has_identity:
         return 0
     return analyzer.enrolments.fill(handle.key, lambda pic: identity_of_picture(analyzer, handle, pic))

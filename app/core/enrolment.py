@@ -1,9 +1,11 @@
 """Enrolled identities: a name, the face picture it came from, and its identity feature per model.
 
 Identity features of different models live in different spaces, so a feature is stored per
-weights entry; when the user switches to another identity-capable model the feature is
-recomputed from the stored face picture (see :meth:`FrameAnalyzer`-side ``refresh``). Saved as
-a JSON index plus an ``.npz`` of face pictures in the user's config folder, written atomically.
+weights entry; when the identity weights in use change (or a calibrated one is installed where
+there was none) the feature is recomputed from the stored face picture
+(:func:`app.core.analyzer.refresh_enrolments`). That is why a face can be enrolled without any
+feature: the picture is what is kept. Saved as a JSON index plus an ``.npz`` of face pictures in
+the user's config folder, written atomically.
 """
 from __future__ import annotations
 
@@ -49,12 +51,15 @@ class EnrolmentStore:
         self._items: list[Enrolment] = []
 
     # ---- edits -------------------------------------------------------------------------------
-    def add(self, name: str, face: np.ndarray, model_key: str, feature: np.ndarray) -> Enrolment:
+    def add(self, name: str, face: np.ndarray, model_key: Optional[str] = None,
+            feature: Optional[np.ndarray] = None) -> Enrolment:
+        """Enrol ``face`` under ``name``, with the feature of ``model_key`` when one was computed."""
         name = name.strip()
         if not name:
             raise ValueError("an enrolment needs a name")
-        item = Enrolment(name, np.ascontiguousarray(face, dtype=np.uint8),
-                         {model_key: np.asarray(feature, dtype=np.float32).ravel()})
+        features = {} if model_key is None or feature is None else \
+            {model_key: np.asarray(feature, dtype=np.float32).ravel()}
+        item = Enrolment(name, np.ascontiguousarray(face, dtype=np.uint8), features)
         with self._lock:
             self._items.append(item)
         return item

@@ -1,4 +1,9 @@
-"""Inspection results to CSV / JSON, one row (object) per face, nothing rounded away."""
+"""Inspection results to CSV / JSON, one row (object) per face, nothing rounded away.
+
+Class names are the app's canonical display names (``happiness``, whichever dataset's spelling the
+model was trained with), the same ones the bars show; the identity column is the thresholded
+decision (a name or ``unknown``), never just the nearest name.
+"""
 from __future__ import annotations
 
 import csv
@@ -12,19 +17,25 @@ from ferkit.utils.io import atomic_write_text
 from app.core.analyzer import FrameResult
 
 
+def empty_record(path: str, note: str) -> dict[str, Any]:
+    """The row of an image without faces (or that could not be read), saying why."""
+    return {"path": path, "face": None, "box": None, "detection_score": None, "whole_image": False,
+            "models": {}, "similarity": {}, "identity": None, "note": note}
+
+
 def result_records(path: str, result: FrameResult) -> list[dict[str, Any]]:
-    """Plain dicts of one analysed image: path, face, box, label and scores per model, similarities."""
+    """Plain dicts of one analysed image: path, face, box, label and scores per model, similarities, identity."""
     records = []
     for face in result.faces:
         rec: dict[str, Any] = {
             "path": path, "face": face.index, "box": list(face.box), "detection_score": face.det_score,
-            "whole_image": face.whole_image, "models": {}, "similarity": dict(face.similarities)}
+            "whole_image": face.whole_image, "models": {}, "similarity": dict(face.similarities),
+            "identity": None if face.match is None else face.match.label}
         for name, scores in face.scores.items():
             rec["models"][name] = {"label": scores.classes[int(scores.raw.argmax())], "scores": scores.as_dict()}
         records.append(rec)
     if not result.faces:
-        records.append({"path": path, "face": None, "box": None, "detection_score": None, "whole_image": False,
-                        "models": {}, "similarity": {}, "note": "no face found"})
+        records.append(empty_record(path, "no face found"))
     return records
 
 
@@ -48,7 +59,7 @@ def to_csv(records: Sequence[dict[str, Any]]) -> str:
                 sim_cols.append(col)
     models = sorted({m for rec in records for m in rec["models"]})
     header = ["path", "face", "x", "y", "w", "h", "detection_score", "whole_image"] + \
-        [f"{m}:label" for m in models] + score_cols + sim_cols + ["note"]
+        [f"{m}:label" for m in models] + score_cols + sim_cols + ["identity", "note"]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
@@ -61,7 +72,7 @@ def to_csv(records: Sequence[dict[str, Any]]) -> str:
             row.append(rec["models"].get(model, {}).get("scores", {}).get(cls, ""))
         for col in sim_cols:
             row.append(rec["similarity"].get(col.split(":", 1)[1], ""))
-        row.append(rec.get("note", ""))
+        row += [rec.get("identity") or "", rec.get("note", "")]
         writer.writerow(row)
     return buf.getvalue()
 

@@ -1,28 +1,34 @@
 """Expression names across datasets: FER+ says "happiness", FER2013 "happy", CK+ "happy"/"anger".
 
-Comparison of models trained on different datasets must compare meanings, not spellings, so
-agreement is decided on canonical names; the bars keep each model's own class names.
+One canonical display name per class (the library's :func:`ferkit.evaluation.evaluate.canonical`,
+the same mapping ``ferkit eval`` matches datasets with), so bars, box labels, comparison, CSV
+and JSON name a class the same way whichever model produced it.
 """
 from __future__ import annotations
 
-_CANONICAL = {
-    "angry": "anger", "anger": "anger",
-    "happy": "happiness", "happiness": "happiness", "joy": "happiness",
-    "sad": "sadness", "sadness": "sadness",
-    "surprise": "surprise", "surprised": "surprise",
-    "fear": "fear", "fearful": "fear", "afraid": "fear",
-    "disgust": "disgust", "disgusted": "disgust",
-    "contempt": "contempt",
-    "neutral": "neutral",
-}
+from typing import Sequence
 
-#: more classes than this: the weights are not an expression classifier (e.g. an identity net)
-MAX_EXPRESSION_CLASSES = 12
+from ferkit.evaluation.evaluate import canonical as _library_canonical
+
+#: the expression classes any shipped or trainable model predicts (canonical spelling)
+EXPRESSIONS = frozenset({"neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"})
 
 
 def canonical(label: str) -> str:
-    return _CANONICAL.get(label.strip().lower(), label.strip().lower())
+    """The display name of a class: ``happy`` -> ``happiness``; unknown names lower-cased and kept."""
+    return _library_canonical(label)
 
 
-def is_expression_classifier(classes: list[str]) -> bool:
-    return len(classes) <= MAX_EXPRESSION_CLASSES
+def display_classes(classes: Sequence[str]) -> list[str]:
+    """A model's class names as the app shows and exports them."""
+    return [canonical(c) for c in classes]
+
+
+def is_expression_classifier(classes: Sequence[str]) -> bool:
+    """True when every class is an expression (an identity net's subjects are not: deepid, lightcnn9-identity).
+
+    Decided from the card's class names, not their count, so a small identity net is not taken
+    for an expression model and a new expression set with a synonym still is.
+    """
+    names = display_classes(classes)
+    return len(names) >= 2 and all(n in EXPRESSIONS for n in names)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,29 +17,27 @@ import torch
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing, Weights, get_weights, list_weights, resolve_device
 
+if TYPE_CHECKING:
+    from ferkit.inference import Predictor
+
+
+#: file suffixes of training checkpoints (anything else is a shipped name or a card)
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
 
 def display_name(name_or_path: str) -> str:
     """Short label of a weights entry: the shipped name, or ``run/checkpoint.pt`` for a checkpoint."""
     p = Path(name_or_path)
-    if p.suffix in {".pt", ".pth", ".ckpt"}:
+    if p.suffix in CHECKPOINT_SUFFIXES:
         return f"{p.parent.name}/{p.name}"
     return str(name_or_path)
-
-
-def crops_to_batch(crops: Sequence[np.ndarray], pp: Preprocessing) -> torch.Tensor:
-    """Aligned uint8 crops -> uint8 ``[N,C,H,W]``, exactly as ``ferkit predict`` batches them."""
-    from ferkit.inference import crops_to_tensor
-
-    if not crops:
-        return torch.zeros((0, pp.channels, pp.input_size, pp.input_size), dtype=torch.uint8)
-    return crops_to_tensor([np.asarray(c) for c in crops])
 
 
 @dataclass
 class ModelHandle:
     key: str  # the shipped name or checkpoint path the user picked
     weights: Weights
-    predictor: object
+    predictor: "Predictor"
     model: torch.nn.Module
     device: torch.device
 
@@ -53,7 +51,10 @@ class ModelHandle:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.weights.classes)
+        """Class names as the app shows and exports them (one canonical spelling across models)."""
+        from app.core.labels import display_classes
+
+        return display_classes(self.weights.classes)
 
     @property
     def has_identity(self) -> bool:
@@ -67,32 +68,27 @@ class ModelHandle:
     def has_synthesis(self) -> bool:
         return bool(getattr(self.model, "has_synthesis", False))
 
-    @property
-    def identity_threshold(self) -> Optional[float]:
-        return self.weights.identity_threshold
-
-    def run(self, crops: Sequence[np.ndarray]) -> ModelOutput:
-        """Scores (and identity feature) of aligned crops, through the library's Predictor."""
-        batch = crops_to_batch(crops, self.preprocessing)
-        with torch.inference_mode():
-            return self.predictor.predict_tensor(batch)
-
     def forward_gates(self, crops: Sequence[np.ndarray]) -> ModelOutput:
         """A forward pass that also returns the ConvFLU gate maps (FERSNet only)."""
-        batch = crops_to_batch(crops, self.preprocessing)
-        with torch.inference_mode():
-            return self.predictor.predict_tensor(batch, return_gates=True)
+        from ferkit.inference import crops_to_tensor
+
+        return self.predictor.predict_tensor(crops_to_tensor([np.asarray(c) for c in crops]), return_gates=True)
 
     def synthesize(self, crop: np.ndarray, targets: Sequence[int]) -> np.ndarray:
         """The face re-expressed as each class in ``targets``: uint8 ``[K, H, W, C]``."""
-        from ferkit.inference import to_model_input
+        from ferkit.inference import crops_to_tensor, to_model_input
 
-        batch = crops_to_batch([crop] * len(targets), self.preprocessing).to(self.device)
+        batch = crops_to_tensor([np.asarray(crop)] * len(targets)).to(self.device)
         target = torch.as_tensor(list(targets), dtype=torch.long, device=self.device)
         with torch.inference_mode():
             out = self.model.synthesize(to_model_input(batch, self.preprocessing), target)
             images = self.preprocessing.denormalize(out.float()).mul(255.0).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def available_devices() -> list[str]:
+    """Inference devices to offer: auto and cpu, and cuda when torch sees a GPU."""
+    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def configure_torch_threads() -> int:
@@ -145,11 +141,7 @@ def load_handle(key: str, device: torch.device) -> ModelHandle:
     from ferkit.inference import Predictor
 
     predictor = Predictor(key, device=str(device))
-    weights = getattr(predictor, "weights", None) or get_weights(key)
-    model = getattr(predictor, "model", None)
-    if model is None:
-        raise RuntimeError("ferkit.inference.Predictor exposes no .model; the app needs it for gates/synthesis")
-    return ModelHandle(key=key, weights=weights, predictor=predictor, model=model, device=device)
+    return ModelHandle(key=key, weights=predictor.weights, predictor=predictor, model=predictor.model, device=device)
 
 
 def shipped_weights() -> list[str]:

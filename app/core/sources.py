@@ -25,6 +25,20 @@ class SourceError(Exception):
     """A source cannot be opened or read; the message is shown to the user as is."""
 
 
+class VideoDamaged(SourceError):
+    """The file ends before the frame count its header promises (truncated download, damaged copy)."""
+
+    def __init__(self, path: Path, frame: int, expected: int) -> None:
+        super().__init__(f"{Path(path).name} ends early / is damaged at frame {frame} of {expected}: the file is "
+                         "incomplete or corrupt. It was played up to there once and is not looped.")
+        self.frame = frame
+        self.expected = expected
+
+
+#: a healthy file may decode a frame or two fewer than its header says; more than this is damage
+FRAME_COUNT_SLACK = 0.02
+
+
 def sample_video() -> Path:
     return samples_dir() / SAMPLE_VIDEO
 
@@ -89,10 +103,21 @@ class VideoFile:
         self.index = -1
         self.decode_ms = 0.0
 
+    def ends_early(self) -> bool:
+        """Decoding stopped clearly before the header's frame count (checked when a read fails)."""
+        expected = self.frame_count
+        return expected > 0 and self.index + 1 < expected - max(2, int(expected * FRAME_COUNT_SLACK))
+
     def read(self) -> Optional[np.ndarray]:
-        """Next RGB frame; ``None`` at the end (when not looping) or if the file cannot be decoded."""
+        """Next RGB frame; ``None`` at the end (when not looping) or if the file cannot be decoded.
+
+        Raises :class:`VideoDamaged` when decoding fails before the promised end: looping such a
+        file would replay its first seconds for ever while the decoder complains on stderr.
+        """
         t0 = time.perf_counter()
         ok, frame = self._cap.read()
+        if not ok and self.index >= 0 and self.ends_early():
+            raise VideoDamaged(self.path, self.index + 1, self.frame_count)
         if not ok and self.loop and self.index >= 0:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             self.index = -1

@@ -203,3 +203,33 @@ def panel_header(panel: QWidget) -> tuple[QVBoxLayout, "Notice", QLabel]:
     info.setWordWrap(True)
     outer.addWidget(info)
     return outer, notice, info
+
+
+class MessageLabel(QLabel):
+    """The status-bar message: elided to the room left beside the fps widgets, full text as tooltip.
+
+    Why not ``QStatusBar.showMessage``: its text is cut off silently where the permanent widgets
+    begin, so a long error lost its end. Here the text ends in "…" when it does not fit, the
+    tooltip holds all of it, and errors are red.
+    """
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.full_text = ""
+        self.error = False
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(120)
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        self.full_text = text
+        self.error = error
+        self.setToolTip(text)
+        self.setStyleSheet("color: #b00020; font-weight: bold;" if error else "")
+        self._elide()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        self.setText(self.fontMetrics().elidedText(self.full_text, Qt.TextElideMode.ElideRight, max(40, self.width() - 4)))

@@ -3,94 +3,296 @@
 Both are fed by "latest wins" workers (see :mod:`app.workers`): the live view never waits for
 them. When neither the selected model nor a shipped FERSNet can produce gates or faces, the
 panel says so instead of disappearing.
+
+Both panels render only from the plain dicts their workers send (``set_data``), so tests and
+``python -m app.screenshots`` can drive them without a model. The pictures and numbers come from
+:mod:`app.core.explain` (Qt-free); this module only lays them out and paints them.
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QGridLayout, QHBoxLayout,
-                               QLabel, QVBoxLayout, QWidget)
+from PySide6.QtCore import QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QImage, QPainter
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QGridLayout,
+                               QHBoxLayout, QLabel, QSizePolicy, QSlider, QVBoxLayout, QWidget)
 
-from app.core.explain import GATE_NAMES, colormap_lut, overlay, parse_gate_keys
-from app.widgets.common import ColourBar, ImageLabel, panel_header
+from app.core.explain import (CMAP_DIFFERENCE, CMAP_SEQUENTIAL, CONTRAST_MODES, DIRECTION_NAMES, GATE_NAMES,
+                              colormap_lut, difference_maps, difference_overlay, difference_scale, parse_gate_keys,
+                              render_gate, weights_info)
+from app.widgets.common import ImageLabel, panel_header, qcolour, to_qimage
 
-CMAP = "inferno"
+CMAP = CMAP_SEQUENTIAL  # kept for callers that imported it
+
+
+class RangeColourBar(QWidget):
+    """Vertical colour bar whose axis is labelled with *real* values, not colour positions.
+
+    Why not :class:`app.widgets.common.ColourBar`: that one is fixed at construction; here the
+    colour range changes with every map (per-map contrast) and the colormap with the contrast mode.
+    The axis runs over the colour range *and* the data's real extent (``extent``): with a robust
+    range the outermost values are drawn in the end colours, and the bar shows that plateau
+    instead of pretending the colours reach the data's min and max. With a fixed 0–1 range a
+    bracket beside the bar marks where the data actually lies. The printed labels (top, colour
+    centre, bottom) are kept in :attr:`texts` so tests read what the user reads.
+    """
+
+    def __init__(self, lut: np.ndarray, lo: float = 0.0, hi: float = 1.0, caption: str = "", parent=None) -> None:
+        super().__init__(parent)
+        self.lut = lut
+        self.lo, self.hi = lo, hi
+        self.extent: Optional[tuple[float, float]] = None
+        self.axis = (lo, hi)
+        self.decimals = 3
+        self.caption = caption
+        self.texts: list[str] = []
+        self.setFixedWidth(74)
+        self.setMinimumHeight(120)
+        self.set_range(lo, hi, caption=caption)
+
+    def set_range(self, lo: float, hi: float, *, extent: Optional[tuple[float, float]] = None,
+                  lut: Optional[np.ndarray] = None, caption: Optional[str] = None,
+                  decimals: Optional[int] = None) -> None:
+        """Colours run from ``lo`` to ``hi``; ``extent`` = the data's (min, max), if known."""
+        self.lo, self.hi = float(lo), float(hi)
+        self.extent = None if extent is None else (float(extent[0]), float(extent[1]))
+        if lut is not None:
+            self.lut = lut
+        if caption is not None:
+            self.caption = caption
+        if decimals is not None:
+            self.decimals = decimals
+        lo_axis, hi_axis = self.lo, self.hi
+        if self.extent is not None:
+            lo_axis, hi_axis = min(lo_axis, self.extent[0]), max(hi_axis, self.extent[1])
+        self.axis = (lo_axis, hi_axis)
+        d = self.decimals
+        self.texts = [f"{hi_axis:.{d}f}", f"{(self.lo + self.hi) / 2:.{d}f}", f"{lo_axis:.{d}f}"]
+        tip = f"colours run from {self.lo:.{d}f} to {self.hi:.{d}f}"
+        if self.extent is not None:
+            tip += f"; this map's values lie in {self.extent[0]:.{d}f} … {self.extent[1]:.{d}f}"
+        self.setToolTip(tip + (f" ({self.caption})" if self.caption else ""))
+        self.update()
+
+    def _y(self, value: float, bar: QRectF) -> float:
+        lo, hi = self.axis
+        return bar.bottom() - (value - lo) / max(hi - lo, 1e-12) * bar.height()
+
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        top = 18 if self.caption else 8
+        bar = QRectF(8, top + 4, 14, self.height() - top - 12)
+        lo, hi = self.axis
+        rows = max(int(bar.height()), 1)
+        for i in range(rows):  # one line per pixel row: a plateau beyond the colour range stays visible
+            v = lo + (hi - lo) * (1.0 - (i + 0.5) / rows)
+            t = (v - self.lo) / max(self.hi - self.lo, 1e-12)
+            p.setPen(qcolour(self.lut[int(round(min(max(t, 0.0), 1.0) * 255))]))
+            p.drawLine(int(bar.left()), int(bar.top()) + i, int(bar.right()), int(bar.top()) + i)
+        pen = self.palette().windowText().color()
+        p.setPen(pen)
+        p.drawRect(bar)
+        if self.extent is not None and (self.extent[0] > lo + 1e-9 or self.extent[1] < hi - 1e-9):
+            y0, y1 = self._y(self.extent[0], bar), self._y(self.extent[1], bar)
+            p.drawLine(3, int(y1), 3, int(y0))  # bracket: where the data lies on a wider axis
+            p.drawLine(3, int(y1), 6, int(y1))
+            p.drawLine(3, int(y0), 6, int(y0))
+        if self.caption:
+            p.drawText(QRectF(0, 0, self.width(), 16), Qt.AlignmentFlag.AlignLeft, self.caption)
+        x, w = bar.right() + 3, self.width() - bar.right() - 3
+        left = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        top_text, mid_text, bottom_text = self.texts
+        p.drawText(QRectF(x, bar.top() - 7, w, 14), left, top_text)
+        y_mid = self._y((self.lo + self.hi) / 2, bar)
+        if bar.top() + 14 < y_mid < bar.bottom() - 14:
+            p.drawLine(int(bar.right()), int(y_mid), int(bar.right()) + 2, int(y_mid))
+            p.drawText(QRectF(x, y_mid - 7, w, 14), left, mid_text)
+        p.drawText(QRectF(x, bar.bottom() - 7, w, 14), left, bottom_text)
+        p.end()
+
+
+class PixelImage(QWidget):
+    """An image drawn at a whole-number scale with nearest-neighbour pixels, nothing painted over it.
+
+    Why not :class:`ImageLabel`: a synthesised face differs from its input by a few grey levels;
+    smooth rescaling blurs exactly those, and any caption drawn on the picture would hide the
+    mouth. Here every screen pixel of :meth:`image_rect` is an image pixel, which tests check.
+    """
+
+    clicked = Signal()
+
+    def __init__(self, side: int = 96, parent=None) -> None:
+        super().__init__(parent)
+        self.side = side
+        self.array: Optional[np.ndarray] = None
+        self._image: Optional[QImage] = None
+        self.setMinimumSize(side, side)
+        self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+
+    def sizeHint(self) -> QSize:
+        return QSize(self.side, self.side)
+
+    def set_array(self, array: Optional[np.ndarray]) -> None:
+        self.array = None if array is None else np.array(array, copy=True)
+        self._image = None if array is None else to_qimage(self.array)
+        self.update()
+
+    def image_rect(self) -> QRect:
+        """Where the image is drawn, in widget pixels (empty when there is none)."""
+        if self._image is None:
+            return QRect()
+        iw, ih = self._image.width(), self._image.height()
+        scale = min(self.width() / iw, self.height() / ih)
+        scale = float(int(scale)) if scale >= 1 else scale  # whole pixels when enlarging
+        w, h = max(1, int(iw * scale)), max(1, int(ih * scale))
+        return QRect((self.width() - w) // 2, (self.height() - h) // 2, w, h)
+
+    def paintEvent(self, _event) -> None:
+        if self._image is None:
+            return
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+        p.drawImage(self.image_rect(), self._image)
+        p.end()
+
+    def mousePressEvent(self, event) -> None:
+        self.clicked.emit()
+        super().mousePressEvent(event)
 
 
 class GatesPanel(QWidget):
+    """One ConvFLU gate map, coloured so its structure shows, over the aligned face the model saw."""
+
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         outer, self.notice, self.info = panel_header(self)
-        pick = QHBoxLayout()
+        self.weights_label = QLabel("")
+        self.weights_label.setWordWrap(True)
+        self.weights_label.setTextFormat(Qt.TextFormat.RichText)
+        outer.addWidget(self.weights_label)
+        pick = QGridLayout()
         self.gate = QComboBox()
         self.direction = QComboBox()
         self.level = QComboBox()
-        for label, combo in (("Gate", self.gate), ("Direction", self.direction), ("Level", self.level)):
-            pick.addWidget(QLabel(label))
-            pick.addWidget(combo, 1)
-            combo.currentIndexChanged.connect(lambda _i: self._redraw())
+        self.contrast = QComboBox()
+        for mode, words in CONTRAST_MODES.items():
+            self.contrast.addItem(words, mode)
+        self.contrast.setToolTip("How values map to colours. Gates sit in a narrow band around 0.4–0.5, so a "
+                                 "fixed 0–1 scale shows a flat tint; the colour bar always prints the real values.")
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(55)
+        self.opacity.setToolTip("Opacity of the gate map over the aligned face")
+        # row, column, column span: the short gate / level names share a row, the long ones get one each
+        for label, widget, r, c, span in (("Gate", self.gate, 0, 0, 1), ("Level", self.level, 0, 2, 1),
+                                          ("Direction", self.direction, 1, 0, 3), ("Colours", self.contrast, 2, 0, 3),
+                                          ("Map opacity", self.opacity, 3, 0, 3)):
+            pick.addWidget(QLabel(label), r, c)
+            pick.addWidget(widget, r, c + 1, 1, span)
+            if isinstance(widget, QComboBox):
+                widget.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+                widget.currentIndexChanged.connect(lambda _i: self._render_all())
+        self.opacity.valueChanged.connect(lambda _v: self._render_all())
+        pick.setColumnStretch(1, 1)
+        pick.setColumnStretch(3, 1)
         outer.addLayout(pick)
         row = QHBoxLayout()
         self.image = ImageLabel(size=200)
         row.addWidget(self.image, 1)
-        row.addWidget(ColourBar(colormap_lut(CMAP), 0.0, 1.0))
+        self.colour_bar = RangeColourBar(colormap_lut(CMAP_SEQUENTIAL), 0.0, 1.0, caption="gate")
+        row.addWidget(self.colour_bar)
         outer.addLayout(row, 3)
         self.stats = QLabel("")
+        self.stats.setWordWrap(True)
         outer.addWidget(self.stats)
-        outer.addWidget(QLabel("All gates (channel mean, same 0–1 scale):"))
+        self.grid_title = QLabel("")
+        outer.addWidget(self.grid_title)
         self.grid_host = QWidget()
         self.grid = QGridLayout(self.grid_host)
         self.grid.setSpacing(2)
         outer.addWidget(self.grid_host, 2)
         self.thumbs: dict[str, ImageLabel] = {}
         self.data: Optional[dict[str, Any]] = None
+        #: the picture now in :attr:`image` and what its colours mean (see ``render_gate``)
+        self.rendered: Optional[dict[str, Any]] = None
         self._keys: list = []
+        self._weights: tuple[str, dict[str, Any]] = ("", {})
 
     def say(self, text: str) -> None:
         self.notice.say(text)
 
+    # ---- options ------------------------------------------------------------------------
+    def contrast_mode(self) -> str:
+        return self.contrast.currentData() or "robust"
+
+    def set_contrast(self, mode: str) -> None:
+        """Select a colour-range mode of :data:`CONTRAST_MODES` (``robust``, ``centred``, ``fixed``)."""
+        i = self.contrast.findData(mode)
+        if i < 0:
+            raise ValueError(f"unknown contrast mode {mode!r}; one of {list(CONTRAST_MODES)}")
+        self.contrast.setCurrentIndex(i)
+
+    def alpha(self) -> float:
+        return self.opacity.value() / 100.0
+
+    def select(self, gate: Optional[str] = None, direction: Optional[str] = None, level: Optional[str] = None) -> None:
+        """Pick a map by its key parts (e.g. ``select("z", "fes<-fer", "2")``); ``None`` keeps a part."""
+        for combo, value in ((self.gate, gate), (self.direction, direction), (self.level, level)):
+            if value is not None:
+                i = combo.findData(value)
+                if i >= 0:
+                    combo.setCurrentIndex(i)
+
+    # ---- data ---------------------------------------------------------------------------
     def set_data(self, data: Optional[dict[str, Any]]) -> None:
-        """``{"model", "track_id", "crop", "maps": {key: [H,W]}}`` from the gates worker."""
+        """``{"model", "track_id", "crop", "maps": {key: [H,W]}}`` from the gates worker.
+
+        Optional ``"key"`` (weights name or checkpoint path) and ``"weights"`` (a
+        :func:`app.core.explain.weights_info` dict) say which weights made the maps; without them
+        the card of ``"model"`` is read once per model, never per frame.
+        """
         self.data = data
         if not data or not data.get("maps"):
             return
         keys = parse_gate_keys(list(data["maps"]))
         if [k.key for k in keys] != [k.key for k in self._keys]:
-            self._keys = keys
-            for combo, values in ((self.gate, sorted({k.gate for k in keys})),
-                                  (self.direction, sorted({k.direction for k in keys})),
-                                  (self.level, sorted({k.level for k in keys}, key=lambda v: (len(v), v)))):
-                current = combo.currentData()
-                combo.blockSignals(True)
-                combo.clear()
-                for v in values:
-                    combo.addItem(GATE_NAMES.get(v, v) if combo is self.gate else v, v)
-                if current in values:
-                    combo.setCurrentIndex(values.index(current))
-                combo.blockSignals(False)
-            for t in self.thumbs.values():
-                t.deleteLater()
-            self.thumbs.clear()
-            for i, k in enumerate(keys):
-                thumb = ImageLabel(size=56)
-                thumb.setToolTip(k.label)
-                thumb.clicked.connect(lambda k=k: self._pick(k))
-                self.grid.addWidget(thumb, i // 8, i % 8)
-                self.thumbs[k.key] = thumb
-        self.info.setText(f"{data['model']} on face #{data['track_id']}: ConvFLU gates, channel mean, overlaid on the "
-                          "aligned face. r = leaky gate, z = memory gate; fer<-fes: into the recognition stream.")
-        for k in self._keys:
-            self.thumbs[k.key].set_array(overlay(data["crop"], data["maps"][k.key], cmap=CMAP, size=96))
-        self._redraw()
+            self._rebuild(keys, data["maps"])
+        self.info.setText(f"{data['model']} on face #{data['track_id']}: ConvFLU gates (channel mean) over the aligned "
+                          "face the model saw. r = leaky gate (how much of the other stream leaks in), z = memory gate "
+                          "(how much of this stream's features is replaced).")
+        self.weights_label.setText(_weights_for(self, data)["text"])
+        self._render_all()
 
-    def _pick(self, key) -> None:
-        for combo, value in ((self.gate, key.gate), (self.direction, key.direction), (self.level, key.level)):
-            i = combo.findData(value)
-            if i >= 0:
-                combo.setCurrentIndex(i)
+    def _rebuild(self, keys: list, maps: dict[str, np.ndarray]) -> None:
+        self._keys = keys
+        level_size = {k.level: maps[k.key].shape for k in keys}
+        for combo, values, words in (
+                (self.gate, sorted({k.gate for k in keys}), lambda v: GATE_NAMES.get(v, v)),
+                (self.direction, sorted({k.direction for k in keys}),
+                 lambda v: f"{DIRECTION_NAMES[v]} ({v})" if v in DIRECTION_NAMES else v),
+                (self.level, sorted({k.level for k in keys}, key=lambda v: (len(v), v)),
+                 lambda v: f"{v} ({level_size[v][1]}×{level_size[v][0]} map)" if v else v)):
+            current = combo.currentData()
+            combo.blockSignals(True)
+            combo.clear()
+            for v in values:
+                combo.addItem(words(v), v)
+            if current in values:
+                combo.setCurrentIndex(values.index(current))
+            combo.blockSignals(False)
+        for t in self.thumbs.values():
+            t.deleteLater()
+        self.thumbs.clear()
+        for i, k in enumerate(keys):
+            thumb = ImageLabel(size=56)
+            thumb.setToolTip(k.label)
+            thumb.clicked.connect(lambda k=k: self.select(k.gate, k.direction, k.level))
+            self.grid.addWidget(thumb, i // 8, i % 8)
+            self.thumbs[k.key] = thumb
 
     def current_key(self) -> Optional[str]:
         for k in self._keys:
@@ -99,69 +301,162 @@ class GatesPanel(QWidget):
                 return k.key
         return None
 
+    def _render_all(self) -> None:
+        if self.data is None or not self.data.get("maps") or not self._keys:
+            return
+        mode, alpha = self.contrast_mode(), self.alpha()
+        for k in self._keys:
+            self.thumbs[k.key].set_array(render_gate(self.data["crop"], self.data["maps"][k.key], mode,
+                                                     alpha=alpha, size=96)["rgb"])
+        self.grid_title.setText("All gates (click one): " + ("one 0–1 scale for all." if mode == "fixed" else
+                                                             "each on its own colour range."))
+        self._redraw()
+
     def _redraw(self) -> None:
         key = self.current_key()
         if self.data is None or key is None:
             return
         heat = self.data["maps"][key]
-        self.image.set_array(overlay(self.data["crop"], heat, cmap=CMAP, size=192))
-        self.stats.setText(f"{key}: min {heat.min():.3f}  mean {heat.mean():.3f}  max {heat.max():.3f}  "
-                           f"({heat.shape[1]}×{heat.shape[0]} map)")
+        r = render_gate(self.data["crop"], heat, self.contrast_mode(), alpha=self.alpha(), size=192)
+        self.rendered = r
+        self.image.set_array(r["rgb"])
+        self.colour_bar.set_range(r["lo"], r["hi"], extent=(r["min"], r["max"]), lut=colormap_lut(r["cmap"]),
+                                  caption=f"{key.split('/')[0]} value")
+        where = {"robust": "2nd–98th percentile of this map", "centred": "0.5 ± this map's 98th-percentile distance",
+                 "fixed": "the whole 0–1 range"}[r["mode"]]
+        self.stats.setText(f"<b>{html.escape(key)}</b> ({heat.shape[1]}×{heat.shape[0]} map): values "
+                           f"{r['min']:.3f} … {r['max']:.3f} (mean {r['mean']:.3f}). Colours span "
+                           f"{r['lo']:.3f} … {r['hi']:.3f}: {where}.")
+
+
+def _weights_for(panel: QWidget, data: dict[str, Any]) -> dict[str, Any]:
+    """The weights description of ``data`` (``data["weights"]`` when given), the card read once per model."""
+    if isinstance(data.get("weights"), dict):
+        return data["weights"]
+    key = str(data.get("key") or data.get("model") or "")
+    cached_key, cached = panel._weights
+    if cached_key != key or not cached:
+        panel._weights = (key, weights_info(key))
+    return panel._weights[1]
 
 
 class SynthesisPanel(QWidget):
-    """The current face re-expressed as every class; click one to enlarge and save it."""
+    """The current face re-expressed as every class; click one to enlarge and save it.
+
+    Captions sit above each picture and the change is printed below it, never on the face: the
+    mouth is where the expressions differ. "Show difference" replaces each synthesised face by
+    |synth − input| on one colour scale shared by the whole strip.
+    """
+
+    TILE = 96  # the model's input size; PixelImage draws whole-pixel multiples of the image
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         outer, self.notice, self.info = panel_header(self)
+        self.weights_label = QLabel("")
+        self.weights_label.setWordWrap(True)
+        self.weights_label.setTextFormat(Qt.TextFormat.RichText)
+        outer.addWidget(self.weights_label)
+        self.show_diff = QCheckBox("Show difference |synthesised − input| (one colour scale for all tiles)")
+        self.show_diff.setToolTip("Weak changes (a few grey levels) are invisible side by side; the difference "
+                                  "shows where each target expression changes the face.")
+        self.show_diff.toggled.connect(lambda _on: self._render())
+        outer.addWidget(self.show_diff)
+        row = QHBoxLayout()
         self.strip_host = QWidget()
         self.strip = QGridLayout(self.strip_host)
-        self.strip.setAlignment(Qt.AlignmentFlag.AlignTop)
-        outer.addWidget(self.strip_host)
+        self.strip.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.strip.setHorizontalSpacing(6)
+        self.strip.setVerticalSpacing(8)
+        row.addWidget(self.strip_host, 1)
+        self.diff_bar = RangeColourBar(colormap_lut(CMAP_DIFFERENCE), 0.0, 1.0, caption="|Δ| grey")
+        self.diff_bar.setVisible(False)
+        row.addWidget(self.diff_bar)
+        outer.addLayout(row)
         outer.addStretch(1)
-        self.tiles: list[tuple[ImageLabel, QLabel]] = []
+        #: per tile: (picture, caption above it, change printed below it)
+        self.tiles: list[tuple[PixelImage, QLabel, QLabel]] = []
+        self.tile_widgets: list[QWidget] = []
         self.data: Optional[dict[str, Any]] = None
+        self.diffs: Optional[np.ndarray] = None
+        self.diff_hi = 1.0
+        self._weights: tuple[str, dict[str, Any]] = ("", {})
 
     def say(self, text: str) -> None:
         self.notice.say(text)
 
-    def set_data(self, data: Optional[dict[str, Any]]) -> None:
-        """``{"model", "track_id", "crop", "classes", "images": uint8 [K,H,W,C], "ms"}``."""
-        self.data = data
-        if not data:
-            return
-        images, classes = data["images"], data["classes"]
-        while len(self.tiles) < len(classes) + 1:
+    def set_show_difference(self, on: bool) -> None:
+        self.show_diff.setChecked(on)
+
+    def _ensure_tiles(self, n: int) -> None:
+        while len(self.tiles) < n:
             tile = QWidget()
             box = QVBoxLayout(tile)
             box.setContentsMargins(2, 2, 2, 2)
-            box.setSpacing(1)
-            img, cap = ImageLabel(size=104), QLabel()
-            img.setFixedSize(104, 104)  # fixed: a pixmap that follows its label's size can oscillate in a grid
-            cap.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            box.addWidget(img, 0, Qt.AlignmentFlag.AlignHCenter)
+            box.setSpacing(2)
+            cap, img, note = QLabel(), PixelImage(self.TILE), QLabel()
+            for label in (cap, note):
+                label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+                label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
             box.addWidget(cap)
-            n = len(self.tiles)
-            self.strip.addWidget(tile, n // 4, n % 4)
-            img.clicked.connect(lambda n=n: self.enlarge(n))
-            self.tiles.append((img, cap))
-        self.tiles[0][0].set_array(data["crop"])
-        self.tiles[0][1].setText("<b>input</b>")
-        for i, cls in enumerate(classes):
-            self.tiles[i + 1][0].set_array(images[i])
-            self.tiles[i + 1][1].setText(cls)
+            box.addWidget(img, 0, Qt.AlignmentFlag.AlignHCenter)
+            box.addWidget(note)
+            i = len(self.tiles)
+            self.strip.addWidget(tile, i // 4, i % 4)
+            img.clicked.connect(lambda i=i: self.enlarge(i))
+            self.tiles.append((img, cap, note))
+            self.tile_widgets.append(tile)
+
+    def set_data(self, data: Optional[dict[str, Any]]) -> None:
+        """``{"model", "track_id", "crop", "classes", "images": uint8 [K,H,W,C], "ms"}``.
+
+        Optional ``"key"`` / ``"weights"`` as for :meth:`GatesPanel.set_data`.
+        """
+        self.data = data
+        if not data:
+            return
+        self.diffs = difference_maps(data["crop"], data["images"])
+        self.diff_hi = difference_scale(self.diffs)
+        self._ensure_tiles(len(data["classes"]) + 1)
+        for i, (_img, _cap, _note) in enumerate(self.tiles):
+            self.tile_widgets[i].setVisible(i <= len(data["classes"]))
+        self.weights_label.setText(_weights_for(self, data)["text"])
         self.info.setText(f"{data['model']}: face #{data['track_id']} synthesised with every target expression "
-                          f"({data['ms']:.0f} ms on its own worker; the latest face wins). Click one to enlarge.")
+                          f"({data['ms']:.0f} ms on its own worker; the latest face wins). Below each face: |Δ|, its "
+                          "mean change from the input in grey levels (0–255). Click one to enlarge.")
+        self._render()
+
+    def shown(self, n: int) -> Optional[np.ndarray]:
+        """The picture tile ``n`` shows now (0 = input)."""
+        return None if n >= len(self.tiles) else self.tiles[n][0].array
+
+    def _render(self) -> None:
+        data = self.data
+        if not data or self.diffs is None:
+            return
+        diff = self.show_diff.isChecked()
+        crop = data["crop"]
+        img, cap, note = self.tiles[0]
+        img.set_array(crop)
+        cap.setText("<b>input</b>")
+        note.setText("reference")
+        for i, cls in enumerate(data["classes"]):
+            img, cap, note = self.tiles[i + 1]
+            d = self.diffs[i]
+            img.set_array(difference_overlay(crop, d, self.diff_hi) if diff else data["images"][i])
+            cap.setText(cls)
+            note.setText(f"|Δ| {d.mean():.1f}")
+            img.setToolTip(f"{cls}: mean |synthesised − input| {d.mean():.2f} grey levels, max {d.max():.0f}")
+        self.diff_bar.setVisible(diff)
+        self.diff_bar.set_range(0.0, self.diff_hi, extent=(0.0, float(self.diffs.max()) if self.diffs.size else 0.0),
+                                decimals=1)
 
     def enlarge(self, n: int) -> None:
-        if self.data is None:
+        if self.data is None or self.shown(n) is None:
             return
-        if n == 0:
-            image, title = self.data["crop"], "input face"
-        else:
-            image, title = self.data["images"][n - 1], f"synthesised: {self.data['classes'][n - 1]}"
-        EnlargedDialog(np.array(image), title, self).exec()
+        what = "difference to the input" if self.show_diff.isChecked() and n else "synthesised"
+        title = "input face" if n == 0 else f"{what}: {self.data['classes'][n - 1]}"
+        EnlargedDialog(np.array(self.shown(n)), title, self).exec()
 
 
 class EnlargedDialog(QDialog):
@@ -183,8 +478,6 @@ class EnlargedDialog(QDialog):
             path, _ = QFileDialog.getSaveFileName(self, "Save face", "synthesised.png", "PNG image (*.png)")
         if not path:
             return None
-        from app.widgets.common import to_qimage
-
         scaled = to_qimage(self.image).scaled(self.image.shape[1] * 2, self.image.shape[0] * 2,
                                               Qt.AspectRatioMode.KeepAspectRatio,
                                               Qt.TransformationMode.SmoothTransformation)

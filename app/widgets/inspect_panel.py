@@ -6,7 +6,7 @@ from typing import Optional
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QListWidget, QListWidgetItem,
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.core.analyzer import FrameResult
@@ -39,7 +39,7 @@ class InspectPanel(QWidget):
         self.files.currentItemChanged.connect(self._selected)
         outer.addWidget(self.files, 1)
         self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["face", "label", "top score", "box", "closest identity"])
+        self.table.setHorizontalHeaderLabels(["face", "label", "top score", "box", "identity"])
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         outer.addWidget(self.table, 1)
         row2 = QHBoxLayout()
@@ -60,6 +60,7 @@ class InspectPanel(QWidget):
             item.setData(Qt.ItemDataRole.UserRole, str(p))
             item.setToolTip(str(p))
             self.files.addItem(item)
+        self.files.setCurrentRow(0)  # the first file is shown first (its result arrives by itself)
         self.files.blockSignals(False)
 
     def _item(self, path: str) -> Optional[QListWidgetItem]:
@@ -98,11 +99,11 @@ class InspectPanel(QWidget):
         self.table.setRowCount(len(result.faces))
         for r, face in enumerate(result.faces):
             sc = face.scores.get(result.primary) if result.primary else None
-            closest = max(face.similarities.items(), key=lambda kv: kv[1]) if face.similarities else None
+            match = face.match  # a name only at or above the calibrated threshold, else "unknown"
             values = ["whole image" if face.whole_image else f"#{face.track_id}",
                       "" if sc is None else sc.classes[int(sc.raw.argmax())],
                       "" if sc is None else f"{sc.raw.max() * 100:.1f}%",
                       "{} {} {}×{}".format(*face.box),
-                      "" if closest is None else f"{closest[0]} ({closest[1]:.3f})"]
+                      "" if match is None else f"{match.label} ({match.similarity:.3f})"]
             for c, v in enumerate(values):
                 self.table.setItem(r, c, QTableWidgetItem(v))

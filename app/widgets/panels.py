@@ -3,29 +3,20 @@ and says plainly when the selected model cannot compute it."""
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import numpy as np
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout,
-                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
+                               QHBoxLayout, QInputDialog, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton,
                                QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from app.core.analyzer import FaceResult, FrameResult
+from app.core.analyzer import FrameResult, pick_face
+from app.core.identity import NO_FEATURE, IdentityChoice, describe
+from app.core.state import LiveSettings
 from app.core.labels import canonical
 from ferkit.face.tracking import SMOOTHING_MODES, Smoother
 from app.widgets.common import Notice, ScoreBars, qcolour
-
-
-def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[FaceResult]:
-    """The selected track's face, else the largest face of the frame."""
-    if result is None or not result.faces:
-        return None
-    for f in result.faces:
-        if f.track_id == selected_id:
-            return f
-    return max(result.faces, key=lambda f: f.box[2] * f.box[3])
 
 
 class _Scroll(QScrollArea):
@@ -53,8 +44,18 @@ class ScoresPanel(QWidget):
         outer.addWidget(_Scroll(inner), 1)
         self.bars: list[ScoreBars] = []
 
-    def set_model_text(self, text: str) -> None:
-        self.header.setText(text)
+    def set_model(self, handle: Any) -> None:
+        """Header: the loaded model (a ModelHandle, or None), its data, size and measured accuracy."""
+        if handle is None:
+            self.header.setText("No model loaded.")
+            return
+        w = handle.weights
+        acc = [f"{k} {v * 100:.2f}%" if isinstance(v, float) and v <= 1 else f"{k} {v}"
+               for k, v in (w.metrics or {}).items() if "accuracy" in k][:2]
+        self.header.setText(
+            f"<b>{handle.name}</b> ({w.architecture}, {len(w.classes)} classes, {w.preprocessing.input_size}px "
+            f"{'gray' if w.preprocessing.grayscale else 'RGB'}) on {handle.device}" +
+            (f"<br>{', '.join(acc)}" if acc else "") + "<br>Bars: smoothed score; thin tick: this frame's raw score.")
 
     def update_result(self, result: Optional[FrameResult], selected_id: Optional[int]) -> None:
         faces = [] if result is None or result.primary is None else \
@@ -118,6 +119,10 @@ class ComparisonPanel(QWidget):
             self.list.addItem(item)
         self.list.blockSignals(False)
 
+    def names(self) -> list[str]:
+        """Every model offered for comparison (ticked or not)."""
+        return [self.list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.list.count())]
+
     def checked(self) -> list[str]:
         return [self.list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.list.count())
                 if self.list.item(i).checkState() == Qt.CheckState.Checked]
@@ -159,12 +164,18 @@ class ComparisonPanel(QWidget):
 
 
 class IdentityPanel(QWidget):
-    """Enrol faces under a name; cosine similarity of every tracked face to every enrolled name."""
+    """Enrol faces under a name; each face's similarity to each name and the same-person decision.
+
+    The panel always says which identity weights decide, their threshold and the false-accept
+    rate it was set at, so a user can judge a "same person" (and see why there is none).
+    """
 
     enrol_face = Signal(str)  # name; enrol the selected live face
     enrol_image = Signal(str)  # name; ask for an image file
     remove_name = Signal(str)
     clear_all = Signal()
+
+    DECISION = "decision"
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -179,7 +190,7 @@ class IdentityPanel(QWidget):
         self.name.setPlaceholderText("name to enrol")
         row.addWidget(self.name, 1)
         self.enrol_button = QPushButton("Enrol selected face")
-        self.enrol_button.setToolTip("Store the identity feature of the selected face (Ctrl+E)")
+        self.enrol_button.setToolTip("Store the selected face under this name (Ctrl+E)")
         self.enrol_button.clicked.connect(lambda: self.enrol_face.emit(self.name.text()))
         row.addWidget(self.enrol_button)
         self.image_button = QPushButton("From image…")
@@ -199,38 +210,30 @@ class IdentityPanel(QWidget):
         row2.addWidget(clr)
         row2.addStretch(1)
         outer.addLayout(row2)
-        outer.addWidget(QLabel("Cosine similarity of each face to each enrolled name:"))
+        outer.addWidget(QLabel("Cosine similarity of each face to each enrolled name, and the decision:"))
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         outer.addWidget(self.table, 1)
-        self.threshold: Optional[float] = None
-        self.has_identity = False
+        self.choice = IdentityChoice()
+
+    def ask_name(self, name: str = "") -> Optional[str]:
+        """``name``, else the typed one, else asked in a dialog (None when the user cancels)."""
+        name = (name or "").strip() or self.name.text().strip()
+        if name:
+            return name
+        text, ok = QInputDialog.getText(self, "Enrol", "Name of this person:")
+        return text.strip() if ok and text.strip() else None
 
     def _remove(self) -> None:
         item = self.enrolled.currentItem()
         if item is not None:
             self.remove_name.emit(item.data(Qt.ItemDataRole.UserRole))
 
-    def set_model(self, name: Optional[str], has_identity: bool, threshold: Optional[float]) -> None:
-        self.has_identity = has_identity
-        self.threshold = threshold
-        if name is None:
-            self.notice.say("No model is loaded.")
-        elif not has_identity:
-            self.notice.say(f"The selected model '{name}' has no identity feature, so it cannot compare faces. "
-                            "Pick a model with one (tfe-jl: DeepID, netb-dal-mse: Light CNN, eifn: identity branch).")
-        else:
-            self.notice.say("")
-        if has_identity and threshold is not None:
-            self.threshold_label.setText(f"Identity feature of <b>{name}</b>; same person when similarity ≥ "
-                                         f"<b>{threshold:.3f}</b> (threshold from the model's verification evaluation).")
-        elif has_identity:
-            self.threshold_label.setText(f"Identity feature of <b>{name}</b>. Its weights card gives no verification "
-                                         "threshold, so similarities are shown without a same/different decision.")
-        else:
-            self.threshold_label.setText("")
-        for w in (self.enrol_button, self.image_button):
-            w.setEnabled(has_identity)
+    def set_identity(self, choice: IdentityChoice) -> None:
+        """Which identity feature decides (or why none does)."""
+        self.choice = choice
+        self.notice.say("" if choice.active else (choice.reason or NO_FEATURE))
+        self.threshold_label.setText(describe(choice) if choice.active else "")
 
     def set_enrolled(self, names_and_counts: Sequence[tuple[str, int]]) -> None:
         self.enrolled.clear()
@@ -239,23 +242,33 @@ class IdentityPanel(QWidget):
             item.setData(Qt.ItemDataRole.UserRole, name)
             self.enrolled.addItem(item)
 
+    def _cell(self, r: int, c: int, text: str, match: bool) -> None:
+        item = self.table.item(r, c)
+        if item is None:
+            item = QTableWidgetItem()
+            self.table.setItem(r, c, item)
+        item.setText(text)
+        item.setBackground(QColor(200, 240, 205) if match else QColor(255, 255, 255))
+
     def update_result(self, result: Optional[FrameResult], names: Sequence[str]) -> None:
         faces = [f for f in (result.faces if result else []) if f.identity is not None]
+        columns = list(names) + ([self.DECISION] if self.choice.active else [])
         self.table.setRowCount(len(faces))
-        self.table.setColumnCount(len(names))
-        self.table.setHorizontalHeaderLabels(list(names))
+        self.table.setColumnCount(len(columns))
+        self.table.setHorizontalHeaderLabels(columns)
         self.table.setVerticalHeaderLabels([f"face #{f.track_id}" for f in faces])
+        threshold = self.choice.threshold if self.choice.active else None
         for r, face in enumerate(faces):
             for c, name in enumerate(names):
                 sim = face.similarities.get(name)
-                text = "—" if sim is None else f"{sim:.3f}"
-                item = self.table.item(r, c)
-                if item is None:
-                    item = QTableWidgetItem()
-                    self.table.setItem(r, c, item)
-                item.setText(text + ("  ✓ same" if sim is not None and self.threshold is not None and sim >= self.threshold else ""))
-                match = sim is not None and self.threshold is not None and sim >= self.threshold
-                item.setBackground(QColor(200, 240, 205) if match else QColor(255, 255, 255))
+                same = sim is not None and threshold is not None and sim >= threshold
+                self._cell(r, c, "—" if sim is None else f"{sim:.3f}" + ("  ✓ same" if same else ""), same)
+            if self.choice.active:
+                match = face.match
+                text = "—" if match is None else (f"{match.name} ({match.similarity:.3f} ≥ {threshold:.3f})"
+                                                  if match.name else f"unknown ({match.similarity:.3f} < {threshold:.3f})")
+                self._cell(r, len(names), text, match is not None and match.name is not None)
+        self.table.resizeColumnsToContents()
 
 
 class LivePanel(QWidget):
@@ -315,6 +328,21 @@ class LivePanel(QWidget):
 
     def smoother(self) -> Smoother:
         return Smoother(self.mode.currentText(), float(self.alpha.value()), int(self.window.value()))
+
+    def show_settings(self, live: LiveSettings, explain_interval: float) -> None:
+        """Show restored settings without emitting change signals (nothing is re-triggered)."""
+        widgets = (self.mode, self.alpha, self.window, self.max_faces, self.detector, self.device, self.interval)
+        for w in widgets:
+            w.blockSignals(True)
+        self.mode.setCurrentText(live.smoother.mode)
+        self.alpha.setValue(live.smoother.alpha)
+        self.window.setValue(live.smoother.window)
+        self.max_faces.setValue(live.max_faces)
+        self.detector.setCurrentIndex(max(0, self.detector.findData(live.detector)))
+        self.device.setCurrentText(live.device)
+        self.interval.setValue(explain_interval)
+        for w in widgets:
+            w.blockSignals(False)
 
     def _emit_smoother(self) -> None:
         self.smoothing_changed.emit(self.smoother())

@@ -1,7 +1,9 @@
 """The live picture: the analysed frame with each tracked face's box, id, colour and label.
 
 It paints the frame the results refer to (not a newer one), so boxes always sit on the faces
-they were computed from. Drawing time is measured and reported as the "draw" stage.
+they were computed from. Labels are placed so none hides another (:mod:`app.core.layout`). A
+source error is drawn over the picture (or in place of it), because that is where the user looks.
+Drawing time is measured and reported as the "draw" stage.
 """
 from __future__ import annotations
 
@@ -12,8 +14,22 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from app.core.analyzer import FrameResult
+from app.core.analyzer import FaceResult, FrameResult
+from app.core.layout import place_labels
 from app.widgets.common import qcolour, to_qimage
+
+
+def face_label(face: FaceResult, primary: Optional[str], smoothed: bool = True) -> str:
+    """``#2  happiness 81%  = Ada 0.83`` / ``unknown``: the identity part only when a decision was made."""
+    text = f"#{face.track_id}" if not face.whole_image else "whole image"
+    if primary and primary in face.scores:
+        sc = face.scores[primary]
+        vals = sc.smoothed if smoothed else sc.raw
+        k = int(vals.argmax())
+        text += f"  {sc.classes[k]} {vals[k] * 100:.0f}%"
+    if face.match is not None:
+        text += f"  = {face.match.name} ({face.match.similarity:.2f})" if face.match.name else "  unknown"
+    return text
 
 
 class VideoView(QWidget):
@@ -29,9 +45,15 @@ class VideoView(QWidget):
         self.show_smoothed = True
         self.placeholder = "Open a video, an image or a folder (Ctrl+O), drop one here, or start the camera (Ctrl+K)."
         self.draw_ms = 0.0
-        #: the identity threshold of the selected model: a box names a person only at or above it
-        self.identity_threshold: Optional[float] = None
+        #: a source error in words, drawn over the picture until the next source starts
+        self.message = ""
+        #: where the last paint put each face's label (picture coordinates of that paint)
+        self.label_rects: list[QRectF] = []
         self.setAutoFillBackground(False)
+
+    def set_message(self, text: str) -> None:
+        self.message = text
+        self.update()
 
     def set_result(self, result: Optional[FrameResult], selected_id: Optional[int] = None) -> None:
         t0 = time.perf_counter()
@@ -63,9 +85,9 @@ class VideoView(QWidget):
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(24, 24, 28))
         if self._image is None:
-            p.setPen(QColor(200, 200, 200))
+            p.setPen(QColor(255, 150, 130) if self.message else QColor(200, 200, 200))
             p.drawText(self.rect().adjusted(20, 20, -20, -20), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
-                       self.placeholder)
+                       self.message or self.placeholder)
             p.end()
             return
         target = self._frame_rect()
@@ -76,7 +98,19 @@ class VideoView(QWidget):
             p.setPen(QColor(255, 230, 120))
             p.drawText(target.adjusted(8, 8, -8, -8), Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft,
                        self.result.note)
+        if self.message:
+            self._draw_message(p, target)
         p.end()
+
+    def _draw_message(self, p: QPainter, target: QRectF) -> None:
+        """The error as a wrapped banner across the bottom of the picture (never cut off)."""
+        flags = Qt.AlignmentFlag.AlignLeft | Qt.TextFlag.TextWordWrap
+        inner = target.adjusted(16, 0, -16, 0)
+        height = p.fontMetrics().boundingRect(inner.toRect(), int(flags), self.message).height() + 16
+        band = QRectF(target.left(), target.bottom() - height, target.width(), height)
+        p.fillRect(band, QColor(120, 20, 20, 220))
+        p.setPen(QColor(255, 255, 255))
+        p.drawText(band.adjusted(16, 8, -16, -8), flags, self.message)
 
     def _draw_faces(self, p: QPainter, target: QRectF, scale: float) -> None:
         if self.result is None:
@@ -86,6 +120,8 @@ class VideoView(QWidget):
         font.setPointSizeF(max(8.0, 10.0 * min(1.5, max(0.8, scale * 1.2))))
         font.setBold(True)
         p.setFont(font)
+        fm = p.fontMetrics()
+        rects, texts = [], []
         for face in self.result.faces:
             x, y, w, h = face.box
             r = QRectF(target.x() + x * scale, target.y() + y * scale, w * scale, h * scale)
@@ -93,23 +129,17 @@ class VideoView(QWidget):
             selected = face.track_id == self.selected_id
             p.setPen(QPen(colour, 4 if selected else 2, Qt.PenStyle.SolidLine if not face.whole_image else Qt.PenStyle.DashLine))
             p.drawRect(r)
-            text = f"#{face.track_id}" if not face.whole_image else "whole image"
-            if self.result.primary and self.result.primary in face.scores:
-                sc = face.scores[self.result.primary]
-                vals = sc.smoothed if self.show_smoothed else sc.raw
-                k = int(vals.argmax())
-                text += f"  {sc.classes[k]} {vals[k] * 100:.0f}%"
-            if face.similarities:
-                name, sim = max(face.similarities.items(), key=lambda kv: kv[1])
-                if self.identity_threshold is None or sim >= self.identity_threshold:
-                    text += f"  = {name} ({sim:.2f})"
-            fm = p.fontMetrics()
-            tw, th = fm.horizontalAdvance(text) + 8, fm.height() + 4
-            ty = r.top() - th if r.top() - th >= target.top() else r.top()
-            tx = max(target.left(), min(r.left(), target.right() - tw))  # keep the label inside the picture
-            p.fillRect(QRectF(tx, ty, tw, th), colour)
+            rects.append(r)
+            texts.append(face_label(face, self.result.primary, self.show_smoothed))
+        sizes = [(fm.horizontalAdvance(t) + 8.0, fm.height() + 4.0) for t in texts]
+        places = place_labels([(r.x(), r.y(), r.width(), r.height()) for r in rects], sizes,
+                              (target.x(), target.y(), target.width(), target.height()))
+        self.label_rects = [QRectF(*place) for place in places]
+        for face, text, box in zip(self.result.faces, texts, self.label_rects):
+            colour = qcolour(face.colour)
+            p.fillRect(box, colour)
             p.setPen(QColor(0, 0, 0) if colour.lightness() > 128 else QColor(255, 255, 255))
-            p.drawText(QPointF(tx + 4, ty + th - fm.descent() - 2), text)
+            p.drawText(QPointF(box.x() + 4, box.bottom() - fm.descent() - 2), text)
 
     def track_at(self, x: float, y: float) -> Optional[int]:
         if self.result is None or self._image is None:

@@ -1,12 +1,21 @@
-"""Per-model inference speed: batch-1 latency and batch-64 throughput, torch eager vs ONNX Runtime.
+"""Per-model inference speed: per-face latency, batch-1 latency and batch-64 throughput, per engine.
 
 The models are the shipped weights (``resources/weights``); an architecture with no shipped weights
 is measured freshly built with its registered defaults (speed does not depend on weight values,
-and the JSON says ``"trained": false``). Inputs are random normalised tensors of the weights' input
-size: this measures the network alone; face detection and alignment are in the pipeline figures.
+and the JSON says ``"trained": false``).
+
+Two kinds of figures:
+
+- ``per_face_ms`` (shipped weights): one uint8 face crop through :class:`~ferkit.inference.Predictor`
+  (preprocessing included, one intra-op thread, as the live loop runs it) for each engine:
+  ``torch``, ``onnx`` and ``onnx-int8`` (int8 where calibration crops are available), without TTA
+  and with the card's TTA (what the app runs).
+- the network alone on random normalised input: latency at batch 1 with ``threads`` (1) and
+  throughput at batch 64 with ``batch_threads`` (all cores: bigger batches may use more).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -17,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from ferkit.bench.stats import summary, time_calls
+from ferkit.inference import intra_op_threads
 from ferkit.models.weights import Preprocessing, Weights, list_weights, load_weights
 
 #: per-call budget: a slow model gets fewer repeats / a smaller throughput batch, never minutes
@@ -81,12 +91,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(run: Callable[[torch.Tensor], Any], prep: Preprocessing, device: torch.device) -> dict[str, Any]:
-    """Latency at batch 1 and throughput at batch 64 (or what fits the time budget) of ``run``."""
+def _measure(run: Callable[[torch.Tensor, int], Any], prep: Preprocessing, device: torch.device,
+             threads: int = 1, batch_threads: Optional[int] = None) -> dict[str, Any]:
+    """Latency at batch 1 with ``threads`` and throughput at batch 64 (or what fits the time budget)
+    with ``batch_threads`` (default: every core) of ``run(x, threads)``."""
+    batch_threads = batch_threads or os.cpu_count() or 1
     x1 = _input(prep, 1, device)
 
     def once() -> None:
-        run(x1)
+        run(x1, threads)
         _sync(device)
 
     once()  # first call: graph building / allocation, not part of any figure
@@ -98,26 +111,61 @@ def _measure(run: Callable[[torch.Tensor], Any], prep: Preprocessing, device: to
     xb = _input(prep, batch, device)
 
     def batch_once() -> None:
-        run(xb)
+        run(xb, batch_threads)
         _sync(device)
 
     batch_ms = time_calls(batch_once, repeat=THROUGHPUT_RUNS, warmup=1, min_calls=THROUGHPUT_RUNS)
     ips = [batch * 1e3 / ms for ms in batch_ms]
-    return {"latency_ms_batch1": summary(lat), "throughput_batch": batch,
-            "throughput_img_per_s": summary(ips, digits=1)}
+    return {"latency_ms_batch1": summary(lat), "latency_threads": threads, "throughput_batch": batch,
+            "throughput_threads": batch_threads, "throughput_img_per_s": summary(ips, digits=1)}
+
+
+def per_face(source: str, engines: tuple[str, ...] = ("torch", "onnx", "onnx-int8"), threads: int = 1,
+             calibration: Optional[Path] = None) -> dict[str, Any]:
+    """Milliseconds per face crop through ``Predictor`` (preprocessing included), per engine.
+
+    ``ms`` without TTA, ``ms_card_tta`` with the card's TTA (the same when the card has none).
+    An engine that cannot run here (no onnxruntime, no calibration crops for int8) gets ``error``.
+    """
+    from ferkit.inference import Predictor
+
+    out: dict[str, Any] = {}
+    for engine in engines:
+        try:
+            row: dict[str, Any] = {}
+            for key, tta in (("ms", "none"), ("ms_card_tta", None)):
+                p = Predictor(source, device="cpu", engine=engine, threads=threads, tta=tta, calibration=calibration)
+                prep = p.preprocessing
+                crop = torch.randint(0, 256, (1, prep.channels, prep.input_size, prep.input_size),
+                                     generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+                p.predict_tensor(crop)  # session / allocation warm-up
+                row[key] = summary(time_calls(lambda: p.predict_tensor(crop), repeat=LATENCY_REPEAT, warmup=2,
+                                              max_time_s=LATENCY_MAX_S))
+                row["tta_card"] = p.weights.tta
+                row["engine"] = p.engine
+            out[engine] = row
+        except Exception as exc:  # noqa: BLE001 - one engine failing must not lose the others' figures
+            out[engine] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
 
 
 def bench_model(bm: BenchModel, device: torch.device, engines: tuple[str, ...] = ("torch", "onnx"),
-                workdir: Optional[Path] = None) -> dict[str, Any]:
+                workdir: Optional[Path] = None, threads: int = 1, batch_threads: Optional[int] = None,
+                per_face_engines: tuple[str, ...] = (), calibration: Optional[Path] = None) -> dict[str, Any]:
     prep = bm.weights.preprocessing
     row: dict[str, Any] = {"model": bm.label, "architecture": bm.architecture, "trained": bm.trained,
                            "input": [prep.channels, prep.input_size, prep.input_size],
                            "parameters_m": round(sum(p.numel() for p in bm.model.parameters()) / 1e6, 3),
                            "device": str(device)}
     model = bm.model.to(device).eval()
+    if per_face_engines and bm.trained and bm.weights.source and device.type == "cpu":
+        row["per_face_ms"] = per_face(bm.weights.source, per_face_engines, threads, calibration)
     if "torch" in engines:
-        with torch.inference_mode():
-            row["torch"] = _measure(lambda x: model(x), prep, device)
+        def torch_run(x: torch.Tensor, n: int) -> Any:
+            with torch.inference_mode(), intra_op_threads(n):
+                return model(x)
+
+        row["torch"] = _measure(torch_run, prep, device, threads, batch_threads)
     if "onnx" in engines:
         try:
             from ferkit.export.onnx import OnnxModel, export_model
@@ -132,8 +180,9 @@ def bench_model(bm: BenchModel, device: torch.device, engines: tuple[str, ...] =
 
                 if providers[0] not in ort.get_available_providers():
                     providers = ["CPUExecutionProvider"]
-                session = OnnxModel(path, providers=providers)
-                row["onnx"] = _measure(lambda x: session.run(x.cpu().numpy()), prep, torch.device("cpu"))
+                session = OnnxModel(path, threads=threads, providers=providers)
+                row["onnx"] = _measure(lambda x, n: session.run(x.cpu().numpy(), threads=n), prep,
+                                       torch.device("cpu"), threads, batch_threads)
                 row["onnx"]["provider"] = providers[0]
                 row["onnx"]["export_s"] = round(export_s, 2)
         except Exception as exc:  # noqa: BLE001 - one model failing to export must not lose the others' figures

@@ -1,12 +1,24 @@
 """`ferkit bench [--json]`: measured speed of the models, the live pipeline and training (a benchmark, not a test).
 
-Sections (``--only`` picks some): ``models`` (batch-1 latency median/p95 and batch-64 throughput,
-torch eager vs ONNX Runtime, CPU and CUDA when present), ``pipeline`` (end-to-end fps, per-stage
-latency and peak RSS on the sample video at its native resolution, with and without FERSNet
-synthesis, torch and ONNX engines, face mesh on and off), ``training`` (images/s of each recipe's
-main network). Every figure is a median over repeated runs with min and max; the JSON records
-the device, thread counts, library versions and the machine's load average before and after.
-A human table goes to stderr; ``--json`` prints the whole report on stdout.
+Sections (``--only`` picks some):
+
+- ``models``: per face (one uint8 crop through ``Predictor``, preprocessing included, one thread)
+  for every shipped model and engine (torch, ONNX Runtime, int8 ONNX where calibration crops are
+  available), and the network alone: batch-1 latency (one thread) and batch-64 throughput (all
+  cores), CPU and CUDA when present.
+- ``pipeline``: the live loop (:mod:`ferkit.bench.pipeline`) on the 640x360 sample video (1 face)
+  and on ``multi_face.jpg`` looped as a video (5 faces): frame time median and p95, fps, stages
+  and peak RSS; each idle and next to a one-core busy loop (:mod:`ferkit.bench.load`), with the
+  loaded/idle ratio (goal <= 1.5); plus face mesh on every frame, a landmarks panel open, the
+  torch engine, and FERSNet synthesis.
+- ``agreement``: labels of the fast face path against detection + mesh on every frame, frame by
+  frame on the sample video (:mod:`ferkit.bench.agreement`; goal >= 98 %). Not a timing.
+- ``training``: images/s of each recipe's main network.
+
+Every figure is a median over repeated runs with min and max; the JSON records the device,
+thread counts, library versions and the machine's load average before and after, and ``goals``
+sets the issue-14 targets beside the measured values. A human table goes to stderr; ``--json``
+prints the whole report on stdout.
 """
 from __future__ import annotations
 
@@ -17,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("models", "pipeline", "training")
+SECTIONS = ("models", "pipeline", "agreement", "training")
 
 
 def register(subparsers: Any) -> None:
@@ -30,6 +42,22 @@ def register(subparsers: Any) -> None:
                         "untrained build of each architecture nothing ships; the paper-size fersnet only "
                         "when named)")
     p.add_argument("--pipeline-weights", default="tfe-jl", help="classifier of the pipeline runs (default tfe-jl)")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+                   help="engine of the live pipeline runs (default auto: ONNX Runtime where installed)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads of live (few-face) inference and batch-1 latency (default 1)")
+    p.add_argument("--detect-every", type=int, default=5,
+                   help="fast face path: run the detector every N frames, optical flow between (default 5)")
+    p.add_argument("--load-cores", type=int, default=1,
+                   help="cores kept busy for the pipeline's background-load runs (default 1; 0 skips them)")
+    p.add_argument("--multi-face", type=Path, default=None,
+                   help="image looped as a many-face video (default resources/samples/multi_face.jpg)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="face crops calibrating the int8 per-face figures (default: shared data "
+                        "ferplus/FER2013Valid; skipped when absent)")
+    p.add_argument("--no-int8", action="store_true", help="leave int8 ONNX out of the per-face figures")
+    p.add_argument("--agreement-frames", type=int, default=None,
+                   help="agreement section: only the first N frames of the video (default all)")
     p.add_argument("--synthesis-weights", default=None,
                    help="FERSNet weights for the synthesis run (default: shipped fersnet weights, else fersnet_light)")
     p.add_argument("--video", type=Path, default=None, help="video (default resources/samples/expressions_pexels_640x360.mp4)")
@@ -66,8 +94,6 @@ def _synthesis_default() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ferkit.bench.stats import environment, flush_denormals
     from ferkit.paths import samples_dir
 
@@ -90,34 +116,65 @@ def run(args: argparse.Namespace) -> int:
     if "models" in args.only:
         from ferkit.bench.models import bench_model, bench_models_list
 
+        from ferkit.export.onnx import default_calibration_dir
+
+        calibration = args.calibration or default_calibration_dir()
+        per_face_engines = ("torch", "onnx") + (() if args.no_int8 or not calibration.is_dir() else ("onnx-int8",))
         rows = []
         for bm in bench_models_list(args.models):
             for dev in devices:
                 say(f"model {bm.label} on {dev}")
-                rows.append(bench_model(bm, dev, engines=("torch", "onnx")))
+                rows.append(bench_model(bm, dev, engines=("torch", "onnx"), threads=args.threads,
+                                        per_face_engines=per_face_engines, calibration=calibration))
         report["models"] = rows
         save_partial()
     if "pipeline" in args.only:
-        from ferkit.bench.pipeline import run_in_child
+        from ferkit.bench.pipeline import load_ratio, run_in_child
 
         video = args.video or samples_dir() / "expressions_pexels_640x360.mp4"
-        if not video.is_file():
-            raise FileNotFoundError(f"benchmark video {video} is missing")
+        multi = args.multi_face or samples_dir() / "multi_face.jpg"
+        for path in (video, multi):
+            if not path.is_file():
+                raise FileNotFoundError(f"benchmark input {path} is missing")
         synth = args.synthesis_weights or _synthesis_default()
-        threads = torch.get_num_threads()
-        configs = [
-            {"engine": "torch", "landmarks": True, "synthesis": None},
-            {"engine": "onnx", "landmarks": True, "synthesis": None},
-            {"engine": "onnx", "landmarks": False, "synthesis": None},
-            {"engine": "torch", "landmarks": True, "synthesis": synth},
+        live = {"engine": args.engine, "faces": "tracked", "synthesis": None}
+        configs: list[tuple[str, Path, dict[str, Any], int]] = [
+            ("1 face, live path", video, live, 0),
+            ("1 face, live path, under load", video, live, args.load_cores),
+            ("5 faces, live path", multi, live, 0),
+            ("5 faces, live path, under load", multi, live, args.load_cores),
+            ("1 face, live path, detector eyes (no mesh)", video, {**live, "faces": "tracked-detector-eyes"}, 0),
+            ("5 faces, live path, detector eyes (no mesh)", multi, {**live, "faces": "tracked-detector-eyes"}, 0),
+            ("1 face, landmarks panel open (mesh every frame)", video, {**live, "faces": "tracked-mesh"}, 0),
+            ("1 face, detector + mesh every frame (former live path)", video, {**live, "faces": "mesh"}, 0),
+            ("1 face, torch engine, live path", video, {**live, "engine": "torch"}, 0),
+            ("1 face, torch engine + synthesis", video, {"engine": "torch", "faces": "mesh", "synthesis": synth}, 0),
         ]
         rows = []
-        for cfg in configs:
-            say(f"pipeline {args.pipeline_weights} {cfg}")
-            rows.append(run_in_child(video=video, weights=args.pipeline_weights, frames=args.frames,
-                                     passes=args.passes, device="cpu", threads=threads,
-                                     keep_denormals=args.keep_denormals, **cfg))
+        for name, source, cfg, load in configs:
+            if "under load" in name and load <= 0:
+                continue
+            say(f"pipeline: {name}")
+            row = run_in_child(video=source, weights=args.pipeline_weights, frames=args.frames, passes=args.passes,
+                               device="cpu", threads=args.threads, detect_every=args.detect_every,
+                               keep_denormals=args.keep_denormals, load_cores=load, **cfg)
+            rows.append({"name": name, **row})
         report["pipeline"] = rows
+        by_name = {r["name"]: r for r in rows}
+        ratios = {}
+        for what in ("1 face", "5 faces"):
+            idle, loaded = by_name.get(f"{what}, live path"), by_name.get(f"{what}, live path, under load")
+            if idle and loaded and "error" not in idle and "error" not in loaded:
+                ratios[what] = load_ratio(idle, loaded)
+        report["pipeline_load_ratio"] = ratios
+        save_partial()
+    if "agreement" in args.only:
+        from ferkit.bench.agreement import run as run_agreement
+
+        video = args.video or samples_dir() / "expressions_pexels_640x360.mp4"
+        say("agreement of the fast face path with detection + mesh on every frame")
+        report["agreement"] = run_agreement(video, args.pipeline_weights, args.engine, args.detect_every,
+                                            max_frames=args.agreement_frames, say=say)
         save_partial()
     if "training" in args.only:
         from ferkit.bench.training import bench_training
@@ -127,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             say(f"training throughput on {dev}")
             rows.extend(bench_training(args.recipes, dev))
         report["training"] = rows
+    report["goals"] = goals(report)
     report["environment_after"] = {"load_average_1_5_15": environment()["load_average_1_5_15"]}
     report["wall_time_s"] = round(time.perf_counter() - t_start, 1)
     print(format_tables(report), file=sys.stderr)
@@ -138,6 +196,26 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(text)
     return 0
+
+
+def goals(report: dict[str, Any]) -> dict[str, Any]:
+    """Issue 14's targets beside what this run measured (None where the section did not run)."""
+    rows = {r.get("name"): r for r in report.get("pipeline", []) if "error" not in r}
+    one, five = rows.get("1 face, live path"), rows.get("5 faces, live path")
+    ratio = (report.get("pipeline_load_ratio") or {}).get("1 face", {})
+    tracked = (report.get("agreement") or {}).get("modes", {}).get("tracked", {})
+    five_ratio = (report.get("pipeline_load_ratio") or {}).get("5 faces", {})
+    return {
+        "fps_1_face_median >= 60": one and one.get("fps_at_median_frame"),
+        "frame_ms_1_face_p95 <= 33": one and one["frame_ms"]["p95"],
+        "fps_5_faces_median >= 30": five and five.get("fps_at_median_frame"),
+        "load_ratio_1_face <= 1.5": ratio.get("frame_ms_median"),
+        "load_ratio_5_faces <= 1.5": five_ratio.get("frame_ms_median"),
+        "agreement_tracked >= 0.98": tracked.get("agreement"),
+        "agreement_tracked_smoothed >= 0.98": tracked.get("agreement_smoothed"),
+        "agreement_floor (reference with 0.25 % eye jitter)": (report.get("agreement") or {}).get("modes", {})
+        .get("reference_eye_jitter", {}).get("agreement"),
+    }
 
 
 def _fmt(s: Any, key: str = "median") -> str:
@@ -155,11 +233,28 @@ def format_tables(report: dict[str, Any]) -> str:
            f"{report.get('environment_after', {}).get('load_average_1_5_15')}; torch {env['versions']['torch']}, "
            f"onnxruntime {env['versions']['onnxruntime']}; wall {report.get('wall_time_s')} s", ""]
     if report.get("models"):
+        faces = [r for r in report["models"] if r.get("per_face_ms")]
+        if faces:
+            out += ["| per face (1 crop, 1 thread, preprocessing incl.) | torch ms | ONNX ms | ONNX int8 ms | "
+                    "card TTA | torch ms (TTA) | ONNX ms (TTA) | int8 ms (TTA) |",
+                    "|---|---:|---:|---:|---|---:|---:|---:|"]
+            for r in faces:
+                pf = r["per_face_ms"]
+
+                def cell(engine: str, key: str = "ms", pf: dict[str, Any] = pf) -> str:
+                    row = pf.get(engine, {"error": "not measured"})
+                    return "-" if "error" in row else _fmt(row.get(key))
+
+                tta = next((v.get("tta_card") for v in pf.values() if "tta_card" in v), "-")
+                out.append(f"| {r['model']} | {cell('torch')} | {cell('onnx')} | {cell('onnx-int8')} | {tta} | "
+                           f"{cell('torch', 'ms_card_tta')} | {cell('onnx', 'ms_card_tta')} | "
+                           f"{cell('onnx-int8', 'ms_card_tta')} |")
+            out.append("")
         out += ["| model | device | torch b1 ms | torch b1 p95 | ORT b1 ms | ORT b1 p95 | torch img/s | ORT img/s |",
                 "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in report["models"]:
             t, o = r.get("torch", {}), r.get("onnx", {})
-            name = r["model"] + ("" if r["trained"] else "")
+            name = r["model"]
             out.append(f"| {name} | {r['device']} | {_fmt(t.get('latency_ms_batch1'))} | "
                        f"{_fmt(t.get('latency_ms_batch1'), 'p95')} | {_fmt(o.get('latency_ms_batch1'))} | "
                        f"{_fmt(o.get('latency_ms_batch1'), 'p95')} | {_fmt(t.get('throughput_img_per_s'))}"
@@ -169,18 +264,32 @@ def format_tables(report: dict[str, Any]) -> str:
                        + (f" ORT error: {o['error'][:60]}" if 'error' in o else ""))
         out.append("")
     if report.get("pipeline"):
-        out += ["| pipeline | fps | decode ms | detect ms | align ms | infer ms | synthesis ms | draw ms | peak RSS MB |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += ["| pipeline | engine | frame ms median | frame ms p95 | fps (median frame) | fps per pass | "
+                "detect ms | align ms | infer ms | synthesis ms | draw ms | faces | peak RSS MB |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in report["pipeline"]:
+            name = r.get("name") or f"{r.get('engine')} {r.get('synthesis') or ''}"
             if "error" in r:
-                out.append(f"| {r.get('engine')} {r.get('synthesis') or ''} | error: {r['error'][:80]} |")
+                out.append(f"| {name} | error: {r['error'][:80]} |")
                 continue
             st = r["stage_ms"]
-            name = (f"{r['weights']} {r['engine']}, mesh {'on' if r['landmarks'] else 'off'}"
-                    + (f", + {r['synthesis']}" if r["synthesis"] else ""))
-            out.append(f"| {name} | {_fmt(r['fps'])} | {_fmt(st.get('decode'))} | {_fmt(st.get('detect'))} | "
+            out.append(f"| {name} | {r['engine']} | {_fmt(r['frame_ms'])} | {_fmt(r['frame_ms'], 'p95')} | "
+                       f"{r.get('fps_at_median_frame')} | {_fmt(r['fps'])} | {_fmt(st.get('detect'))} | "
                        f"{_fmt(st.get('align'))} | {_fmt(st.get('infer'))} | {_fmt(st.get('synthesis'))} | "
-                       f"{_fmt(st.get('draw'))} | {r['rss_mb']['peak']} |")
+                       f"{_fmt(st.get('draw'))} | {r['faces_per_frame'].get('median')} | {r['rss_mb']['peak']} |")
+        for what, ratio in (report.get("pipeline_load_ratio") or {}).items():
+            cores = max(r.get("background_load_cores", 0) for r in report["pipeline"]) or 1
+            out.append(f"\nunder a {cores}-core background load, {what}: frame time x{ratio.get('frame_ms_median')} "
+                       f"(median), x{ratio.get('frame_ms_p95')} (p95); goal <= {ratio['goal']}")
+        out.append("")
+    if report.get("agreement"):
+        a = report["agreement"]
+        out += [f"| face path vs {a['reference']} ({a['weights']}, {a['engine']}, detect every {a['detect_every']}) | "
+                "frames | same labels | same smoothed labels | detector runs |", "|---|---:|---:|---:|---:|"]
+        for mode, m in a["modes"].items():
+            smooth = m.get("agreement_smoothed")
+            out.append(f"| {mode} | {m['frames']} | {m['agreement']:.2%} | "
+                       f"{'-' if smooth is None else format(smooth, '.2%')} | {m.get('detector_runs', m['frames'])} |")
         out.append("")
     if report.get("training"):
         out += ["| recipe | network | batch | device | fp32 img/s | bf16 img/s | bf16 / fp32 |",

@@ -25,6 +25,13 @@ def register(subparsers: Any) -> None:
                         "fer2013.csv or fer2013_emotion.csv)")
     p.add_argument("--tta", default=None, choices=["none", "flip"],
                    help="test-time augmentation (default: the weights card's, the setting its numbers used)")
+    p.add_argument("--engine", default="torch", choices=["torch", "onnx", "onnx-int8", "auto"],
+                   help="inference engine (default torch, the one the cards were measured with); onnx-int8 "
+                        "quantises with --calibration crops first (cached) to measure what int8 costs")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="face crops calibrating --engine onnx-int8 (default: shared data ferplus/FER2013Valid)")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="score with this exported .onnx file (e.g. from export-onnx --int8) instead of the weights")
     p.add_argument("--report", default=None, metavar="DIR", help="write confusion.png, per_class.csv, eval.json here")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -36,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ferkit.evaluation.evaluate import evaluate, format_table
 
     result = evaluate(resolve_weights(args), args.data, vote=args.vote, device=args.device, report_dir=args.report,
-                      split=args.split, tta=args.tta)
+                      split=args.split, tta=args.tta, engine=args.engine, calibration=args.calibration,
+                      onnx_file=args.onnx)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -28,17 +28,22 @@ def register(subparsers: Any) -> None:
                    help="score each whole image as one face (pictures that already are face crops)")
     p.add_argument("--fallback-whole-image", action="store_true",
                    help="score the whole image when no face is found")
-    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
-                   help="torch eager (default) or ONNX Runtime (faster on CPU)")
+    p.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+                   help="auto (default: ONNX Runtime where installed, else torch), torch eager, onnx, or "
+                        "onnx-int8 (static int8, calibrated on the shared FER2013Valid crops)")
     p.add_argument("--max-faces", type=int, default=5, help="at most this many faces per image (default 5)")
     p.add_argument("--tta", choices=["none", "flip"], default=None,
                    help="test-time augmentation (default: the weights card's; flip = mean of face and mirror)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: a few faces gain nothing from more, and on a busy "
-                        "machine more threads spin-wait; measured 258 ms instead of 5 ms per face)")
+                   help="intra-op threads of each image's face batch (default 1: a few faces gain nothing from "
+                        "more, and on a busy machine more threads spin-wait; measured 258 ms instead of 5 ms "
+                        "per face)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     v = p.add_argument_group("videos (one video file as PATH)")
     v.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default 1)")
+    v.add_argument("--detect-every", type=int, default=1, metavar="N",
+                   help="run the face detector every N analysed frames and follow faces by optical flow "
+                        "between (faster; default 1 = detect on every frame, as for images)")
     v.add_argument("--csv", default=None, metavar="FILE", help="write one row per analysed frame and face")
     v.add_argument("--plot", default=None, metavar="FILE.png", help="draw each track's expression timeline")
     v.add_argument("--enrol", action="append", default=[], metavar="NAME=IMAGE",
@@ -77,18 +82,17 @@ def resolve_weights(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ferkit.inference import ImageReadError, Predictor, expand_image_paths
     from ferkit.video import is_video
 
-    torch.set_num_threads(max(1, int(args.threads)))
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if any(is_video(p) for p in args.paths):
         if len(args.paths) != 1:
             raise ValueError("give one video at a time (images and folders can be mixed, videos cannot)")
         return run_video(args)
-    if args.csv or args.plot or args.enrol or args.every != 1:
-        raise ValueError("--every, --csv, --plot and --enrol apply to a video; PATH is not one "
+    if args.csv or args.plot or args.enrol or args.every != 1 or args.detect_every != 1:
+        raise ValueError("--every, --detect-every, --csv, --plot and --enrol apply to a video; PATH is not one "
                          f"(video endings: {', '.join(sorted(_video_suffixes()))})")
     paths = expand_image_paths(args.paths)
     if len(paths) == 1 and not paths[0].exists():
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     failed = 0
     with Predictor(resolve_weights(args), device=args.device, max_faces=args.max_faces,
-                   engine=args.engine, tta=args.tta) as predictor:
+                   engine=args.engine, tta=args.tta, threads=args.threads) as predictor:
         for path in paths:
             try:
                 res = predictor.predict_file(path, whole_image=args.whole_image,
@@ -163,7 +167,7 @@ def run_video(args: argparse.Namespace) -> int:
     from ferkit.video import analyse_video, plot_timeline
 
     with Predictor(resolve_weights(args), device=args.device, max_faces=args.max_faces,
-                   engine=args.engine, tta=args.tta) as predictor:
+                   engine=args.engine, tta=args.tta, threads=args.threads) as predictor:
         enrolled = _enrolment(predictor, args.enrol)
         bar = Progress(0, "frames")
 
@@ -173,7 +177,8 @@ def run_video(args: argparse.Namespace) -> int:
 
         try:
             analysis = analyse_video(args.paths[0], predictor, every=args.every, enrolled=enrolled,
-                                     progress=progress, whole_image=args.whole_image)
+                                     progress=progress, whole_image=args.whole_image,
+                                     detect_every=args.detect_every)
         finally:
             bar.close()
     if args.csv:

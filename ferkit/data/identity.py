@@ -147,23 +147,69 @@ def split_identity_sets(data_dir: Path, sets: str) -> list[Path]:
     return roots
 
 
-def load_identity_training_data(data_dir: Path, sets: str, size: int, holdout: int
+def parse_holdout(spec: Union[int, str, None], set_names: list[str]) -> dict[str, int]:
+    """``--holdout-identities``: ``N`` (the last N identities of the first set) or
+    ``set=N,set=N`` (per set, e.g. ``celeba_subset=48,yalefaces=7``) -> {set name: N}."""
+    if spec is None or spec == "":
+        return {}
+    if isinstance(spec, int) or str(spec).strip().lstrip("-").isdigit():
+        n = int(spec)
+        if n < 0:
+            raise ValueError(f"--holdout-identities must be >= 0, got {n}")
+        return {set_names[0]: n} if n and set_names else {}
+    out: dict[str, int] = {}
+    for part in str(spec).split(","):
+        name, sep, count = part.strip().partition("=")
+        if not sep or not count.strip().isdigit():
+            raise ValueError(f"--holdout-identities {spec!r}: use N or set=N,set=N (e.g. celeba_subset=48,yalefaces=7)")
+        name = name.strip()
+        if name not in set_names:
+            raise ValueError(f"--holdout-identities names {name!r}, which is not one of the identity sets "
+                             f"({', '.join(set_names)})")
+        out[name] = int(count)
+    return out
+
+
+def is_yale_root(root: Union[str, Path]) -> bool:
+    """A Yale Face Database A folder: flat ``subjectNN.<condition>`` files, no identity sub-folders."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    return any(p.is_file() and p.name.startswith("subject") for p in entries) and not any(p.is_dir() for p in entries)
+
+
+def load_identity_set(root: Union[str, Path], size: int, grayscale: bool = True) -> FaceDataset:
+    """One identity set in any layout the identity recipes take: identity folders (CelebA, ORL,
+    CASIA), a ``ferkit prepare`` folder, or Yale A's flat files (identities = subjects)."""
+    if is_yale_root(root):
+        from ferkit.data.yale import load_yale
+
+        return load_yale(root, size=size, grayscale=grayscale)
+    return load_identity_folders(root, size=size, grayscale=grayscale)
+
+
+def load_identity_training_data(data_dir: Path, sets: str, size: int, holdout: Union[int, str, None]
                                 ) -> tuple[FaceDataset, list[str], list[str]]:
-    """All identity sets merged (labels renumbered), minus the last ``holdout`` identities of the first set.
+    """All identity sets merged (labels renumbered), minus held-out identities.
 
-    Returns (training identities dataset, identity names "set/name", held-out names "set/name").
-    Held-out identities never reach training: they are the unseen people of the verification check.
+    ``holdout`` (see :func:`parse_holdout`): an int holds out the last N identities of the first
+    set; ``set=N,...`` the last N of each named set (e.g. Yale subjects kept for the
+    across-expressions check). Returns (training identities dataset, identity names "set/name",
+    held-out names "set/name"). Held-out identities never reach training: they are the unseen
+    people of the verification check.
     """
-    from ferkit.data.identity import load_identity_folders
-
+    roots = split_identity_sets(Path(data_dir), sets)
+    per_set = parse_holdout(holdout, [r.name for r in roots])
     images, labels, names, held_out = [], [], [], []
-    for i, root in enumerate(split_identity_sets(Path(data_dir), sets)):
-        ds = load_identity_folders(root, size=size, grayscale=True)
+    for root in roots:
+        ds = load_identity_set(root, size=size, grayscale=True)
         keep_ids = list(range(len(ds.classes)))
-        if i == 0 and holdout > 0:
-            if holdout >= len(ds.classes):
-                raise DataError(root, f"--holdout-identities {holdout} leaves no identity of {len(ds.classes)} to train")
-            keep_ids = keep_ids[: len(ds.classes) - holdout]
+        n_hold = per_set.get(root.name, 0)
+        if n_hold > 0:
+            if n_hold >= len(ds.classes):
+                raise DataError(root, f"--holdout-identities {n_hold} leaves no identity of {len(ds.classes)} to train")
+            keep_ids = keep_ids[: len(ds.classes) - n_hold]
             held_out += [f"{root.name}/{c}" for c in ds.classes[len(keep_ids):]]
         remap = torch.full((len(ds.classes),), -1, dtype=torch.int64)
         remap[keep_ids] = torch.arange(len(keep_ids)) + len(names)

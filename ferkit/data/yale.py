@@ -37,8 +37,7 @@ def index_yale(root: Union[str, Path], label: str = "subject") -> DatasetIndex:
             if f.name.lower().startswith("subject"):
                 raise DataError(f, "file name is not subjectNN.<condition>")
             continue  # README and the like
-        cond = m.group(2).lower()
-        cond = "centerlight" if cond == "gif" else cond
+        cond = yale_condition(f)
         if cond not in YALE_CONDITIONS:
             raise DataError(f, f"unknown Yale condition {cond!r}", hint=f"expected {', '.join(YALE_CONDITIONS)}")
         entries.append((f, f"subject{int(m.group(1)):02d}", cond))
@@ -52,6 +51,21 @@ def index_yale(root: Union[str, Path], label: str = "subject") -> DatasetIndex:
         classes = [c for c in YALE_CONDITIONS if any(c == e[2] for e in entries)]
         samples = [Sample(f, classes.index(c), s) for f, s, c in entries]
     return DatasetIndex("yale", classes, samples, meta={"label": label})
+
+
+def yale_condition(path: Union[str, Path]) -> str:
+    """The condition of a Yale A file from its name (``subject01.gif`` is ``centerlight``)."""
+    name = Path(path).name
+    m = _NAME.match(name)
+    if not m:
+        raise DataError(Path(path), "file name is not subjectNN.<condition>")
+    cond = m.group(2).lower()
+    return "centerlight" if cond == "gif" else cond
+
+
+def yale_conditions(paths: list[str]) -> list[str]:
+    """:func:`yale_condition` of every path (e.g. ``FaceDataset.paths`` of :func:`load_yale`)."""
+    return [yale_condition(p) for p in paths]
 
 
 def load_yale(root: Union[str, Path], size: int = 48, grayscale: bool = True, label: str = "subject",

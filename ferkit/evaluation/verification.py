@@ -8,7 +8,15 @@ Threshold-free figures come with it: ROC AUC (probability that a random same-pai
 a random different-pair) and the equal error rate (false accepts = false rejects).
 
 When a dataset has no pairs file (identity folders: CelebA subset, ORL, Yale) we draw balanced
-pairs with a seed (half same, half different) and run the same 10-fold protocol on them.
+pairs with a seed (half same, half different) and run the same 10-fold protocol on them. On Yale A
+the pairs are drawn *across expressions* by default: the two faces of every pair show different
+expression conditions (happy, normal, sad, sleepy, surprised, wink), because an identity feature
+that only matches a person at the same expression is useless to an expression-recognition app.
+
+A deployed decision needs a threshold that says how often strangers pass: :func:`threshold_at_far`
+picks the lowest threshold whose false-accept rate on different-identity pairs is at most a target
+(e.g. 1 %), and :func:`calibrate_far` runs it in the 10-fold way (calibrate on nine folds, measure
+FAR and true-accept rate on the tenth) so the reported rates never saw their own threshold.
 
 Everything here works on plain arrays; :mod:`ferkit.cli.eval_verification` turns a model and a
 folder into features and calls :func:`evaluate_pairs`.
@@ -220,6 +228,83 @@ def evaluate_pairs(scores: ArrayLike, same: ArrayLike, folds: Optional[ArrayLike
 
 
 # ---------------------------------------------------------------------------------------------
+# thresholds at a false-accept rate
+def threshold_at_far(scores: ArrayLike, same: ArrayLike, far: float = 0.01) -> tuple[float, float, float]:
+    """(threshold, FAR, TAR) of the lowest threshold whose false-accept rate is at most ``far``.
+
+    "Same" is predicted for ``score >= threshold``. With ``n`` different-identity pairs at most
+    ``k = floor(far * n)`` of them may be accepted, so the threshold sits just above the
+    ``(k+1)``-th highest different-pair score (the next float up: the lowest threshold, hence the
+    highest true-accept rate, that keeps FAR <= ``far`` on these pairs). Ties at that score are
+    all rejected, so FAR can come out below the target, never above it.
+    """
+    s, y = _check(scores, same)
+    if not 0.0 <= far < 1.0:
+        raise ValueError(f"--far must be in [0, 1), got {far}")
+    neg = np.sort(s[~y])[::-1]
+    k = int(np.floor(far * len(neg) + 1e-9))
+    threshold = float(np.nextafter(neg[k], np.inf)) if k < len(neg) else float(neg[-1])
+    accept = s >= threshold
+    return threshold, float(accept[~y].mean()), float(accept[y].mean())
+
+
+@dataclass
+class FarCalibration:
+    """A threshold calibrated at a target false-accept rate, with held-out FAR / TAR (10-fold)."""
+
+    target_far: float
+    #: calibrated on all pairs: the threshold a weights card ships
+    threshold: float
+    #: mean over folds of the FAR / TAR measured on the held-out fold at the other folds' threshold
+    far: float
+    tar: float
+    far_std: float
+    tar_std: float
+    fold_thresholds: list[float]
+    fold_far: list[float]
+    fold_tar: list[float]
+    #: FAR / TAR of ``threshold`` on all pairs (in-sample; FAR <= target by construction)
+    all_pairs_far: float
+    all_pairs_tar: float
+    #: "10-fold" or "in-sample" (one fold: FAR / TAR measured on the calibration pairs themselves)
+    protocol: str
+
+    def summary(self) -> dict:
+        return asdict(self)
+
+
+def calibrate_far(scores: ArrayLike, same: ArrayLike, folds: Optional[ArrayLike] = None,
+                  far: float = 0.01) -> FarCalibration:
+    """Threshold at ``far`` on all pairs, and per fold: calibrated on the others, measured on it."""
+    s, y = _check(scores, same)
+    threshold, all_far, all_tar = threshold_at_far(s, y, far)
+    f = None if folds is None else _np(folds, np.int64)
+    if f is not None and f.shape != s.shape:
+        raise ValueError(f"fold ids {f.shape} do not match the {len(s)} pairs")
+    thr_k: list[float] = []
+    far_k: list[float] = []
+    tar_k: list[float] = []
+    if f is not None and len(np.unique(f)) > 1:
+        for k in np.unique(f):
+            test = f == k
+            t, _, _ = threshold_at_far(s[~test], y[~test], far)
+            accept = s[test] >= t
+            yt = y[test]
+            thr_k.append(t)
+            far_k.append(float(accept[~yt].mean()) if (~yt).any() else 0.0)
+            tar_k.append(float(accept[yt].mean()) if yt.any() else 0.0)
+        protocol = f"{len(thr_k)}-fold"
+    else:
+        thr_k, far_k, tar_k, protocol = [threshold], [all_far], [all_tar], "in-sample"
+    fa, ta = np.asarray(far_k), np.asarray(tar_k)
+    return FarCalibration(target_far=float(far), threshold=threshold, far=float(fa.mean()), tar=float(ta.mean()),
+                          far_std=float(fa.std(ddof=1)) if fa.size > 1 else 0.0,
+                          tar_std=float(ta.std(ddof=1)) if ta.size > 1 else 0.0,
+                          fold_thresholds=thr_k, fold_far=[float(v) for v in fa], fold_tar=[float(v) for v in ta],
+                          all_pairs_far=all_far, all_pairs_tar=all_tar, protocol=protocol)
+
+
+# ---------------------------------------------------------------------------------------------
 # pairs drawn from identity folders
 def draw_balanced_pairs(subjects: ArrayLike, n_pairs: int, seed: int = 0,
                         n_folds: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -274,6 +359,44 @@ def draw_balanced_pairs(subjects: ArrayLike, n_pairs: int, seed: int = 0,
     return first, second, same, fold
 
 
+#: Yale A conditions that are facial expressions (the others vary lighting or glasses)
+YALE_EXPRESSIONS = ("happy", "normal", "sad", "sleepy", "surprised", "wink")
+
+
+def draw_cross_condition_pairs(subjects: ArrayLike, conditions: Sequence[str], n_pairs: int, seed: int = 0,
+                               n_folds: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`draw_balanced_pairs`, but the two images of every pair have different conditions.
+
+    For Yale A "across expressions": a same pair is one person at two different expressions, a
+    different pair two people at two different expressions (so an expression match can never
+    stand in for an identity match). Same pairs are all enumerated (small sets: Yale A has 15 x 15
+    of them) and sampled without replacement when there are more than ``n_pairs // 2``; the
+    different pairs are drawn uniformly over image pairs. Folds as in :func:`draw_balanced_pairs`.
+    """
+    subj = _np(subjects, np.int64)
+    cond = np.asarray(list(conditions))
+    if cond.shape != subj.shape:
+        raise ValueError(f"{len(cond)} conditions for {len(subj)} images")
+    if n_pairs < 2 * n_folds:
+        raise ValueError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
+    rng = np.random.default_rng(seed)
+    n = len(subj)
+    i, j = np.triu_indices(n, k=1)
+    differ = cond[i] != cond[j]
+    same_all = np.nonzero(differ & (subj[i] == subj[j]))[0]
+    diff_all = np.nonzero(differ & (subj[i] != subj[j]))[0]
+    half = min(n_pairs // 2, len(same_all), len(diff_all))
+    if half < n_folds:
+        raise ValueError(f"only {len(same_all)} same-person pairs across different conditions exist; "
+                         f"need at least {n_folds}")
+    pick_same = same_all[rng.choice(len(same_all), size=half, replace=False)]
+    pick_diff = diff_all[rng.choice(len(diff_all), size=half, replace=False)]
+    chosen = np.r_[pick_same, pick_diff]
+    same = np.r_[np.ones(half, dtype=bool), np.zeros(half, dtype=bool)]
+    fold = np.r_[np.arange(half) % n_folds, np.arange(half) % n_folds].astype(np.int64)
+    return i[chosen].astype(np.int64), j[chosen].astype(np.int64), same, fold
+
+
 # ---------------------------------------------------------------------------------------------
 # from a model and a folder to a result
 EVAL_BATCH = 256
@@ -321,15 +444,89 @@ def parse_identities(spec: Optional[str], heldout: Optional[list[str]] = None) -
 
 
 def _is_yale(root) -> bool:
+    from ferkit.data.identity import is_yale_root
+
+    return is_yale_root(root)
+
+
+#: side at which :func:`aligned_face_images` cuts and caches face crops
+CANONICAL_CROP_SIDE = 128
+
+
+def aligned_face_images(paths: Sequence, preprocessing, use_cache: bool = True) -> tuple[torch.Tensor, int]:
+    """(uint8 ``[N, C, S, S]`` crops, images without a detected face) cut as the app cuts them.
+
+    Every image goes through :class:`ferkit.face.pipeline.FacePipeline` (detection, face mesh,
+    eye alignment to ``preprocessing.alignment``), so a feature is measured on the crops live
+    inference feeds it rather than on resized whole frames whose framing no training set had.
+    Of several faces the one nearest the image centre is taken (LFW's convention: the named person
+    is the centred face); an image without a face falls back to its whole frame, resized, and is
+    counted. Cached like decoded datasets (by the files, size, channels and crop style).
+    """
     from pathlib import Path
 
-    root = Path(root)
-    return root.is_dir() and any(p.is_file() and p.name.startswith("subject") for p in root.iterdir()) \
-        and not any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+    from ferkit.data.cache import cached_dataset
+    from ferkit.data.dataset import FaceDataset
+    from ferkit.data.images import read_image, resize_square, to_chw
+
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    files = [Path(p) for p in paths]
+    # crops are cut and cached at one canonical side (>= 128) and resized to the net's input on
+    # read, so nets of several input sizes share one detection pass (minutes for LFW on a CPU)
+    side = max(CANONICAL_CROP_SIDE, int(preprocessing.input_size))
+    canonical = dataclasses.replace(preprocessing, input_size=side)
+
+    def build() -> FaceDataset:
+        from ferkit.face.pipeline import FacePipeline
+
+        crops, missed = [], 0
+        with FacePipeline() as pipe:
+            for f in files:
+                rgb = read_image(f, grayscale=False)
+                faces = pipe.process(rgb, canonical)
+                if faces:
+                    h, w = rgb.shape[:2]
+
+                    def off_centre(a) -> float:
+                        x, y, bw, bh = a.face.box
+                        return (x + bw / 2 - w / 2) ** 2 + (y + bh / 2 - h / 2) ** 2
+
+                    crop = min(faces, key=off_centre).crop
+                else:
+                    missed += 1
+                    img = read_image(f, grayscale=preprocessing.grayscale)
+                    crop = resize_square(img, side)
+                if crop.ndim == 3 and preprocessing.grayscale:
+                    crop = crop[..., 0] if crop.shape[2] == 1 else crop.mean(axis=2).astype(np.uint8)
+                crops.append(to_chw(np.ascontiguousarray(crop)))
+        images = (torch.from_numpy(np.stack(crops)) if crops
+                  else torch.zeros(0, preprocessing.channels, side, side, dtype=torch.uint8))
+        return FaceDataset(images=images, labels=torch.zeros(len(files), dtype=torch.int64), classes=["face"],
+                           paths=[str(f) for f in files], meta={"no_face": missed})
+
+    params = {"files": [str(f.resolve()) for f in files], "size": side,
+              "grayscale": preprocessing.grayscale, "alignment": preprocessing.alignment}
+    ds = cached_dataset("aligned-faces", params, files, build, use_cache=use_cache)
+    images = ds.images
+    if side != preprocessing.input_size and len(images):
+        size = int(preprocessing.input_size)
+        images = F.interpolate(images.float(), size=(size, size), mode="area").round_().clamp_(0, 255).to(torch.uint8)
+    return images, int(ds.meta.get("no_face", 0))
 
 
-def load_verification_images(data, preprocessing, identities: Optional[list[str]] = None):
-    """(FaceDataset with subjects, description): a prepared folder, Yale, or identity folders."""
+def load_verification_images(data, preprocessing, identities: Optional[list[str]] = None, align: bool = False,
+                             heldout_subset: bool = False):
+    """(FaceDataset with subjects, description): a prepared folder, Yale, or identity folders.
+
+    ``heldout_subset``: ``identities`` is a card's held-out list, which may name identities of
+    other training sets ("celeba_subset/07451" while evaluating on Yale): those are skipped.
+
+    ``align``: cut every face with the live face pipeline (:func:`aligned_face_images`) instead of
+    resizing whole images (a prepared folder is already aligned and is read as it is).
+    """
     from pathlib import Path
 
     from ferkit.data.identity import load_identity_folders
@@ -340,11 +537,12 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
     if is_prepared(data):
         ds = load_prepared(data, size=size, grayscale=gray)
         desc = f"prepared (detected + aligned) {ds.meta.get('dataset')} at {data}"
+        align = False
     elif _is_yale(data):
         from ferkit.data.yale import load_yale
 
         ds = load_yale(data, size=size, grayscale=gray)
-        desc = f"Yale faces (whole frames resized) at {data}"
+        desc = f"Yale faces at {data}"
     else:
         ds = load_identity_folders(data, size=size, grayscale=gray)
         desc = f"identity folders at {data}"
@@ -356,18 +554,38 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
         # recipes record names as "<set>/<identity>" when they train on several sets
         identities = [n if n in index or "/" not in n else n.rsplit("/", 1)[1] for n in identities]
         missing = [n for n in identities if n not in index]
+        if missing and heldout_subset:
+            # a card's held-out list spans several training sets; keep those of this dataset
+            identities = [n for n in identities if n in index]
+            if not identities:
+                raise ValueError(f"--identities heldout: none of the card's held-out identities is in {data}")
+            missing = []
         if missing:
             raise ValueError(f"--identities: {len(missing)} name(s) not in {data}: {', '.join(missing[:5])}"
                              + (" ..." if len(missing) > 5 else ""))
         keep = torch.isin(ds.subjects, torch.tensor([index[n] for n in identities]))
         ds = ds.subset(keep)
         desc += f", restricted to {len(identities)} named identities"
+    if align:
+        images, missed = aligned_face_images(ds.paths, preprocessing)
+        ds.images = images
+        desc += (f", faces detected and aligned ({preprocessing.alignment} crop style, {missed} of {len(ds)} "
+                 "without a face: whole frame)")
+    else:
+        desc += " (whole images resized)" if not is_prepared(data) else ""
     return ds, desc
 
 
 def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: int = 0,
-                     identities: Optional[str] = None, device: str = "auto", n_folds: int = 10) -> tuple[dict, VerificationResult]:
-    """The whole protocol for ``--weights``/``--checkpoint`` on ``data``: (summary dict, result)."""
+                     identities: Optional[str] = None, device: str = "auto", n_folds: int = 10,
+                     align: bool = False, across_expressions: Optional[bool] = None,
+                     far: Optional[float] = None) -> tuple[dict, VerificationResult]:
+    """The whole protocol for ``--weights``/``--checkpoint`` on ``data``: (summary dict, result).
+
+    ``across_expressions`` (Yale A only; None = on for Yale): every pair shows two different
+    expression conditions (:data:`YALE_EXPRESSIONS`). ``far``: also calibrate a threshold at this
+    false-accept rate (:func:`calibrate_far`); the summary then holds ``far_calibration``.
+    """
     from ferkit.models.weights import load_weights
 
     loaded = load_weights(weights, device=device)
@@ -375,30 +593,59 @@ def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: 
     # fail before reading any data when the model has no identity feature at all
     probe = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, dtype=torch.uint8)
     identity_features(loaded.model, probe, prep, loaded.device)
+    conditions_note = None
     if pairs_file is not None:
         from ferkit.data.images import read_images
         from ferkit.data.lfw import find_images_root, read_pairs
 
+        if across_expressions:
+            raise ValueError("--across-expressions draws Yale A pairs; it does not apply to a --pairs file")
         pairs = read_pairs(pairs_file, images_root=find_images_root(data))
         paths = sorted({p for pair in pairs for p in (pair.first, pair.second)})
         where = {p: i for i, p in enumerate(paths)}
-        images = read_images(paths, grayscale=prep.grayscale, size=prep.input_size)
+        if align:
+            images, missed = aligned_face_images(paths, prep)
+            framing = f"faces detected and aligned ({prep.alignment} crop style, {missed} of {len(paths)} without a face)"
+        else:
+            images = read_images(paths, grayscale=prep.grayscale, size=prep.input_size)
+            framing = "whole images resized"
         first = np.array([where[p.first] for p in pairs])
         second = np.array([where[p.second] for p in pairs])
         same = np.array([p.same for p in pairs])
         folds = np.array([p.fold for p in pairs])
-        desc = f"LFW pairs {pairs_file} ({len(set(folds.tolist()))} folds), images {find_images_root(data)}"
+        desc = (f"LFW pairs {pairs_file} ({len(set(folds.tolist()))} folds), images {find_images_root(data)}, "
+                f"{framing}")
         protocol = ("pairs file: threshold chosen on the other folds, accuracy on each fold"
                     if len(set(folds.tolist())) > 1 else
                     "pairs file with one fold: accuracy at the best threshold on the same pairs (optimistic)")
         n_images, n_ids = len(paths), None
     else:
         names = parse_identities(identities, loaded.weights.heldout_identities)
-        ds, desc = load_verification_images(data, prep, names)
-        images = ds.images
-        first, second, same, folds = draw_balanced_pairs(ds.subjects, n_pairs, seed=seed, n_folds=n_folds)
+        ds, desc = load_verification_images(data, prep, names, align=align, heldout_subset=identities == "heldout")
+        yale = _is_yale(data)
+        if across_expressions is None:
+            across_expressions = yale
+        if across_expressions:
+            from ferkit.data.yale import yale_conditions
+
+            if not yale:
+                raise ValueError("--across-expressions needs a Yale A folder (subjectNN.<condition> files): only "
+                                 "there are the conditions known")
+            conds = yale_conditions(ds.paths)
+            keep = torch.tensor([c in YALE_EXPRESSIONS for c in conds])
+            ds = ds.subset(keep)
+            conds = [c for c in conds if c in YALE_EXPRESSIONS]
+            first, second, same, folds = draw_cross_condition_pairs(ds.subjects, conds, n_pairs, seed=seed,
+                                                                    n_folds=n_folds)
+            conditions_note = ("across expressions: the two images of every pair show different conditions of "
+                               f"{', '.join(YALE_EXPRESSIONS)}")
+        else:
+            first, second, same, folds = draw_balanced_pairs(ds.subjects, n_pairs, seed=seed, n_folds=n_folds)
         protocol = (f"balanced pairs drawn with seed {seed} ({n_folds} folds): threshold chosen on the other "
                     "folds, accuracy on each fold")
+        if conditions_note:
+            protocol += f"; {conditions_note}"
+        images = ds.images
         n_images, n_ids = len(ds), int(torch.unique(ds.subjects).numel())
     feats = identity_features(loaded.model, images, prep, loaded.device)
     scores = pair_scores(feats, first, second)
@@ -406,5 +653,14 @@ def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: 
     summary = {"weights": loaded.weights.name, "source": loaded.weights.source,
                "architecture": loaded.weights.architecture, "data": desc, "protocol": protocol,
                "similarity": "cosine of ModelOutput.identity", "images": n_images, "identities": n_ids,
-               "feature_dim": int(feats.shape[1]), **result.summary()}
+               "feature_dim": int(feats.shape[1]), "across_expressions": bool(across_expressions),
+               "aligned": bool(align), **result.summary()}
+    if far is not None:
+        summary["far_calibration"] = calibrate_far(scores, same, folds, far).summary()
+    shipped = loaded.weights.identity_threshold
+    if shipped is not None:  # what the card's own threshold does on these pairs (what the app would decide)
+        accept = scores >= float(shipped)
+        summary["card_threshold"] = {"threshold": float(shipped), "far": float(accept[~same].mean()),
+                                     "tar": float(accept[same].mean()),
+                                     "accuracy": float((accept == same).mean())}
     return summary, result

@@ -8,13 +8,13 @@ from ferkit.face.align import CROP_STYLES, CropStyle, align_face, get_crop_style
 from ferkit.face.types import AlignedFace, DetectedFace
 
 __all__ = ["AlignedFace", "DetectedFace", "CropStyle", "CROP_STYLES", "align_face", "get_crop_style",
-           "whole_image_face", "FacePipeline"]
+           "whole_image_face", "FacePipeline", "TrackedFacePipeline"]
 
 
 def __getattr__(name: str):
     # mediapipe is imported only when a pipeline is actually wanted (it is slow to import)
-    if name == "FacePipeline":
-        from ferkit.face.pipeline import FacePipeline
+    if name in ("FacePipeline", "TrackedFacePipeline"):
+        from ferkit.face import pipeline
 
-        return FacePipeline
+        return getattr(pipeline, name)
     raise AttributeError(name)

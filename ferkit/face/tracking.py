@@ -1,18 +1,25 @@
-"""Stable face ids across frames, and per-face temporal smoothing of scores.
+"""Stable face ids across frames, per-face temporal smoothing of scores, and optical-flow following.
 
 Live predictions flicker from frame to frame; users ask for the same person to keep the same id
 (and colour) and for scores smoothed over a short window. Matching is greedy by IoU, with a
 centroid-distance fallback for fast motion where boxes stop overlapping. Smoothing state lives
 on the track, so two faces never blend their scores.
+
+:class:`FlowFollower` moves detected faces (box, eyes, landmarks) from one frame to the next with
+sparse optical flow, so the detector need not run on every frame (issue 14: detection + face mesh
+took 12-22 ms of a live frame; following a face costs about a millisecond). It only needs OpenCV.
 """
 from __future__ import annotations
 
 import colorsys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
+
+from ferkit.face.types import DetectedFace
 
 Box = tuple[int, int, int, int]
 
@@ -172,3 +179,145 @@ class FaceTracker:
                 if self.tracks[tid].missed > self.max_missed:
                     del self.tracks[tid]
         return result
+
+
+# ---- optical-flow following ------------------------------------------------------------------------------
+@dataclass
+class _Followed:
+    face: DetectedFace
+    #: float box (x, y, w, h): rounding to ints every frame would drift
+    box: np.ndarray
+    #: feature points in the previous frame, ``[K, 2]`` float32
+    points: np.ndarray
+    #: how many points were seeded at the last detection
+    seeded: int
+
+
+class FlowFollower:
+    """Carries faces from frame to frame with pyramidal Lucas-Kanade optical flow.
+
+    At :meth:`seed` each face gets up to ``max_points`` corner features inside its box (a grid
+    where the face has too little texture). :meth:`step` tracks them into the next frame and back
+    (points whose round trip misses by more than ``fb_error`` of the face size are dropped), fits a
+    similarity transform (shift, rotation, scale) with RANSAC -- robust to the mouth and eyes
+    moving on their own -- and moves the box, the eye centres and the landmarks with it. A face is
+    *lost* when fewer than ``min_points`` or fewer than ``min_quality`` of its seeded points
+    remain as inliers, or when its centre leaves the frame; :meth:`step` then returns None and the
+    caller runs the detector again. Its ``quality`` (inliers / seeded) is the tracking confidence.
+    """
+
+    def __init__(self, max_points: int = 40, min_points: int = 8, min_quality: float = 0.4,
+                 fb_error: float = 0.01, window: int = 15, levels: int = 3) -> None:
+        self.max_points = max_points
+        self.min_points = min_points
+        self.min_quality = min_quality
+        self.fb_error = fb_error
+        self.window = (window, window)
+        self.levels = levels
+        self._faces: list[_Followed] = []
+        self._prev: Optional[np.ndarray] = None
+        self._shape: Optional[tuple[int, int]] = None
+        self.quality: list[float] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether there are faces to follow from the previous frame."""
+        return bool(self._faces) and self._prev is not None
+
+    def reset(self) -> None:
+        self._faces = []
+        self._prev = None
+        self._shape = None
+        self.quality = []
+
+    def _features(self, gray: np.ndarray, box: np.ndarray) -> np.ndarray:
+        x, y, w, h = box
+        x0, x1 = int(max(0, x + 0.15 * w)), int(min(gray.shape[1], x + 0.85 * w))
+        y0, y1 = int(max(0, y + 0.1 * h)), int(min(gray.shape[0], y + 0.9 * h))
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            return np.zeros((0, 2), np.float32)
+        side = max(w, h)
+        pts = cv2.goodFeaturesToTrack(gray[y0:y1, x0:x1], self.max_points, 0.01, max(2.0, side / 14.0))
+        pts = np.zeros((0, 2), np.float32) if pts is None else pts.reshape(-1, 2)
+        if len(pts) < self.min_points * 2:  # too little texture: a regular grid still follows the motion
+            gx, gy = np.meshgrid(np.linspace(0, x1 - x0 - 1, 6), np.linspace(0, y1 - y0 - 1, 6))
+            pts = np.concatenate([pts, np.stack([gx.ravel(), gy.ravel()], 1)])
+        return (pts + np.array([x0, y0])).astype(np.float32)
+
+    def seed(self, gray: np.ndarray, faces: Sequence[DetectedFace]) -> None:
+        """Start following ``faces`` (just detected in ``gray``, a uint8 single-channel frame)."""
+        self._prev = gray
+        self._shape = gray.shape[:2]
+        self._faces = []
+        for f in faces:
+            box = np.array(f.box, dtype=np.float64)
+            pts = self._features(gray, box)
+            self._faces.append(_Followed(f, box, pts, len(pts)))
+        self.quality = [1.0] * len(self._faces)
+
+    def update_face(self, index: int, face: DetectedFace) -> None:
+        """Replace the followed state of face ``index`` (e.g. by mesh-refined eyes of this frame)."""
+        self._faces[index].face = face
+
+    def step(self, gray: np.ndarray) -> Optional[list[DetectedFace]]:
+        """The followed faces moved into ``gray`` (the next frame), or None when one is lost."""
+        if not self.active or gray.shape[:2] != self._shape:
+            return None
+        cur = gray
+        counts = [len(f.points) for f in self._faces]
+        if min(counts) < self.min_points:
+            return None
+        p0 = np.concatenate([f.points for f in self._faces]).reshape(-1, 1, 2)
+        lk = dict(winSize=self.window, maxLevel=self.levels,
+                  criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
+        p1, st1, _ = cv2.calcOpticalFlowPyrLK(self._prev, cur, p0, None, **lk)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(cur, self._prev, p1, None, **lk)
+        fb = np.linalg.norm((back - p0).reshape(-1, 2), axis=1)
+        ok_all = (st1.ravel() == 1) & (st2.ravel() == 1)
+        h_img, w_img = gray.shape[:2]
+        moved: list[DetectedFace] = []
+        quality: list[float] = []
+        start = 0
+        for f, n in zip(self._faces, counts):
+            sl = slice(start, start + n)
+            start += n
+            side = float(max(f.box[2], f.box[3]))
+            good = ok_all[sl] & (fb[sl] <= max(0.5, self.fb_error * side))
+            a, b = p0[sl].reshape(-1, 2)[good], p1[sl].reshape(-1, 2)[good]
+            if len(a) < self.min_points:
+                return None
+            m, inliers = cv2.estimateAffinePartial2D(a, b, method=cv2.RANSAC,
+                                                     ransacReprojThreshold=max(1.0, 0.02 * side),
+                                                     maxIters=200, confidence=0.99)
+            if m is None or inliers is None:
+                return None
+            keep = inliers.ravel().astype(bool)
+            q = float(keep.sum()) / max(1, f.seeded)
+            if keep.sum() < self.min_points or q < self.min_quality:
+                return None
+            scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+            cx, cy = f.box[0] + f.box[2] / 2.0, f.box[1] + f.box[3] / 2.0
+            ncx, ncy = m @ np.array([cx, cy, 1.0])
+            if not (0 <= ncx < w_img and 0 <= ncy < h_img):
+                return None  # the face left the picture
+            w, h = f.box[2] * scale, f.box[3] * scale
+            f.box = np.array([ncx - w / 2.0, ncy - h / 2.0, w, h])
+            f.points = b[keep].astype(np.float32)
+
+            def move(pt: Optional[tuple[float, float]]) -> Optional[tuple[float, float]]:
+                if pt is None:
+                    return None
+                x, y = m @ np.array([pt[0], pt[1], 1.0])
+                return float(x), float(y)
+
+            lm = f.face.landmarks
+            if lm is not None and len(lm):
+                lm = (np.asarray(lm, np.float64) @ m[:, :2].T + m[:, 2]).astype(np.float32)
+            f.face = replace(f.face, box=tuple(int(round(v)) for v in f.box),  # type: ignore[arg-type]
+                             left_eye=move(f.face.left_eye), right_eye=move(f.face.right_eye),
+                             landmarks=lm, source="tracked")
+            moved.append(f.face)
+            quality.append(q)
+        self._prev = cur
+        self.quality = quality
+        return moved

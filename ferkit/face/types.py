@@ -15,7 +15,9 @@ class DetectedFace:
     confidence. ``left_eye`` / ``right_eye`` are eye centres ``(x, y)`` as seen in the image:
     ``left_eye`` is the eye on the image's left (the person's right eye in a frontal view).
     ``landmarks`` is ``[K, 2]``: the 478 face-mesh points when the mesh ran, else the detector's
-    6 key points (eyes, nose tip, mouth, ear tragions). ``source`` says which of the two gave the eyes.
+    6 key points (eyes, nose tip, mouth, ear tragions). ``source`` says what gave the eyes: ``mesh``,
+    ``detector``, ``tracked`` (moved by optical flow from an earlier frame,
+    :class:`~ferkit.face.pipeline.TrackedFacePipeline`) or ``whole-image`` (no eyes).
     """
 
     box: tuple[int, int, int, int]

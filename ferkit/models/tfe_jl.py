@@ -206,6 +206,33 @@ class TfeJl(FerModel):
             self.emotion_net.load_state_dict(_without(emotion_state, ("fc.",)), strict=True)
 
 
+    @torch.no_grad()
+    def start_as_emotion_net(self, fc_weight: torch.Tensor, fc_bias: torch.Tensor, images: torch.Tensor) -> None:
+        """Make the joint model compute exactly the stage-2 emotion net's logits (in eval mode).
+
+        Why: the paper's stage 3 starts the BN + FC head from scratch, so the first epochs of a short
+        fine-tuning at lr 0.001 are spent re-learning a classifier the emotion net already has, and the
+        joint model can end below the emotion net alone. Here each BN gets the feature statistics of
+        ``images`` (normalised model input) as running estimates, the emotion BN's affine undoes its
+        normalisation (so BN(Z_e) = Z_e), and the FC gets the emotion net's ``fc`` on the emotion half
+        and zeros on the identity half. Joint learning then moves away from the emotion net only as
+        far as the identity feature helps.
+        """
+        was_training = self.training
+        self.eval()
+        z_i = self.identity_net.features(images)
+        z_e = self.emotion_net.features(images)
+        self.train(was_training)
+        for bn, z in ((self.bn_identity, z_i), (self.bn_emotion, z_e)):
+            bn.running_mean.copy_(z.mean(0))
+            bn.running_var.copy_(z.var(0, unbiased=True))
+        self.bn_emotion.weight.copy_((self.bn_emotion.running_var + self.bn_emotion.eps).sqrt())
+        self.bn_emotion.bias.copy_(self.bn_emotion.running_mean)
+        self.classifier.weight.zero_()
+        self.classifier.weight[:, IDENTITY_DIM:].copy_(fc_weight)
+        self.classifier.bias.copy_(fc_bias)
+
+
 def _without(state: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
     prefixes = tuple(prefixes)
     return float_state({k: v for k, v in state.items() if not k.startswith(prefixes)})

@@ -62,8 +62,15 @@ class Weights:
     epochs: Optional[int] = None
     hardware: str = ""
     wall_time_s: Optional[float] = None
-    #: cosine-similarity threshold of the identity feature, from `ferkit eval-verification`
+    #: cosine-similarity threshold of the identity feature, calibrated on held-out pairs at the
+    #: false-accept rate ``identity_far`` (``ferkit eval-verification --far``); below it a face is
+    #: "unknown", never a name
     identity_threshold: Optional[float] = None
+    #: false-accept rate the threshold was set at, and the true-accept rate measured there
+    identity_far: Optional[float] = None
+    identity_tar: Optional[float] = None
+    #: where the threshold was calibrated (e.g. "LFW View 2 pairs, 6000")
+    identity_calibration: str = ""
     #: training precision ("bf16" autocast with fp32 master weights, or "fp32")
     precision: str = ""
     #: test-time augmentation the card's metrics were measured with and inference uses by
@@ -137,6 +144,31 @@ def matching_tensors(model: nn.Module, state: Any) -> dict[str, torch.Tensor]:
 def list_weights() -> list[str]:
     folder = weights_dir()
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+#: the card metric that ranks identity features for enrolment (LFW View 2, 10-fold accuracy)
+IDENTITY_RANK_METRIC = "lfw_view2_accuracy"
+
+
+def enrolment_identity_weights() -> Optional[str]:
+    """The shipped identity feature that enrolment and "same person?" use, whatever expression model runs.
+
+    Why not the expression model's own feature: identity decisions are only as good as the feature's
+    verification quality, which the cards measure (``IDENTITY_RANK_METRIC``); the best calibrated one
+    (a threshold is required) wins. ``None`` when no shipped card has a calibrated identity feature.
+    """
+    best: tuple[float, str] | None = None
+    for name in list_weights():
+        try:
+            w = get_weights(name)
+        except (OSError, ValueError):
+            continue
+        score = w.metrics.get(IDENTITY_RANK_METRIC)
+        if w.identity_threshold is None or score is None:
+            continue
+        if best is None or float(score) > best[0]:
+            best = (float(score), name)
+    return None if best is None else best[1]
 
 
 def get_weights(name_or_path: Union[str, Path]) -> Weights:

@@ -37,6 +37,7 @@ from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing, get_weights
 from ferkit.recipes.base import ClassifierRecipe, option
 from ferkit.recipes.data import Fer2013Data, FerplusData
+from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import TrainContext
 
@@ -61,7 +62,7 @@ def _add_net_arguments(parser: argparse.ArgumentParser, size_default: Optional[i
 # 1. identity pretraining (the identity-set assembly lives in ferkit.data.identity)
 # ---------------------------------------------------------------------------------------------
 @register_recipe
-class LightCNNIdentity(ClassifierRecipe):
+class LightCNNIdentity(IdentityTrainingMixin, ClassifierRecipe):
     name = "netb/lightcnn-identity"
     description = "Light CNN-9 (Net B) face-identity pretraining on identity folders (SGD 0.01, batch 128)"
     default_epochs = 30
@@ -71,8 +72,9 @@ class LightCNNIdentity(ClassifierRecipe):
     default_augment = "flip,shift"
     default_max_shift = 0.06
     architecture = "lightcnn9"
-    data_help = ("a folder holding identity-folder sets (default celeba_subset and orl_faces, each "
-                 "<set>/<identity>/<images>), e.g. ../shared/data/identity")
+    data_help = ("a folder holding identity sets (default celeba_subset and orl_faces, each "
+                 "<set>/<identity>/<images>; a Yale A folder or a `ferkit prepare` folder also counts as a set), "
+                 "e.g. ../shared/data/identity")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -80,11 +82,17 @@ class LightCNNIdentity(ClassifierRecipe):
         parser.add_argument("--identity-sets", default=DEFAULT_IDENTITY_SETS,
                             help="comma-separated sub-folders of --data, each <identity>/<images> "
                                  "('' = --data is one identity-folder root)")
-        parser.add_argument("--holdout-identities", type=int, default=48,
-                            help="last N identities of the first set are never trained on (verification)")
+        parser.add_argument("--holdout-identities", default="48",
+                            help="identities never trained on (verification): N = the last N of the first set, "
+                                 "or set=N,... per set (e.g. celeba_subset=48,yalefaces=7 keeps Yale subjects "
+                                 "for the across-expressions check)")
         parser.add_argument("--val-every", type=int, default=10,
                             help="every k-th image of each training identity is kept for validation")
         _add_net_arguments(parser, 128)
+        cls.add_identity_arguments(parser)
+        parser.add_argument("--alignment", default="celeba",
+                            help="crop style recorded for live inference (ferkit.face.align; default celeba, the "
+                                 "framing of the CelebA training crops)")
 
     @classmethod
     def validate_data(cls, data_dir: Path) -> None:
@@ -95,7 +103,7 @@ class LightCNNIdentity(ClassifierRecipe):
         size = int(option(self.options, "input_size", 128))
         data, self.identity_names, self.heldout_subjects = load_identity_training_data(
             self.data_dir, option(self.options, "identity_sets", DEFAULT_IDENTITY_SETS), size,
-            int(option(self.options, "holdout_identities", 48)))
+            option(self.options, "holdout_identities", 48))
         tr, va = image_holdout_split(data.labels, int(option(self.options, "val_every", 10)))
         sets = option(self.options, "identity_sets", DEFAULT_IDENTITY_SETS)
         self._data_desc = (f"identity folders {sets} under {self.data_dir.name}/ ({int(tr.numel())} training "
@@ -103,15 +111,21 @@ class LightCNNIdentity(ClassifierRecipe):
         return data.subset(tr), data.subset(va)
 
     def _preprocessing(self, train: FaceDataset) -> Preprocessing:
+        # the face crop the app must cut for this net is the framing of its training faces: the
+        # CelebA crops (eye distance 0.255 of the side), not FER2013's tighter one
+        from ferkit.face.align import get_crop_style
+
+        get_crop_style(str(option(self.options, "alignment", "celeba")))  # unknown style: a clear KeyError now
         return Preprocessing(input_size=int(option(self.options, "input_size", 128)), grayscale=True,
-                             mean=0.5, std=0.5, alignment="fer2013")
+                             mean=0.5, std=0.5, alignment=str(option(self.options, "alignment", "celeba")))
 
     def _build_model(self, train: FaceDataset) -> nn.Module:
         self.model_cfg = {"num_classes": len(self.identity_names),
                           "input_size": int(option(self.options, "input_size", 128)),
                           "width": float(option(self.options, "width", 1.0)),
                           "dropout": float(option(self.options, "dropout", 0.5))}
-        return create_model("lightcnn9", **self.model_cfg)
+        model = create_model("lightcnn9", **self.model_cfg)
+        return self._build_identity_classifier(model, model.feature_dim)
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -120,7 +134,8 @@ class LightCNNIdentity(ClassifierRecipe):
 
     def weights_meta(self) -> dict[str, Any]:
         return self._meta("lightcnn9-identity", "lightcnn9", dict(self.model_cfg), self._data_desc,
-                          f"{len(self.heldout_subjects)} identities held out of training (heldout_identities)")
+                          f"{len(self.heldout_subjects)} identities held out of training (heldout_identities); "
+                          f"classifier loss {self.margin_kind}")
 
 
 # ---------------------------------------------------------------------------------------------

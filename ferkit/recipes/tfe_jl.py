@@ -9,7 +9,9 @@ Stage 2  ``tfe-jl/resnet18-ferplus``  ResNet18 on FER+; the paper's SGD lr 0.1, 
          ``tfe-jl/resnet12-ckplus``  ResNet12 on CK+48, lr 0.16, subject-independent folds.
 Stage 3  ``tfe-jl/joint-ferplus`` / ``tfe-jl/joint-ckplus``  both pretrained branches loaded
          (``--identity-checkpoint``, ``--emotion-checkpoint``), BN + concat + FC, the whole network
-         fine-tuned on the FER data only, lr 0.001 (FER+); CK+ uses lr 0.01.
+         fine-tuned on the FER data only, lr 0.001 (FER+); CK+ uses lr 0.01. By default
+         (``--head-init emotion``, a deviation from the paper's fresh head) the joint model starts
+         as the emotion net: BN statistics measured, FC copied, identity half zero.
 
 Learning-rate schedule: the paper gives only initial rates and "up to 200 epochs" (100 for fine
 tuning). Stages 1 and 2 use one-cycle to the paper's rate over the run's ``--epochs`` (converges in
@@ -45,6 +47,7 @@ from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing, get_weights
 from ferkit.recipes.base import EVAL_BATCH, INPUT_SIZE, ClassifierRecipe, option
 from ferkit.recipes.data import CkplusData, FerplusData
+from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import TrainContext
 
@@ -79,8 +82,12 @@ class ResNet12CkplusRecipe(CkplusData, _EmotionNetRecipe):
 
 # ---- stage 1: DeepID identity net ---------------------------------------------------------------
 @register_recipe
-class DeepIdIdentityRecipe(ClassifierRecipe):
+class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
     """DeepID2 training: ``Ident + lambda * Verif`` on identity folders.
+
+    ``Ident`` is the paper's softmax, or a CosFace / ArcFace margin head on the 160-d feature
+    (``--margin-loss``, :mod:`ferkit.recipes.identity`); ``Verif`` is the contrastive signal with
+    margin ``--verif-margin``.
 
     Split (paper 4.3 style, plus a verification hold-out): ``--holdout-identities`` identities of
     the primary root are removed entirely (never trained; ``ferkit eval-verification`` measures the
@@ -97,6 +104,7 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
     default_epochs = 200
     default_augment = "flip"
     architecture = "deepid"
+    classifier_attr = "classifier"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -105,17 +113,21 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
                             help="another identity-folder root to train on (repeatable), e.g. orl_faces")
         parser.add_argument("--holdout-identities", type=int, default=30,
                             help="identities of --data kept out of training for verification")
-        parser.add_argument("--verif-weight", type=float, default=0.05, help="lambda of Verif (DeepID2: 0.05)")
-        parser.add_argument("--margin", type=float, default=None,
-                            help="contrastive margin m (default: set from the initial feature distances)")
+        parser.add_argument("--verif-weight", type=float, default=None,
+                            help="lambda of Verif (DeepID2: 0.05; default 0.05 with softmax, 0 with a margin loss)")
+        parser.add_argument("--verif-margin", type=float, default=None,
+                            help="contrastive margin of Verif (default: set from the initial feature distances)")
+        cls.add_identity_arguments(parser)
         parser.add_argument("--min-images", type=int, default=2, help="drop identities with fewer images")
         parser.add_argument("--split-seed", type=int, default=0, help="seed of the verification hold-out draw")
 
     @classmethod
     def validate_data(cls, data_dir: Path) -> None:
         from ferkit.data.identity import list_identity_folders
+        from ferkit.data.prepared import is_prepared
 
-        list_identity_folders(data_dir)
+        if not is_prepared(data_dir):  # a `ferkit prepare identity` folder (aligned crops) is read as it is
+            list_identity_folders(data_dir)
 
     @classmethod
     def load_dataset(cls, data_dir: Path) -> FaceDataset:
@@ -124,10 +136,14 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
         return load_identity_folders(data_dir, size=INPUT_SIZE, grayscale=True)
 
     def _load_split(self) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        from ferkit.data.identity import load_identity_folders
+        from ferkit.data.identity import load_identity_folders, load_identity_set
 
         min_images = int(option(self.options, "min_images", 2))
         primary = load_identity_folders(self.data_dir, size=INPUT_SIZE, grayscale=True, min_images=min_images)
+        if primary.labels.numel() and int(torch.bincount(primary.labels).min()) < min_images:
+            # a `ferkit prepare` folder is read whole: apply --min-images here
+            primary = _relabel(primary.subset(torch.isin(primary.labels, _labels_with(primary.labels, min_images))),
+                               prefix="")
         n_ids = len(primary.classes)
         n_hold = int(option(self.options, "holdout_identities", 30))
         if not 0 <= n_hold < n_ids:
@@ -141,7 +157,8 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
         parts = [_relabel(primary.subset(~is_held), prefix="")]
         sources = [f"{self.data_dir.name}: {n_ids - n_hold} identities"]
         for extra in self.options.get("extra_identity") or []:
-            ds = load_identity_folders(extra, size=INPUT_SIZE, grayscale=True, min_images=min_images)
+            ds = load_identity_set(extra, size=INPUT_SIZE, grayscale=True)
+            ds = ds.subset(torch.isin(ds.labels, _labels_with(ds.labels, min_images)))
             parts.append(_relabel(ds, prefix=f"{Path(extra).name}/"))
             sources.append(f"{Path(extra).name}: {len(ds.classes)} identities")
         full = _concat_identities(parts)
@@ -160,9 +177,12 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        self.verif_weight = float(option(self.options, "verif_weight", 0.05))
-        self.margin = self.options.get("margin")
-        if self.margin is None:
+        # with a margin head the identification term already shapes the cosine geometry; the
+        # contrastive term works on raw feature distances, whose scale a margin head leaves free
+        # (the norms grow), so it is off by default there (measured: NaN in the second epoch)
+        self.verif_weight = float(option(self.options, "verif_weight", 0.05 if self.margin_kind == "softmax" else 0.0))
+        self.verif_margin = self.options.get("verif_margin")
+        if self.verif_margin is None:
             # m must be on the scale of the features; DeepID2 adapts it to the distance statistics.
             # We fix it once: the median distance between different identities at initialisation.
             with torch.no_grad():
@@ -172,23 +192,40 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
                 self.model.train()
                 d = torch.cdist(f, f)
                 diff = self.y_train[idx][:, None] != self.y_train[idx][None, :]
-                self.margin = float(d[diff].median()) if diff.any() else 1.0
-            ctx.log(f"{self.name}: contrastive margin m = {self.margin:.4f}")
+                self.verif_margin = float(d[diff].median()) if diff.any() else 1.0
+            ctx.log(f"{self.name}: contrastive margin m = {self.verif_margin:.4f}")
+        self.settings.update({"verif_weight": self.verif_weight, "verif_margin": round(float(self.verif_margin), 6)})
         self.x_verif = self.verif_set.images.to(ctx.device) if self.verif_set is not None else None
+
+    def _build_model(self, train: FaceDataset) -> nn.Module:
+        model = super()._build_model(train)
+        return self._build_identity_classifier(model, model.feature_dim)
+
+    def _preprocessing(self, train: FaceDataset) -> Preprocessing:
+        # live crops must be framed like the training faces: identity crops (CelebA style, eye
+        # distance 0.255 of the side), not FER2013's tighter crop. Measured with the shipped
+        # DeepID on LFW View 2: 80.6 % with CelebA-style crops, 70.3 % with FER2013-style ones.
+        base = super()._preprocessing(train)
+        return Preprocessing(input_size=base.input_size, grayscale=base.grayscale, mean=base.mean, std=base.std,
+                             alignment="celeba")
 
     def _loss(self, out: Any, y: torch.Tensor, soft: Optional[torch.Tensor] = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ident, _ = super()._loss(out, y)  # the identification softmax (label-smoothed)
-        verif = verification_loss(out.identity.float(), y, float(self.margin))
+        ident, _ = super()._loss(out, y)  # identification: softmax (label-smoothed) or the margin head
+        if self.verif_weight == 0:
+            return ident, {"ident": ident.detach()}
+        verif = verification_loss(out.identity.float(), y, float(self.verif_margin))
         return ident + self.verif_weight * verif, {"ident": ident.detach(), "verif": verif.detach()}
 
     def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "margin": self.margin}
+        return {**super().extra_state(), "verif_margin": self.verif_margin}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         super().load_extra_state(state)
-        if state.get("margin") is not None:
-            self.margin = float(state["margin"])
+        # checkpoints before the margin heads called the contrastive margin "margin"
+        value = state.get("verif_margin", state.get("margin"))
+        if value is not None:
+            self.verif_margin = float(value)
 
     def evaluate(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         metrics = super().evaluate(ctx, epoch)
@@ -206,8 +243,15 @@ class DeepIdIdentityRecipe(ClassifierRecipe):
 
     def weights_meta(self) -> dict[str, Any]:
         notes = ("identities held out of training for verification (from "
-                 f"{self.data_dir.name}): {', '.join(self.heldout_names) or 'none'}")
+                 f"{self.data_dir.name}): {', '.join(self.heldout_names) or 'none'}; "
+                 f"identification loss {self.margin_kind}")
         return self._meta("deepid", "deepid", {"num_classes": len(self.classes)}, self._data_desc, notes)
+
+
+def _labels_with(labels: torch.Tensor, min_images: int) -> torch.Tensor:
+    """The labels that occur at least ``min_images`` times."""
+    counts = torch.bincount(labels)
+    return (counts >= min_images).nonzero().flatten()
 
 
 def _relabel(ds: FaceDataset, prefix: str) -> FaceDataset:
@@ -236,6 +280,10 @@ def _concat_identities(parts: list[FaceDataset]) -> FaceDataset:
 
 
 # ---- stage 3: joint fine-tuning ----------------------------------------------------------------
+#: training images whose branch features set the BN statistics of ``--head-init emotion``
+HEAD_INIT_IMAGES = 4096
+
+
 class _JointRecipe(ClassifierRecipe):
     """Both pretrained branches + BN + concat + FC, fine-tuned end to end on the FER data only."""
 
@@ -255,6 +303,9 @@ class _JointRecipe(ClassifierRecipe):
         parser.add_argument("--emotion-checkpoint", required=False, default=None,
                             help=f"stage-2 {cls.emotion_architecture}: checkpoint .pt, card or shipped name "
                                  "('{fold}' in the path is replaced by --fold)")
+        parser.add_argument("--head-init", choices=("emotion", "random"), default="emotion",
+                            help="joint head start: 'emotion' = the model starts as the stage-2 emotion net "
+                                 "(FC copied, identity half zero; default), 'random' = the paper's fresh head")
 
     def _branch_state(self, flag: str, architecture: str) -> tuple[dict[str, torch.Tensor], Any]:
         ref = self.options.get(flag.replace("-", "_"))
@@ -273,10 +324,19 @@ class _JointRecipe(ClassifierRecipe):
         self.identity_state, self.identity_weights = self._branch_state("identity-checkpoint", "deepid")
         self.emotion_state, self.emotion_weights = self._branch_state("emotion-checkpoint", self.emotion_architecture)
         super().setup(ctx)
+        self.settings["head_init"] = option(self.options, "head_init", "emotion")
 
     def _build_model(self, train: FaceDataset) -> nn.Module:
         model = create_model("tfe_jl", num_classes=len(train.classes), emotion_depth=self.emotion_depth)
         model.load_branches(self.identity_state, self.emotion_state)
+        if option(self.options, "head_init", "emotion") == "emotion":
+            fc = {k[3:]: v.float() for k, v in self.emotion_state.items() if k.startswith("fc.")}
+            if set(fc) != {"weight", "bias"} or fc["weight"].shape[0] != len(train.classes):
+                raise ValueError(f"--head-init emotion needs the stage-2 net's {len(train.classes)}-class fc layer; "
+                                 f"{self.emotion_weights.source} has {tuple(fc.get('weight', torch.empty(0)).shape)}; "
+                                 "use --head-init random")
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:HEAD_INIT_IMAGES]
+            model.start_as_emotion_net(fc["weight"], fc["bias"], self.inputs(train.images[order], augment=False))
         return model
 
     def weights_meta(self) -> dict[str, Any]:

@@ -39,10 +39,15 @@ Progress events (stdout, JSON lines, one object per line, flushed; rank 0 only)
     - ``step`` (at most every ``progress_interval`` s, and on the first step of an epoch):
       epoch (1-based, the one running), epochs, step (1-based within the epoch), steps (or null),
       global_step, loss and accuracy (running means over the epoch so far), lr, images_per_s,
-      eta_s (whole run), extra (running means of the recipe's extra losses).
+      eta_s (whole run, evaluation included), extra (running means of the recipe's extra losses).
+      ``steps`` is the number of steps the last completed epoch really took; before one has
+      completed it is the length of ``ctx.batches`` capped by the recipe's
+      ``max_steps_per_epoch`` option (``--max-steps-per-epoch``), so it never overstates a
+      shortened epoch; null when unknown or when the running epoch has outgrown it.
     - ``epoch`` (after the checkpoint is on disk): epoch, epochs, global_step, loss, accuracy,
       extra, val (the recipe's ``evaluate`` dict, e.g. ``{"val_accuracy": ..}``), lr,
-      images_per_s, epoch_time_s, eta_s, checkpoint (path), best (bool: this epoch wrote
+      images_per_s, epoch_time_s, eta_s (same estimate as the step events': mean step time x
+      remaining steps + mean evaluation time x remaining epochs), checkpoint (path), best (bool: this epoch wrote
       ``best.pt``), best_path, best_val_accuracy, curves (csv path).
     - ``end``: status (``"completed"`` | ``"interrupted"`` | ``"budget"``: ``--time-budget`` ran
       out before the planned epochs), message, epoch (completed epochs),
@@ -66,6 +71,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Optional, Union
@@ -120,6 +126,9 @@ class EngineContext:
         self.epochs: int = 1
         #: number of batches of the last ``batches()`` call (steps per epoch, for progress/ETA)
         self.steps_hint: Optional[int] = None
+        #: the recipe's ``max_steps_per_epoch`` option: ``batches()`` hints at most this many steps,
+        #: because a recipe that stops early would otherwise report "step 8/27" for a 10-step epoch
+        self.max_steps_per_epoch: Optional[int] = None
         self._warned_small = False
 
     # ---- TrainContext ------------------------------------------------------------------------
@@ -191,7 +200,7 @@ class EngineContext:
         if ws > 1:
             order = order[self.rank::ws]
         chunks = list(order.to(self.device).split(per_rank))
-        self.steps_hint = len(chunks)
+        self.steps_hint = len(chunks) if not self.max_steps_per_epoch else min(len(chunks), self.max_steps_per_epoch)
         return iter(chunks)
 
     def log(self, message: str) -> None:
@@ -233,6 +242,20 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+#: numpy's finfo warns "The value of the smallest subnormal for <class 'numpy.float64'> type is zero."
+#: when first asked while denormals are flushed (the engine turns flushing on); matplotlib asks
+#: when the curves are drawn, so the warning landed in every job log. Priming the cache first
+#: keeps the true values; the filter (scoped to :func:`train`) covers dtypes first seen later.
+_SUBNORMAL_WARNING = r"The value of the smallest subnormal for <class '[\w.]+'> type is zero"
+
+
+def _flush_denormals() -> None:
+    """Turn on denormal flushing after numpy has measured its float types with it off."""
+    for dtype in (np.float16, np.float32, np.float64, np.longdouble):
+        np.finfo(dtype)  # cached by numpy: later calls return these (correct) values
+    torch.set_flush_denormal(True)
 
 
 def _hardware(info: distributed.DistInfo) -> str:
@@ -325,7 +348,8 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
         if info.device.type == "cpu" and not info.distributed:
             torch.set_num_threads(max(1, int(threads or os.cpu_count() or 1)))
         try:
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_SUBNORMAL_WARNING, category=UserWarning)
                 return _run(recipe, out_dir, epochs, resume, seed, amp_dtype, info, reporter,
                             progress_interval, deterministic, time_budget_s)
         finally:
@@ -384,8 +408,12 @@ class _Run:
     wall_before: float = 0.0
     last_val: dict[str, Any] = field(default_factory=dict)
     steps_per_epoch: Optional[int] = None
+    #: steps the last completed epoch took (the truth, once known; hints are only estimates)
+    measured_steps: Optional[int] = None
     step_time_total: float = 0.0
     steps_this_run: int = 0
+    eval_time_total: float = 0.0
+    evals_this_run: int = 0
 
     @property
     def ckpt_path(self) -> Path:
@@ -415,7 +443,7 @@ class _Run:
         # Denormal flushing is process-wide state (load_weights turns it on for inference speed); fix it
         # here so a run's numbers never depend on what the process did before (resume in a new process
         # must equal the uninterrupted run), and so CPU training avoids the slow denormal path.
-        torch.set_flush_denormal(True)
+        _flush_denormals()
         self.total_epochs = int(epochs if epochs is not None else (state["epochs"] if state else recipe.default_epochs))
         if self.total_epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.total_epochs}")
@@ -429,6 +457,8 @@ class _Run:
 
         ctx = self.ctx = EngineContext(info, amp_dtype, self.seed, self.out_dir, self.reporter)
         ctx.epochs = self.total_epochs
+        cap = recipe.options.get("max_steps_per_epoch")
+        ctx.max_steps_per_epoch = int(cap) if isinstance(cap, (int, float)) and cap >= 1 else None
         seed_everything(self.seed)
         recipe.setup(ctx)
         self.modules, self.optimizers, self.schedulers = recipe.modules(), recipe.optimizers(), recipe.schedulers()
@@ -509,7 +539,7 @@ class _Run:
         try:
             for result in gen:
                 self.global_step += 1
-                self.steps_per_epoch = ctx.steps_hint or self.steps_per_epoch
+                self.steps_per_epoch = self.measured_steps or ctx.steps_hint or self.steps_per_epoch
                 stats.add(result, fallback_n=0)
                 stopping = distributed.any_rank(stop.requested is not None, info)
                 now = time.monotonic()
@@ -530,20 +560,35 @@ class _Run:
             return False
         self.step_time_total += self.epoch_time
         self.steps_this_run += stats.steps
-        self.steps_per_epoch = stats.steps or self.steps_per_epoch
+        self.measured_steps = stats.steps or self.measured_steps
+        self.steps_per_epoch = self.measured_steps or self.steps_per_epoch
         return True
+
+    def eta(self, epoch: int, steps_done: int, elapsed: float) -> Optional[float]:
+        """Seconds left in the run, ``steps_done`` steps (``elapsed`` s) into 0-based ``epoch``
+        (after epoch ``e`` has finished: ``eta(e + 1, 0, 0.0)``).
+
+        One estimate for the step and the epoch events alike (they used to disagree by the
+        evaluation time): mean step time of this call x the steps left, plus the mean evaluation
+        time x the evaluations left (this epoch's too while it trains).
+        """
+        if not self.steps_per_epoch:
+            return None
+        steps = self.steps_this_run + steps_done
+        rate = (self.step_time_total + elapsed) / steps if steps else 0.0
+        left_steps = max(0, self.steps_per_epoch - steps_done) + (self.total_epochs - epoch - 1) * self.steps_per_epoch
+        mean_eval = self.eval_time_total / self.evals_this_run if self.evals_this_run else 0.0
+        left_evals = max(0, self.total_epochs - epoch)
+        return left_steps * rate + left_evals * mean_eval
 
     def _report_step(self, epoch: int, elapsed: float) -> None:
         stats = self.stats
         loss, acc, extra = stats.means()
         ips = stats.images * self.info.world_size / elapsed if elapsed > 0 else None
-        rate = (self.step_time_total + elapsed) / (self.steps_this_run + stats.steps)
-        remaining = None
-        if self.steps_per_epoch:
-            remaining = ((self.steps_per_epoch - stats.steps)
-                         + (self.total_epochs - epoch - 1) * self.steps_per_epoch) * rate
+        steps = self.steps_per_epoch if self.steps_per_epoch and self.steps_per_epoch >= stats.steps else None
+        remaining = self.eta(epoch, stats.steps, elapsed) if steps else None
         self.reporter.emit({"event": "step", "time": time.time(), "epoch": epoch + 1,
-                            "epochs": self.total_epochs, "step": stats.steps, "steps": self.steps_per_epoch,
+                            "epochs": self.total_epochs, "step": stats.steps, "steps": steps,
                             "global_step": self.global_step, "loss": loss, "accuracy": acc,
                             "lr": _first_lr(self.optimizers), "images_per_s": ips, "eta_s": remaining,
                             "extra": extra})
@@ -569,6 +614,8 @@ class _Run:
         val = dict(recipe.evaluate(ctx, epoch) or {})
         recipe.end_epoch(ctx, epoch)
         eval_time = time.monotonic() - t_eval
+        self.eval_time_total += eval_time
+        self.evals_this_run += 1
         self.last_val = val
 
         improved = False
@@ -590,11 +637,10 @@ class _Run:
                 curves_path, _ = write_curves(self.history, self.out_dir, title=recipe.name)
             except Exception as exc:  # noqa: BLE001 - a plotting failure must not lose a training run
                 ctx.log(f"warning: could not write training curves: {exc}")
-        per_epoch = (self.step_time_total / max(1, self.steps_this_run)) * (self.steps_per_epoch or 0) + eval_time
         self.reporter.emit({"event": "epoch", "time": time.time(), "epoch": epoch + 1, "epochs": self.total_epochs,
                             "global_step": self.global_step, "loss": train_loss, "accuracy": train_acc,
                             "extra": extra_means, "val": val, "lr": lr, "images_per_s": images_per_s,
-                            "epoch_time_s": epoch_time, "eta_s": per_epoch * (self.total_epochs - epoch - 1),
+                            "epoch_time_s": epoch_time, "eta_s": self.eta(epoch + 1, 0, 0.0),
                             "checkpoint": str(self.ckpt_path), "best": improved,
                             "best_path": str(self.best_path) if self.best_acc is not None else None,
                             "best_val_accuracy": self.best_acc,

@@ -1,0 +1,57 @@
+"""Where each face's label goes so that no two labels overlap (Qt-free, so it is tested on its own).
+
+Why: in a group photo the labels are wider than the faces; drawn at each box's top-left they
+covered each other ("#1 hidden under #2"). Labels are placed one by one, nearest-to-its-box
+first: above the box, else below it, else inside its top edge, else the nearest free row above
+or below, right- or left-aligned with the box; always inside the picture.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+#: x, y, width, height
+Rect = tuple[float, float, float, float]
+
+
+def overlaps(a: Rect, b: Rect) -> bool:
+    """Interiors intersect (labels that only touch do not hide each other)."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _clamp(x: float, y: float, w: float, h: float, bounds: Rect) -> Rect:
+    bx, by, bw, bh = bounds
+    return (max(bx, min(x, bx + bw - w)), max(by, min(y, by + bh - h)), w, h)
+
+
+def _candidates(box: Rect, size: tuple[float, float], bounds: Rect) -> list[Rect]:
+    x, y, w_box, h_box = box
+    w, h = size
+    xs = [x, x + w_box - w]  # left-aligned with the box, then right-aligned
+    rows = [y - h, y + h_box, y]  # above, below, inside the top edge
+    out = [_clamp(cx, cy, w, h, bounds) for cy in rows for cx in xs]
+    # then free rows further away, nearest first, in steps of one label height
+    steps = int(bounds[3] // max(h, 1.0)) + 1
+    for k in range(1, steps + 1):
+        for cy in (y - h - k * h, y + h_box + k * h):
+            out += [_clamp(cx, cy, w, h, bounds) for cx in xs]
+    # last resort: every row of the picture, scanning across
+    for k in range(steps):
+        cy = bounds[1] + k * h
+        for cx in (bounds[0] + i * w / 2 for i in range(int(bounds[2] // max(w / 2, 1.0)) + 1)):
+            out.append(_clamp(cx, cy, w, h, bounds))
+    return out
+
+
+def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], bounds: Rect) -> list[Rect]:
+    """One rectangle per label, in the order of ``boxes``, no two overlapping while space allows.
+
+    ``boxes``: the faces (x, y, w, h); ``sizes``: each label's (width, height); ``bounds``: the
+    picture. Labels that cannot all fit (more text than picture) overlap as little as the scan allows.
+    """
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][1], boxes[i][0]))
+    placed: dict[int, Rect] = {}
+    for i in order:
+        candidates = _candidates(boxes[i], sizes[i], bounds)
+        free = next((c for c in candidates if not any(overlaps(c, p) for p in placed.values())), None)
+        placed[i] = free if free is not None else candidates[0]
+    return [placed[i] for i in range(len(boxes))]

@@ -1,0 +1,219 @@
+"""The training dialog without running a job: texts, output folder, buttons, engine numbers, layout.
+
+Jobs are put into the manager's list directly and fed the engine's JSON events, so each check
+runs in milliseconds; ``test_app_training.py`` runs real ``ferkit train`` processes. One test
+here starts a stand-in process (a few lines of Python) to exercise the QProcess plumbing.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
+
+CK_RECIPE = "eifn/ckplus"
+FER_RECIPE = "tfe-jl/resnet18-ferplus"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FERKIT_APP_CONFIG", str(tmp_path / "config"))
+
+
+@pytest.fixture()
+def dialog(qtbot):
+    from app.training import JobManager
+    from app.training_dialog import TrainingDialog
+
+    manager = JobManager()
+    dlg = TrainingDialog(manager, ["cpu"])
+    qtbot.addWidget(dlg)
+    yield dlg
+    manager.stop_all(wait_ms=5000)
+
+
+def ev(kind: str, **fields) -> str:
+    return json.dumps({"event": kind, "time": fields.pop("time", time.time()), **fields})
+
+
+def add_job(dlg, out: Path, status: str = "queued"):
+    """A job in the queue that no process backs (the dialog only reads its state)."""
+    from app.training import Job
+
+    job = Job(FER_RECIPE, Path("data"), out, 30, "cpu")
+    job.state.status = status
+    dlg.manager.jobs.append(job)
+    dlg.manager.job_added.emit(len(dlg.manager.jobs) - 1)
+    return job
+
+
+def update(dlg, job) -> None:
+    dlg.manager.job_updated.emit(dlg.manager.jobs.index(job))
+
+
+# ---- 1. recipe texts are plain text ----------------------------------------------------------------
+def test_recipe_help_shows_angle_brackets_literally(dialog) -> None:
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QTextDocument
+
+    from ferkit.recipes.registry import get_recipe
+
+    dialog.recipe.setCurrentText(CK_RECIPE)
+    help_text = get_recipe(CK_RECIPE).data_help
+    assert "<class>" in help_text
+    doc = QTextDocument()
+    doc.setHtml(dialog.recipe_help.text())
+    shown = doc.toPlainText()
+    assert help_text in shown, shown  # was "CK+48//S###..." with <class> eaten as a tag
+    assert dialog.recipe_help.textFormat() == Qt.TextFormat.RichText  # the "Data:" emphasis stays
+
+
+def test_validation_message_quoting_the_recipe_is_plain_text(dialog, tmp_path: Path) -> None:
+    from PySide6.QtCore import Qt
+
+    (tmp_path / "empty").mkdir()
+    dialog.recipe.setCurrentText(CK_RECIPE)
+    dialog.data.setText(str(tmp_path / "empty"))
+    assert dialog.start_job() is None
+    assert "<class>" in dialog.message.text()
+    assert dialog.message.textFormat() == Qt.TextFormat.PlainText
+    assert dialog.status.textFormat() == Qt.TextFormat.PlainText
+
+
+# ---- 2. output folder --------------------------------------------------------------------------------
+def test_output_folder_follows_the_recipe_until_the_user_sets_one(dialog, tmp_path: Path) -> None:
+    from app.training_dialog import default_out_dir, runs_root
+
+    dialog.recipe.setCurrentText(CK_RECIPE)
+    first = Path(dialog.out.text())
+    assert first == default_out_dir(CK_RECIPE) == runs_root() / "eifn-ckplus"
+    assert Path.cwd() not in first.parents  # not wherever the app was started
+    assert runs_root().parts[-2:] == ("ferkit", "runs")
+    dialog.recipe.setCurrentText(FER_RECIPE)
+    assert Path(dialog.out.text()) == runs_root() / "tfe-jl-resnet18-ferplus"  # was still .../eifn-ckplus
+    assert dialog.out_is_automatic
+    mine = str(tmp_path / "my-run")
+    dialog.out.setText(mine)
+    dialog.recipe.setCurrentText(CK_RECIPE)
+    assert dialog.out.text() == mine and not dialog.out_is_automatic
+    dialog.out.setText("")  # cleared: the recipe's default again
+    dialog.recipe.setCurrentText(FER_RECIPE)
+    assert Path(dialog.out.text()) == runs_root() / "tfe-jl-resnet18-ferplus"
+
+
+# ---- 3. buttons ----------------------------------------------------------------------------------------
+def test_cancel_and_resume_only_when_meaningful(dialog, tmp_path: Path) -> None:
+    assert not dialog.cancel_button.isEnabled() and not dialog.resume_button.isEnabled()  # no job yet
+    out = tmp_path / "run"
+    job = add_job(dialog, out, "running")
+    update(dialog, job)
+    assert dialog.cancel_button.isEnabled() and not dialog.resume_button.isEnabled()
+    job.state.status = "interrupted"
+    update(dialog, job)
+    assert not dialog.cancel_button.isEnabled()
+    assert not dialog.resume_button.isEnabled()  # no checkpoint in the folder: nothing to resume
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"x")
+    update(dialog, job)
+    assert dialog.resume_button.isEnabled()
+    other = add_job(dialog, out, "running")  # another job now writes to that folder
+    dialog.job_list.setCurrentRow(0)
+    assert not dialog.resume_button.isEnabled()
+    other.state.status = "completed"
+    update(dialog, other)
+    assert dialog.job_list.currentRow() == 0 and dialog.resume_button.isEnabled()
+
+
+# ---- 4. the engine's own numbers ---------------------------------------------------------------------
+def test_status_shows_the_engines_step_count_and_eta(dialog, tmp_path: Path) -> None:
+    job = add_job(dialog, tmp_path / "run")
+    st = job.state
+    now = time.time()
+    st.feed(ev("start", recipe=FER_RECIPE, device="cpu", epochs=30, start_epoch=0, steps=None, resumed=False))
+    st.feed(ev("step", time=now, epoch=1, epochs=30, step=8, steps=10, global_step=8, loss=1.0, accuracy=0.5,
+               images_per_s=50.0, eta_s=161.0))
+    update(dialog, job)
+    text = dialog.status.text()
+    assert "step 8/10" in text and "ETA 02:41" in text, text
+    # counted down from the event's time while no event comes (evaluation)
+    assert st.eta_now(now + 60) == pytest.approx(101.0)
+    assert st.eta_now(now + 1000) == 0.0
+
+
+def test_validation_points_sit_at_the_epochs_global_step(dialog, tmp_path: Path) -> None:
+    job = add_job(dialog, tmp_path / "run")
+    st = job.state
+    st.feed(ev("start", recipe=FER_RECIPE, device="cpu", epochs=3, start_epoch=0, steps=27, resumed=False))
+    for epoch in (1, 2):
+        for step in (1, 10):
+            st.feed(ev("step", epoch=epoch, epochs=3, step=step, steps=27, global_step=(epoch - 1) * 10 + step,
+                       loss=1.0, accuracy=0.5, eta_s=10.0))
+        st.feed(ev("epoch", epoch=epoch, epochs=3, global_step=epoch * 10, loss=1.0, accuracy=0.5,
+                   val={"val_accuracy": 0.3 * epoch}, eta_s=5.0, checkpoint=str(tmp_path / "run/checkpoint.pt")))
+    assert st.val_curve == [(10.0, 0.3), (20.0, 0.6)]  # not epoch x 27
+    dialog.curves.plot(st, force=True)
+    val_line = next(line for line in dialog.curves.ax_acc.lines if line.get_label() == "validation")
+    assert list(val_line.get_xdata()) == [10.0, 20.0]
+    train_line = next(line for line in dialog.curves.ax_acc.lines if line.get_label() == "train (running)")
+    assert max(train_line.get_xdata()) == 20.0  # same axis: the last step of epoch 2 is at the last point
+
+
+# ---- 5. log and layout -------------------------------------------------------------------------------
+def test_each_event_reaches_the_log_once(dialog, tmp_path: Path, qtbot, monkeypatch) -> None:
+    """A stand-in for ``ferkit train``: JSON events on stdout, the engine's human lines on stderr
+    (one of them split over two writes). "stopped by SIGTERM ..." used to appear twice."""
+    import app.training as training
+
+    end = {"event": "end", "time": 0, "status": "interrupted", "epoch": 1, "epochs": 3,
+           "message": "stopped by SIGTERM after 1/3 completed epochs; checkpoint saved"}
+    epoch = {"event": "epoch", "time": 0, "epoch": 1, "epochs": 3, "global_step": 10, "loss": 1.0,
+             "accuracy": 0.5, "val": {"val_accuracy": 0.5}, "eta_s": 1.0}
+    script = "\n".join([
+        "import json, sys, time",
+        f"print(json.dumps({epoch!r}), flush=True)",
+        "sys.stderr.write('epoch 1/3: loss 1.0000 acc 0.5000\\n'); sys.stderr.flush()",
+        "sys.stderr.write('SIGTERM: finishing this step'); sys.stderr.flush(); time.sleep(0.3)",
+        "sys.stderr.write(' and saving a checkpoint\\n'); sys.stderr.flush()",
+        f"print(json.dumps({end!r}), flush=True)",
+        f"sys.stderr.write({end['message']!r} + '\\n'); sys.stderr.flush()",
+        "sys.exit(130)",
+    ])
+    monkeypatch.setattr(training, "cli_command", lambda args: (sys.executable, ["-c", script]))
+    job = training.Job(FER_RECIPE, tmp_path, tmp_path / "run", 3, "cpu")
+    dialog.manager.add(job)
+    qtbot.waitUntil(lambda: any(line.startswith("finished:") for line in job.state.log), timeout=30000)
+    log = job.state.log[1:]  # [0] is the command line (here the stand-in's source)
+    assert sum("stopped by SIGTERM" in line for line in log) == 1, log
+    assert sum(line.startswith("epoch 1/3") for line in log) == 1, log
+    assert "SIGTERM: finishing this step and saving a checkpoint" in log, log  # one line, not two halves
+    assert job.state.status == "interrupted" and job.state.val_curve == [(10.0, 0.5)]
+
+
+def test_buttons_do_not_move_when_the_checkpoint_line_appears(dialog, tmp_path: Path, qtbot) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    job = add_job(dialog, tmp_path / "run")
+    st = job.state
+    st.feed(ev("start", recipe=FER_RECIPE, device="cpu", epochs=3, start_epoch=0, steps=None, resumed=False))
+    st.feed(ev("step", epoch=1, epochs=3, step=1, steps=10, global_step=1, eta_s=100.0))
+    update(dialog, job)
+    QApplication.processEvents()
+    before = dialog.cancel_button.mapTo(dialog, dialog.cancel_button.rect().topLeft())
+    width = dialog.width()
+    long_path = tmp_path / ("very-long-folder-name-" * 12) / "checkpoint.pt"
+    st.feed(ev("epoch", epoch=1, epochs=3, global_step=10, val={"val_accuracy": 0.5}, eta_s=50.0,
+               checkpoint=str(long_path)))
+    st.feed(ev("step", epoch=2, epochs=3, step=1, steps=10, global_step=11, eta_s=45.0))
+    update(dialog, job)
+    QApplication.processEvents()
+    assert "checkpoint:" in dialog.status.text()
+    after = dialog.cancel_button.mapTo(dialog, dialog.cancel_button.rect().topLeft())
+    assert after == before and dialog.width() == width
+    assert str(long_path) in dialog.status.toolTip()  # the full path stays readable
