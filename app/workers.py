@@ -248,8 +248,8 @@ class InferenceWorker(StoppableThread):
             analyzer.enrolments = self.enrolments
         analyzer.device = cfg.device
         analyzer.extra_preprocessing = set(cfg.extra_preprocessing)
-        if cfg.reset_tracks and analyzer.tracker is not None:
-            analyzer.tracker.reset()
+        if cfg.reset_tracks:
+            analyzer.reset_tracking()
         if cfg.smoother != analyzer.tracker.smoother:
             analyzer.set_smoother(cfg.smoother)
         primary_changed = cfg.primary != self.config.primary or cfg.device != self.config.device \

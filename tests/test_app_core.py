@@ -338,3 +338,37 @@ def test_export_has_the_identity_decision_not_the_nearest_name(tmp_path: Path) -
 
     row = next(csv.DictReader(open(tmp_path / "r.csv")))
     assert row["identity"] == "unknown" and row["similarity:ada"] == "0.4" and row["m:label"] == "happiness"
+
+
+def test_live_frames_detect_every_fifth_frame_and_stills_use_the_full_detector() -> None:
+    """Detection is off the critical path of live video; inspection of images is untouched by it."""
+    import cv2
+
+    from ferkit.face.pipeline import FacePipeline, TrackedFacePipeline
+    from ferkit.paths import samples_dir
+
+    from app.core.analyzer import LIVE_DETECT_EVERY, FrameAnalyzer
+
+    analyzer = FrameAnalyzer(device="cpu")
+    try:
+        assert isinstance(analyzer.live_pipeline, TrackedFacePipeline)
+        assert analyzer.live_pipeline.detect_every == LIVE_DETECT_EVERY == 5
+        assert type(analyzer.pipeline) is FacePipeline and analyzer.pipeline is not analyzer.live_pipeline
+        cap = cv2.VideoCapture(str(samples_dir() / "expressions_pexels_640x360.mp4"))
+        ids = []
+        for i in range(10):
+            ok, bgr = cap.read()
+            assert ok
+            result = analyzer.analyze(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), frame_index=i)
+            ids.append([f.track_id for f in result.faces])
+        cap.release()
+        stats = analyzer.live_pipeline.stats
+        assert stats["frames"] == 10 and stats["detections"] <= 3 and stats["followed"] >= 7
+        assert all(frame_ids == ids[0] for frame_ids in ids) and len(ids[0]) == 1  # one face, one track
+        still = cv2.cvtColor(cv2.imread(str(samples_dir() / "single_face.jpg")), cv2.COLOR_BGR2RGB)
+        analyzer.analyze(still, track=False)
+        assert analyzer.live_pipeline.stats["frames"] == 10  # the still never entered the stream
+        analyzer.reset_tracking()
+        assert not analyzer.live_pipeline.follower.active
+    finally:
+        analyzer.close()

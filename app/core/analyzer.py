@@ -106,21 +106,32 @@ DETECTORS: dict[str, dict] = {
 }
 
 
+#: live video: the face detector runs on every this many frames (1 = every frame)
+LIVE_DETECT_EVERY = 5
+
+
 class FrameAnalyzer:
     """Detect -> track -> align -> classify (primary + comparison models) -> identity similarity."""
 
     def __init__(self, cache: Optional[ModelCache] = None, *, max_faces: int = 5, min_confidence: float = 0.5,
-                 device: str = "auto", track: bool = True, detector: str = "auto") -> None:
-        from ferkit.face.pipeline import FacePipeline
+                 device: str = "auto", track: bool = True, detector: str = "auto",
+                 detect_every: int = LIVE_DETECT_EVERY) -> None:
+        from ferkit.face.pipeline import FacePipeline, TrackedFacePipeline
 
         if detector not in DETECTORS:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, not {detector!r}")
         self.detector = detector
-        #: live frames: the detector the user picked (speed); still images: always the full one,
-        #: exactly as ``ferkit predict`` (both ranges + face mesh) so their numbers agree
-        self.live_pipeline = FacePipeline(max_faces=max_faces, min_confidence=min_confidence, **DETECTORS[detector])
-        self.pipeline = FacePipeline(max_faces=max_faces, min_confidence=min_confidence) \
-            if detector != "auto" else self.live_pipeline
+        options = DETECTORS[detector]
+        #: live frames: the detector the user picked, run every ``detect_every`` frames (and when a
+        #: face is lost), faces followed by optical flow in between -- detection is the largest stage
+        #: of the live loop (``ferkit bench --only pipeline agreement`` measures speed and label
+        #: agreement); still images: always the full detector on every image, exactly as ``ferkit
+        #: predict`` (both ranges + face mesh) so their numbers agree and they never disturb the stream
+        self.live_pipeline = TrackedFacePipeline(max_faces=max_faces, min_confidence=min_confidence,
+                                                 model_selection=options["model_selection"],
+                                                 keyframe_mesh=options.get("landmarks", True),
+                                                 detect_every=detect_every)
+        self.pipeline = FacePipeline(max_faces=max_faces, min_confidence=min_confidence)
         self.cache = cache or ModelCache()
         self.device = device
         self.tracker = FaceTracker() if track else None
@@ -227,6 +238,12 @@ class FrameAnalyzer:
             if self.enrolments is not None:
                 face.similarities = self.enrolments.similarities(feature, handle.key)
             face.match = decide(face.similarities, self.identity)
+
+    def reset_tracking(self) -> None:
+        """A new source or a seek: forget track ids and followed faces (the next frame is detected)."""
+        if self.tracker is not None:
+            self.tracker.reset()
+        self.live_pipeline.reset()
 
     def close(self) -> None:
         for pipe in {id(self.pipeline): self.pipeline, id(self.live_pipeline): self.live_pipeline}.values():
