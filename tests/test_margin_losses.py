@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ferkit.losses.margin import MarginHead, margin_logits
-from ferkit.recipes.identity import photometric_jitter, random_downsample, random_resized_crop
+from ferkit.data.augment import photometric_jitter, random_downsample, random_resized_crop
 from ferkit.recipes.netb import LightCNNIdentity
 from ferkit.recipes.registry import get_recipe
 from tests.fixtures.datasets import make_identity_tree, make_orl_tree, make_yale_tree

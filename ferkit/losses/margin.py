@@ -124,3 +124,8 @@ class MarginHead(nn.Module):
     def extra_repr(self) -> str:
         return (f"kind={self.kind}, feature_dim={self.weight.shape[1]}, num_classes={self.num_classes}, "
                 f"s={self.scale}, m={self.margin}")
+
+
+def margin_warmup_fraction(step: int, warmup_steps: int) -> float:
+    """Share of the full margin in force at ``step`` (linear ramp; 1 without warm-up)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, max(0, step) / warmup_steps)

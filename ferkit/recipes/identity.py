@@ -22,7 +22,7 @@ strangers matched. Two standard fixes are options here:
   the app's webcam frames differ from the training crops in framing, exposure and sharpness.
   Images are already gray (the identity nets are 1-channel), so no colour-to-gray step is needed.
 
-Everything runs on the training device on whole batches, like :mod:`ferkit.data.augment`.
+The augmentations live in :mod:`ferkit.data.augment` and run on the training device on whole batches.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ferkit.losses.margin import MARGIN_DEFAULTS, MARGIN_LOSSES, MarginHead
+from ferkit.data.augment import photometric_jitter, random_downsample, random_resized_crop
+from ferkit.losses.margin import MARGIN_DEFAULTS, MARGIN_LOSSES, MarginHead, margin_warmup_fraction
 from ferkit.recipes.base import option
 from ferkit.training.recipe import TrainContext
 
@@ -41,62 +42,6 @@ from ferkit.training.recipe import TrainContext
 IDENTITY_AUGMENT_ITEMS = ("crop", "jitter", "blur")
 #: what ``--augment heavy`` expands to
 HEAVY_AUGMENT = "flip,rotation,crop,jitter,blur"
-
-
-def random_resized_crop(x: torch.Tensor, min_area: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Zoom each image into a random square window covering ``min_area``..1 of it, anywhere inside.
-
-    The window side is ``sqrt(area)`` of the image side; its centre is drawn so the window stays in
-    the image (no padding is ever sampled). Bilinear resampling back to the input size.
-    """
-    if not 0.0 < min_area <= 1.0:
-        raise ValueError(f"--crop-area must be in (0, 1], got {min_area}")
-    n = x.shape[0]
-    side = torch.sqrt(torch.rand(n, generator=generator, device=x.device) * (1.0 - min_area) + min_area)
-    room = 1.0 - side  # normalised coordinates span [-1, 1]: the centre may move by 1 - side
-    tx = (torch.rand(n, generator=generator, device=x.device) * 2 - 1) * room
-    ty = (torch.rand(n, generator=generator, device=x.device) * 2 - 1) * room
-    zero = torch.zeros_like(side)
-    theta = torch.stack([torch.stack([side, zero, tx], 1), torch.stack([zero, side, ty], 1)], 1).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def photometric_jitter(x: torch.Tensor, strength: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Per-image brightness, contrast and gamma changes of a [0, 1] batch; the result stays in [0, 1].
-
-    With ``strength`` j: gamma ``exp(U(-j, j))``, contrast factor ``1 + U(-j, j)`` about the image
-    mean, brightness offset ``U(-j/2, j/2)``.
-    """
-    if strength <= 0:
-        return x
-    n = x.shape[0]
-
-    def u(low: float, high: float) -> torch.Tensor:
-        return (torch.rand(n, 1, 1, 1, generator=generator, device=x.device) * (high - low) + low).to(x.dtype)
-
-    out = x.clamp(0.0, 1.0).pow(torch.exp(u(-strength, strength)))
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * (1.0 + u(-strength, strength)) + mean + u(-strength / 2, strength / 2)
-    return out.clamp(0.0, 1.0)
-
-
-def random_downsample(x: torch.Tensor, probability: float, min_factor: float,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """With ``probability`` per image, shrink by a factor in [``min_factor``, 1) and scale back up:
-    the blur of low-resolution faces (webcams, LFW's small faces) the crops never show."""
-    if probability <= 0:
-        return x
-    n, _, h, w = x.shape
-    pick = torch.rand(n, generator=generator, device=x.device) < probability
-    if not bool(pick.any()):
-        return x
-    factor = float(torch.rand(1, generator=generator, device=x.device)) * (1.0 - min_factor) + min_factor
-    small = F.interpolate(x[pick], size=(max(4, round(h * factor)), max(4, round(w * factor))),
-                          mode="bilinear", align_corners=False, antialias=True)
-    out = x.clone()
-    out[pick] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-    return out
 
 
 class IdentityTrainingMixin:
@@ -241,9 +186,3 @@ class IdentityTrainingMixin:
         if self.blur_prob > 0:
             x = random_downsample(x, self.blur_prob, 0.4)
         return x
-
-
-def margin_warmup_fraction(step: int, warmup_steps: int) -> float:
-    """Share of the full margin in force at ``step`` (linear ramp; 1 without warm-up)."""
-    return 1.0 if warmup_steps <= 0 else min(1.0, max(0, step) / warmup_steps)
-
