@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
+from tests.fixtures.app import dialog  # noqa: E402,F401
 from tests.fixtures.datasets import make_ferplus_tree  # noqa: E402
 
 RECIPE = "tfe-jl/resnet18-ferplus"
@@ -31,17 +32,6 @@ def ferplus(tmp_path: Path) -> Path:
     make_ferplus_tree(root / "FER2013Valid", votes=VOTES, start=1000)
     return root
 
-
-@pytest.fixture()
-def dialog(qtbot):
-    from app.training import JobManager
-    from app.training_dialog import TrainingDialog
-
-    manager = JobManager()
-    dlg = TrainingDialog(manager, ["cpu"])
-    qtbot.addWidget(dlg)
-    yield dlg
-    manager.stop_all(wait_ms=20000)
 
 
 def fill(dlg, data: Path, out: Path, epochs: int, extra: str = "--batch-size 6") -> None:

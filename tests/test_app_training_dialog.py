@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
+from tests.fixtures.app import dialog  # noqa: E402,F401
+
 CK_RECIPE = "eifn/ckplus"
 FER_RECIPE = "tfe-jl/resnet18-ferplus"
 
@@ -24,17 +26,6 @@ FER_RECIPE = "tfe-jl/resnet18-ferplus"
 def _isolated_config(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FERKIT_APP_CONFIG", str(tmp_path / "config"))
 
-
-@pytest.fixture()
-def dialog(qtbot):
-    from app.training import JobManager
-    from app.training_dialog import TrainingDialog
-
-    manager = JobManager()
-    dlg = TrainingDialog(manager, ["cpu"])
-    qtbot.addWidget(dlg)
-    yield dlg
-    manager.stop_all(wait_ms=5000)
 
 
 def ev(kind: str, **fields) -> str:

@@ -51,11 +51,6 @@ class IdentityMatch:
         return self.name if self.name is not None else UNKNOWN
 
 
-def is_calibrated(weights: Weights) -> bool:
-    """A threshold set on held-out pairs at a stated false-accept rate (both on the card)."""
-    return weights.identity_threshold is not None and weights.identity_far is not None
-
-
 def _from_card(key: str, weights: Weights, origin: str) -> IdentityChoice:
     return IdentityChoice(key=key, threshold=float(weights.identity_threshold), far=weights.identity_far,
                           tar=weights.identity_tar, calibration=weights.identity_calibration, origin=origin)
@@ -78,9 +73,9 @@ def choose_identity(primary_key: Optional[str], primary_weights: Optional[Weight
             weights = get_weights(name)
         except (OSError, ValueError) as exc:
             return IdentityChoice(reason=f"The identity weights '{name}' cannot be read ({exc}); faces are never named.")
-        if weights.identity_threshold is not None:
+        if weights.identity_calibrated:
             return _from_card(name, weights, "enrolment")
-    if primary_key and primary_weights is not None and primary_has_identity and is_calibrated(primary_weights):
+    if primary_key and primary_weights is not None and primary_has_identity and primary_weights.identity_calibrated:
         return _from_card(primary_key, primary_weights, "model")
     return IdentityChoice(reason=NO_FEATURE)
 

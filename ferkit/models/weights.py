@@ -87,6 +87,12 @@ class Weights:
     #: where the entry was read from (json card or checkpoint); not serialised
     source: Optional[str] = None
 
+    @property
+    def identity_calibrated(self) -> bool:
+        """A threshold set on held-out pairs at a stated false-accept rate (both on the card): the only
+        kind of identity threshold allowed to name a face."""
+        return self.identity_threshold is not None and self.identity_far is not None
+
     # ---- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,7 +161,7 @@ def enrolment_identity_weights() -> Optional[str]:
 
     Why not the expression model's own feature: identity decisions are only as good as the feature's
     verification quality, which the cards measure (``IDENTITY_RANK_METRIC``); the best calibrated one
-    (a threshold is required) wins. ``None`` when no shipped card has a calibrated identity feature.
+    (:attr:`Weights.identity_calibrated`) wins. ``None`` when no shipped card has a calibrated identity feature.
     """
     best: tuple[float, str] | None = None
     for name in list_weights():
@@ -164,7 +170,7 @@ def enrolment_identity_weights() -> Optional[str]:
         except (OSError, ValueError):
             continue
         score = w.metrics.get(IDENTITY_RANK_METRIC)
-        if w.identity_threshold is None or score is None:
+        if not w.identity_calibrated or score is None:
             continue
         if best is None or float(score) > best[0]:
             best = (float(score), name)
