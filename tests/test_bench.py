@@ -48,6 +48,10 @@ def test_training_throughput_small(monkeypatch: pytest.MonkeyPatch) -> None:
     row = bench_training.bench_network(spec, torch.device("cpu"), steps=2)
     assert row["img_per_s"]["n"] == 2 and row["img_per_s"]["median"] > 0
     assert row["input"] == [1, 48, 48] and row["channels_last"]
+    # channels_last recipes are also measured in plain fp32, the baseline of the fast-path ratio
+    assert row["img_per_s_fp32_plain"]["n"] == 2
+    assert row["fast_path_speedup"] == pytest.approx(
+        row["img_per_s_bf16"]["median"] / row["img_per_s_fp32_plain"]["median"], abs=0.01)
 
 
 def test_model_bench_torch_and_onnx_small(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

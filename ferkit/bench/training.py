@@ -8,12 +8,16 @@ training device; augmentation is not included. channels_last is used on CPU wher
 uses it (TFE-JL, Light CNN).
 
 Each network is measured in fp32 and with bf16 autocast (the engine's ``--precision bf16``) in
-the same run, steps alternating between the two, so the ratio is not skewed by other load on a
-shared machine. Threads: every core, as the training engine uses.
+the same run, steps alternating between them, so the ratios are not skewed by other load on a
+shared machine. Where the recipe uses channels_last, a third variant is plain fp32 in the default
+contiguous layout (what a training loop gets without the fast path), so the table shows both
+ratios: bf16 / fp32 at the recipe's layout (what bf16 alone buys) and the whole fast path (bf16 +
+channels_last) against plain fp32. Threads: every core, as the training engine uses.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -48,14 +52,12 @@ RECIPE_NETWORKS: dict[str, NetSpec] = {
     "netb/ferplus": NetSpec("netb", {"num_classes": 8, "head": "dal"}, 128, 128, True),
     "fersnet/ckplus": NetSpec("fersnet_light", {"num_classes": 7}, 0, 64, synthesis=True),
     "fersnet/ferplus": NetSpec("fersnet_light", {"num_classes": 8}, 0, 64, synthesis=True),
+    "live/ferplus-distill": NetSpec("resnet_live", {"num_classes": 8}, 48, 128, True),
 }
 
 MAX_STEP_TIME_S = 1.0
 PROBE_BATCH = 8
 STEPS = 3
-
-
-PRECISIONS = ("fp32", "bf16")
 
 
 def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> dict[str, Any]:
@@ -68,20 +70,28 @@ def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> di
     size = spec.input_size or int(getattr(model, "input_size", 48))
     channels = int(getattr(model, "in_channels", None) or 1)
     fmt = torch.channels_last if spec.channels_last and device.type == "cpu" else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    # variant -> (model, optimiser, memory format, precision); the plain one only where the layout differs
+    layouts = {"fp32": fmt, "bf16": fmt}
+    if fmt == torch.channels_last:
+        layouts["fp32_plain"] = torch.contiguous_format
+    variants = {}
+    for name, layout in layouts.items():
+        net = copy.deepcopy(model).to(memory_format=layout)
+        variants[name] = (net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9), layout,
+                          "bf16" if name == "bf16" else "fp32")
 
-    def step(batch: int, precision: str = "fp32") -> float:
-        x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=fmt)
-        y = torch.randint(0, model.num_classes, (batch,), device=device)
+    def step(batch: int, variant: str = "fp32") -> float:
+        net, opt, layout, precision = variants[variant]
+        x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=layout)
+        y = torch.randint(0, net.num_classes, (batch,), device=device)
         cast = autocast(device, torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
         t = time.perf_counter()
         with cast:
             if spec.synthesis:
-                out = model(x, target=y)
+                out = net(x, target=y)
                 loss = F.cross_entropy(out.logits.float(), y) + (out.synthesis.float() - x.tanh()).abs().mean()
             else:
-                loss = F.cross_entropy(model(x).logits.float(), y)
+                loss = F.cross_entropy(net(x).logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -97,17 +107,22 @@ def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> di
     batch = spec.batch
     if per_image * batch > MAX_STEP_TIME_S:
         batch = max(probe, int(MAX_STEP_TIME_S / per_image))
-    rates: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for p in PRECISIONS:
-        step(batch, p)  # warm-up at the measured batch (allocation, kernel selection)
+    rates: dict[str, list[float]] = {v: [] for v in variants}
+    for v in variants:
+        step(batch, v)  # warm-up at the measured batch (allocation, kernel selection)
     for _ in range(steps):
-        for p in PRECISIONS:  # alternate, so background load hits both alike
-            rates[p].append(batch / step(batch, p))
-    fp32, bf16 = summary(rates["fp32"], digits=1), summary(rates["bf16"], digits=1)
-    return {"architecture": spec.architecture, "batch": batch, "recipe_batch": spec.batch,
-            "input": [channels, size, size], "channels_last": fmt == torch.channels_last, "device": str(device),
-            "threads": torch.get_num_threads(), "img_per_s": fp32, "img_per_s_bf16": bf16,
-            "bf16_speedup": round(bf16["median"] / fp32["median"], 2) if fp32["median"] else None}
+        for v in variants:  # alternate, so background load hits all alike
+            rates[v].append(batch / step(batch, v))
+    med = {v: summary(r, digits=1) for v, r in rates.items()}
+    fp32, bf16 = med["fp32"], med["bf16"]
+    row = {"architecture": spec.architecture, "batch": batch, "recipe_batch": spec.batch,
+           "input": [channels, size, size], "channels_last": fmt == torch.channels_last, "device": str(device),
+           "threads": torch.get_num_threads(), "img_per_s": fp32, "img_per_s_bf16": bf16,
+           "bf16_speedup": round(bf16["median"] / fp32["median"], 2) if fp32["median"] else None}
+    plain = med.get("fp32_plain", fp32)
+    row["img_per_s_fp32_plain"] = plain
+    row["fast_path_speedup"] = round(bf16["median"] / plain["median"], 2) if plain["median"] else None
+    return row
 
 
 def bench_training(recipes: Optional[list[str]] = None, device: torch.device = torch.device("cpu")) -> list[dict]:

@@ -292,15 +292,19 @@ def format_tables(report: dict[str, Any]) -> str:
                        f"{'-' if smooth is None else format(smooth, '.2%')} | {m.get('detector_runs', m['frames'])} |")
         out.append("")
     if report.get("training"):
-        out += ["| recipe | network | batch | device | fp32 img/s | bf16 img/s | bf16 / fp32 |",
-                "|---|---|---:|---|---:|---:|---:|"]
+        out += ["| recipe | network | batch | device | plain fp32 img/s | fp32 img/s (recipe layout) | bf16 img/s "
+                "| bf16 / fp32 | fast path / plain fp32 |",
+                "|---|---|---:|---|---:|---:|---:|---:|---:|"]
         for r in report["training"]:
             if "error" in r:
-                out.append(f"| {r['recipe']} | {r.get('architecture', '-')} | | | error: {r['error'][:60]} | | |")
+                out.append(f"| {r['recipe']} | {r.get('architecture', '-')} | | | error: {r['error'][:60]} | | | | |")
                 continue
             batch = f"{r['batch']}" + ("" if r["batch"] == r.get("recipe_batch", r["batch"]) else f" (recipe {r['recipe_batch']})")
+            layout = "channels_last" if r.get("channels_last") else "contiguous"
             out.append(f"| {r['recipe']} | {r['architecture']} {r['input'][1]}px | {batch} | {r['device']} | "
-                       f"{_fmt(r['img_per_s'])} | {_fmt(r.get('img_per_s_bf16'))} | {r.get('bf16_speedup', '-')} |")
+                       f"{_fmt(r.get('img_per_s_fp32_plain'))} | {_fmt(r['img_per_s'])} ({layout}) | "
+                       f"{_fmt(r.get('img_per_s_bf16'))} | {r.get('bf16_speedup', '-')} | "
+                       f"{r.get('fast_path_speedup', '-')} |")
     return "\n".join(out)
 
 

@@ -8,5 +8,6 @@ from ferkit.models import lightcnn  # noqa: F401,E402  (lightcnn9, netb)
 from ferkit.models import tfe_jl  # noqa: F401,E402  (resnet18_fer, resnet12_fer, deepid, tfe_jl)
 from ferkit.models import eifn  # noqa: F401,E402  (eifn)
 from ferkit.models import fersnet  # noqa: F401,E402  (fersnet, fersnet_light)
+from ferkit.models import live  # noqa: F401,E402  (resnet_live, the ferkit-live student)
 
 __all__ = ["ModelOutput", "create_model", "list_models", "register_model"]
