@@ -2,6 +2,7 @@
 
 Through the real face pipeline (mediapipe detection + alignment) and the default shipped
 weights, exactly as the app scores the video; a check of the trained weights, not of the code.
+``ferkit-live`` is checked too: the app makes it the default on weak machines.
 """
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ def _frames(indices: list[int]) -> dict[int, np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module")
-def predictor() -> Predictor:
+@pytest.fixture(scope="module", params=[DEFAULT_WEIGHTS, "ferkit-live"])
+def predictor(request: pytest.FixtureRequest) -> Predictor:
     pytest.importorskip("mediapipe")
-    with Predictor(DEFAULT_WEIGHTS, device="cpu") as p:
+    with Predictor(request.param, device="cpu") as p:
         yield p
 
 
