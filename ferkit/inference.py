@@ -435,6 +435,16 @@ class Predictor:
         out = self.predict_tensor(crops_to_tensor([c for _, c, _ in aligned]))
         probs = out.probabilities.double().cpu().numpy()
         ident = out.identity.float().cpu().numpy() if out.identity is not None else None
+        check = getattr(pipe, "check", None) if not whole_image and aligned[0][2] else None
+        if check is not None:  # a followed face with an ambiguous label: detected again, scored again
+            faces, changed = check(rgb, [f for f, _, _ in aligned], probs)
+            if changed:
+                for i in changed:
+                    aligned[i] = (faces[i], pipe.align(rgb, faces[i], prep), True)
+                again = self.predict_tensor(crops_to_tensor([aligned[i][1] for i in changed]))
+                probs[changed] = again.probabilities.double().cpu().numpy()
+                if ident is not None and again.identity is not None:
+                    ident[changed] = again.identity.float().cpu().numpy()
         faces = []
         for i, (face, crop, detected) in enumerate(aligned):
             p = probs[i]

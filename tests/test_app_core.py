@@ -372,3 +372,63 @@ def test_live_frames_detect_every_fifth_frame_and_stills_use_the_full_detector()
         assert not analyzer.live_pipeline.follower.active
     finally:
         analyzer.close()
+
+
+def test_live_frame_with_an_ambiguous_followed_face_is_checked_by_the_pipeline(tmp_path: Path) -> None:
+    """The analyzer hands the primary model's scores to the tracked pipeline's check and, for the faces
+    it detected again, makes the crops and the scores again (ferkit.face.pipeline.TrackedFacePipeline.check)."""
+    import torch
+
+    from ferkit.face.align import align_face
+    from ferkit.face.types import DetectedFace
+    from ferkit.inference import Predictor, crops_to_tensor
+    from ferkit.models.registry import create_model
+    from ferkit.models.weights import Preprocessing, Weights
+
+    from app.core.analyzer import FrameAnalyzer
+    from app.core.models import ModelHandle
+
+    torch.manual_seed(0)
+    model = create_model("resnet12_fer").eval()
+    weights = Weights(name="tiny", architecture="resnet12_fer", classes=[f"c{i}" for i in range(model.num_classes)],
+                      preprocessing=Preprocessing(input_size=48), model_cfg={})
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
+    pred = Predictor(ckpt, device="cpu", engine="torch", tta="none")
+
+    def face(x: int, source: str) -> DetectedFace:
+        return DetectedFace(box=(x, 30, 50, 50), score=0.9, landmarks=np.zeros((0, 2), np.float32),
+                            left_eye=(x + 15.0, 50.0), right_eye=(x + 35.0, 50.0), source=source)
+
+    class Followed:
+        calls: list = []
+
+        def detect(self, image):
+            return [face(10, "tracked")]
+
+        def align(self, image, f, prep):
+            return align_face(image, f, prep.input_size, prep.grayscale, prep.alignment).crop
+
+        def check(self, image, faces, probabilities):
+            self.calls.append(np.asarray(probabilities).shape)
+            return [face(60, "mesh")], [0]
+
+        def reset(self):
+            pass
+
+    analyzer = FrameAnalyzer(device="cpu")
+    try:
+        analyzer.primary = ModelHandle("tiny", pred.weights, pred, pred.torch_model, torch.device("cpu"))
+        analyzer.live_pipeline.close()
+        analyzer.live_pipeline = Followed()
+        rgb = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+        result = analyzer.analyze(rgb)
+        (f,) = result.faces
+        assert Followed.calls == [(1, model.num_classes)]
+        assert f.box == (60, 30, 50, 50) and f.detection.source == "mesh"
+        crop = Followed().align(rgb, face(60, "mesh"), pred.preprocessing)
+        again = pred.predict_tensor(crops_to_tensor([crop])).probabilities[0].double().numpy()
+        assert np.allclose(f.scores[analyzer.primary.name].raw, again, atol=1e-6)  # scored on the new crop
+    finally:
+        analyzer.live_pipeline = type("Closed", (), {"close": lambda self: None})()
+        analyzer.close()

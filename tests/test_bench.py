@@ -81,7 +81,7 @@ def test_pipeline_on_sample_video_few_frames() -> None:
         pytest.skip("sample video missing")
     r = run(video, weights="resnet12_fer", frames=3, passes=1, warmup_frames=1)
     assert r["resolution"] == [640, 360] and r["fps"]["n"] == 1 and r["fps"]["median"] > 0
-    assert set(r["stage_ms"]) == {"decode", "detect", "align", "infer", "draw"}
+    assert set(r["stage_ms"]) == {"decode", "detect", "align", "infer", "verify", "draw"}
     assert all(s["n"] == 3 for s in r["stage_ms"].values())
     assert r["frame_ms"]["n"] == 3 and r["fps_at_median_frame"] > 0 and r["threads"] == 1
     assert r["faces"] == "tracked" and r["face_path_stats"]["frames"] == 4  # the live path: detector + flow

@@ -330,6 +330,90 @@ def test_flow_follower_reports_a_lost_face() -> None:
     assert f.step(np.full_like(textured, 128)) is None  # nothing left to follow: lost, caller re-detects
 
 
+def test_flow_follower_fits_from_the_key_frame_and_seeds_around_the_eyes() -> None:
+    from ferkit.face.tracking import EYE_BAND
+    from ferkit.face.types import DetectedFace
+
+    rng = np.random.default_rng(1)
+    textured = cv2.GaussianBlur((rng.random((240, 320)) * 255).astype(np.uint8), (5, 5), 0)
+    face = DetectedFace(box=(90, 50, 120, 120), score=0.9, landmarks=np.zeros((0, 2), np.float32),
+                        left_eye=(125.0, 95.0), right_eye=(175.0, 95.0), source="mesh")
+    f = FlowFollower()
+    f.seed(textured, [face])
+    pts = f._faces[0].key_points
+    side, up, down = EYE_BAND
+    assert len(pts) >= f.min_points and pts[:, 0].min() >= 150 - side * 50 - 1 and pts[:, 0].max() <= 150 + side * 50 + 1
+    assert pts[:, 1].min() >= 95 - up * 50 - 1 and pts[:, 1].max() <= 95 + down * 50 + 1  # brows to nose, not the mouth
+    for k in range(1, 6):  # 1.5 px a frame: sub-pixel steps whose fit errors would add up frame to frame
+        m = np.float32([[1, 0, 1.5 * k], [0, 1, 0.5 * k]])
+        (moved,) = f.step(cv2.warpAffine(textured, m, (320, 240), borderMode=cv2.BORDER_REFLECT))
+    assert abs(moved.left_eye[0] - (125 + 7.5)) < 0.15 and abs(moved.right_eye[1] - (95 + 2.5)) < 0.15
+    assert moved.source == "tracked" and f._faces[0].key_face is face  # still mapped from the key frame
+    again = DetectedFace(box=(97, 52, 120, 120), score=0.9, landmarks=np.zeros((0, 2), np.float32),
+                         left_eye=(132.5, 97.5), right_eye=(182.5, 97.5), source="mesh")
+    f.reseed(0, again)  # detected again on this frame: the new key frame
+    assert f._faces[0].key_face is again and f.quality == [1.0]
+    with pytest.raises(ValueError):
+        FlowFollower(model="homography")
+
+
+def test_ambiguous_followed_face_is_detected_again_on_the_same_frame() -> None:
+    pytest.importorskip("mediapipe")
+    from ferkit.face.pipeline import FacePipeline, TrackedFacePipeline
+
+    frames = _moving_face_frames(n=6)
+    with TrackedFacePipeline(detect_every=10) as fast, FacePipeline() as every:
+        (first,) = fast.detect(frames[0])
+        assert first.source == "mesh" and fast.ambiguous([first], [[0.5, 0.45, 0.05]]) == []  # detected: never
+        (followed,) = fast.detect(frames[1])
+        assert followed.source == "tracked"
+        clear = [[0.9, 0.05, 0.05]]
+        assert fast.check(frames[1], [followed], clear) == ([followed], []) and fast.stats["verified"] == 0
+        faces, changed = fast.check(frames[1], [followed], [[0.5, 0.45, 0.05]])
+        (ref,) = every.detect(frames[1])
+        assert changed == [0] and faces[0].source == "mesh" and fast.stats["verified"] == 1
+        assert faces[0].box == ref.box and faces[0].left_eye == ref.left_eye and faces[0].right_eye == ref.right_eye
+        (next_one,) = fast.detect(frames[2])  # followed on from the re-detected face
+        assert next_one.source == "tracked" and fast.stats["detections"] == 1
+        assert iou(next_one.box, every.detect(frames[2])[0].box) > 0.8
+    with TrackedFacePipeline(verify_margin=0) as off:
+        assert off.ambiguous([followed], [[0.5, 0.45, 0.05]]) == []
+
+
+def test_predict_image_scores_checked_faces_again(tmp_path: Path) -> None:
+    from ferkit.face.align import align_face
+    from ferkit.face.types import DetectedFace
+
+    pred = Predictor(_checkpoint(tmp_path), device="cpu", engine="torch", tta="none")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+
+    def face(x: float, source: str) -> DetectedFace:
+        return DetectedFace(box=(int(x), 30, 50, 50), score=0.9, landmarks=np.zeros((0, 2), np.float32),
+                            left_eye=(x + 15.0, 50.0), right_eye=(x + 35.0, 50.0), source=source)
+
+    class Followed:
+        """A tracked pipeline's interface: the check re-detects face 1 only."""
+
+        seen: list = []
+
+        def detect(self, image: np.ndarray) -> list[DetectedFace]:
+            return [face(10, "tracked"), face(90, "tracked")]
+
+        def align(self, image: np.ndarray, f: DetectedFace, prep: Preprocessing) -> np.ndarray:
+            return align_face(image, f, prep.input_size, prep.grayscale, prep.alignment).crop
+
+        def check(self, image, faces, probabilities):
+            self.seen.append(np.asarray(probabilities).shape)
+            return [faces[0], face(100, "mesh")], [1]
+
+    res = pred.predict_image(rgb, pipeline=Followed())
+    direct = pred.predict_image(rgb, pipeline=type("P", (Followed,), {"check": None})())
+    assert Followed.seen == [(2, len(pred.classes))]
+    assert res.faces[1].box == (100, 30, 50, 50) and res.faces[0].box == (10, 30, 50, 50)
+    assert res.faces[0].scores == direct.faces[0].scores and res.faces[1].scores != direct.faces[1].scores
+
+
 # ---- benchmark plumbing -------------------------------------------------------------------------------------
 def test_background_load_is_always_stopped() -> None:
     from ferkit.bench.load import background_load

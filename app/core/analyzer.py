@@ -202,9 +202,25 @@ class FrameAnalyzer:
         t2 = time.perf_counter()
         timings["align"] = (t2 - t1) * 1e3
         primary_identity = None
+        first: Optional[ModelOutput] = None
+        check = getattr(pipe, "check", None) if track and not whole else None
+        if faces and check is not None and self.primary is not None:
+            # followed faces whose primary label is ambiguous are detected again on this frame, as on
+            # a detection frame (TrackedFacePipeline.check), and their crops made again
+            first = predict(self.primary, [f.crops[self.primary.preprocessing] for f in faces])
+            found, changed = check(rgb, [f.detection for f in faces], first.probabilities.double().cpu().numpy())
+            for i in changed:
+                faces[i].detection = found[i]
+                faces[i].box = tuple(int(v) for v in found[i].box)
+                faces[i].det_score = float(found[i].score)
+                for pp in pps:
+                    faces[i].crops[pp] = np.asarray(pipe.align(rgb, found[i], pp))
+            if changed:
+                first = None
         if faces:
             for handle in self.handles():
-                out = predict(handle, [f.crops[handle.preprocessing] for f in faces])
+                out = first if handle is self.primary and first is not None else \
+                    predict(handle, [f.crops[handle.preprocessing] for f in faces])
                 probs = out.probabilities.double().cpu().numpy()
                 if handle is self.primary and out.identity is not None:
                     primary_identity = out.identity.float().cpu().numpy()

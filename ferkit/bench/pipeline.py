@@ -9,7 +9,8 @@ run), optionally FERSNet re-synthesises every face in every expression, and the 
 onto the frame with OpenCV.
 
 Face paths (``faces``): ``tracked`` (:class:`~ferkit.face.pipeline.TrackedFacePipeline`:
-detector and face mesh every ``detect_every`` frames, optical flow between; the live default),
+detector and face mesh every ``detect_every`` frames, optical flow between, and followed faces
+whose label is ambiguous detected again -- the ``verify`` stage; the live default),
 ``tracked-detector-eyes`` (the same without any mesh: the detector's eye points),
 ``tracked-mesh`` (tracked plus face mesh on every frame, as when a landmarks panel is open),
 ``mesh`` (detector + face mesh on every frame, the former live path) and ``detector`` (detector
@@ -40,7 +41,7 @@ from ferkit.utils.io import atomic_torch_save
 
 #: set by main() (the child's flag), reported with the figures
 FLUSH_DENORMAL_STATE = {"on": False}
-STAGES = ("decode", "detect", "align", "infer", "synthesis", "draw")
+STAGES = ("decode", "detect", "align", "infer", "verify", "synthesis", "draw")
 FACE_PATHS = ("tracked", "tracked-detector-eyes", "tracked-mesh", "mesh", "detector")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -194,11 +195,24 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
                 t3 = time.perf_counter()
                 times["align"] = t3 - t2
                 labels: list[str] = []
+                probs = None
                 if crops:
                     probs = predictor.predict_tensor(crops_to_tensor(crops)).probabilities.cpu().numpy()
+                t3v = time.perf_counter()
+                times["infer"] = t3v - t3
+                check = getattr(pipeline, "check", None)
+                if check is not None and probs is not None:  # ambiguous followed faces: detected again
+                    found, changed = check(rgb, found, probs)
+                    if changed:
+                        again = [pipeline.align(rgb, found[i], prep) for i in changed]
+                        probs[changed] = predictor.predict_tensor(crops_to_tensor(again)).probabilities.cpu().numpy()
+                        for i in changed:
+                            if synth is not None:
+                                synth_crops[i] = pipeline.align(rgb, found[i], synth_w.preprocessing)
+                if probs is not None:
                     labels = [predictor.classes[int(i)] for i in probs.argmax(1)]
                 t4 = time.perf_counter()
-                times["infer"] = t4 - t3
+                times["verify"] = t4 - t3v
                 thumbs = None
                 if synth is not None and synth_crops:
                     xs = synth_w.preprocessing.normalize(crops_to_tensor(synth_crops).to(dev))
