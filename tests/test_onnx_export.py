@@ -18,6 +18,7 @@ pytest.importorskip("onnxruntime")
 FRESH: dict[str, tuple[dict, int]] = {
     "resnet12_fer": ({}, 48),
     "resnet18_fer": ({}, 32),
+    "resnet_live": ({}, 48),
     "deepid": ({"num_classes": 20}, 48),
     "tfe_jl": ({"emotion_depth": 12, "num_classes": 7}, 48),
     "eifn": ({"width": 0.125, "num_subjects": 10}, 64),
