@@ -81,7 +81,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.live_panel.show_settings(self.state.live, self.state.explain_interval)
         self.act_loop.setChecked(self.state.source.loop)
         self.explainers.set_interval(self.state.explain_interval)
-        self.picker = ModelPicker(self.model_combo, self.compare_panel, self.models, self)
+        self.picker = ModelPicker(self.model_combo, self.compare_panel, self.models, self.model_label, self)
         self.picker.fill()
         self._device_text()
 

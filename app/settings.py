@@ -13,7 +13,7 @@ from PySide6.QtCore import QSettings
 
 from ferkit.face.tracking import Smoother
 
-from app.core.models import CHECKPOINT_SUFFIXES, default_weights
+from app.core.models import CHECKPOINT_SUFFIXES, default_choice
 from app.core.sources import sample_video
 from app.core.state import CAMERA, AppState
 from app.errors import config_dir
@@ -36,14 +36,20 @@ def enrolment_dir(s: QSettings) -> Path:
 
 def read_into(state: AppState, s: QSettings, devices: list[str], device: Optional[str] = None,
               weights: Optional[str] = None) -> None:
-    """Saved choices into ``state``; ``device`` / ``weights`` (command line) win over saved ones."""
+    """Saved choices into ``state``; ``device`` / ``weights`` (command line) win over saved ones, and a
+    saved model over the machine's default (:func:`app.core.models.default_choice`)."""
     state.checkpoints = [c for c in _list(s.value("checkpoints")) if Path(c).exists()]
-    want = weights or s.value("model") or default_weights()
+    saved = str(s.value("model") or "")
+    if weights or saved:
+        want, reason = (weights, "chosen with --weights") if weights else (saved, "chosen")
+    else:
+        default = default_choice()
+        want, reason = default.key, default.reason
     if want and str(want).endswith(CHECKPOINT_SUFFIXES) and Path(str(want)).exists():
         path = str(Path(str(want)).resolve())
         state.checkpoints += [] if path in state.checkpoints else [path]
         want = path
-    state.model = str(want) if want else None
+    state.choose_model(str(want) if want else None, reason, chosen=bool(weights or saved))
     state.comparison = [c for c in _list(s.value("comparison")) if c != state.model]
     dev = device or str(s.value("device", "auto"))
     state.live.device = dev if dev in devices else "auto"
@@ -60,7 +66,7 @@ def last_source(s: QSettings) -> str:
 
 
 def write_from(state: AppState, s: QSettings) -> None:
-    s.setValue("model", state.model or "")
+    s.setValue("model", (state.model or "") if state.model_chosen else "")  # the default is no choice
     s.setValue("comparison", list(state.comparison))
     s.setValue("checkpoints", list(state.checkpoints))
     sm = state.live.smoother

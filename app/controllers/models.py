@@ -15,7 +15,7 @@ from PySide6.QtCore import QObject, Signal
 from ferkit.models.weights import Preprocessing, Weights, get_weights, list_weights
 
 from app.core.labels import is_expression_classifier
-from app.core.models import display_name
+from app.core.models import display_name, engine_text
 from app.core.state import AppState, LoadedModels
 from app.errors import plain_message
 from app.workers import AnalyzerConfig, InferenceWorker
@@ -91,7 +91,7 @@ class ModelsController(QObject):
     def select(self, key: Optional[str]) -> None:
         if key == self.state.model:
             return
-        self.state.model = key
+        self.state.choose_model(key, "chosen", chosen=True)
         self.state.comparison = [k for k in self.state.comparison if k != key]
         self.push()
         if key:
@@ -123,5 +123,5 @@ class ModelsController(QObject):
                                          info.get("device", "auto"), info["identity"])
         primary = self.state.loaded.primary
         if primary is not None:
-            self.message.emit(f"Model {primary.name} ready on {primary.device}.", False)
+            self.message.emit(f"Model {primary.name} ready: {engine_text(primary, device=True)}.", False)
         self.loaded.emit(self.state.loaded)

@@ -3,6 +3,10 @@
 The panels never look at model classes; they ask a handle whether it has an identity feature,
 gates or synthesis (``FerModel.has_*``), so a panel whose model lacks a feature can say so.
 Handles are cached per (weights, device) because loading is the slow part of switching models.
+
+Also which weights the app starts with when the user has chosen none (:func:`default_choice`: the
+fast ``ferkit-live`` on a weak machine, :func:`is_weak_machine`), and the words the window uses to
+say which model runs, why, and on which inference engine (:func:`model_status`, :func:`picker_entry`).
 """
 from __future__ import annotations
 
@@ -148,17 +152,144 @@ def shipped_weights() -> list[str]:
     return list_weights()
 
 
-def default_weights() -> Optional[str]:
-    """``tfe-jl`` when shipped (the spine's default), else the first shipped expression classifier."""
-    from app.core.labels import is_expression_classifier
+#: the small distilled FER+ model (``resnet_live``, no TTA, int8 ONNX): about 2x faster per face than
+#: ``resnet18-ferplus`` and a little less accurate; the default where the CPU is the bottleneck
+LIVE_WEIGHTS = "ferkit-live"
+#: shipped weights the Model box marks "fast"
+FAST_WEIGHTS = frozenset({LIVE_WEIGHTS})
+#: a machine without a CUDA GPU and with at most this many usable CPU cores counts as weak
+WEAK_MACHINE_MAX_CORES = 4
+#: the card metric the Model box shows beside each name (FER+ FER2013Valid, majority vote)
+PICKER_METRIC = "fer2013valid_accuracy_majority"
 
-    names = list_weights()
-    if "tfe-jl" in names:
-        return "tfe-jl"
+
+@dataclass(frozen=True)
+class Machine:
+    """What the default model depends on: usable CPU cores and whether torch sees a CUDA GPU."""
+
+    cores: int
+    cuda: bool
+
+
+def this_machine() -> Machine:
+    """This process's machine: the cores it may run on (its CPU affinity, e.g. a container's share,
+    not the host's count) and CUDA as torch sees it."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        cores = os.cpu_count() or 1
+    return Machine(cores=max(1, cores), cuda=torch.cuda.is_available())
+
+
+def is_weak_machine(machine: Machine) -> bool:
+    """No CUDA GPU and at most :data:`WEAK_MACHINE_MAX_CORES` usable CPU cores.
+
+    WHY: without a GPU every face of every frame goes through the expression model on the CPU, on
+    one intra-op thread (:func:`configure_torch_threads`), while video decoding, the face detector,
+    the explainers and the GUI need the same few cores. On 4 cores or fewer the per-face forward
+    then decides the frame rate, so a model twice as fast per face (``ferkit-live``) is worth its
+    small loss of accuracy. With a GPU the forward runs there, and with more cores the workers run
+    side by side, so the most accurate default is affordable.
+    """
+    return not machine.cuda and machine.cores <= WEAK_MACHINE_MAX_CORES
+
+
+@dataclass(frozen=True)
+class DefaultChoice:
+    """The weights the app starts with when the user has chosen none, and why, in words."""
+
+    key: Optional[str]
+    reason: str
+
+
+def default_choice(machine: Optional[Machine] = None, names: Optional[Sequence[str]] = None) -> DefaultChoice:
+    """:data:`LIVE_WEIGHTS` on a weak machine (:func:`is_weak_machine`) when shipped; else ``tfe-jl`` (the
+    spine's default, :data:`ferkit.inference.DEFAULT_WEIGHTS`); else the first shipped expression classifier.
+
+    ``machine`` (default :func:`this_machine`) and ``names`` (default the shipped list) are for tests.
+    """
+    from app.core.labels import is_expression_classifier
+    from ferkit.inference import DEFAULT_WEIGHTS
+
+    machine = this_machine() if machine is None else machine
+    names = list_weights() if names is None else list(names)
+    weak = is_weak_machine(machine)
+    cpu = f"{machine.cores}-core CPU"
+    if weak and LIVE_WEIGHTS in names:
+        return DefaultChoice(LIVE_WEIGHTS, f"fast default for this {cpu}")
+    why = f"default; {LIVE_WEIGHTS}, fast on this {cpu}, is not installed" if weak else "default"
+    if DEFAULT_WEIGHTS in names:
+        return DefaultChoice(DEFAULT_WEIGHTS, why)
     for name in names:
         try:
             if is_expression_classifier(get_weights(name).classes):
-                return name
+                return DefaultChoice(name, "first shipped expression model")
         except Exception:  # a damaged card: skip it here, the selector reports it when picked
             continue
-    return names[0] if names else None
+    return DefaultChoice(names[0], "first shipped weights") if names else DefaultChoice(None, "no weights installed")
+
+
+def default_weights(machine: Optional[Machine] = None) -> Optional[str]:
+    """The key of :func:`default_choice`."""
+    return default_choice(machine).key
+
+
+#: what the status bar calls each engine of :class:`ferkit.inference.Predictor`
+ENGINE_NAMES = {"onnx-int8": "ONNX int8", "onnx": "ONNX", "torch": "torch"}
+
+
+def engine_text(handle: Optional[ModelHandle], device: bool = False) -> str:
+    """The engine running ``handle`` in a few words: ``ONNX int8``, ``ONNX``, ``torch on cuda``
+    (the device is named for torch, which may run on the GPU, or always with ``device``)."""
+    if handle is None:
+        return "not loaded"
+    engine = str(getattr(handle.predictor, "engine", "torch"))
+    text = ENGINE_NAMES.get(engine, engine)
+    return f"{text} on {handle.device}" if device or engine == "torch" else text
+
+
+def engine_details(handle: Optional[ModelHandle]) -> str:
+    """Which engine and file run ``handle`` and why (the Predictor's ``engine_reason`` / ``engine_note``)."""
+    if handle is None:
+        return "The model is not loaded."
+    p = handle.predictor
+    lines = [f"Engine: {engine_text(handle)} (asked: {getattr(p, 'engine_requested', 'auto')})."]
+    reason, note = getattr(p, "engine_reason", None), getattr(p, "engine_note", None)
+    if reason:
+        lines.append(f"Why: {reason}.")
+    if note:
+        lines.append(f"File: {note}.")
+    return "\n".join(lines)
+
+
+def model_status(key: Optional[str], reason: str, handle: Optional[ModelHandle],
+                 loading: bool = False) -> tuple[str, str]:
+    """(status-bar text, tooltip) of the selected model: its name, why it is selected, the engine.
+
+    ``handle`` is the loaded primary model (None when none is); ``loading`` while the worker has not
+    reported on ``key`` yet. A handle of another key (the previous model) is never described as ``key``.
+    """
+    if key is None:
+        return "no model", "No weights are installed or selected."
+    ready = handle is not None and handle.key == key
+    engine = engine_text(handle) if ready else ("loading…" if loading else "not loaded")
+    name = display_name(key)
+    text = f"{name} — {reason} ({engine})" if reason else f"{name} ({engine})"
+    tip = f"Model: {name}" + (f", {reason}." if reason else ".")
+    return text, tip + "\n" + (engine_details(handle) if ready else f"Engine: {engine}")
+
+
+def picker_entry(key: str, weights: Optional[Weights], shipped: bool) -> tuple[str, str]:
+    """(text, tooltip) of a Model-box entry: the name, "fast" for :data:`FAST_WEIGHTS`, and the card's
+    FER2013Valid accuracy (:data:`PICKER_METRIC`) when the card has it."""
+    name = key if shipped else f"checkpoint: {display_name(key)}"
+    fast = shipped and key in FAST_WEIGHTS
+    acc = (weights.metrics or {}).get(PICKER_METRIC) if weights is not None else None
+    notes = (["fast"] if fast else []) + ([f"FER2013Valid {acc * 100:.1f} %"] if isinstance(acc, (int, float)) else [])
+    tip = f"{display_name(key)}: " + (f"{acc * 100:.2f} % on FER+ FER2013Valid (majority vote), from its card"
+                                      if isinstance(acc, (int, float)) else "no FER2013Valid accuracy on its card")
+    if fast:
+        tip += "; the small distilled model, about twice as fast per face, a little less accurate"
+    return (f"{name} — {', '.join(notes)}" if notes else name), tip

@@ -147,6 +147,11 @@ class AppState:
     enrolment_dir: Path
     #: weights key the user picked (shipped name or checkpoint path) and the ticked comparison models
     model: Optional[str] = None
+    #: why ``model`` is selected, in words the window shows ("chosen", "fast default for this 2-core CPU")
+    model_reason: str = ""
+    #: the user chose ``model`` (Model box, command line, a saved choice); the app's own default is not
+    #: saved as a choice, so a later session on another machine gets that machine's default
+    model_chosen: bool = False
     comparison: list[str] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
     loaded: LoadedModels = field(default_factory=LoadedModels)
@@ -157,6 +162,10 @@ class AppState:
     explain_interval: float = 0.3
     live: LiveSettings = field(default_factory=LiveSettings)
     stats: LiveStats = field(default_factory=LiveStats)
+
+    def choose_model(self, key: Optional[str], reason: str, chosen: bool) -> None:
+        """``key`` becomes the selected model, ``reason`` says why, ``chosen`` when the user chose it."""
+        self.model, self.model_reason, self.model_chosen = key, reason, chosen
 
     def show(self, result: FrameResult) -> None:
         """``result`` becomes the shown frame; a selection whose face left the frame is dropped."""

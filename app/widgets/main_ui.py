@@ -76,7 +76,9 @@ class MainWindowUi:
         sb.addWidget(self.source_label)
         sb.addWidget(self.message_label, 1)
         self.fps_label, self.latency_label, self.device_label = QLabel("— fps"), QLabel(""), QLabel("")
-        for w in (self.fps_label, self.latency_label, self.device_label):
+        #: the selected model, why it is selected and its inference engine (app.widgets.model_picker fills it)
+        self.model_label = QLabel("")
+        for w in (self.fps_label, self.latency_label, self.model_label, self.device_label):
             sb.addPermanentWidget(w)
         tb = QToolBar("Main")
         tb.setObjectName("main_toolbar")
