@@ -342,9 +342,16 @@ class MainWindow(QMainWindow, MainWindowUi):
 
     # ================================================================== misc
     def notify(self, message: str, error: bool = False, timeout: int = 8000) -> None:
-        """Plain-words message in the status bar (errors stay longer and are logged)."""
+        """Plain-words message in the status bar (errors stay longer and are logged).
+
+        An error that is still on show is not replaced by routine news ("model ready"): under
+        load such news can arrive a moment after the error and would hide what went wrong.
+        """
         if error:
             log.warning(message)
+        elif self.message_label.error and self._clear_timer.isActive():
+            log.info(message)
+            return
         self.message_label.show_message(message, error)
         self._clear_timer.start(15000 if error else timeout)
         self.last_message = message

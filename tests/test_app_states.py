@@ -211,3 +211,13 @@ def test_weights_cards_are_not_read_for_every_frame(qtbot, window, classifier, m
     qtbot.waitUntil(lambda: len(shown) >= start + 10, timeout=120000)
     # at most the first use of a model (its loading, the panel's description), never once per frame
     assert all(reads.count(key) == 1 for key in reads), reads
+
+
+def test_routine_news_does_not_hide_an_error_still_on_show(qtbot, window, classifier) -> None:
+    w = window(weights=classifier)
+    w.notify("clip.mp4 is damaged at frame 5", error=True)
+    w.notify("Model tfe-jl ready: ONNX int8 on cpu.")
+    assert w.message_label.error and "damaged" in w.message_label.full_text
+    w._clear_timer.stop()  # once the error has had its time, news shows again
+    w.notify("Model tfe-jl ready.")
+    assert not w.message_label.error and w.message_label.full_text == "Model tfe-jl ready."
