@@ -9,10 +9,20 @@ instead of in data-loader workers. Flips are done by exact index reversal (no in
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+
+def parse_augment(spec: str, allowed: Sequence[str]) -> set[str]:
+    """The items of an ``--augment`` comma list ('none' or '' = none), refusing any not in ``allowed``."""
+    spec = str(spec).lower()
+    parts = set() if spec in {"", "none"} else {a.strip() for a in spec.split(",")}
+    unknown = parts - set(allowed)
+    if unknown:
+        raise ValueError(f"--augment: unknown item(s) {sorted(unknown)}; use {', '.join(allowed)} or none")
+    return parts
 
 
 def _uniform(n: int, low: float, high: float, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
@@ -112,3 +122,23 @@ def random_downsample(x: torch.Tensor, probability: float, min_factor: float,
     out = x.clone()
     out[pick] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     return out
+
+
+def random_flip_and_rotation_from(x: torch.Tensor, angles_deg: Sequence[float],
+                                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Rotate each image of ``[N, C, H, W]`` by one of ``angles_deg`` (drawn uniformly) and flip half of them.
+
+    Exact flips (index reversal); rotations about the centre with bilinear sampling and border
+    padding, so values stay within the input's range.
+    """
+    n = x.shape[0]
+    angles = torch.tensor(angles_deg, device=x.device, dtype=x.dtype)
+    pick = torch.randint(len(angles_deg), (n,), generator=generator, device=x.device)
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    out = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    rad = angles[pick] * (math.pi / 180.0)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+    return F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -42,14 +42,14 @@ def _usages(usage: Union[None, str, Iterable[str]]) -> Optional[set[str]]:
     return wanted
 
 
-def _find_csv(path: Path) -> Path:
+def find_csv(path: Path, hint: str = "pass the csv file or the folder that holds it") -> Path:
+    """``path`` itself when it is a file, else the fer2013.csv or fer2013_emotion.csv in it."""
     if path.is_file():
         return path
     for name in ("fer2013.csv", "fer2013_emotion.csv"):
         if (path / name).is_file():
             return path / name
-    raise DataError(path, "no fer2013.csv or fer2013_emotion.csv found",
-                    hint="pass the csv file or the folder that holds it")
+    raise DataError(path, "no fer2013.csv or fer2013_emotion.csv found", hint=hint)
 
 
 def load_fer2013(path: Union[str, Path], usage: Union[None, str, Iterable[str]] = "Training",
@@ -60,7 +60,7 @@ def load_fer2013(path: Union[str, Path], usage: Union[None, str, Iterable[str]] 
     ``path``: ``fer2013.csv``, ``fer2013_emotion.csv`` or a folder holding one of them. The form is
     told from the csv header. ``meta`` records the source form, the usage filter and ambiguity rule.
     """
-    csv_path = _find_csv(Path(path))
+    csv_path = find_csv(Path(path))
     wanted = _usages(usage)
     with open(csv_path, newline="") as fh:
         header = [h.strip() for h in next(csv.reader(fh), [])]
@@ -198,7 +198,7 @@ def index_fer2013(path: Union[str, Path], usage: Union[None, str, Iterable[str]]
     """File index of the ``fer2013_emotion.csv`` + PNG form (the pixel csv has no files to index)."""
     from ferkit.data.index import DatasetIndex, Sample
 
-    csv_path = _find_csv(Path(path))
+    csv_path = find_csv(Path(path))
     wanted = _usages(usage)
     with open(csv_path, newline="") as fh:
         header = [h.strip() for h in next(csv.reader(fh), [])]

@@ -147,6 +147,18 @@ def resolve_split(folder: Union[str, Path], split: Optional[str] = None) -> Path
     return folder
 
 
+def training_folder(data_dir: Union[str, Path]) -> Path:
+    """The training folder of a FER+ recipe's ``--data``: its FER2013Train, or ``data_dir`` itself."""
+    data_dir = Path(data_dir)
+    return resolve_split(data_dir, "train" if (data_dir / SPLITS["train"]).is_dir() else None)
+
+
+def validation_folder(train_dir: Path) -> Optional[Path]:
+    """FER2013Valid beside a training folder when it holds FER+ labels (label.csv or a pack), else None."""
+    candidate = Path(train_dir).parent / SPLITS["valid"]
+    return candidate if any((candidate / f).is_file() for f in ("label.csv", "pack.json")) else None
+
+
 def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Optional[str] = None,
                  grayscale: bool = True, size: Optional[int] = None, use_cache: bool = True) -> FaceDataset:
     """One FER+ split as a :class:`FaceDataset` (8 classes :data:`FERPLUS_CLASSES`).

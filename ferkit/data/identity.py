@@ -8,13 +8,15 @@ subject-aware splits read the same tensor.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ferkit.data.cache import cached_dataset
-from ferkit.data.dataset import FaceDataset
+from ferkit.data.dataset import FaceDataset, concat
 from ferkit.data.errors import DataError
 from ferkit.data.pack import is_pack
 from ferkit.data.images import IMAGE_EXTENSIONS, read_images
@@ -232,3 +234,91 @@ def image_holdout_split(labels: torch.Tensor, every: int) -> tuple[torch.Tensor,
             if idx.numel() >= 3:
                 val[idx[every - 1::every]] = True
     return (~val).nonzero().flatten(), val.nonzero().flatten()
+
+
+# ---- identity sets with a random verification hold-out (tfe-jl/deepid-identity) -------------------
+@dataclass
+class IdentityHoldoutSplit:
+    """What :func:`load_identity_holdout_split` gives a recipe."""
+
+    train: FaceDataset
+    #: one image of every training identity (identification validation)
+    validation: FaceDataset
+    #: every image of the held-out identities (None when none are held out)
+    verification: Optional[FaceDataset]
+    #: sorted names of the held-out identities
+    heldout: list[str]
+    #: one "<root>: N identities" line per identity root
+    sources: list[str]
+
+
+def load_identity_holdout_split(data_dir: Path, extra_roots: Sequence[Union[str, Path]], size: int, min_images: int,
+                                n_holdout: int, seed: int) -> IdentityHoldoutSplit:
+    """The identities of ``data_dir`` and of ``extra_roots`` with at least ``min_images`` images,
+    merged with disjoint labels (names of extra roots prefixed "<root>/"). ``n_holdout`` identities of
+    ``data_dir``, drawn at random with ``seed``, never reach training: they are the strangers the
+    identity feature is verified on. Of every other identity one random image is held for
+    identification validation (the DeepID paper's CASIA-WebFace protocol)."""
+    data_dir = Path(data_dir)
+    primary = load_identity_folders(data_dir, size=size, grayscale=True, min_images=min_images)
+    if primary.labels.numel() and int(torch.bincount(primary.labels).min()) < min_images:
+        # a `ferkit prepare` folder is read whole: apply min_images here
+        primary = _identities_with(primary, min_images)
+    n_ids = len(primary.classes)
+    if not 0 <= n_holdout < n_ids:
+        raise ValueError(f"--holdout-identities must be in 0..{n_ids - 1} ({data_dir} has {n_ids} identities)")
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(n_ids, size=n_holdout, replace=False).tolist()) if n_holdout else set()
+    is_held = torch.tensor([int(s) in held for s in primary.subjects.tolist()])
+    parts = [_relabel(primary.subset(~is_held))]
+    sources = [f"{data_dir.name}: {n_ids - n_holdout} identities"]
+    for extra in extra_roots:
+        ds = load_identity_set(extra, size=size, grayscale=True)
+        parts.append(_identities_with(ds, min_images, prefix=f"{Path(extra).name}/"))
+        sources.append(f"{Path(extra).name}: {len(ds.classes)} identities")
+    full = _concat_identities(parts)
+    val = _one_image_per_identity(full.labels)
+    return IdentityHoldoutSplit(full.subset(~val), full.subset(val), primary.subset(is_held) if n_holdout else None,
+                                sorted(primary.classes[i] for i in held), sources)
+
+
+def _relabel(ds: FaceDataset, prefix: str = "") -> FaceDataset:
+    """Identity labels renumbered 0..n-1 over the identities present, names prefixed by their source."""
+    present = torch.unique(ds.labels)
+    remap = torch.full((int(ds.labels.max()) + 1 if len(ds) else 1,), -1, dtype=torch.int64)
+    remap[present] = torch.arange(len(present))
+    names = [prefix + ds.classes[i] for i in present.tolist()]
+    labels = remap[ds.labels]
+    return FaceDataset(images=ds.images, labels=labels, classes=names, subjects=labels.clone(),
+                       paths=list(ds.paths), subject_names=names, meta=dict(ds.meta))
+
+
+def _identities_with(ds: FaceDataset, min_images: int, prefix: str = "") -> FaceDataset:
+    """The identities of ``ds`` with at least ``min_images`` images, relabelled (:func:`_relabel`)."""
+    keep = (torch.bincount(ds.labels) >= min_images).nonzero().flatten()
+    return _relabel(ds.subset(torch.isin(ds.labels, keep)), prefix)
+
+
+def _concat_identities(parts: list[FaceDataset]) -> FaceDataset:
+    """Stack identity sets with disjoint label ranges (so ORL's s1 is not CelebA's first identity)."""
+    offset, shifted, names = 0, [], []
+    for ds in parts:
+        labels = ds.labels + offset
+        names.extend(ds.classes)
+        shifted.append((ds, labels))
+        offset += len(ds.classes)
+    merged = [FaceDataset(images=ds.images, labels=labels, classes=list(names), subjects=labels.clone(),
+                          paths=list(ds.paths), subject_names=list(names), meta=dict(ds.meta))
+              for ds, labels in shifted]
+    return concat(merged)
+
+
+def _one_image_per_identity(labels: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Mask of one random image of every identity."""
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    first: dict[int, int] = {}
+    for i in perm.tolist():
+        first.setdefault(int(labels[i]), i)
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    mask[list(first.values())] = True
+    return mask

@@ -128,3 +128,11 @@ def split_dataset_fold(dataset: Any, folds: int, fold: int, seed: int = 0) -> tu
     desc = (f"subject-independent fold {fold} of {folds} (split seed {seed}): "
             f"{len(train_idx)} train / {len(test_idx)} test images")
     return dataset.subset(torch.as_tensor(train_idx)), dataset.subset(torch.as_tensor(test_idx)), desc
+
+
+def heldout_subject_names(test: Optional[Any]) -> list[str]:
+    """Sorted subject names of a held-out fold (what a card's ``heldout_identities`` lists)."""
+    if test is None or test.subjects is None:
+        return []
+    ids = sorted({int(v) for v in test.subjects.tolist()})
+    return sorted(test.subject_names[i] if test.subject_names else str(i) for i in ids)

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.losses.gan import mean_squared_norm
 from ferkit.models.weights import LoadedModel, Preprocessing, list_weights, load_weights
 
 #: identity nets tried in order when none is named (Light CNN of Net B first, as the paper uses)
@@ -125,6 +126,14 @@ class FrozenIdentity(nn.Module):
         if out.identity is None:
             raise ValueError(f"identity network {self.name!r} returned no identity feature")
         return out.identity.float()
+
+    def distance(self, x: torch.Tensor, reference: torch.Tensor, source: Preprocessing) -> torch.Tensor:
+        """FERSNet's L_idt (eq. 9): :func:`~ferkit.losses.gan.mean_squared_norm` between the features of
+        ``x`` and of ``reference`` (both in ``source``'s range); gradients flow to ``x`` only."""
+        features = self(x, source)
+        with torch.no_grad():
+            reference_features = self(reference, source)
+        return mean_squared_norm(features, reference_features)
 
 
 class Judge:
@@ -232,6 +241,55 @@ def evaluate_synthesis(generator: LoadedModel, images: torch.Tensor, labels: tor
 
 
 # ---- sample grids ---------------------------------------------------------------------------------
+#: source faces (rows) of a training run's sample grid
+GRID_FACES = 6
+
+
+def grid_faces(ds: Any, n: int = GRID_FACES) -> torch.Tensor:
+    """The images of up to ``n`` faces of a ``FaceDataset``, one per class in class order (the middle
+    image of each class): the rows of a training run's sample grids, fixed for the run."""
+    picks: list[int] = []
+    for c in range(len(ds.classes)):
+        hit = torch.nonzero(ds.labels == c).flatten()
+        if len(hit) and len(picks) < n:
+            picks.append(int(hit[len(hit) // 2]))
+    return ds.images[torch.tensor(picks, dtype=torch.long)]
+
+
+@torch.no_grad()
+def training_sample_grid(model: nn.Module, faces: torch.Tensor, preprocessing: Preprocessing,
+                         classes: Sequence[str], scale: int = 2) -> np.ndarray:
+    """:func:`synthesis_grid` of every expression synthesised from ``faces`` (uint8, on the model's
+    device, already the model's size) by a FERSNet in training; the model is in eval mode for the pass."""
+    model.eval()
+    src = preprocessing.normalize(faces)
+    syn = model.synthesize_all(src)
+    model.train()
+    return synthesis_grid(preprocessing.denormalize(src).cpu(), preprocessing.denormalize(syn).cpu(), classes,
+                          scale=scale)
+
+
+@torch.no_grad()
+def every_expression_set(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                         preprocessing: Preprocessing, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every face of ``images`` (uint8 ``[N, C, H, W]``) synthesised with every expression, its own
+    expression's slot keeping the real face: uint8 ``[N * E, C, H, W]`` and their labels ``[N * E]``,
+    exactly one image per face and class (FERSNet's FES data augmentation, Table VI). The model (in
+    training) is in eval mode for the pass."""
+    model.eval()
+    parts = []
+    for start in range(0, len(images), batch_size):
+        real = images[start:start + batch_size]
+        syn = model.synthesize_all(preprocessing.normalize(real))  # [B, E, C, H, W]
+        syn_u8 = (preprocessing.denormalize(syn) * 255).round().to(torch.uint8)
+        syn_u8[torch.arange(len(real), device=real.device), labels[start:start + batch_size]] = real
+        parts.append(syn_u8)
+    model.train()
+    stacked = torch.cat(parts)  # [N, E, C, H, W]
+    classes = torch.arange(stacked.shape[1], device=images.device).repeat(len(stacked))
+    return stacked.reshape(-1, *stacked.shape[2:]), classes
+
+
 def synthesis_grid(sources01: torch.Tensor, synthesised01: torch.Tensor, classes: Sequence[str],
                    scale: int = 2, header: bool = True) -> np.ndarray:
     """RGB uint8 grid: one row per source face, columns = source, then one per target expression.

@@ -28,6 +28,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ArrayLike = Union[np.ndarray, Sequence[float], torch.Tensor]
 
@@ -157,6 +158,16 @@ def best_balanced_threshold(sim: np.ndarray, same: np.ndarray) -> tuple[float, f
     bal = 0.5 * (tp + tn)
     k = int(np.argmax(bal))
     return float(bal[k]), float(s[k])
+
+
+def all_pairs_accuracy(features: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """:func:`best_balanced_threshold` over every pair of ``features`` (cosine similarity; a pair is
+    the same person when its labels agree): (accuracy, threshold), a quick check during training."""
+    f = F.normalize(features, dim=1)
+    iu = torch.triu_indices(len(f), len(f), offset=1)
+    labels = labels.to(f.device)
+    same = (labels[:, None] == labels[None, :])[iu[0], iu[1]].cpu().numpy()
+    return best_balanced_threshold((f @ f.T)[iu[0], iu[1]].cpu().numpy(), same)
 
 
 def accuracy_at(scores: ArrayLike, same: ArrayLike, threshold: float) -> float:

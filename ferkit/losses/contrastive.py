@@ -54,6 +54,15 @@ def verification_loss(features: torch.Tensor, labels: torch.Tensor, margin: floa
     return loss
 
 
+@torch.no_grad()
+def median_negative_distance(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """The median distance between features of different identities (1.0 without such a pair): a
+    contrastive margin on the features' own scale (DeepID2 adapts m to the distance statistics)."""
+    d = torch.cdist(features, features)
+    diff = labels[:, None] != labels[None, :]
+    return float(d[diff].median()) if diff.any() else 1.0
+
+
 class VerificationLoss(torch.nn.Module):
     """Module form of :func:`verification_loss` with a fixed margin ``m``."""
 

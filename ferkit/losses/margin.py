@@ -121,6 +121,14 @@ class MarginHead(nn.Module):
         """Softmax cross-entropy over the margin logits."""
         return F.cross_entropy(self(features, labels), labels, label_smoothing=label_smoothing)
 
+    @torch.no_grad()
+    def write_into(self, layer: nn.Linear) -> None:
+        """``layer`` := ``s * W / ||W||``, bias 0: a plain linear layer over the identity feature that
+        classifies exactly as the head does (``argmax`` of ``s ||x|| cos(theta)``)."""
+        layer.weight.copy_(self.scale * F.normalize(self.weight.float(), dim=1))
+        if layer.bias is not None:
+            layer.bias.zero_()
+
     def extra_repr(self) -> str:
         return (f"kind={self.kind}, feature_dim={self.weight.shape[1]}, num_classes={self.num_classes}, "
                 f"s={self.scale}, m={self.margin}")

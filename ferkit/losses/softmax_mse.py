@@ -20,6 +20,12 @@ import torch
 import torch.nn as nn
 
 
+def expected_class_mse(p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eqs. 2-3 on class probabilities ``p`` ``[n, m]``: the mean squared error of the expected class index."""
+    k = torch.arange(p.shape[1], device=p.device, dtype=p.dtype)
+    return ((p @ k) - labels.to(p.dtype)).pow(2).mean()
+
+
 class SoftmaxMSEFunction(torch.autograd.Function):
     """``apply(logits [n, m], labels int64 [n]) -> scalar``; see the module docstring."""
 
@@ -32,9 +38,7 @@ class SoftmaxMSEFunction(torch.autograd.Function):
         # half-precision logits (AMP) are computed in float32; float32/float64 keep their precision
         x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         p = torch.softmax(x, dim=1)  # eq. 1 (torch subtracts max(X) internally)
-        k = torch.arange(x.shape[1], device=x.device, dtype=x.dtype)
-        y_hat = p @ k  # eq. 2
-        loss = (y_hat - labels.to(x.dtype)).pow(2).mean()  # eq. 3
+        loss = expected_class_mse(p, labels)  # eqs. 2-3
         ctx.save_for_backward(p, labels)
         ctx.logits_dtype = logits.dtype
         ctx.label_smoothing = float(label_smoothing)

@@ -47,6 +47,12 @@ class Preprocessing:
         return (x * self.std + self.mean).clamp(0.0, 1.0)
 
 
+def measure_normalisation(images: torch.Tensor) -> tuple[float, float]:
+    """Global mean and std of uint8 images in [0, 1] units (rounded: they are written into cards)."""
+    x = images.float().div_(255.0)
+    return round(float(x.mean()), 4), round(float(x.std()), 4)
+
+
 @dataclass
 class Weights:
     name: str
@@ -193,6 +199,15 @@ def get_weights(name_or_path: Union[str, Path]) -> Weights:
         raise KeyError(f"no weights named {str(name_or_path)!r} in {weights_dir()} (shipped: {known}); "
                        "pass a shipped name, a .json card or a training checkpoint .pt")
     return Weights.from_dict(json.loads(card.read_text()), source=str(card))
+
+
+def get_weights_of(architecture: str, name_or_path: Union[str, Path], option: str, hint: str = "") -> Weights:
+    """:func:`get_weights` of the option ``--<option>``, refused unless it holds an ``architecture`` model."""
+    weights = get_weights(name_or_path)
+    if weights.architecture != architecture:
+        raise ValueError(f"--{option} {name_or_path} holds a {weights.architecture!r} model; expected "
+                         f"{architecture!r}{hint}")
+    return weights
 
 
 @dataclass

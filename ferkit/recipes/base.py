@@ -14,22 +14,24 @@ distribution as target, random affine augmentation; see resources/weights/resnet
 from __future__ import annotations
 
 import argparse
-import copy
-import math
+from itertools import islice
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ferkit.data.augment import augment_batch
+from ferkit.data.augment import augment_batch, parse_augment
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.evaluation.forward import check_tta, class_probabilities
 from ferkit.inference import to_model_input
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing, float_state, get_weights
+from ferkit.models.weights import Preprocessing, float_state, get_weights_of, measure_normalisation
+from ferkit.training.ema import WeightEMA
+from ferkit.training.precision import memory_format
 from ferkit.training.recipe import Recipe, StepResult, TrainContext
+from ferkit.training.schedule import SCHEDULES, make_schedule, step_schedule
 
 INPUT_SIZE = 48
 EVAL_BATCH = 512
@@ -41,41 +43,6 @@ def option(options: dict[str, Any], name: str, default: Any) -> Any:
     """``options[name]``, or ``default`` when absent or None (argparse leaves unset options None)."""
     value = options.get(name)
     return default if value is None else value
-
-
-def measure_normalisation(images: torch.Tensor) -> tuple[float, float]:
-    """Global mean and std of uint8 images in [0, 1] units (rounded: they are written into cards)."""
-    x = images.float().div_(255.0)
-    return round(float(x.mean()), 4), round(float(x.std()), 4)
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int,
-                  step_size: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step LR schedule spanning ``total_steps``: ``onecycle`` (torch's OneCycleLR: from lr/25,
-    warm-up over 30 % to the optimiser's lr, cosine anneal to lr/2.5e5 -- converges in tens of epochs),
-    ``cosine`` (linear warm-up, cosine to 0), ``step`` (/10 every ``step_size`` steps) or
-    ``constant``."""
-    if kind == "onecycle":
-        peak = [g["lr"] for g in optimizer.param_groups]
-        # +1: the scheduler is stepped after every optimisation step, the last one included
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=max(2, total_steps + 1),
-                                                   pct_start=0.3, cycle_momentum=False)
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_warmup(s, total_steps, warmup_steps))
-    if kind == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    if kind == "step":  # the paper's "divided by 10 every N epochs" (N * steps per epoch = step_size)
-        size = max(1, int(step_size))
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.1 ** (s // size))
-    raise ValueError(f"--schedule must be onecycle, cosine, step or constant, got {kind!r}")
-
-
-def cosine_warmup(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to 0 at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class ClassifierRecipe(Recipe):
@@ -115,7 +82,7 @@ class ClassifierRecipe(Recipe):
                             help="Nesterov momentum (default on; not in the paper)")
         parser.add_argument("--weight-decay", type=float, default=None,
                             help=f"L2 weight decay (not in the paper; default {cls.default_weight_decay})")
-        parser.add_argument("--schedule", choices=["onecycle", "cosine", "step", "constant"], default=None,
+        parser.add_argument("--schedule", choices=SCHEDULES, default=None,
                             help=f"one-cycle (warm-up to --lr, cosine anneal), cosine decay to 0 with a linear "
                                  f"warm-up, step (/10 every --lr-step epochs) or constant "
                                  f"(default {cls.default_schedule})")
@@ -191,9 +158,8 @@ class ClassifierRecipe(Recipe):
         self.train_set, self.val_set = train, val
         self.classes = list(train.classes)
         self.preprocessing = self._preprocessing(train)
-        cl = option(o, "channels_last", "auto")
-        self.channels_last = cl == "on" or (cl == "auto" and ctx.device.type == "cpu")
-        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(option(o, "channels_last", "auto"), ctx.device)
+        self.channels_last = self.memory_format == torch.channels_last
 
         self.x_train = train.images.to(ctx.device)
         self.y_train = train.labels.to(ctx.device)
@@ -210,22 +176,15 @@ class ClassifierRecipe(Recipe):
         model = self._build_model(train)
         init = option(o, "init_checkpoint", None)
         if init:
-            weights = get_weights(init)
-            if weights.architecture != self.architecture:
-                raise ValueError(f"--init-checkpoint {init} holds a {weights.architecture!r} model, "
-                                 f"this recipe trains {self.architecture!r}")
+            weights = get_weights_of(self.architecture, init, "init-checkpoint")
             model.load_state_dict(float_state(weights.state_dict()))
             ctx.log(f"{self.name}: initialised from {init}")
         self.train_model = model.to(ctx.device, memory_format=self.memory_format)
         self.net = ctx.wrap(self.train_model)
-        ema = option(o, "ema", None)
-        self.ema_decay = float(ema) if ema else None
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"--ema is a decay in (0, 1), e.g. 0.999; got {ema}")
         # the averaged copy is what is evaluated and exported ("model"); the raw weights train
-        self.model = copy.deepcopy(self.train_model) if self.ema_decay else self.train_model
-        if self.ema_decay:
-            self.model.requires_grad_(False)
+        self.ema = WeightEMA.from_option(option(o, "ema", None), self.train_model)
+        self.ema_decay = self.ema.decay if self.ema else None
+        self.model = self.ema.model if self.ema else self.train_model
         self.batch_size = int(option(o, "batch_size", self.default_batch_size))
         lr = float(option(o, "lr", self.default_lr))
         wd = float(option(o, "weight_decay", self.default_weight_decay))
@@ -246,13 +205,7 @@ class ClassifierRecipe(Recipe):
         self.scheduler = make_schedule(self.optimizer, self.schedule, self.schedule_steps,
                                        int(float(option(o, "warmup_epochs", 0.5)) * self.steps_per_epoch),
                                        step_size=int(option(o, "lr_step", 20)) * self.steps_per_epoch)
-        aug = str(option(o, "augment", self.default_augment)).lower()
-        parts = set() if aug in {"", "none"} else {a.strip() for a in aug.split(",")}
-        unknown = parts - set(self.augment_items)
-        if unknown:
-            raise ValueError(f"--augment: unknown item(s) {sorted(unknown)}; use {', '.join(self.augment_items)} "
-                             "or none")
-        self.aug_parts = parts
+        self.aug_parts = parts = parse_augment(option(o, "augment", self.default_augment), self.augment_items)
         self.aug_flip = "flip" in parts
         self.aug_shift = float(option(o, "max_shift", self.default_max_shift)) if "shift" in parts else 0.0
         self.aug_rot = float(option(o, "max_rotation", self.default_max_rotation)) if "rotation" in parts else 0.0
@@ -300,11 +253,10 @@ class ClassifierRecipe(Recipe):
                              f"--ema {self.ema_decay}; resume with the same --ema")
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random augmentation of a float [0, 1] batch (a paper with its own scheme overrides this)."""
-        if self.aug_flip or self.aug_shift > 0 or self.aug_rot > 0 or self.aug_scale > 0:
-            x = augment_batch(x, flip=self.aug_flip, max_shift=self.aug_shift, max_rotation_deg=self.aug_rot,
-                              max_scale=self.aug_scale)
-        return x
+        """Random augmentation of a float [0, 1] batch (a paper with its own scheme overrides this;
+        with every item off it is the batch itself)."""
+        return augment_batch(x, flip=self.aug_flip, max_shift=self.aug_shift, max_rotation_deg=self.aug_rot,
+                             max_scale=self.aug_scale)
 
     def inputs(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
         """uint8 ``[B,C,H,W]`` on the device -> augmented, normalised float model input."""
@@ -315,36 +267,13 @@ class ClassifierRecipe(Recipe):
         return to_model_input(x, self.preprocessing).contiguous(memory_format=self.memory_format)
 
     def _step_schedule(self) -> None:
-        """Step the per-step schedule, holding its last lr once a one-cycle schedule is complete.
-
-        Why: an epoch interrupted after a mid-epoch checkpoint restarts from its first batch, so a
-        resumed run replays up to one epoch of steps the scheduler already counted; torch's
-        OneCycleLR raises on the step past its total (a resumed 40-epoch run died in epoch 40).
-        """
-        limit = getattr(self.scheduler, "total_steps", None)
-        if limit is None or self.scheduler.last_epoch < limit:
-            self.scheduler.step()
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if not self.ema_decay:
-            return
-        ema_p = list(self.model.parameters())
-        torch._foreach_lerp_(ema_p, [p.detach() for p in self.train_model.parameters()], 1.0 - self.ema_decay)
-        # BN statistics are averaged like the weights (as timm's ModelEmaV2 does): copying the live
-        # model's running estimates pairs them with weights they were not measured for, and at a
-        # one-cycle peak lr of 0.1 that mismatch made the EMA model's validation loss explode (11 vs 0.6)
-        for b_ema, b in zip(self.model.buffers(), self.train_model.buffers()):
-            if b_ema.is_floating_point():
-                b_ema.lerp_(b, 1.0 - self.ema_decay)
-            else:
-                b_ema.copy_(b)
+        """Step the per-step schedule (see :func:`~ferkit.training.schedule.step_schedule`)."""
+        step_schedule(self.scheduler)
 
     def train_epoch(self, ctx: TrainContext, epoch: int) -> Iterator[StepResult]:
         self.train_model.train()
-        for step, idx in enumerate(ctx.batches(len(self.y_train), self.batch_size, epoch)):
-            if step >= self.steps_per_epoch:
-                break  # --max-steps-per-epoch: the batches are a fresh random order every epoch
+        # at most steps_per_epoch (--max-steps-per-epoch): the batches are a fresh random order every epoch
+        for idx in islice(ctx.batches(len(self.y_train), self.batch_size, epoch), self.steps_per_epoch):
             x = self.inputs(self.x_train[idx], augment=True)
             y = self.y_train[idx]
             with ctx.autocast():
@@ -353,7 +282,8 @@ class ClassifierRecipe(Recipe):
             ctx.step(loss, self.optimizer)
             self._after_step(out, idx)
             self._step_schedule()
-            self._update_ema()
+            if self.ema:
+                self.ema.update()
             correct = (out.logits.detach().argmax(1) == y).sum()
             yield StepResult(loss=loss.detach(), correct=correct, n=int(y.numel()),
                              extra={k: v.detach() for k, v in extra.items()})
@@ -364,21 +294,11 @@ class ClassifierRecipe(Recipe):
                                    tta=self.tta if tta is None else tta, batch_size=EVAL_BATCH,
                                    autocast=self.autocast)
 
-    @torch.no_grad()
     def _settle_ema_statistics(self) -> None:
-        """Re-measure the EMA model's BN statistics on training batches (SWA's ``update_bn``).
-
-        Why: averaged weights make different activations than any live model did, so neither the
-        live model's running statistics nor their average fit them; at a one-cycle peak lr of 0.1
-        the EMA model's validation loss reached 5-11 with either. Run before every evaluation, so
-        what is validated, checkpointed and exported is consistent.
-        """
-        if not self.ema_decay:
-            return
-        order = torch.randperm(len(self.x_train), generator=torch.Generator().manual_seed(0))
-        batches = [self.inputs(self.x_train[order[i:i + self.batch_size].to(self.x_train.device)], augment=False)
-                   for i in range(0, min(len(order), EMA_BN_BATCHES * self.batch_size), self.batch_size)]
-        torch.optim.swa_utils.update_bn(batches, self.model)
+        """Re-measure the EMA model's BN statistics before an evaluation (see :class:`WeightEMA`)."""
+        if self.ema:
+            self.ema.measure_statistics(self.x_train, lambda x: self.inputs(x, augment=False), self.batch_size,
+                                        EMA_BN_BATCHES)
 
     def end_epoch(self, ctx: TrainContext, epoch: int) -> None:
         """The schedule is stepped after every optimisation step; only EMA statistics may need settling."""

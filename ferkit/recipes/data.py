@@ -13,16 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ferkit.data.dataset import FaceDataset
-from ferkit.evaluation.kfold import add_fold_arguments, split_dataset_fold
+from ferkit.data.ferplus import load_ferplus, training_folder, validation_folder
+from ferkit.evaluation.kfold import add_fold_arguments, heldout_subject_names, split_dataset_fold
 from ferkit.recipes.base import INPUT_SIZE, option
-
-
-def heldout_subject_names(test: Optional[FaceDataset]) -> list[str]:
-    """Sorted subject names of a held-out fold (what a card's ``heldout_identities`` lists)."""
-    if test is None or test.subjects is None:
-        return []
-    ids = sorted({int(v) for v in test.subjects.tolist()})
-    return sorted(test.subject_names[i] if test.subject_names else str(i) for i in ids)
 
 
 class FerplusData:
@@ -34,24 +27,13 @@ class FerplusData:
     data_dir: Path
     options: dict[str, Any]
 
-    @staticmethod
-    def _train_folder(data_dir: Path) -> Path:
-        from ferkit.data.ferplus import resolve_split
-
-        data_dir = Path(data_dir)
-        if (data_dir / "FER2013Train").is_dir():
-            return resolve_split(data_dir, "train")
-        return resolve_split(data_dir)
-
     @classmethod
     def validate_data(cls, data_dir: Path) -> None:
-        cls._train_folder(data_dir)
+        training_folder(data_dir)
 
     @classmethod
     def load_dataset(cls, data_dir: Path, vote: str = "majority", size: Optional[int] = None) -> FaceDataset:
-        from ferkit.data.ferplus import load_ferplus
-
-        return load_ferplus(cls._train_folder(data_dir), vote=vote, size=size)
+        return load_ferplus(training_folder(data_dir), vote=vote, size=size)
 
     @classmethod
     def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -67,20 +49,17 @@ class FerplusData:
                             help="validation folder (default: FER2013Valid beside the training folder)")
 
     def _load_split(self, size: Optional[int] = None) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        from ferkit.data.ferplus import load_ferplus
-
         vote = option(self.options, "vote", "majority")
         target = option(self.options, "target", "votes") if self.supports_vote_targets else "majority"
         self._soft_targets = target == "votes"
-        train_dir = self._train_folder(self.data_dir)
+        train_dir = training_folder(self.data_dir)
         if self._soft_targets and (train_dir / "manifest.json").is_file():
             raise ValueError(f"--target votes needs the vote counts of label.csv, and {train_dir} is a prepared "
                              "folder holding labels only: use --target majority, or point --data at the FER+ folder")
         train = load_ferplus(train_dir, vote="votes" if self._soft_targets else vote, size=size)
         valid_dir = self.options.get("valid")
         if valid_dir is None:
-            candidate = train_dir.parent / "FER2013Valid"
-            valid_dir = candidate if any((candidate / f).is_file() for f in ("label.csv", "pack.json")) else None
+            valid_dir = validation_folder(train_dir)
         if valid_dir is not None and Path(valid_dir).resolve() == train_dir.resolve():
             raise ValueError(f"the validation folder {valid_dir} is the training folder: point --data at the FER+ "
                              "root (FER2013Train + FER2013Valid) or pass another --valid")
@@ -119,13 +98,12 @@ class CkplusData:
         add_fold_arguments(parser)
 
     def _load_split(self, size: Optional[int] = None) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        train, test, desc = split_dataset_fold(self.load_dataset(self.data_dir, size), option(self.options, "folds", 10),
-                                               option(self.options, "fold", 0), option(self.options, "split_seed", 0))
+        o = self.options
+        folds, fold, seed = int(option(o, "folds", 10)), int(option(o, "fold", 0)), int(option(o, "split_seed", 0))
+        train, test, desc = split_dataset_fold(self.load_dataset(self.data_dir, size), folds, fold, seed)
         self._data_desc = ("CK+48 7-class, " if test is not None else "CK+48 ") + desc
         self.heldout_subjects = heldout_subject_names(test)
-        self._split_info = {"train": "CK+48", "folds": int(option(self.options, "folds", 10)),
-                            "fold": int(option(self.options, "fold", 0)),
-                            "split_seed": int(option(self.options, "split_seed", 0)), "by": "subject"}
+        self._split_info = {"train": "CK+48", "folds": folds, "fold": fold, "split_seed": seed, "by": "subject"}
         return train, test
 
 
@@ -139,11 +117,9 @@ class Fer2013Data:
 
     @classmethod
     def validate_data(cls, data_dir: Path) -> None:
-        from ferkit.data.errors import DataError
+        from ferkit.data.fer2013 import find_csv
 
-        d = Path(data_dir)
-        if not any((d / n).is_file() for n in ("fer2013_emotion.csv", "fer2013.csv")) and not d.is_file():
-            raise DataError(d, "no fer2013_emotion.csv or fer2013.csv here", hint=cls.data_help)
+        find_csv(Path(data_dir), hint=cls.data_help)
 
     @classmethod
     def load_dataset(cls, data_dir: Path) -> FaceDataset:

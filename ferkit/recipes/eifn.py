@@ -26,13 +26,12 @@ What this recipe does differently, and why (also in the model card):
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ferkit.data.augment import random_flip_and_rotation_from
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.losses.center import CenterLoss
@@ -54,22 +53,8 @@ PREPROCESSING = Preprocessing(input_size=64, grayscale=True, mean=0.5, std=0.5, 
 
 
 def paper_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Rotate each image of ``[N, C, H, W]`` by one of :data:`PAPER_ANGLES` and flip half of them.
-
-    Exact flips (index reversal); rotations about the centre with bilinear sampling and border
-    padding, so values stay within the input's range.
-    """
-    n = x.shape[0]
-    angles = torch.tensor(PAPER_ANGLES, device=x.device, dtype=x.dtype)
-    pick = torch.randint(len(PAPER_ANGLES), (n,), generator=generator, device=x.device)
-    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
-    out = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    rad = angles[pick] * (math.pi / 180.0)
-    cos, sin = torch.cos(rad), torch.sin(rad)
-    zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta, list(out.shape), align_corners=False)
-    return F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    """Rotate each image of ``[N, C, H, W]`` by one of :data:`PAPER_ANGLES` and flip half of them."""
+    return random_flip_and_rotation_from(x, PAPER_ANGLES, generator)
 
 
 @register_recipe

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -62,7 +63,9 @@ import torch.nn.functional as F
 from ferkit.data.augment import augment_batch
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
-from ferkit.evaluation.synthesis import FrozenIdentity, synthesis_grid, write_png
+from ferkit.data.sampling import TargetSampler
+from ferkit.evaluation.forward import batched_forward
+from ferkit.evaluation.synthesis import FrozenIdentity, every_expression_set, grid_faces, training_sample_grid, write_png
 from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
 from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
@@ -70,64 +73,11 @@ from ferkit.models.weights import Preprocessing
 from ferkit.recipes.base import option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
+from ferkit.training.precision import memory_format
 from ferkit.training.recipe import Recipe, StepResult, TrainContext
+from ferkit.training.schedule import exponential_decay
 
 EVAL_BATCH = 256
-GRID_FACES = 6
-
-
-class TargetSampler:
-    """Draws, for each sample, a real face of the same subject with the target expression.
-
-    Built once from (subject, label) of the training set: indices are sorted by (subject, label)
-    and a table [S, E] holds where each group starts and how many images it has, so a batch of
-    draws is three tensor lookups.
-    """
-
-    def __init__(self, labels: torch.Tensor, subjects: Optional[torch.Tensor], num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.labels = labels
-        self.by_class = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
-        self.subjects = subjects
-        if subjects is not None:
-            n_subj = int(subjects.max()) + 1
-            key = subjects * num_classes + labels
-            self.order = torch.argsort(key, stable=True)
-            counts = torch.bincount(key, minlength=n_subj * num_classes)
-            self.count = counts.view(n_subj, num_classes)
-            self.start = (torch.cumsum(counts, 0) - counts).view(n_subj, num_classes)
-
-    def any_of_subject(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Index of a random image of subject(idx), any expression (the source itself included)."""
-        if self.subjects is None:
-            raise ValueError("drawing a same-subject target needs subject ids")
-        s = self.subjects[idx]
-        count = self.count[s].sum(1)
-        pick = (torch.rand(idx.shape, generator=generator) * count).long()
-        return self.order[self.start[s, 0] + pick]
-
-    def same_subject(self, idx: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Index of a random image of subject(idx) with expression ``target``, or -1 where none exists."""
-        if self.subjects is None:
-            return torch.full_like(idx, -1)
-        s = self.subjects[idx]
-        count = self.count[s, target]
-        pick = (torch.rand(idx.shape, generator=generator) * count.clamp_min(1)).long()
-        found = self.order[(self.start[s, target] + pick).clamp_max(len(self.order) - 1)]
-        return torch.where(count > 0, found, torch.full_like(idx, -1))
-
-    def any_of_class(self, target: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Index of a random real image with expression ``target`` (any subject)."""
-        out = torch.empty_like(target)
-        for c in range(self.num_classes):
-            sel = target == c
-            if sel.any():
-                pool = self.by_class[c]
-                if len(pool) == 0:
-                    raise DataError("<training set>", f"no training image of class {c}; every class needs one "
-                                    "for the discriminator's real samples")
-                out[sel] = pool[torch.randint(len(pool), (int(sel.sum()),), generator=generator)]
-        return out
 
 
 class _FersnetRecipe(Recipe):
@@ -212,9 +162,7 @@ class _FersnetRecipe(Recipe):
         self.labels = train.labels.to(self.device)
         self.sampler = TargetSampler(train.labels, train.subjects, e)
         self.model = create_model(arch, **self.model_cfg).to(self.device)
-        cl = option(o, "channels_last", "auto")
-        self.memory_format = (torch.channels_last if cl == "on" or (cl == "auto" and self.device.type == "cpu")
-                              else torch.contiguous_format)
+        self.memory_format = memory_format(option(o, "channels_last", "auto"), self.device)
         self.model.to(memory_format=self.memory_format)
         init = o.get("init")
         if init:
@@ -243,10 +191,7 @@ class _FersnetRecipe(Recipe):
             raise ValueError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs}")
         lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.999))
-        span = max(1, self.schedule_epochs - 1)
-        decay = (lr_end / lr) ** (1.0 / span)
-        # epoch e runs at lr * decay**e: lr at the first epoch, lr_end at epoch schedule_epochs-1
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda ep: decay ** min(ep, span))
+        self.sched_g = exponential_decay(self.opt_g, lr, lr_end, self.schedule_epochs)
         self.discriminator: Optional[nn.Module] = None
         self.identity: Optional[FrozenIdentity] = None
         if self.mtl:
@@ -255,15 +200,14 @@ class _FersnetRecipe(Recipe):
             self.discriminator.to(memory_format=self.memory_format)
             self.d = ctx.wrap(self.discriminator)
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
-            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda ep: decay ** min(ep, span))
+            self.sched_d = exponential_decay(self.opt_d, lr, lr_end, self.schedule_epochs)
             self.identity = FrozenIdentity.from_option(o.get("identity_weights"), device=self.device)
         self.augment = option(o, "augment", "on") == "on"
         self.batch_size = int(option(o, "batch_size", 64))
-        self.max_steps = o.get("max_steps_per_epoch")
+        self.max_steps = o.get("max_steps_per_epoch")  # --max-steps-per-epoch (smoke runs); None: every batch
         self.da_images: Optional[torch.Tensor] = None
         self.da_labels: Optional[torch.Tensor] = None
-        grid_src = val if val is not None and len(val) else train
-        self.grid_faces = self._grid_selection(grid_src)
+        self.grid_faces = grid_faces(val if val is not None and len(val) else train)
         ctx.log(f"{self.name}: {arch} {self.model_cfg}; {self._data_desc}; identity net for L_idt: "
                 f"{self.identity.name if self.identity else 'none'}; lr {lr} -> {lr_end} over "
                 f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else ""))
@@ -285,16 +229,6 @@ class _FersnetRecipe(Recipe):
         skipped = sorted(k for k in own if k not in take)
         return (f"{self.name}: initialised {len(take)}/{len(own)} tensors from {source}"
                 + (f"; random: {', '.join(skipped)}" if skipped else ""))
-
-    @staticmethod
-    def _grid_selection(ds: FaceDataset) -> torch.Tensor:
-        """Up to GRID_FACES faces, one per class first (then the rest in order), fixed for the run."""
-        picks: list[int] = []
-        for c in range(len(ds.classes)):
-            hit = torch.nonzero(ds.labels == c).flatten()
-            if len(hit) and len(picks) < GRID_FACES:
-                picks.append(int(hit[len(hit) // 2]))
-        return ds.images[torch.tensor(picks, dtype=torch.long)]
 
     # ---- Recipe interface -------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -333,35 +267,15 @@ class _FersnetRecipe(Recipe):
             yield from self._train_fes_da(ctx, epoch)
             return
         gen = torch.Generator().manual_seed(ctx.seed * 1000003 + epoch)
-        e = len(self.classes)
         l_idt = self.weights.idt(epoch, self.schedule_epochs)
-        for step, idx in enumerate(ctx.batches(len(self.images), self.batch_size, epoch)):
-            if self.max_steps is not None and step >= self.max_steps:
-                break  # --max-steps-per-epoch (smoke runs)
-            idx_cpu = idx.cpu()
+        for idx in islice(ctx.batches(len(self.images), self.batch_size, epoch), self.max_steps):
             y = self.labels[idx]
             if not self.mtl:
-                x = self._prepare(self.images[idx])
-                with ctx.autocast():
-                    out = self.g(x)
-                    loss = F.cross_entropy(out.logits.float(), y)
-                ctx.step(loss, self.opt_g)
-                correct = (out.logits.detach().argmax(1) == y).sum()
-                yield StepResult(loss.detach(), correct, len(idx), {"L_cls": loss.detach()})
+                yield self._classifier_step(ctx, self.images[idx], y)
                 continue
-            if self.target_draw == "subject":
-                pair = self.sampler.any_of_subject(idx_cpu, gen)
-                target_cpu = self.sampler.labels[pair]
-            else:
-                target_cpu = torch.randint(e, idx_cpu.shape, generator=gen)
-                pair = self.sampler.same_subject(idx_cpu, target_cpu, gen)
-            if self.own_target_prob > 0:
-                own = torch.rand(idx_cpu.shape, generator=gen) < self.own_target_prob
-                target_cpu = torch.where(own, self.sampler.labels[idx_cpu], target_cpu)
-                pair = torch.where(own, idx_cpu, pair)  # the source is I^t for its own expression
-            has_pair = (pair >= 0).to(self.device)
-            real_idx = torch.where(pair >= 0, pair, self.sampler.any_of_class(target_cpu, gen)).to(self.device)
-            target = target_cpu.to(self.device)
+            drawn = self.sampler.draw(idx.cpu(), self.target_draw, self.own_target_prob, gen)
+            target, pair, real_idx = (t.to(self.device) for t in drawn)
+            has_pair = pair >= 0
             both = self._prepare(torch.cat([self.images[idx], self.images[real_idx]], dim=1))
             x, x_t = both[:, :1], both[:, 1:]
 
@@ -388,10 +302,7 @@ class _FersnetRecipe(Recipe):
                 if self.identity is not None:
                     # eq. 9 compares with I^t; without one, the source face shows the same person
                     reference = torch.where(has_pair.view(-1, 1, 1, 1), x_t, x)
-                    f_fake = self.identity(fake, self.preprocessing)
-                    with torch.no_grad():
-                        f_ref = self.identity(reference, self.preprocessing)
-                    loss_idt = mean_squared_norm(f_fake, f_ref)
+                    loss_idt = self.identity.distance(fake, reference, self.preprocessing)
                 else:
                     loss_idt = torch.zeros((), device=self.device)
                 loss = (loss_cls + self.weights.gan * loss_gan + self.weights.rec * loss_rec
@@ -404,75 +315,43 @@ class _FersnetRecipe(Recipe):
                 "L_cyc": loss_cyc.detach(), "L_idt": loss_idt.detach(), "L_D": loss_d.detach(),
                 "lambda_idt": l_idt, "rec_pairs": has_pair.float().mean()})
 
-    # ---- FES data augmentation (Table VI, "FERSNet w/ FES-DA") ---------------------------------
-    @torch.no_grad()
-    def _build_fes_da(self) -> None:
-        """Every training face with every expression; its own expression slot keeps the real face."""
-        self.model.eval()
-        e = len(self.classes)
-        parts = []
-        for start in range(0, len(self.images), EVAL_BATCH):
-            real = self.images[start:start + EVAL_BATCH]
-            syn = self.model.synthesize_all(self.preprocessing.normalize(real))  # [B, E, 1, H, W]
-            syn_u8 = (self.preprocessing.denormalize(syn) * 255).round().to(torch.uint8)
-            own = self.labels[start:start + EVAL_BATCH]
-            syn_u8[torch.arange(len(real), device=real.device), own] = real
-            parts.append(syn_u8)
-        stacked = torch.cat(parts)  # [N, E, 1, H, W]
-        self.da_images = stacked.reshape(-1, *stacked.shape[2:])
-        self.da_labels = torch.arange(e, device=self.device).repeat(len(stacked))
-        self.model.train()
+    def _classifier_step(self, ctx: TrainContext, x_u8: torch.Tensor, y: torch.Tensor) -> StepResult:
+        """One step of L_cls alone (the w/o-MTL ablation and the FES-DA fine-tuning)."""
+        x = self._prepare(x_u8)
+        with ctx.autocast():
+            out = self.g(x)
+            loss = F.cross_entropy(out.logits.float(), y)
+        ctx.step(loss, self.opt_g)
+        return StepResult(loss.detach(), (out.logits.detach().argmax(1) == y).sum(), len(y), {"L_cls": loss.detach()})
 
+    # ---- FES data augmentation (Table VI, "FERSNet w/ FES-DA") ---------------------------------
     def _train_fes_da(self, ctx: TrainContext, epoch: int) -> Iterator[StepResult]:
         if self.da_images is None:
-            self._build_fes_da()
+            self.da_images, self.da_labels = every_expression_set(self.model, self.images, self.labels,
+                                                                  self.preprocessing, EVAL_BATCH)
             counts = torch.bincount(self.da_labels.cpu(), minlength=len(self.classes)).tolist()
             ctx.log(f"FES-DA: fine-tuning on {len(self.da_images)} faces ({counts} per class)")
-        for step, idx in enumerate(ctx.batches(len(self.da_images), self.batch_size, epoch)):
-            if self.max_steps is not None and step >= self.max_steps:
-                break
-            x = self._prepare(self.da_images[idx])
-            y = self.da_labels[idx]
-            with ctx.autocast():
-                out = self.g(x)
-                loss = F.cross_entropy(out.logits.float(), y)
-            ctx.step(loss, self.opt_g)
-            yield StepResult(loss.detach(), (out.logits.detach().argmax(1) == y).sum(), len(idx), {"L_cls": loss.detach()})
+        for idx in islice(ctx.batches(len(self.da_images), self.batch_size, epoch), self.max_steps):
+            yield self._classifier_step(ctx, self.da_images[idx], self.da_labels[idx])
 
     # ---- evaluation and artefacts ---------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         if self.val_set is None or len(self.val_set) == 0:
             return {}
-        self.model.eval()
-        correct, loss_sum = 0, 0.0
-        images, labels = self.val_set.images, self.val_set.labels
-        for start in range(0, len(images), EVAL_BATCH):
-            x = self.preprocessing.normalize(images[start:start + EVAL_BATCH].to(self.device))
-            y = labels[start:start + EVAL_BATCH].to(self.device)
-            logits = self.model(x).logits.float()
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-        self.model.train()
-        return {"val_accuracy": correct / len(images), "val_loss": loss_sum / len(images)}
+        logits = batched_forward(self.model, self.val_set.images,
+                                 lambda x: self.preprocessing.normalize(x.to(self.device)), batch_size=EVAL_BATCH)
+        y = self.val_set.labels.to(self.device)
+        return {"val_accuracy": int((logits.argmax(1) == y).sum()) / len(y),
+                "val_loss": float(F.cross_entropy(logits, y, reduction="sum")) / len(y)}
 
     def end_epoch(self, ctx: TrainContext, epoch: int) -> None:
         super().end_epoch(ctx, epoch)
         if ctx.rank != 0 or not self.mtl:
             return
-        self.model.eval()
-        with torch.no_grad():
-            src = self.preprocessing.normalize(self.grid_faces.to(self.device))
-            syn = self.model.synthesize_all(src)
-        self.model.train()
-        grid = synthesis_grid(self.preprocessing.denormalize(src).cpu(), self.preprocessing.denormalize(syn).cpu(),
-                              self.classes, scale=2)
+        grid = training_sample_grid(self.model, self.grid_faces.to(self.device), self.preprocessing, self.classes)
         folder = Path(ctx.out_dir) / "samples"
         write_png(folder / f"epoch_{epoch + 1:04d}.png", grid)
         write_png(folder / "latest.png", grid)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}
 
     def weights_meta(self) -> dict[str, Any]:
         ablation = [n for n, on in (("w/o MTL", not self.model_cfg["mtl"]),

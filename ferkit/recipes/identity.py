@@ -157,16 +157,11 @@ class IdentityTrainingMixin:
             ctx.log(f"{self.name}: {self.margin_kind} head s={self.margin_head.scale} m={self.margin_head.margin} "
                     f"(ramped in over {self.margin_warmup_steps} steps), label smoothing {self.label_smoothing}")
 
-    @torch.no_grad()
     def _sync_classifier(self) -> None:
         """The model's own last layer := ``s * W / ||W||`` of the margin head, bias 0."""
-        if self.margin_head is None:
-            return
-        for model in {id(m): m for m in (self.train_model, self.model)}.values():
-            layer = getattr(model, self.classifier_attr)
-            layer.weight.copy_(self.margin_head.scale * F.normalize(self.margin_head.weight.float(), dim=1))
-            if layer.bias is not None:
-                layer.bias.zero_()
+        if self.margin_head is not None:
+            for model in {id(m): m for m in (self.train_model, self.model)}.values():
+                self.margin_head.write_into(getattr(model, self.classifier_attr))
 
     def _identity_loss(self, out: Any, y: torch.Tensor) -> Optional[torch.Tensor]:
         """The margin head's loss on ``out.identity`` (None with the plain softmax)."""
@@ -178,11 +173,8 @@ class IdentityTrainingMixin:
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def _identity_augment(self, x: torch.Tensor) -> torch.Tensor:
-        """The identity items, before the base's geometric ones are applied by the caller."""
+        """The identity items, before the base's geometric ones are applied by the caller (jitter and
+        blur leave the batch as it is when off)."""
         if self.crop_area < 1.0:
             x = random_resized_crop(x, self.crop_area)
-        if self.jitter > 0:
-            x = photometric_jitter(x, self.jitter)
-        if self.blur_prob > 0:
-            x = random_downsample(x, self.blur_prob, 0.4)
-        return x
+        return random_downsample(photometric_jitter(x, self.jitter), self.blur_prob, 0.4)

@@ -31,10 +31,10 @@ import torch.nn as nn
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.identity import image_holdout_split, load_identity_training_data
-from ferkit.losses.softmax_mse import SoftmaxMSE
+from ferkit.losses.softmax_mse import SoftmaxMSE, expected_class_mse
 from ferkit.models.lightcnn import HEADS, transfer_identity_weights
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing, get_weights
+from ferkit.models.weights import Preprocessing, get_weights_of
 from ferkit.recipes.base import ClassifierRecipe, option
 from ferkit.recipes.data import Fer2013Data, FerplusData
 from ferkit.recipes.identity import IdentityTrainingMixin
@@ -162,10 +162,8 @@ class _NetBTransfer(ClassifierRecipe):
         src = self.options.get("identity_checkpoint")
         if not src:
             return None, {}
-        weights = get_weights(src)
-        if weights.architecture != "lightcnn9":
-            raise ValueError(f"--identity-checkpoint {src} holds a {weights.architecture!r} model, not lightcnn9 "
-                             "(train one with `ferkit train netb/lightcnn-identity`)")
+        weights = get_weights_of("lightcnn9", src, "identity-checkpoint",
+                                 " (train one with `ferkit train netb/lightcnn-identity`)")
         return weights.state_dict(), dict(weights.model_cfg)
 
     def setup(self, ctx: TrainContext) -> None:
@@ -214,8 +212,7 @@ class _NetBTransfer(ClassifierRecipe):
         metrics = super().evaluate(ctx, epoch)
         if metrics and self.loss_name == "softmax-mse":  # eq. 3 on the validation set (no TTA)
             probs = self.predict_probabilities(self.x_val, tta="none")
-            k = torch.arange(probs.shape[1], device=probs.device, dtype=probs.dtype)
-            metrics["val_softmax_mse"] = float(((probs @ k) - self.y_val.float()).pow(2).mean())
+            metrics["val_softmax_mse"] = float(expected_class_mse(probs, self.y_val))
         return metrics
 
     def weights_meta(self) -> dict[str, Any]:

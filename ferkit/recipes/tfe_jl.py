@@ -31,20 +31,19 @@ small ResNets on this project's CPUs); ``--channels-last off`` disables it.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ferkit.data.dataset import FaceDataset, concat
+from ferkit.data.dataset import FaceDataset
 from ferkit.evaluation.forward import batched_forward
-from ferkit.evaluation.verification import best_balanced_threshold
-from ferkit.losses.contrastive import verification_loss
+from ferkit.evaluation.verification import all_pairs_accuracy
+from ferkit.losses.contrastive import median_negative_distance, verification_loss
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing, get_weights
+from ferkit.models.weights import Preprocessing, get_weights_of
 from ferkit.recipes.base import EVAL_BATCH, INPUT_SIZE, ClassifierRecipe, option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.identity import IdentityTrainingMixin
@@ -136,44 +135,18 @@ class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
         return load_identity_folders(data_dir, size=INPUT_SIZE, grayscale=True)
 
     def _load_split(self) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        from ferkit.data.identity import load_identity_folders, load_identity_set
+        from ferkit.data.identity import load_identity_holdout_split
 
-        min_images = int(option(self.options, "min_images", 2))
-        primary = load_identity_folders(self.data_dir, size=INPUT_SIZE, grayscale=True, min_images=min_images)
-        if primary.labels.numel() and int(torch.bincount(primary.labels).min()) < min_images:
-            # a `ferkit prepare` folder is read whole: apply --min-images here
-            primary = _relabel(primary.subset(torch.isin(primary.labels, _labels_with(primary.labels, min_images))),
-                               prefix="")
-        n_ids = len(primary.classes)
         n_hold = int(option(self.options, "holdout_identities", 30))
-        if not 0 <= n_hold < n_ids:
-            raise ValueError(f"--holdout-identities must be in 0..{n_ids - 1} ({self.data_dir} has {n_ids} identities)")
-        rng = np.random.default_rng(int(option(self.options, "split_seed", 0) or 0))
-        held = set(rng.choice(n_ids, size=n_hold, replace=False).tolist()) if n_hold else set()
-        self.heldout_names = self.heldout_subjects = sorted(primary.classes[i] for i in held)
-        is_held = torch.tensor([int(s) in held for s in primary.subjects.tolist()])
-        self.verif_set = primary.subset(is_held) if n_hold else None
-
-        parts = [_relabel(primary.subset(~is_held), prefix="")]
-        sources = [f"{self.data_dir.name}: {n_ids - n_hold} identities"]
-        for extra in self.options.get("extra_identity") or []:
-            ds = load_identity_set(extra, size=INPUT_SIZE, grayscale=True)
-            ds = ds.subset(torch.isin(ds.labels, _labels_with(ds.labels, min_images)))
-            parts.append(_relabel(ds, prefix=f"{Path(extra).name}/"))
-            sources.append(f"{Path(extra).name}: {len(ds.classes)} identities")
-        full = _concat_identities(parts)
-        # one image per identity for identification validation (the paper's CASIA protocol)
-        gen = torch.Generator().manual_seed(0)
-        perm = torch.randperm(len(full), generator=gen)
-        first = {}
-        for i in perm.tolist():
-            first.setdefault(int(full.labels[i]), i)
-        val_mask = torch.zeros(len(full), dtype=torch.bool)
-        val_mask[list(first.values())] = True
-        self._data_desc = ("identity folders, 48x48 gray: " + "; ".join(sources)
+        split = load_identity_holdout_split(self.data_dir, self.options.get("extra_identity") or [], INPUT_SIZE,
+                                            int(option(self.options, "min_images", 2)), n_hold,
+                                            int(option(self.options, "split_seed", 0) or 0))
+        self.heldout_names = self.heldout_subjects = split.heldout
+        self.verif_set = split.verification
+        self._data_desc = ("identity folders, 48x48 gray: " + "; ".join(split.sources)
                            + f"; one image per identity held for identification validation; "
                            f"{n_hold} identities of {self.data_dir.name} held out for verification")
-        return full.subset(~val_mask), full.subset(val_mask)
+        return split.train, split.validation
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -190,9 +163,7 @@ class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
                 idx = torch.randperm(len(self.y_train))[:256].to(ctx.device)
                 f = self.model.features(self.inputs(self.x_train[idx], augment=False))
                 self.model.train()
-                d = torch.cdist(f, f)
-                diff = self.y_train[idx][:, None] != self.y_train[idx][None, :]
-                self.verif_margin = float(d[diff].median()) if diff.any() else 1.0
+            self.verif_margin = median_negative_distance(f, self.y_train[idx])
             ctx.log(f"{self.name}: contrastive margin m = {self.verif_margin:.4f}")
         self.settings.update({"verif_weight": self.verif_weight, "verif_margin": round(float(self.verif_margin), 6)})
         self.x_verif = self.verif_set.images.to(ctx.device) if self.verif_set is not None else None
@@ -205,9 +176,7 @@ class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
         # live crops must be framed like the training faces: identity crops (CelebA style, eye
         # distance 0.255 of the side), not FER2013's tighter crop. Measured with the shipped
         # DeepID on LFW View 2: 80.6 % with CelebA-style crops, 70.3 % with FER2013-style ones.
-        base = super()._preprocessing(train)
-        return Preprocessing(input_size=base.input_size, grayscale=base.grayscale, mean=base.mean, std=base.std,
-                             alignment="celeba")
+        return replace(super()._preprocessing(train), alignment="celeba")
 
     def _loss(self, out: Any, y: torch.Tensor, soft: Optional[torch.Tensor] = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -232,12 +201,7 @@ class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
         if self.x_verif is not None and len(self.x_verif) > 1:
             feats = batched_forward(self.model, self.x_verif, lambda x: self.inputs(x, augment=False),
                                     batch_size=EVAL_BATCH, select=lambda out: out.identity)
-            f = F.normalize(feats, dim=1)
-            sim = f @ f.T
-            iu = torch.triu_indices(len(f), len(f), offset=1)
-            labels = self.verif_set.labels.to(f.device)
-            same = (labels[:, None] == labels[None, :])[iu[0], iu[1]].cpu().numpy()
-            acc, thr = best_balanced_threshold(sim[iu[0], iu[1]].cpu().numpy(), same)
+            acc, thr = all_pairs_accuracy(feats, self.verif_set.labels)
             metrics.update({"val_verification_accuracy": acc, "val_verification_threshold": thr})
         return metrics
 
@@ -246,37 +210,6 @@ class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
                  f"{self.data_dir.name}): {', '.join(self.heldout_names) or 'none'}; "
                  f"identification loss {self.margin_kind}")
         return self._meta("deepid", "deepid", {"num_classes": len(self.classes)}, self._data_desc, notes)
-
-
-def _labels_with(labels: torch.Tensor, min_images: int) -> torch.Tensor:
-    """The labels that occur at least ``min_images`` times."""
-    counts = torch.bincount(labels)
-    return (counts >= min_images).nonzero().flatten()
-
-
-def _relabel(ds: FaceDataset, prefix: str) -> FaceDataset:
-    """Identity labels renumbered 0..n-1 over the identities present, names prefixed by their source."""
-    present = torch.unique(ds.labels)
-    remap = torch.full((int(ds.labels.max()) + 1 if len(ds) else 1,), -1, dtype=torch.int64)
-    remap[present] = torch.arange(len(present))
-    names = [prefix + ds.classes[i] for i in present.tolist()]
-    labels = remap[ds.labels]
-    return FaceDataset(images=ds.images, labels=labels, classes=names, subjects=labels.clone(),
-                       paths=list(ds.paths), subject_names=names, meta=dict(ds.meta))
-
-
-def _concat_identities(parts: list[FaceDataset]) -> FaceDataset:
-    """Stack identity sets with disjoint label ranges (so ORL's s1 is not CelebA's first identity)."""
-    offset, shifted, names = 0, [], []
-    for ds in parts:
-        labels = ds.labels + offset
-        names.extend(ds.classes)
-        shifted.append((ds, labels))
-        offset += len(ds.classes)
-    merged = [FaceDataset(images=ds.images, labels=labels, classes=list(names), subjects=labels.clone(),
-                          paths=list(ds.paths), subject_names=list(names), meta=dict(ds.meta))
-              for ds, labels in shifted]
-    return concat(merged)
 
 
 # ---- stage 3: joint fine-tuning ----------------------------------------------------------------
@@ -311,10 +244,7 @@ class _JointRecipe(ClassifierRecipe):
         ref = self.options.get(flag.replace("-", "_"))
         if not ref:
             raise ValueError(f"{self.name} needs --{flag} (the pretrained {architecture} of the earlier stage)")
-        ref = str(ref).replace("{fold}", str(option(self.options, "fold", 0)))
-        weights = get_weights(ref)
-        if weights.architecture != architecture:
-            raise ValueError(f"--{flag} {ref} holds a {weights.architecture!r} model; expected {architecture!r}")
+        weights = get_weights_of(architecture, str(ref).replace("{fold}", str(option(self.options, "fold", 0))), flag)
         return weights.state_dict(), weights
 
     def _preprocessing(self, train: FaceDataset) -> Preprocessing:

@@ -61,3 +61,10 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManag
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def memory_format(choice: str, device: torch.device) -> torch.memory_format:
+    """``--channels-last auto|on|off`` -> the memory format of models and batches (auto: channels_last
+    on CPU, where it is faster for these small conv nets, contiguous elsewhere)."""
+    on = choice == "on" or (choice == "auto" and device.type == "cpu")
+    return torch.channels_last if on else torch.contiguous_format
