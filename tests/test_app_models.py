@@ -70,6 +70,15 @@ def test_weak_machine_defaults_to_ferkit_live_when_shipped_and_tfe_jl_otherwise(
     assert default_choice(STRONG, []).key is None
 
 
+def test_the_bench_measures_the_model_the_app_starts_with() -> None:
+    from ferkit.models.defaults import live_default_weights
+
+    names = ["deepid", LIVE_WEIGHTS, "tfe-jl"]
+    for machine in (WEAK, WEAK_GPU, STRONG):
+        assert live_default_weights(machine, names) == default_choice(machine, names).key
+    assert live_default_weights(WEAK, ["tfe-jl"]) == "tfe-jl"
+
+
 def test_saved_and_command_line_choices_win_and_the_default_is_not_saved(live_shipped, machine) -> None:
     from app.core.enrolment import EnrolmentStore
     from app.core.state import AppState

@@ -351,8 +351,9 @@ def test_flow_follower_fits_from_the_key_frame_and_seeds_around_the_eyes() -> No
     assert moved.source == "tracked" and f._faces[0].key_face is face  # still mapped from the key frame
     again = DetectedFace(box=(97, 52, 120, 120), score=0.9, landmarks=np.zeros((0, 2), np.float32),
                          left_eye=(132.5, 97.5), right_eye=(182.5, 97.5), source="mesh")
+    assert abs(f.motion[0] - np.hypot(7.5, 2.5) / 50) < 0.01  # eye shift since the key frame, in eye distances
     f.reseed(0, again)  # detected again on this frame: the new key frame
-    assert f._faces[0].key_face is again and f.quality == [1.0]
+    assert f._faces[0].key_face is again and f.quality == [1.0] and f.motion == [0.0]
     with pytest.raises(ValueError):
         FlowFollower(model="homography")
 
@@ -378,6 +379,22 @@ def test_ambiguous_followed_face_is_detected_again_on_the_same_frame() -> None:
         assert iou(next_one.box, every.detect(frames[2])[0].box) > 0.8
     with TrackedFacePipeline(verify_margin=0) as off:
         assert off.ambiguous([followed], [[0.5, 0.45, 0.05]]) == []
+
+
+def test_a_face_that_has_not_moved_is_not_detected_again() -> None:
+    """A still image looped as a video: the followed crop is the key frame's, so an ambiguous label
+    is not worth a detector + mesh run on every frame."""
+    pytest.importorskip("mediapipe")
+    from ferkit.face.pipeline import TrackedFacePipeline
+
+    still = _moving_face_frames(n=2)[0]
+    with TrackedFacePipeline(detect_every=10) as fast:
+        fast.detect(still)
+        for _ in range(3):
+            (followed,) = fast.detect(still.copy())
+            assert followed.source == "tracked" and fast.follower.motion[0] < 0.001
+            assert fast.check(still, [followed], [[0.5, 0.45, 0.05]]) == ([followed], [])
+        assert fast.stats["verified"] == 0 and fast.stats["detections"] == 1
 
 
 def test_predict_image_scores_checked_faces_again(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import torch
 
+from ferkit.models.defaults import LIVE_WEIGHTS, WEAK_MACHINE_MAX_CORES, Machine, is_weak_machine, this_machine  # noqa: F401
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing, Weights, get_weights, list_weights, resolve_device
 
@@ -152,48 +153,10 @@ def shipped_weights() -> list[str]:
     return list_weights()
 
 
-#: the small distilled FER+ model (``resnet_live``, no TTA, int8 ONNX): about 2x faster per face than
-#: ``resnet18-ferplus`` and a little less accurate; the default where the CPU is the bottleneck
-LIVE_WEIGHTS = "ferkit-live"
 #: shipped weights the Model box marks "fast"
 FAST_WEIGHTS = frozenset({LIVE_WEIGHTS})
-#: a machine without a CUDA GPU and with at most this many usable CPU cores counts as weak
-WEAK_MACHINE_MAX_CORES = 4
 #: the card metric the Model box shows beside each name (FER+ FER2013Valid, majority vote)
 PICKER_METRIC = "fer2013valid_accuracy_majority"
-
-
-@dataclass(frozen=True)
-class Machine:
-    """What the default model depends on: usable CPU cores and whether torch sees a CUDA GPU."""
-
-    cores: int
-    cuda: bool
-
-
-def this_machine() -> Machine:
-    """This process's machine: the cores it may run on (its CPU affinity, e.g. a container's share,
-    not the host's count) and CUDA as torch sees it."""
-    import os
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # macOS and Windows have no affinity call
-        cores = os.cpu_count() or 1
-    return Machine(cores=max(1, cores), cuda=torch.cuda.is_available())
-
-
-def is_weak_machine(machine: Machine) -> bool:
-    """No CUDA GPU and at most :data:`WEAK_MACHINE_MAX_CORES` usable CPU cores.
-
-    WHY: without a GPU every face of every frame goes through the expression model on the CPU, on
-    one intra-op thread (:func:`configure_torch_threads`), while video decoding, the face detector,
-    the explainers and the GUI need the same few cores. On 4 cores or fewer the per-face forward
-    then decides the frame rate, so a model twice as fast per face (``ferkit-live``) is worth its
-    small loss of accuracy. With a GPU the forward runs there, and with more cores the workers run
-    side by side, so the most accurate default is affordable.
-    """
-    return not machine.cuda and machine.cores <= WEAK_MACHINE_MAX_CORES
 
 
 @dataclass(frozen=True)

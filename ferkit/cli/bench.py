@@ -41,7 +41,9 @@ def register(subparsers: Any) -> None:
                    help="shipped weights names or architectures (default: every shipped model, plus an "
                         "untrained build of each architecture nothing ships; the paper-size fersnet only "
                         "when named)")
-    p.add_argument("--pipeline-weights", default="tfe-jl", help="classifier of the pipeline runs (default tfe-jl)")
+    p.add_argument("--pipeline-weights", default=None,
+                   help="classifier of the pipeline and agreement runs (default: the one the app starts with on "
+                        "this machine: ferkit-live without a GPU on <= 4 cores, else tfe-jl)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
                    help="engine of the live pipeline runs (default auto: ONNX Runtime where installed)")
     p.add_argument("--threads", type=int, default=1,
@@ -101,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
         flush_denormals()
 
     t_start = time.perf_counter()
+    if args.pipeline_weights is None:
+        from ferkit.models.defaults import live_default_weights
+
+        args.pipeline_weights = live_default_weights()
     report: dict[str, Any] = {"command": "ferkit bench " + " ".join(sys.argv[2:]), "environment": environment()}
     devices = _devices(args.device)
 

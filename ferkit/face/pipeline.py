@@ -288,6 +288,9 @@ DETECT_EVERY = 5
 #: :meth:`TrackedFacePipeline.check`: a followed face whose top-2 scores are closer than this is
 #: detected again on the same frame (on the sample video 0.1 re-detects about 9 % of the frames)
 VERIFY_MARGIN = 0.1
+#: ... unless it moved less than this many eye distances since its key frame (then its crop is the
+#: key frame's to well under the face mesh's own ~0.6 % jitter)
+VERIFY_MIN_MOTION = 0.005
 
 
 class TrackedFacePipeline:
@@ -322,7 +325,10 @@ class TrackedFacePipeline:
     (6, 4, 2, 5 on the 1st to 4th followed frame). So after scoring a followed frame
     the caller runs :meth:`check`: faces whose top-2 gap is under ``verify_margin`` are detected
     again on this frame (detector + face mesh for those faces only), exactly as on a detection frame,
-    and scored again; their flow restarts from there. 0 turns the check off.
+    and scored again; their flow restarts from there. 0 turns the check off. A face that has moved
+    less than ``verify_min_motion`` eye distances since its key frame is not checked: its followed
+    crop is the key frame's (a still image looped as a video re-detected all five faces of
+    ``multi_face.jpg`` on every frame for nothing, 24 ms a frame).
 
     ``stats`` counts frames, detector runs, followed frames, losses (what the fast path saved) and
     ``verified``: faces detected again by :meth:`check`.
@@ -332,7 +338,8 @@ class TrackedFacePipeline:
 
     def __init__(self, max_faces: int = 5, min_confidence: float = 0.5, model_selection: Union[str, int] = "auto",
                  detect_every: int = DETECT_EVERY, keyframe_mesh: bool = True,
-                 follower: Optional[Any] = None, verify_margin: float = VERIFY_MARGIN) -> None:
+                 follower: Optional[Any] = None, verify_margin: float = VERIFY_MARGIN,
+                 verify_min_motion: float = VERIFY_MIN_MOTION) -> None:
         from ferkit.face.tracking import FlowFollower
 
         if detect_every < 1:
@@ -344,6 +351,7 @@ class TrackedFacePipeline:
         self.keyframe_mesh = keyframe_mesh
         self.follower = follower or FlowFollower()
         self.verify_margin = float(verify_margin)
+        self.verify_min_motion = float(verify_min_motion)
         self._since_detection = 0
         self.stats = {"frames": 0, "detections": 0, "followed": 0, "lost": 0, "mesh": 0, "verified": 0}
 
@@ -394,13 +402,16 @@ class TrackedFacePipeline:
 
     def ambiguous(self, faces: list[DetectedFace], probabilities: Any) -> list[int]:
         """Indices of the followed faces (``source == "tracked"``) whose two best scores in
-        ``probabilities`` (one row per face) are closer than ``verify_margin``."""
+        ``probabilities`` (one row per face) are closer than ``verify_margin`` and that moved at
+        least ``verify_min_motion`` since their key frame."""
         if self.verify_margin <= 0:
             return []
+        motion = list(self.follower.motion)
         out = []
         for i, (face, p) in enumerate(zip(faces, probabilities)):
             top = np.sort(np.asarray(p, dtype=np.float64).ravel())
-            if face.source == "tracked" and len(top) >= 2 and top[-1] - top[-2] < self.verify_margin:
+            moved = i >= len(motion) or motion[i] >= self.verify_min_motion
+            if face.source == "tracked" and moved and len(top) >= 2 and top[-1] - top[-2] < self.verify_margin:
                 out.append(i)
         return out
 

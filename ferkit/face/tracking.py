@@ -223,7 +223,7 @@ class FlowFollower:
     A face is *lost* when fewer than ``min_points`` or fewer than ``min_quality`` of its seeded
     points remain as inliers, or when its centre leaves the frame; :meth:`step` then returns None
     and the caller runs the detector again. Its ``quality`` (inliers / seeded) is the tracking
-    confidence.
+    confidence; its ``motion`` how far it moved since its key frame (:func:`key_frame_motion`).
     """
 
     def __init__(self, max_points: int = 40, min_points: int = 8, min_quality: float = 0.4,
@@ -241,6 +241,7 @@ class FlowFollower:
         self._prev: Optional[np.ndarray] = None
         self._shape: Optional[tuple[int, int]] = None
         self.quality: list[float] = []
+        self.motion: list[float] = []
 
     @property
     def active(self) -> bool:
@@ -252,6 +253,7 @@ class FlowFollower:
         self._prev = None
         self._shape = None
         self.quality = []
+        self.motion = []
 
     def _region(self, face: DetectedFace, box: np.ndarray) -> tuple[float, float, float, float]:
         """Where to seed points: the eye band, or the inner box when the face has no eye points."""
@@ -289,6 +291,7 @@ class FlowFollower:
         self._shape = gray.shape[:2]
         self._faces = [self._new(gray, f) for f in faces]
         self.quality = [1.0] * len(self._faces)
+        self.motion = [0.0] * len(self._faces)
 
     def reseed(self, index: int, face: DetectedFace) -> None:
         """Face ``index`` was detected again in the current frame: follow it from there (a new key frame)."""
@@ -296,6 +299,7 @@ class FlowFollower:
             raise RuntimeError("reseed() needs a frame: seed() first")
         self._faces[index] = self._new(self._prev, face)
         self.quality[index] = 1.0
+        self.motion[index] = 0.0
 
     def update_face(self, index: int, face: DetectedFace) -> None:
         """Replace the followed state of face ``index`` (e.g. by mesh-refined eyes of this frame)."""
@@ -320,6 +324,7 @@ class FlowFollower:
         fit = cv2.estimateAffine2D if self.model == "affine" else cv2.estimateAffinePartial2D
         moved: list[DetectedFace] = []
         quality: list[float] = []
+        motion: list[float] = []
         updates = []
         start = 0
         for f, n in zip(self._faces, counts):
@@ -361,8 +366,30 @@ class FlowFollower:
             updates.append((f, a[keep], b[keep].astype(np.float32), face, box))
             moved.append(face)
             quality.append(q)
+            motion.append(key_frame_motion(m, key))
         for f, key_points, points, face, box in updates:  # only once every face was followed
             f.key_points, f.points, f.face, f.box = key_points, points, face, box
         self._prev = cur
         self.quality = quality
+        self.motion = motion
         return moved
+
+
+def key_frame_motion(transform: np.ndarray, key: DetectedFace) -> float:
+    """How far ``transform`` (2x3, key frame -> this frame) moves the key face: the larger shift of
+    its two eye centres in eye distances (of its box corners in box sides when it has no eyes).
+
+    Why: a face that has not moved (a still image looped, a sitter holding still) is followed with
+    no error, so its crop is the key frame's; detecting it again would only repeat the key frame's
+    result at the cost of a detector and face-mesh run.
+    """
+    if key.left_eye is not None and key.right_eye is not None:
+        pts = np.array([key.left_eye, key.right_eye], np.float64)
+        scale = float(np.hypot(*(pts[1] - pts[0])))
+    else:
+        x, y, w, h = key.box
+        pts = np.array([[x, y], [x + w, y + h]], np.float64)
+        scale = float(max(w, h))
+    shifted = pts @ transform[:, :2].T + transform[:, 2]
+    return float(np.linalg.norm(shifted - pts, axis=1).max() / max(scale, 1e-6))
+
