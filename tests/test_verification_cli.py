@@ -139,3 +139,23 @@ def test_model_without_identity_fails_clearly(tmp_path: Path, capsys: pytest.Cap
     rc = main(["eval-verification", "--checkpoint", str(ckpt), "--data", str(tmp_path / "ids"), "--n-pairs", "20"])
     assert rc == 2
     assert "has no identity feature" in capsys.readouterr().err
+
+
+def test_features_are_computed_as_the_app_computes_them_with_the_cards_tta(tmp_path: Path) -> None:
+    """A card with flip TTA: verification (and so the calibrated threshold) sees the mirror-averaged
+    feature that Predictor gives the app, not the single view."""
+    from ferkit.evaluation.verification import identity_features
+    from ferkit.inference import Predictor
+
+    w = Weights(name="pixels", architecture=PIXELS, classes=["a", "b"], tta="flip",
+                preprocessing=Preprocessing(input_size=16, grayscale=True, mean=0.5, std=0.5))
+    ckpt = tmp_path / "m.pt"
+    torch.save({"weights_meta": w.to_dict(), "modules": {"model": {}}}, ckpt)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1, 16, 16), dtype=np.uint8))
+    pred = Predictor(ckpt, device="cpu", engine="torch")
+    app = pred.predict_tensor(images).identity
+    single = identity_features(pred.torch_model, images, w.preprocessing, torch.device("cpu"))
+    flip = identity_features(pred.torch_model, images, w.preprocessing, torch.device("cpu"), tta="flip")
+    assert torch.allclose(flip, app, atol=1e-5) and not torch.allclose(single, app, atol=1e-3)
+    mirrored = identity_features(pred.torch_model, images.flip(-1), w.preprocessing, torch.device("cpu"))
+    assert torch.allclose(flip, 0.5 * (single + mirrored), atol=1e-6)

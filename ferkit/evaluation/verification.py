@@ -414,10 +414,21 @@ EVAL_BATCH = 256
 
 
 def identity_features(model: torch.nn.Module, images: torch.Tensor, preprocessing, device: torch.device,
-                      batch: int = EVAL_BATCH) -> torch.Tensor:
-    """Identity features ``[N, D]`` (float32, CPU) of uint8 ``[N, C, H, W]`` images."""
-    from ferkit.evaluation.forward import batched_forward
+                      batch: int = EVAL_BATCH, tta: str = "none") -> torch.Tensor:
+    """Identity features ``[N, D]`` (float32, CPU) of uint8 ``[N, C, H, W]`` images.
+
+    ``tta="flip"``: the mean of the features of each face and its mirror, exactly what
+    :class:`~ferkit.inference.Predictor` (and so the app) computes for weights whose card says
+    ``tta: flip`` (:func:`~ferkit.inference.merge_flip_outputs`). Why it matters: a threshold
+    calibrated on single-view features and applied to averaged ones (which score higher) accepts
+    more strangers than its stated false-accept rate.
+    """
+    from ferkit.evaluation.forward import batched_forward, check_tta
     from ferkit.inference import to_model_input
+
+    if check_tta(tta) == "flip":
+        return 0.5 * (identity_features(model, images, preprocessing, device, batch)
+                      + identity_features(model, images.flip(-1), preprocessing, device, batch))
 
     def identity(out):
         if out.identity is None:
@@ -658,12 +669,16 @@ def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: 
             protocol += f"; {conditions_note}"
         images = ds.images
         n_images, n_ids = len(ds), int(torch.unique(ds.subjects).numel())
-    feats = identity_features(loaded.model, images, prep, loaded.device)
+    tta = loaded.weights.tta
+    feats = identity_features(loaded.model, images, prep, loaded.device, tta=tta)
     scores = pair_scores(feats, first, second)
     result = evaluate_pairs(scores, same, folds)
     summary = {"weights": loaded.weights.name, "source": loaded.weights.source,
                "architecture": loaded.weights.architecture, "data": desc, "protocol": protocol,
-               "similarity": "cosine of ModelOutput.identity", "images": n_images, "identities": n_ids,
+               "similarity": "cosine of ModelOutput.identity" + (" averaged with the mirrored face's (the card's "
+                                                                  "flip TTA, as the app computes it)"
+                                                                  if tta == "flip" else ""),
+               "tta": tta, "images": n_images, "identities": n_ids,
                "feature_dim": int(feats.shape[1]), "across_expressions": bool(across_expressions),
                "aligned": bool(align), **result.summary()}
     if far is not None:
