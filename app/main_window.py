@@ -342,11 +342,8 @@ class MainWindow(QMainWindow, MainWindowUi):
 
     # ================================================================== misc
     def notify(self, message: str, error: bool = False, timeout: int = 8000) -> None:
-        """Plain-words message in the status bar (errors stay longer and are logged).
-
-        An error that is still on show is not replaced by routine news ("model ready"): under
-        load such news can arrive a moment after the error and would hide what went wrong.
-        """
+        """Plain-words message in the status bar (errors stay longer and are logged). Routine news
+        ("model ready", which under load can come just after an error) never hides an error on show."""
         if error:
             log.warning(message)
         elif self.message_label.error and self._clear_timer.isActive():
