@@ -508,7 +508,9 @@ def test_auto_uses_a_shipped_int8_file_only_when_it_matches_and_was_validated(tm
     assert v["n"] > 0 and v["drop_points"] == pytest.approx(100 * (v["float_accuracy"] - v["int8_accuracy"]), abs=1e-3)
     record_validation(int8, {**v, "drop_points": 0.2})
     pred = Predictor(card, device="cpu")
-    assert pred.engine == "onnx-int8" and pred.model.quantized and "0.20 points" in pred.engine_note
+    assert pred.engine == "onnx-int8" and pred.model.quantized and "0.20 points below float" in pred.engine_note
+    record_validation(int8, {**v, "drop_points": -0.1})  # int8 scored higher than float
+    assert "0.10 points above float" in Predictor(card, device="cpu").engine_note
     assert Predictor(card, device="cpu", engine="onnx").engine == "onnx"  # asked for float: float
     record_validation(int8, {**v, "drop_points": 0.8})  # costs too much accuracy: not used
     pred = Predictor(card, device="cpu")

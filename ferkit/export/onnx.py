@@ -706,7 +706,8 @@ def shipped_int8(weights: Weights) -> tuple[Optional[Path], str]:
     drop = (q.get("validation") or {}).get("drop_points")
     if drop is None or not drop <= MAX_INT8_DROP:
         return None, f"{path.name} has no validation with a drop of at most {MAX_INT8_DROP} points (recorded: {drop})"
-    return path, f"{path.name}: int8, {drop:.2f} points below float on {q['validation'].get('data')}"
+    change = f"{drop:.2f} points below float" if drop >= 0 else f"{-drop:.2f} points above float"
+    return path, f"{path.name}: int8, {change} on {q['validation'].get('data')}"
 
 
 def default_calibration_dir() -> Path:
