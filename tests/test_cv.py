@@ -78,7 +78,23 @@ class NoFoldRecipe(TinyFoldRecipe):
     supports_folds = False
 
 
-for _cls in (TinyFoldRecipe, NoFoldRecipe):
+class FlipFoldRecipe(TinyFoldRecipe):
+    """A recipe whose card says flip TTA and whose validation applies it, as the paper recipes do."""
+
+    name = "test-cv/flip-tta"
+
+    @torch.no_grad()
+    def evaluate(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
+        self.model.eval()
+        x = self.prep.normalize(self.xv)
+        probs = F.softmax(self.model(x).logits, 1) + F.softmax(self.model(x.flip(-1)).logits, 1)
+        return {"val_accuracy": float((probs.argmax(1) == self.yv).float().mean())}
+
+    def weights_meta(self) -> dict[str, Any]:
+        return {**super().weights_meta(), "tta": "flip"}
+
+
+for _cls in (TinyFoldRecipe, NoFoldRecipe, FlipFoldRecipe):
     if _cls.name not in _RECIPES:
         register_recipe(_cls)
 
@@ -193,3 +209,13 @@ def test_to_model_input_converts_channels_and_size() -> None:
     rgb = torch.zeros(1, 3, 48, 48, dtype=torch.uint8)
     rgb[:, 1] = 255  # pure green -> luma 0.587
     assert torch.allclose(to_model_input(rgb, gray), torch.full((1, 1, 48, 48), 0.587))
+
+
+def test_cv_measures_each_fold_with_the_cards_tta(ck_tree: Path, tmp_path: Path) -> None:
+    """Flip TTA in the card: cv's accuracy is the flip-averaged one, as `ferkit eval` and the recipe's
+    own validation measure it (before, cv measured the single view and the two disagreed)."""
+    summary = run_cv(FlipFoldRecipe, ck_tree, tmp_path / "cv", folds=3, epochs=2, device="cpu",
+                     progress_interval=0.0)
+    for r in summary["fold_results"]:
+        assert r["tta"] == "flip" and r["accuracy"] == pytest.approx(r["recipe_val_accuracy"], abs=1e-6)
+    assert "(flip)" in summary["protocol"]["evaluated"]

@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from ferkit.evaluation.forward import batched_forward
+from ferkit.evaluation.forward import class_probabilities
 from ferkit.evaluation.kfold import subject_kfold
 from ferkit.evaluation.metrics import confusion
 from ferkit.inference import to_model_input
@@ -58,6 +58,8 @@ class FoldResult:
     #: the recipe's own last ``val_accuracy`` on the held-out fold (a cross-check; should match)
     recipe_val_accuracy: Optional[float] = None
     train_wall_time_s: Optional[float] = None
+    #: test-time augmentation the accuracy was measured with (the card's)
+    tta: str = "none"
     #: identifies the run a cached result belongs to
     key: dict[str, Any] = field(default_factory=dict)
 
@@ -66,12 +68,19 @@ def fold_dir(out_dir: Path, fold: int) -> Path:
     return Path(out_dir) / f"fold-{fold:02d}"
 
 
+#: what a fold's accuracy is measured with; part of every result's key, so results measured another
+#: way (before flip TTA was applied here, fold accuracies were single-view) are measured again
+EVALUATION = "final checkpoint, the card's TTA"
+
+
 def predict_labels(model: torch.nn.Module, images: torch.Tensor, prep: Preprocessing,
-                   device: torch.device) -> torch.Tensor:
+                   device: torch.device, tta: str = "none") -> torch.Tensor:
+    """Predicted classes, with ``tta`` as ``ferkit eval`` and the recipe's validation apply it."""
     if images.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64)
-    logits = batched_forward(model, images, lambda x: to_model_input(x.to(device), prep), batch_size=EVAL_BATCH)
-    return logits.argmax(1).cpu()
+    probs = class_probabilities(model, images, lambda x: to_model_input(x.to(device), prep), tta=tta,
+                                batch_size=EVAL_BATCH)
+    return probs.argmax(1).cpu()
 
 
 def _checkpoint_progress(path: Path) -> tuple[int, bool]:
@@ -127,6 +136,7 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
     # options left at None (a recipe's "use my default") are not part of the identity of a result, so a
     # recipe that gains a new option does not invalidate finished folds
     key_base = {"recipe": recipe_cls.name, "folds": folds, "split_seed": split_seed, "epochs": target_epochs,
+                "evaluation": EVALUATION,
                 "seed": seed, "options": {k: v for k, v in sorted(base_options.items()) if v is not None and _jsonable(v)}}
     t0 = time.monotonic()
     emit({"event": "cv_start", "time": time.time(), "recipe": recipe_cls.name, "data": str(data_dir),
@@ -210,7 +220,7 @@ def evaluate_fold(checkpoint: Path, dataset: Any, train_idx: np.ndarray, test_id
         raise ValueError(f"{checkpoint}: the model's classes {weights.classes} differ from the dataset's {classes}")
     test = torch.as_tensor(test_idx)
     labels = dataset.labels[test]
-    preds = predict_labels(loaded.model, dataset.images[test], weights.preprocessing, loaded.device)
+    preds = predict_labels(loaded.model, dataset.images[test], weights.preprocessing, loaded.device, weights.tta)
     cm = confusion(preds.numpy(), labels.numpy(), len(classes))
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     recipe_val = (state.get("last_val") or {}).get("val_accuracy")
@@ -218,7 +228,8 @@ def evaluate_fold(checkpoint: Path, dataset: Any, train_idx: np.ndarray, test_id
                       n_train=int(len(train_idx)),
                       test_subjects=int(torch.unique(dataset.subjects[test]).numel()),
                       confusion=cm.tolist(), checkpoint=str(checkpoint), epochs=int(state.get("epoch", 0)),
-                      recipe_val_accuracy=None if recipe_val is None else float(recipe_val), key=key)
+                      recipe_val_accuracy=None if recipe_val is None else float(recipe_val), key=key,
+                      tta=weights.tta or "none")
 
 
 def summarise(out_dir: Path, folds: int, key_base: dict[str, Any], classes: list[str],
@@ -238,7 +249,8 @@ def summarise(out_dir: Path, folds: int, key_base: dict[str, Any], classes: list
     return {
         "recipe": key_base["recipe"], "data": dataset_desc,
         "protocol": {"folds": folds, "by": "subject", "split_seed": key_base["split_seed"],
-                     "evaluated": "final-epoch checkpoint of each fold on its held-out subjects"},
+                     "evaluated": "final-epoch checkpoint of each fold on its held-out subjects, with the "
+                                  f"card's test-time augmentation ({', '.join(sorted({r.tta for r in results}))})"},
         "epochs": key_base["epochs"], "seed": key_base["seed"], "options": key_base["options"],
         "folds_done": [r.fold for r in results], "complete": len(results) == folds,
         "mean_accuracy": float(acc.mean()),
