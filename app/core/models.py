@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 import torch
 
-from ferkit.models.defaults import LIVE_WEIGHTS, WEAK_MACHINE_MAX_CORES, Machine, is_weak_machine, this_machine  # noqa: F401
+from ferkit.models.defaults import LIVE_WEIGHTS, Machine, is_weak_machine, live_default_weights, this_machine  # noqa: F401
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing, Weights, get_weights, list_weights, resolve_device
 
@@ -168,23 +168,24 @@ class DefaultChoice:
 
 
 def default_choice(machine: Optional[Machine] = None, names: Optional[Sequence[str]] = None) -> DefaultChoice:
-    """:data:`LIVE_WEIGHTS` on a weak machine (:func:`is_weak_machine`) when shipped; else ``tfe-jl`` (the
-    spine's default, :data:`ferkit.inference.DEFAULT_WEIGHTS`); else the first shipped expression classifier.
+    """The library's rule (:func:`ferkit.models.defaults.live_default_weights`: :data:`LIVE_WEIGHTS` on a
+    weak machine when shipped, else ``tfe-jl``) with the reason in words; when that is not shipped
+    either, the first shipped expression classifier.
 
     ``machine`` (default :func:`this_machine`) and ``names`` (default the shipped list) are for tests.
     """
     from app.core.labels import is_expression_classifier
-    from ferkit.inference import DEFAULT_WEIGHTS
 
     machine = this_machine() if machine is None else machine
     names = list_weights() if names is None else list(names)
     weak = is_weak_machine(machine)
     cpu = f"{machine.cores}-core CPU"
-    if weak and LIVE_WEIGHTS in names:
+    key = live_default_weights(machine, names)
+    if key == LIVE_WEIGHTS:
         return DefaultChoice(LIVE_WEIGHTS, f"fast default for this {cpu}")
     why = f"default; {LIVE_WEIGHTS}, fast on this {cpu}, is not installed" if weak else "default"
-    if DEFAULT_WEIGHTS in names:
-        return DefaultChoice(DEFAULT_WEIGHTS, why)
+    if key in names:
+        return DefaultChoice(key, why)
     for name in names:
         try:
             if is_expression_classifier(get_weights(name).classes):

@@ -396,7 +396,7 @@ class TrackedFacePipeline:
             for i, face in enumerate(faces):
                 if face.source != "mesh":
                     faces[i] = self.detector.add_landmarks(rgb, face)
-                    self.follower.update_face(i, faces[i])
+                    self.follower.reseed(i, faces[i])  # mesh-refined eyes of this frame
                     self.stats["mesh"] += 1
         return list(faces)
 

@@ -301,10 +301,6 @@ class FlowFollower:
         self.quality[index] = 1.0
         self.motion[index] = 0.0
 
-    def update_face(self, index: int, face: DetectedFace) -> None:
-        """Replace the followed state of face ``index`` (e.g. by mesh-refined eyes of this frame)."""
-        self.reseed(index, face)
-
     def step(self, gray: np.ndarray) -> Optional[list[DetectedFace]]:
         """The followed faces moved into ``gray`` (the next frame), or None when one is lost."""
         if not self.active or gray.shape[:2] != self._shape:
