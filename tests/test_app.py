@@ -195,7 +195,8 @@ def test_enrolment_round_trip_and_same_picture_matches(qtbot, window, classifier
     assert w2.state.enrolments.names() == ["ada"]
 
 
-@pytest.mark.parametrize("name", ["deepid-aligned", "deepid", "tfe-jl", "eifn", "netb-dal-mse", "lightcnn9-identity"])
+@pytest.mark.parametrize("name", ["deepid-ensemble", "deepid-aligned", "deepid", "tfe-jl", "eifn", "netb-dal-mse",
+                                  "lightcnn9-identity"])
 def test_enrol_same_face_above_threshold_other_faces_below(qtbot, window, name: str) -> None:
     """Each shipped identity feature with a threshold in its card, used as the identity weights:
     enrol the woman of the sample video at frame 10; one second later she must match (>= the

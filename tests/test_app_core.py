@@ -432,3 +432,63 @@ def test_live_frame_with_an_ambiguous_followed_face_is_checked_by_the_pipeline(t
     finally:
         analyzer.live_pipeline = type("Closed", (), {"close": lambda self: None})()
         analyzer.close()
+
+
+def test_tracked_faces_reuse_their_identity_feature_between_refreshes(tmp_path: Path) -> None:
+    """Live frames: a track's identity feature is computed on its first frame and then every
+    IDENTITY_REFRESH_FRAMES frames (similarities and decisions every frame); stills always compute it."""
+    import torch
+
+    from ferkit.face.align import align_face
+    from ferkit.face.types import DetectedFace
+    from ferkit.inference import Predictor
+    from ferkit.models.registry import create_model
+    from ferkit.models.weights import Preprocessing, Weights
+
+    from app.core.analyzer import IDENTITY_REFRESH_FRAMES, FrameAnalyzer
+    from app.core.identity import IdentityChoice
+    from app.core.models import ModelHandle
+
+    torch.manual_seed(0)
+    model = create_model("deepid", num_classes=3).eval()
+    weights = Weights(name="idnet", architecture="deepid", classes=["a", "b", "c"],
+                      preprocessing=Preprocessing(input_size=48), model_cfg={"num_classes": 3})
+    ckpt = tmp_path / "idnet.pt"
+    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
+    pred = Predictor(ckpt, device="cpu", engine="torch", tta="none")
+    forwards: list[int] = []
+    pred.torch_model.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[0]))
+
+    class OneFace:
+        def detect(self, image):
+            return [DetectedFace(box=(10, 30, 50, 50), score=0.9, landmarks=np.zeros((0, 2), np.float32),
+                                 left_eye=(25.0, 50.0), right_eye=(45.0, 50.0), source="tracked")]
+
+        def align(self, image, f, prep):
+            return align_face(image, f, prep.input_size, prep.grayscale, prep.alignment).crop
+
+        def reset(self):
+            pass
+
+    analyzer = FrameAnalyzer(device="cpu")
+    try:
+        analyzer.live_pipeline.close()
+        analyzer.pipeline.close()
+        analyzer.live_pipeline = analyzer.pipeline = OneFace()
+        analyzer.identity_handle = ModelHandle("idnet", pred.weights, pred, pred.torch_model, torch.device("cpu"))
+        analyzer.identity = IdentityChoice(key="idnet", threshold=0.5)
+        rng = np.random.default_rng(0)
+        frames = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(2 * IDENTITY_REFRESH_FRAMES + 1)]
+        live = [analyzer.analyze(rgb).faces[0] for rgb in frames]
+        assert len(forwards) == 3  # frames 0, 5 and 10 of one track
+        assert all(np.array_equal(f.identity, live[0].identity) for f in live[:IDENTITY_REFRESH_FRAMES])
+        assert not np.array_equal(live[IDENTITY_REFRESH_FRAMES].identity, live[0].identity)  # a new frame's feature
+        analyzer.reset_tracking()
+        analyzer.analyze(frames[1])
+        assert len(forwards) == 4  # a new source / seek: computed again at once
+        analyzer.analyze(frames[2], track=False)
+        analyzer.analyze(frames[2], track=False)
+        assert len(forwards) == 6  # still images: every time
+    finally:
+        analyzer.live_pipeline = analyzer.pipeline = type("Closed", (), {"close": lambda self: None})()
+        analyzer.close()

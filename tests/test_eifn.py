@@ -266,3 +266,34 @@ def test_engine_trains_and_checkpoint_loads_as_weights(ck_tree: Path, tmp_path: 
         if key.startswith(("expression_extractor.", "identity_extractor.")):
             assert torch.allclose(value, src[key]), key
     assert follow.model.num_subjects != loaded.model.num_subjects  # all subjects vs one fold's
+
+
+def test_ferplus_stage1_trains_efn_and_initialises_the_ckplus_stage(ck_tree: Path, tmp_path: Path) -> None:
+    """Stage 1 on FER+ (no subject labels: EFN) -> its extractors start eifn/ckplus (--init)."""
+    from ferkit.data.errors import DataError
+    from ferkit.models.weights import get_weights, load_weights
+    from ferkit.recipes.registry import get_recipe
+    from ferkit.training.engine import train
+    from tests.fixtures.datasets import make_ferplus_tree
+
+    votes = [[10, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 9, 1, 0, 0, 0, 0, 0, 0, 0], [0, 0, 8, 0, 0, 2, 0, 0, 0, 0]] * 6
+    make_ferplus_tree(tmp_path / "ferplus" / "FER2013Train", votes=votes)
+    make_ferplus_tree(tmp_path / "ferplus" / "FER2013Valid", votes=votes[:6], start=1000)
+    stage1 = get_recipe("eifn/ferplus-stage1")
+    opts = {"width": 1 / 16, "id_dim": 8, "batch_size": 6, "lr": 0.01}
+    with pytest.raises(DataError, match="--mode efn"):
+        stage1(tmp_path / "ferplus", {**opts, "mode": "eifn"}).setup(LocalContext(tmp_path))
+
+    end = train(stage1(tmp_path / "ferplus", opts), tmp_path / "s1", epochs=1, device="cpu", json_lines=False)
+    assert end["status"] == "completed"
+    meta = get_weights(tmp_path / "s1" / "checkpoint.pt")
+    assert meta.name == "eifn-ferplus-stage1" and meta.model_cfg["mode"] == "efn" and len(meta.classes) == 8
+    assert meta.preprocessing.alignment == "fer2013" and meta.preprocessing.input_size == 64
+
+    follow = _recipe(ck_tree, mode="eifn", init=str(tmp_path / "s1" / "checkpoint.pt"))
+    follow.setup(LocalContext(tmp_path))
+    src = load_weights(tmp_path / "s1" / "checkpoint.pt", device="cpu").model.state_dict()
+    own = follow.model.state_dict()
+    for key in [k for k in own if k.startswith(("expression_extractor.", "identity_extractor.", "identity_fc."))]:
+        assert torch.allclose(own[key], src[key]), key
+    assert own["expression_classifier.weight"].shape[0] == len(follow.classes) != 8  # FER+ head not taken

@@ -20,6 +20,7 @@ FRESH: dict[str, tuple[dict, int]] = {
     "resnet18_fer": ({}, 32),
     "resnet_live": ({}, 48),
     "deepid": ({"num_classes": 20}, 48),
+    "identity_ensemble": ({"members": [{"architecture": "deepid", "model_cfg": {"num_classes": 20}}] * 2}, 48),
     "tfe_jl": ({"emotion_depth": 12, "num_classes": 7}, 48),
     "eifn": ({"width": 0.125, "num_subjects": 10}, 64),
     "netb": ({"width": 0.25, "input_size": 64}, 64),

@@ -108,6 +108,10 @@ DETECTORS: dict[str, dict] = {
 
 #: live video: the face detector runs on every this many frames (1 = every frame)
 LIVE_DETECT_EVERY = 5
+#: live video: a tracked face keeps its identity feature for this many frames before it is computed
+#: again. A person does not change between frames, and the identity feature (an ensemble of nets) is
+#: the costliest per-face step after detection; similarities and decisions are still made every frame.
+IDENTITY_REFRESH_FRAMES = 5
 
 
 class FrameAnalyzer:
@@ -142,6 +146,9 @@ class FrameAnalyzer:
         self.identity_handle: Optional[ModelHandle] = None
         #: extra preprocessings to align for (e.g. the FERSNet panels' input)
         self.extra_preprocessing: set[Preprocessing] = set()
+        #: live frames analysed, and per track id the frame its identity feature was computed on and the feature
+        self._live_frames = 0
+        self._track_identity: dict[int, tuple[int, np.ndarray]] = {}
 
     # ---- configuration -------------------------------------------------------------------
     def set_models(self, primary: Optional[str], comparison: Sequence[str] = ()) -> None:
@@ -152,6 +159,7 @@ class FrameAnalyzer:
         """Use ``choice``'s weights for identity features (loaded once here, in the worker thread)."""
         self.identity = choice
         self.identity_handle = self.cache.get(choice.key, self.device) if choice.active else None
+        self._track_identity.clear()
 
     def set_smoother(self, smoother: Smoother) -> None:
         if self.tracker is not None:
@@ -232,23 +240,37 @@ class FrameAnalyzer:
                     face.scores[handle.name] = ModelScores(handle.name, handle.classes, raw, smoothed)
         t3 = time.perf_counter()
         timings["infer"] = (t3 - t2) * 1e3
-        self._identify([f for f in faces if not f.whole_image], primary_identity)
+        if tracks:
+            self._live_frames += 1
+        self._identify([f for f in faces if not f.whole_image], primary_identity, reuse=bool(tracks))
         timings["identity"] = (time.perf_counter() - t3) * 1e3
         return FrameResult(rgb, faces, self.primary.name if self.primary else None, timings,
                            frame_index=frame_index, captured_at=captured_at, note=note, identity=self.identity)
 
-    def _identify(self, faces: list[FaceResult], primary_identity: Optional[np.ndarray]) -> None:
-        """Identity feature of every detected face in one batch, its similarities and the decision."""
+    def _identify(self, faces: list[FaceResult], primary_identity: Optional[np.ndarray], reuse: bool = False) -> None:
+        """Identity feature of every detected face, its similarities and the decision.
+
+        ``reuse`` (tracked live frames): a face whose track got its feature fewer than
+        :data:`IDENTITY_REFRESH_FRAMES` frames ago keeps it; the others are computed in one batch.
+        """
         handle = self.identity_handle
         if handle is None or not faces:
             return
         if handle is self.primary and primary_identity is not None:
-            features = primary_identity  # the expression model's own calibrated feature: already computed
+            features = list(primary_identity)  # the expression model's own calibrated feature: already computed
         else:
-            out = predict(handle, [f.crops[handle.preprocessing] for f in faces])
-            if out.identity is None:
-                return
-            features = out.identity.float().cpu().numpy()
+            recent = self._track_identity if reuse else {}
+            fresh = [f for f in faces if f.track_id not in recent
+                     or self._live_frames - recent[f.track_id][0] >= IDENTITY_REFRESH_FRAMES]
+            if fresh:
+                out = predict(handle, [f.crops[handle.preprocessing] for f in fresh])
+                if out.identity is None:
+                    return
+                for face, feature in zip(fresh, out.identity.float().cpu().numpy()):
+                    recent[face.track_id] = (self._live_frames, feature)
+            features = [recent[f.track_id][1] for f in faces]
+            if reuse:  # forget the tracks that are gone
+                self._track_identity = {f.track_id: recent[f.track_id] for f in faces}
         for face, feature in zip(faces, features):
             face.identity = feature
             if self.enrolments is not None:
@@ -260,6 +282,7 @@ class FrameAnalyzer:
         if self.tracker is not None:
             self.tracker.reset()
         self.live_pipeline.reset()
+        self._track_identity.clear()
 
     def close(self) -> None:
         for pipe in {id(self.pipeline): self.pipeline, id(self.live_pipeline): self.live_pipeline}.values():

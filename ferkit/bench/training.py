@@ -47,6 +47,7 @@ RECIPE_NETWORKS: dict[str, NetSpec] = {
     "tfe-jl/joint-ferplus": NetSpec("tfe_jl", {"num_classes": 8, "emotion_depth": 18}, 48, 128, True),
     "tfe-jl/joint-ckplus": NetSpec("tfe_jl", {"num_classes": 7, "emotion_depth": 12}, 48, 128, True),
     "eifn/ckplus": NetSpec("eifn", {"num_classes": 7, "num_subjects": 118}, 64, 100),
+    "eifn/ferplus-stage1": NetSpec("eifn", {"num_classes": 8, "num_subjects": 1, "mode": "efn"}, 64, 100),
     "netb/lightcnn-identity": NetSpec("lightcnn9", {"num_classes": 338}, 128, 128, True),
     "netb/fer2013": NetSpec("netb", {"num_classes": 7, "head": "dal"}, 128, 128, True),
     "netb/ferplus": NetSpec("netb", {"num_classes": 8, "head": "dal"}, 128, 128, True),

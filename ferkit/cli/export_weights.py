@@ -1,5 +1,8 @@
 """`ferkit export-weights --checkpoint PATH --name NAME [--out DIR] [--metric KEY=VALUE ...]`.
 
+With ``--ensemble`` and several checkpoints of identity nets it writes one ``identity_ensemble``
+entry instead (:func:`ferkit.training.export.export_ensemble`).
+
 Writes the shipped triple ``NAME.pt`` (fp16 parameters), ``NAME.json`` (card) and ``NAME.md``
 (human card, generated from the metadata unless ``--card FILE`` or an existing one) and checks
 that the written entry reproduces the checkpoint's logits (see :mod:`ferkit.training.export`).
@@ -15,7 +18,11 @@ from typing import Any
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("export-weights", help="turn a training checkpoint into shipped weights",
                               description="Export a checkpoint's model as resources/weights/NAME.{pt,json,md}.")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt or best.pt of a training run")
+    p.add_argument("--checkpoint", required=True, type=Path, nargs="+",
+                   help="checkpoint.pt or best.pt of a training run (several with --ensemble)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="combine the identity nets of all --checkpoint files into one identity_ensemble entry "
+                        "(same data and preprocessing; calibrate its threshold afterwards)")
     p.add_argument("--name", required=True, help="weights name, e.g. tfe-jl")
     p.add_argument("--out", type=Path, default=None, help="folder (default resources/weights)")
     p.add_argument("--metric", action="append", default=[], metavar="KEY=VALUE",
@@ -48,13 +55,22 @@ def metrics_from_eval(path: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferkit.training.export import export_weights
+    from ferkit.training.export import export_ensemble, export_weights
 
+    if len(args.checkpoint) > 1 and not args.ensemble:
+        raise ValueError(f"{len(args.checkpoint)} checkpoints given: pass --ensemble to combine identity nets, "
+                         "or give one checkpoint")
     metrics = dict(_parse_metric(m) for m in args.metric)
     if args.eval_json is not None:
         metrics = {**metrics_from_eval(args.eval_json), **metrics}
     card = args.card.read_text() if args.card is not None else None
-    result = export_weights(args.checkpoint, args.name, out_dir=args.out, metrics=metrics, fp16=not args.fp32,
-                            card_md=card, notes=args.notes, keep_training_metrics=not args.drop_training_metrics)
+    if args.ensemble:
+        # an ensemble card never inherits its members' training metrics (they are not its own)
+        result = export_ensemble(args.checkpoint, args.name, out_dir=args.out, metrics=metrics, fp16=not args.fp32,
+                                 card_md=card, notes=args.notes)
+    else:
+        result = export_weights(args.checkpoint[0], args.name, out_dir=args.out, metrics=metrics,
+                                fp16=not args.fp32, card_md=card, notes=args.notes,
+                                keep_training_metrics=not args.drop_training_metrics)
     print(json.dumps(result, indent=2))
     return 0

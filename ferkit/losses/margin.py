@@ -30,6 +30,12 @@ Defaults are the papers': CosFace ``s = 30, m = 0.35``, ArcFace ``s = 64, m = 0.
 ``s = 30`` for ArcFace too because our identity sets have ~300 classes, not ~10,000 (a smaller
 scale keeps the softmax from saturating on a few hundred classes; see the ArcFace paper's
 discussion of the scale and Wang et al., NormFace).
+
+Training from scratch: networks without batch normalisation (DeepID, Light CNN) let every face
+collapse onto one direction under a margin head first (measured: all held-out pairs at cosine
+~1.0 after a few epochs, feature norms growing without bound), so the reliable use is a fine-tune
+of a softmax-trained net whose class weights initialise the head; the margin is ramped in
+(:func:`margin_warmup_fraction`).
 """
 from __future__ import annotations
 
@@ -137,3 +143,12 @@ class MarginHead(nn.Module):
 def margin_warmup_fraction(step: int, warmup_steps: int) -> float:
     """Share of the full margin in force at ``step`` (linear ramp; 1 without warm-up)."""
     return 1.0 if warmup_steps <= 0 else min(1.0, max(0, step) / warmup_steps)
+
+
+def resolve_margin_kind(kind: str, margin: Optional[float], scale: Optional[float]) -> str:
+    """``--margin-loss`` checked against ``--margin`` / ``--scale`` (which only a margin head uses)."""
+    if kind not in MARGIN_LOSSES:
+        raise ValueError(f"--margin-loss {kind!r}: use one of {', '.join(MARGIN_LOSSES)}")
+    if kind == "softmax" and (margin is not None or scale is not None):
+        raise ValueError("--margin / --scale belong to --margin-loss cosface|arcface; with softmax they do nothing")
+    return kind

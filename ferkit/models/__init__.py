@@ -9,5 +9,6 @@ from ferkit.models import tfe_jl  # noqa: F401,E402  (resnet18_fer, resnet12_fer
 from ferkit.models import eifn  # noqa: F401,E402  (eifn)
 from ferkit.models import fersnet  # noqa: F401,E402  (fersnet, fersnet_light)
 from ferkit.models import live  # noqa: F401,E402  (resnet_live, the ferkit-live student)
+from ferkit.models import ensemble  # noqa: F401,E402  (identity_ensemble)
 
 __all__ = ["ModelOutput", "create_model", "list_models", "register_model"]

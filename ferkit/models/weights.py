@@ -153,6 +153,29 @@ def matching_tensors(model: nn.Module, state: Any) -> dict[str, torch.Tensor]:
     return {k: v for k, v in float_state(state).items() if k in own and own[k].shape == v.shape}
 
 
+def load_matching(model: nn.Module, source: Union[str, Path], architecture_prefix: str, what: str,
+                  option: str = "--init") -> tuple[int, list[str]]:
+    """Warm-start ``model`` from weights ``source``: copy every tensor whose name and shape match.
+
+    Why a rule and not a strict load: a model trained on another data set differs in its
+    class-count layers (another classifier, another subject head), which stay random. What is
+    refused: a source of another architecture, or one where most learned tensors do not match
+    (another width or input size: then nearly nothing would be initialised, silently). Returns
+    (tensors taken, names of this model's tensors left as they were).
+    """
+    weights = get_weights(source)
+    if not weights.architecture.startswith(architecture_prefix):
+        raise ValueError(f"{option} {source} holds a {weights.architecture!r} model; it must be a {what}")
+    take = matching_tensors(model, weights.state_dict())
+    own = model.state_dict()
+    learned = [k for k, v in own.items() if v.is_floating_point()]
+    if sum(k in take for k in learned) * 2 < len(learned):
+        raise ValueError(f"{option} {source}: no tensor matches this model's names and shapes for most layers; "
+                         "was it trained with another --width / --input-size?")
+    model.load_state_dict(take, strict=False)
+    return len(take), sorted(k for k in own if k not in take)
+
+
 def list_weights() -> list[str]:
     folder = weights_dir()
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []

@@ -11,7 +11,9 @@ What this recipe does differently, and why (also in the model card):
   l = (1e-4, 1, 6) from ImageNet VGG-16 weights) cannot be run here: Oulu-CASIA is not available
   and nothing is downloaded. ``--init CHECKPOINT`` loads such a stage-1 model when one exists
   (every tensor whose name and shape match; the subject classifier and the centres are per data
-  set and are skipped); without it the extractors start from random (Kaiming) weights.
+  set and are skipped); without it the extractors start from random (Kaiming) weights. The closest
+  substitute here is ``eifn/ferplus-stage1``: EIFN pre-trained on FER+ expressions (EFN mode, as
+  FER+ has no identities).
 * The 14x offline augmentation is drawn on the fly (``--augment paper``, the default): each
   training image gets one of the 7 angles and a flip with probability 1/2 per step, which samples
   the same 14 variants uniformly.
@@ -37,9 +39,9 @@ from ferkit.data.errors import DataError
 from ferkit.losses.center import CenterLoss
 from ferkit.models.eifn import MODES, EIFNLoss
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing
+from ferkit.models.weights import Preprocessing, load_matching
 from ferkit.recipes.base import ClassifierRecipe, option
-from ferkit.recipes.data import CkplusData
+from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import TrainContext
 
@@ -50,6 +52,8 @@ PAPER_ANGLES = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)
 CKPLUS_LAMBDAS = (1e-4, 2.0, 1.0)
 
 PREPROCESSING = Preprocessing(input_size=64, grayscale=True, mean=0.5, std=0.5, alignment="ckplus48")
+#: stage 1 on FER+: the same input and normalisation, FER2013's crop style
+FERPLUS_PREPROCESSING = Preprocessing(input_size=64, grayscale=True, mean=0.5, std=0.5, alignment="fer2013")
 
 
 def paper_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -57,11 +61,9 @@ def paper_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None) 
     return random_flip_and_rotation_from(x, PAPER_ANGLES, generator)
 
 
-@register_recipe
-class EIFNCKPlus(CkplusData, ClassifierRecipe):
-    name = "eifn/ckplus"
-    description = ("EIFN (expression-identity fusion, bilinear) on CK+48, 7 classes, identity = CK+ subjects; "
-                   "--mode eifn|eifn_star|efn for the ablations")
+class _EIFNRecipe(ClassifierRecipe):
+    """EIFN's model, eq. 5 loss, centre update and parameter groups; the data comes from a mix-in."""
+
     #: the paper gives the step (20 epochs) but no total; three steps reach lr 1e-4
     default_epochs = 60
     default_lr = 0.01
@@ -69,11 +71,15 @@ class EIFNCKPlus(CkplusData, ClassifierRecipe):
     default_augment = "paper"
     augment_items = ClassifierRecipe.augment_items + ("paper",)
     architecture = "eifn"
+    default_mode = "eifn"
+    weights_name = "eifn"
+    #: what the model reads (the same for every data set, so a stage-1 model can initialise the next)
+    input_preprocessing = PREPROCESSING
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--mode", choices=MODES, default="eifn",
+        parser.add_argument("--mode", choices=MODES, default=cls.default_mode,
                             help="eifn: L_exp also trains the identity extractor (paper); eifn_star: identity maps "
                                  "detached from L_exp (EIFN*); efn: lambda2 = 0 (EFN baseline)")
         parser.add_argument("--width", type=float, default=1.0,
@@ -94,28 +100,34 @@ class EIFNCKPlus(CkplusData, ClassifierRecipe):
                             help="stage-1 checkpoint or weights card to start from (matching tensors only)")
 
     def _preprocessing(self, train: FaceDataset) -> Preprocessing:
-        return PREPROCESSING
+        return self.input_preprocessing
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         return super()._augment(paper_augment(x) if "paper" in self.aug_parts else x)
 
     def _build_model(self, train: FaceDataset) -> nn.Module:
-        if train.subjects is None:
-            raise DataError(self.data_dir, "the data set has no subject ids; EIFN needs them for the identity branch")
-        # identity softmax over the TRAINING subjects only (held-out subjects are strangers)
-        subject_ids, subjects = torch.unique(train.subjects, return_inverse=True)
-        self.s_train = subjects.to(self.device)
         o = self.options
-        self.mode = str(option(o, "mode", "eifn"))
+        self.mode = str(option(o, "mode", self.default_mode))
+        if train.subjects is None:
+            if self.mode != "efn":
+                raise DataError(self.data_dir, f"the data set has no subject ids, and --mode {self.mode} trains the "
+                                               "identity branch on them; use --mode efn (no identity loss)")
+            # EFN never reads the subject labels: one placeholder class keeps the model's shape valid
+            subject_ids, self.s_train = torch.zeros(1), None
+        else:
+            # identity softmax over the TRAINING subjects only (held-out subjects are strangers)
+            subject_ids, subjects = torch.unique(train.subjects, return_inverse=True)
+            self.s_train = subjects.to(self.device)
+        pre = self.input_preprocessing
         self.model_cfg = {
             "num_classes": len(train.classes), "num_subjects": len(subject_ids),
-            "in_channels": PREPROCESSING.channels, "input_size": PREPROCESSING.input_size,
+            "in_channels": pre.channels, "input_size": pre.input_size,
             "width": float(option(o, "width", 1.0)), "id_dim": int(option(o, "id_dim", 512)), "mode": self.mode,
             "batch_norm": bool(option(o, "batch_norm", False)),
         }
         model = create_model("eifn", **self.model_cfg)
         if o.get("init"):
-            self._load_init(model, str(o["init"]))
+            load_matching(model, str(o["init"]), "eifn", "EIFN")
         self.center_loss = CenterLoss(len(subject_ids), self.model_cfg["id_dim"],
                                       alpha=float(option(o, "alpha", 0.5))).to(self.device)
         self.loss_fn = EIFNLoss(self.center_loss, lambda1=float(option(o, "lambda1", CKPLUS_LAMBDAS[0])),
@@ -128,15 +140,6 @@ class EIFNCKPlus(CkplusData, ClassifierRecipe):
             for module in model.identity_head:
                 module.requires_grad_(False)
         return model
-
-    @staticmethod
-    def _load_init(model: nn.Module, source: str) -> None:
-        from ferkit.models.weights import get_weights, matching_tensors
-
-        take = matching_tensors(model, get_weights(source).state_dict())
-        if not any(k.startswith("expression_extractor.") for k in take):
-            raise ValueError(f"--init {source}: no extractor weights of this width in it")
-        model.load_state_dict(take, strict=False)
 
     def _param_groups(self) -> list[dict[str, Any]]:
         # the classifier sees an L2-normalised vector (unit norm spread over Ci*Ce entries), so at the
@@ -151,7 +154,7 @@ class EIFNCKPlus(CkplusData, ClassifierRecipe):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        ctx.log(f"eifn/ckplus: mode={self.mode} width={self.model_cfg['width']} "
+        ctx.log(f"{self.name}: mode={self.mode} width={self.model_cfg['width']} "
                 f"{self.model_cfg['num_subjects']} training subjects; lambdas=({self.loss_fn.lambda1}, "
                 f"{self.loss_fn.lambda2}, {self.loss_fn.lambda3})")
 
@@ -159,15 +162,40 @@ class EIFNCKPlus(CkplusData, ClassifierRecipe):
         return {**super().modules(), "center_loss": self.center_loss}
 
     def _batch_loss(self, out: Any, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.loss_fn(out, self.y_train[idx], self.s_train[idx])
+        return self.loss_fn(out, self.y_train[idx], None if self.s_train is None else self.s_train[idx])
 
     def _after_step(self, out: Any, idx: torch.Tensor) -> None:
         if self.loss_fn.uses_identity:  # Wen et al.'s centre update, after the gradient step
             self.center_loss.update_centers(out.identity.detach().float(), self.s_train[idx])
 
     def weights_meta(self) -> dict[str, Any]:
-        notes = (f"mode={self.mode}; lambdas=({self.loss_fn.lambda1}, {self.loss_fn.lambda2}, {self.loss_fn.lambda3});"
-                 " random init (no ImageNet / Oulu-CASIA stage 1)"
-                 + ("" if not self.options.get("init") else f"; init from {self.options['init']}"))
-        data = (f"{self._data_desc}; identity labels = {self.model_cfg['num_subjects']} training subjects")
-        return self._meta("eifn", "eifn", dict(self.model_cfg), data, notes)
+        init = self.options.get("init")
+        notes = (f"mode={self.mode}; lambdas=({self.loss_fn.lambda1}, {self.loss_fn.lambda2}, {self.loss_fn.lambda3}); "
+                 + (f"init from {init}" if init else "random init (no ImageNet / Oulu-CASIA stage 1)"))
+        ids = ("no identity labels (EFN)" if self.s_train is None
+               else f"identity labels = {self.model_cfg['num_subjects']} training subjects")
+        return self._meta(self.weights_name, "eifn", dict(self.model_cfg), f"{self._data_desc}; {ids}", notes)
+
+
+@register_recipe
+class EIFNCKPlus(CkplusData, _EIFNRecipe):
+    name = "eifn/ckplus"
+    description = ("EIFN (expression-identity fusion, bilinear) on CK+48, 7 classes, identity = CK+ subjects; "
+                   "--mode eifn|eifn_star|efn for the ablations")
+
+
+@register_recipe
+class EIFNFerplusStage1(FerplusData, _EIFNRecipe):
+    """The paper's stage 1 pre-trains on another expression set (Oulu-CASIA, with identities). Here
+    that is FER+, which has no subject labels, hence EFN mode (L_exp alone trains both extractors
+    through the fusion), hard majority labels (eq. 5's softmax L_exp) and the CK+ stage's input.
+    ``eifn/ckplus --init`` takes both extractors and the identity FC; the heads do not match."""
+
+    name = "eifn/ferplus-stage1"
+    description = ("EIFN stage 1 on FER+ (EFN mode: no identity labels there), majority labels; the --init of "
+                   "eifn/ckplus")
+    supports_vote_targets = False
+    default_mode = "efn"
+    default_epochs = 10
+    input_preprocessing = FERPLUS_PREPROCESSING
+    weights_name = "eifn-ferplus-stage1"

@@ -69,7 +69,7 @@ from ferkit.evaluation.synthesis import FrozenIdentity, every_expression_set, gr
 from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
 from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing
+from ferkit.models.weights import Preprocessing, load_matching
 from ferkit.recipes.base import option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
@@ -214,40 +214,20 @@ class _FersnetRecipe(Recipe):
 
     def _load_init(self, source: str) -> str:
         """Copy the tensors of ``source`` whose name and shape match this model; say what was kept."""
-        from ferkit.models.weights import get_weights, matching_tensors
-
-        weights = get_weights(source)
-        if not weights.architecture.startswith("fersnet"):
-            raise ValueError(f"--init {source} holds a {weights.architecture!r} model; it must be a FERSNet")
-        take = matching_tensors(self.model, weights.state_dict())
-        own = self.model.state_dict()
-        learned = [k for k, v in own.items() if v.is_floating_point()]
-        if sum(k in take for k in learned) * 2 < len(learned):  # only class-count layers may differ
-            raise ValueError(f"--init {source}: no tensor matches this model's names and shapes for most "
-                             f"layers ({self.model_cfg}); was it trained with another --width / --input-size?")
-        self.model.load_state_dict(take, strict=False)
-        skipped = sorted(k for k in own if k not in take)
-        return (f"{self.name}: initialised {len(take)}/{len(own)} tensors from {source}"
+        taken, skipped = load_matching(self.model, source, "fersnet", "FERSNet")
+        return (f"{self.name}: initialised {taken}/{len(self.model.state_dict())} tensors from {source}"
                 + (f"; random: {', '.join(skipped)}" if skipped else ""))
 
     # ---- Recipe interface -------------------------------------------------------------------
+    # the discriminator and its optimiser exist only with the FES stream (not with --no-mtl)
     def modules(self) -> dict[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"model": self.model}
-        if self.discriminator is not None:
-            mods["discriminator"] = self.discriminator
-        return mods
+        return {"model": self.model, **({"discriminator": self.discriminator} if self.discriminator is not None else {})}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        opts: dict[str, torch.optim.Optimizer] = {"generator": self.opt_g}
-        if self.discriminator is not None:
-            opts["discriminator"] = self.opt_d
-        return opts
+        return {"generator": self.opt_g, **({"discriminator": self.opt_d} if self.discriminator is not None else {})}
 
     def schedulers(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"generator": self.sched_g}
-        if self.discriminator is not None:
-            s["discriminator"] = self.sched_d
-        return s
+        return {"generator": self.sched_g, **({"discriminator": self.sched_d} if self.discriminator is not None else {})}
 
     def _in_fes_da(self, epoch: int) -> bool:
         return self.fes_da > 0 and epoch >= self.schedule_epochs - self.fes_da

@@ -7,15 +7,10 @@ strangers matched. Two standard fixes are options here:
 
 * ``--margin-loss cosface|arcface`` (``--margin``, ``--scale``): the classifier becomes a
   :class:`~ferkit.losses.margin.MarginHead` on the identity feature (see that module for the
-  equations), which compacts each identity on the hypersphere so the cosine similarity separates
-  people. The margin is ramped in over ``--margin-warmup-epochs``. These nets have no batch
-  normalisation: from scratch, a margin head lets every face collapse onto one direction first
-  (measured: all held-out pairs at cosine ~1.0 after a few epochs, feature norms growing
-  without bound), so the reliable use is a fine-tune of a softmax-trained net
-  (``--init-checkpoint``), whose classifier weights then initialise the head. The network's own last layer
-  gets no gradient; after every step it is overwritten with ``s * W / ||W||`` of the margin head
-  (bias 0), so the exported model classifies exactly as the head does (``argmax`` of
-  ``s ||x|| cos(theta)``) and every checkpoint is self-consistent.
+  equations and why it is a fine-tune, ``--init-checkpoint``, of a softmax-trained net: from
+  scratch these BN-free nets collapse). The network's own last layer gets no gradient; after every
+  step it is overwritten with ``s * W / ||W||`` of the margin head (bias 0), so the exported model
+  classifies exactly as the head does and every checkpoint is self-consistent.
 * heavier augmentation (``--augment`` items ``crop``, ``jitter``, ``blur`` besides the base's
   flip / shift / rotation / scale; ``heavy`` = ``flip,rotation,crop,jitter,blur``): random
   resized crops, brightness / contrast / gamma jitter and random down-up sampling, because LFW and
@@ -34,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ferkit.data.augment import photometric_jitter, random_downsample, random_resized_crop
-from ferkit.losses.margin import MARGIN_DEFAULTS, MARGIN_LOSSES, MarginHead, margin_warmup_fraction
+from ferkit.losses.margin import (MARGIN_DEFAULTS, MARGIN_LOSSES, MarginHead, margin_warmup_fraction,
+                                  resolve_margin_kind)
 from ferkit.recipes.base import option
 from ferkit.training.recipe import TrainContext
 
@@ -103,23 +99,16 @@ class IdentityTrainingMixin:
         if str(self.options.get("augment") or "").strip().lower() == "heavy":
             self.options["augment"] = HEAVY_AUGMENT
 
-    def _margin_kind(self) -> str:
-        kind = str(option(self.options, "margin_loss", "softmax"))
-        if kind not in MARGIN_LOSSES:
-            raise ValueError(f"--margin-loss {kind!r}: use one of {', '.join(MARGIN_LOSSES)}")
-        if kind == "softmax" and (self.options.get("margin") is not None or self.options.get("scale") is not None):
-            raise ValueError("--margin / --scale belong to --margin-loss cosface|arcface; with softmax they do nothing")
-        return kind
-
     def _build_identity_classifier(self, model: nn.Module, feature_dim: int) -> nn.Module:
         """Called from ``_build_model``: with a margin loss, the margin head is created (on the
         training device, so ``_param_groups`` hands its weights to the optimiser) and the model's
         own classifier is frozen (it gets no gradient; it is kept in sync instead), which also
         keeps it out of the optimiser and of DDP."""
-        self.margin_kind = self._margin_kind()
+        o = self.options
+        kind = str(option(o, "margin_loss", "softmax"))
+        self.margin_kind = resolve_margin_kind(kind, o.get("margin"), o.get("scale"))
         self.margin_head: Optional[MarginHead] = None
         if self.margin_kind != "softmax":
-            o = self.options
             getattr(model, self.classifier_attr).requires_grad_(False)
             self.margin_head = MarginHead(feature_dim, len(self.classes), self.margin_kind, o.get("scale"),
                                           o.get("margin")).to(self.device)

@@ -285,7 +285,6 @@ class JointFerplusRecipe(FerplusData, _JointRecipe):
     weights_name = "tfe-jl"
 
 
-
 @register_recipe
 class JointCkplusRecipe(CkplusData, _JointRecipe):
     name = "tfe-jl/joint-ckplus"

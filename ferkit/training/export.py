@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -64,8 +64,7 @@ def export_weights(checkpoint_path: Union[str, Path], name: str, out_dir: Union[
     human model card; without it an existing ``<name>.md`` is left alone and a missing one is
     generated from the metadata.
     """
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise ValueError(f"invalid weights name {name!r}: use a plain file stem like 'tfe-jl'")
+    _check_name(name)
     out = Path(out_dir) if out_dir is not None else weights_dir()
     ckpt = load_checkpoint(Path(checkpoint_path))
     meta = dict(ckpt["weights_meta"])
@@ -79,6 +78,13 @@ def export_weights(checkpoint_path: Union[str, Path], name: str, out_dir: Union[
     model = w.build_model()
     state = ckpt["modules"]["model"]
     model.load_state_dict(state)
+    return _write_entry(w, model, state, out, fp16, card_md)
+
+
+def _write_entry(w: Weights, model: torch.nn.Module, state: dict[str, torch.Tensor], out: Path, fp16: bool,
+                 card_md: Optional[str]) -> dict[str, Any]:
+    """Write ``<name>.pt/.json/(.md)`` for a built ``model`` holding ``state``, then prove the round trip."""
+    name = w.name
     shipped = half_state_dict(model, state) if fp16 else {k: v.clone() for k, v in state.items()}
 
     pt_path, json_path, md_path = out / f"{name}.pt", out / f"{name}.json", out / f"{name}.md"
@@ -104,3 +110,53 @@ def export_weights(checkpoint_path: Union[str, Path], name: str, out_dir: Union[
                            f"(allowed {ROUND_TRIP_RTOL * scale:.3g}); the files were written but must not ship")
     return {"pt": str(pt_path), "json": str(json_path), "md": str(md_path), "max_logit_diff": diff,
             "bytes": pt_path.stat().st_size, "metrics": w.metrics}
+
+
+def _check_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise ValueError(f"invalid weights name {name!r}: use a plain file stem like 'tfe-jl'")
+
+
+def export_ensemble(checkpoint_paths: Sequence[Union[str, Path]], name: str, out_dir: Union[str, Path, None] = None,
+                    metrics: Optional[dict[str, Any]] = None, fp16: bool = True, card_md: Optional[str] = None,
+                    notes: Optional[str] = None) -> dict[str, Any]:
+    """Combine identity-net checkpoints into one shipped ``identity_ensemble`` entry.
+
+    Every member must read the same input (preprocessing), know the same identity classes and use the
+    same test-time augmentation, or the combined feature would mean nothing; the error says which
+    member differs in what. The members' own validation numbers are not the ensemble's, so the card
+    carries only ``metrics`` and no threshold: calibrate it afterwards (``ferkit eval-verification
+    --write-card``). The held-out identities are those held out of every member.
+    """
+    from ferkit.models.ensemble import MIN_MEMBERS
+
+    _check_name(name)
+    if len(checkpoint_paths) < MIN_MEMBERS:
+        raise ValueError(f"an ensemble needs at least {MIN_MEMBERS} checkpoints, got {len(checkpoint_paths)}")
+    out = Path(out_dir) if out_dir is not None else weights_dir()
+    ckpts = [load_checkpoint(Path(p)) for p in checkpoint_paths]
+    metas = [Weights.from_dict(c["weights_meta"]) for c in ckpts]
+    first = metas[0]
+    for path, m in zip(checkpoint_paths[1:], metas[1:]):
+        for field_name in ("preprocessing", "classes", "tta"):
+            if getattr(m, field_name) != getattr(first, field_name):
+                raise ValueError(f"{path}: its {field_name} differs from {checkpoint_paths[0]}'s; ensemble members "
+                                 "must read the same faces, know the same identities and use the same TTA")
+    heldout = [i for i in first.heldout_identities if all(i in m.heldout_identities for m in metas[1:])]
+    members = [{"architecture": m.architecture, "model_cfg": dict(m.model_cfg)} for m in metas]
+    described = "; ".join(f"{m.recipe} seed {c.get('seed')} {m.epochs} epochs ({Path(p).name} of "
+                          f"{Path(p).parent.name})" for p, m, c in zip(checkpoint_paths, metas, ckpts))
+    recipes = sorted({m.recipe for m in metas})
+    w = Weights(name=name, architecture="identity_ensemble", classes=list(first.classes),
+                preprocessing=first.preprocessing, model_cfg={"members": members}, file=f"{name}.pt",
+                metrics=dict(metrics or {}), data=first.data, recipe=" + ".join(recipes),
+                epochs=first.epochs if len({m.epochs for m in metas}) == 1 else None, hardware=first.hardware,
+                wall_time_s=sum(m.wall_time_s or 0.0 for m in metas), precision=first.precision, tta=first.tta,
+                training_options={"members": [dict(m.training_options, seed=c.get("seed")) for m, c in
+                                              zip(metas, ckpts)]},
+                heldout_identities=heldout, split=dict(first.split),
+                notes=notes if notes is not None else f"identity ensemble of {len(metas)} nets: {described}")
+    model = w.build_model()
+    state = {f"members.{i}.{k}": v for i, c in enumerate(ckpts) for k, v in c["modules"]["model"].items()}
+    model.load_state_dict(state)
+    return _write_entry(w, model, state, out, fp16, card_md)
