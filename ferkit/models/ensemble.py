@@ -51,10 +51,9 @@ class IdentityEnsemble(FerModel):
     def __init__(self, members: Sequence[Mapping[str, Any]]) -> None:
         super().__init__()
         check_members(members)
-        self.member_specs = [{"architecture": str(m["architecture"]), "model_cfg": dict(m.get("model_cfg") or {})}
-                             for m in members]
-        nets = [create_model(s["architecture"], **s["model_cfg"]) for s in self.member_specs]
-        for spec, net in zip(self.member_specs, nets):
+        specs = [{"architecture": str(m["architecture"]), "model_cfg": dict(m.get("model_cfg") or {})} for m in members]
+        nets = [create_model(s["architecture"], **s["model_cfg"]) for s in specs]
+        for spec, net in zip(specs, nets):
             if not getattr(net, "has_identity", False):
                 raise ValueError(f"ensemble member {spec['architecture']!r} has no identity feature")
         class_counts = {int(net.num_classes) for net in nets}

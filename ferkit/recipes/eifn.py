@@ -113,14 +113,14 @@ class _EIFNRecipe(ClassifierRecipe):
                 raise DataError(self.data_dir, f"the data set has no subject ids, and --mode {self.mode} trains the "
                                                "identity branch on them; use --mode efn (no identity loss)")
             # EFN never reads the subject labels: one placeholder class keeps the model's shape valid
-            subject_ids, self.s_train = torch.zeros(1), None
+            num_subjects, self.s_train = 1, None
         else:
             # identity softmax over the TRAINING subjects only (held-out subjects are strangers)
             subject_ids, subjects = torch.unique(train.subjects, return_inverse=True)
-            self.s_train = subjects.to(self.device)
+            num_subjects, self.s_train = len(subject_ids), subjects.to(self.device)
         pre = self.input_preprocessing
         self.model_cfg = {
-            "num_classes": len(train.classes), "num_subjects": len(subject_ids),
+            "num_classes": len(train.classes), "num_subjects": num_subjects,
             "in_channels": pre.channels, "input_size": pre.input_size,
             "width": float(option(o, "width", 1.0)), "id_dim": int(option(o, "id_dim", 512)), "mode": self.mode,
             "batch_norm": bool(option(o, "batch_norm", False)),
@@ -128,7 +128,7 @@ class _EIFNRecipe(ClassifierRecipe):
         model = create_model("eifn", **self.model_cfg)
         if o.get("init"):
             load_matching(model, str(o["init"]), "eifn", "EIFN")
-        self.center_loss = CenterLoss(len(subject_ids), self.model_cfg["id_dim"],
+        self.center_loss = CenterLoss(num_subjects, self.model_cfg["id_dim"],
                                       alpha=float(option(o, "alpha", 0.5))).to(self.device)
         self.loss_fn = EIFNLoss(self.center_loss, lambda1=float(option(o, "lambda1", CKPLUS_LAMBDAS[0])),
                                 lambda2=float(option(o, "lambda2", CKPLUS_LAMBDAS[1])),

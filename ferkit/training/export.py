@@ -150,7 +150,8 @@ def export_ensemble(checkpoint_paths: Sequence[Union[str, Path]], name: str, out
     w = Weights(name=name, architecture="identity_ensemble", classes=list(first.classes),
                 preprocessing=first.preprocessing, model_cfg={"members": members}, file=f"{name}.pt",
                 metrics=dict(metrics or {}), data=first.data, recipe=" + ".join(recipes),
-                epochs=first.epochs if len({m.epochs for m in metas}) == 1 else None, hardware=first.hardware,
+                epochs=first.epochs if len({m.epochs for m in metas}) == 1 else None,
+                hardware=" / ".join(sorted({m.hardware for m in metas if m.hardware})),
                 wall_time_s=sum(m.wall_time_s or 0.0 for m in metas), precision=first.precision, tta=first.tta,
                 training_options={"members": [dict(m.training_options, seed=c.get("seed")) for m, c in
                                               zip(metas, ckpts)]},
