@@ -229,6 +229,17 @@ def test_no_mtl_and_fes_da_steps(tmp_path: Path) -> None:
     own = da.da_images.view(n, e, 1, 32, 32)[torch.arange(n), da.labels]
     assert torch.equal(own, da.images)
 
+    # FES-DA for the whole run: only as a fine-tuning of a trained FERSNet (--init)
+    with pytest.raises(ValueError, match="fes-da 2 must be smaller"):
+        _recipe(tmp_path / "c", fes_da=2, schedule_epochs=2, identity_weights="none").setup(
+            LocalContext(tmp_path / "c" / "run"))
+    ckpt = tmp_path / "trained.pt"
+    torch.save({"modules": {"model": da.model.state_dict()}, "weights_meta": da.weights_meta()}, ckpt)
+    whole = _recipe(tmp_path / "d", fes_da=2, schedule_epochs=2, identity_weights="none", init=str(ckpt))
+    ctx = LocalContext(tmp_path / "d" / "run")
+    whole.setup(ctx)
+    assert set(next(iter(whole.train_epoch(ctx, 0))).extra) == {"L_cls"}  # epoch 0 already fine-tunes
+
 
 def test_schedule_spans_the_runs_planned_epochs_unless_given(tmp_path: Path) -> None:
     """--schedule-epochs defaults to ctx.epochs (lr reaches lr_end in the run's last epoch); explicit wins."""
@@ -346,3 +357,108 @@ def test_subject_target_draw_gives_every_sample_a_same_subject_target(tmp_path: 
     uniform = _recipe(tmp_path / "u", identity_weights="none", target_draw="uniform")
     uniform.setup(LocalContext(tmp_path / "u" / "run"))
     assert uniform.target_draw == "uniform" and "targets drawn: uniform" in uniform.weights_meta()["notes"]
+
+
+# ---- CPU recipe options: resize upsampling, per-element loss means, L_cls on synthesised faces ------
+
+
+def test_resize_upsampling_replaces_every_transposed_convolution() -> None:
+    paper, resize = _tiny(skips=True), _tiny(skips=True, upsample="resize")
+    kinds = lambda m: {type(x).__name__ for x in m.decoder.modules()}  # noqa: E731
+    assert "ConvTranspose2d" in kinds(paper) and "ConvTranspose2d" not in kinds(resize)
+    assert "Upsample" in kinds(resize)
+    x = torch.randn(2, 1, 32, 32)
+    assert resize.eval().synthesize(x, 1).shape == x.shape
+    with pytest.raises(ValueError, match="upsample"):
+        _tiny(upsample="bicubic")
+
+
+def test_mean_norm_is_the_per_element_mean_of_the_sum() -> None:
+    a, b = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    mask = torch.tensor([True, False, True])
+    torch.testing.assert_close(mean_squared_norm(a, b, mask, norm="mean"), mean_squared_norm(a, b, mask) / 64)
+    with pytest.raises(ValueError, match="norm"):
+        mean_squared_norm(a, b, norm="max")
+
+
+def test_cls_fake_critic_sends_gradients_to_pixels_only(tmp_path: Path) -> None:
+    """L_cls on synthesised faces: the recognition stream judges but does not learn from fakes."""
+    recipe = _recipe(tmp_path, identity_weights="none", lambda_cls_fake=1.0, loss_norm="mean",
+                     upsample="resize")
+    recipe.setup(LocalContext(tmp_path / "run"))
+    model = recipe.model.train()
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    fake = torch.randn(4, 1, 32, 32, requires_grad=True)
+    logits = recipe._critic_logits(fake)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    assert fake.grad is not None and float(fake.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in model.parameters())  # no parameter learns from this term
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())  # BN statistics untouched
+    assert model.training  # the training mode is restored
+    # frozen = the live weights in eval mode: same logits as the model itself in eval mode
+    torch.testing.assert_close(logits, model.eval()(fake.detach()).logits)
+    model.train()
+    result = next(iter(recipe.train_epoch(LocalContext(tmp_path / "run"), 0)))
+    assert result.extra["L_cls_fake"] > 0
+    assert "frozen recognition stream" in recipe.weights_meta()["notes"]
+    with pytest.raises(ValueError, match="lambda-cls-fake"):
+        _recipe(tmp_path / "b", identity_weights="none", lambda_cls_fake=1.0, no_mtl=True).setup(
+            LocalContext(tmp_path / "b" / "run"))
+
+
+def test_init_across_class_lists_carries_shared_classes_by_name(tmp_path: Path) -> None:
+    """A FER+-style source (other classes, other order) warm-starts the CK+ model class by class."""
+    from ferkit.models.weights import transfer_class_slots
+    from ferkit.training.checkpoint import FORMAT
+
+    source_classes = ["neutral", "happiness", "surprise", "anger", "contempt"]  # FER+ spellings
+    src = FERSNet(len(source_classes), input_size=32, width=4, fc_dim=128, skips=True)
+    src_d = PatchDiscriminator(len(source_classes), width=4)
+    meta = Weights(name="src", architecture="fersnet_light", classes=source_classes,
+                   preprocessing=Preprocessing(input_size=32, grayscale=True, mean=0.5, std=0.5),
+                   model_cfg={"num_classes": 5, "input_size": 32, "width": 4, "fc_dim": 128, "skips": True})
+    ckpt = tmp_path / "src.pt"
+    torch.save({"format": FORMAT, "weights_meta": meta.to_dict(),
+                "modules": {"model": src.state_dict(), "discriminator": src_d.state_dict()}}, ckpt)
+    recipe = _recipe(tmp_path, identity_weights="none", init=str(ckpt))
+    ctx = LocalContext(tmp_path / "run")
+    recipe.setup(ctx)
+    own = recipe.classes  # anger, contempt, happy, surprise (CK+ folder names)
+    assert own == ["anger", "contempt", "happy", "surprise"]
+    src_index = {"anger": 3, "contempt": 4, "happy": 1, "surprise": 2}
+    w_own, w_src = recipe.model.classifier[3].weight, src.classifier[3].weight
+    t_own, t_src = recipe.model.transformer.fc.weight, src.transformer.fc.weight
+    d_own, d_src = recipe.discriminator.net[0].weight, src_d.net[0].weight
+    for i, name in enumerate(own):
+        torch.testing.assert_close(w_own[i], w_src[src_index[name]])
+        torch.testing.assert_close(t_own[:, i], t_src[:, src_index[name]])
+        torch.testing.assert_close(d_own[:, 1 + i], d_src[:, 1 + src_index[name]])
+    torch.testing.assert_close(d_own[:, 0], d_src[:, 0])  # the image channel's filters
+    torch.testing.assert_close(recipe.model.fer_blocks[0][0].weight, src.fer_blocks[0][0].weight)
+    assert any("4 shared classes" in m and "discriminator" in m for m in ctx.messages)
+    # a tensor whose class dimension cannot be told apart is left alone
+    plain = torch.nn.Linear(3, 2)
+    before = plain.weight.clone()
+    assert transfer_class_slots(plain, {"weight": torch.zeros(5, 3)}, [(0, 0)], 4, 2) == []
+    torch.testing.assert_close(plain.weight, before)
+
+
+def test_gate_spread_measures_the_maps_the_app_draws() -> None:
+    from ferkit.evaluation.gates import gate_spread
+
+    model = _tiny()
+    images = torch.randint(0, 256, (5, 1, 32, 32), dtype=torch.uint8)
+    to_input = lambda x: x.float() / 127.5 - 1  # noqa: E731
+    stats = gate_spread(model, images, to_input, batch_size=2)
+    assert set(stats) == set(model.eval()(to_input(images), return_gates=True).gates)
+    level1 = model(to_input(images), return_gates=True).gates[gate_key("r", DIRECTIONS[0], 1)].mean(dim=1)
+    assert stats[gate_key("r", DIRECTIONS[0], 1)]["mean"] == pytest.approx(float(level1.mean()), abs=1e-5)
+    assert stats[gate_key("r", DIRECTIONS[0], 1)]["across_faces_std"] == pytest.approx(
+        float(level1.std(dim=0).mean()), abs=1e-5)
+    for st in stats.values():
+        assert 0 < st["mean"] < 1 and st["spatial_range"] >= 0 and st["across_faces_std"] >= 0
+    # the same image five times: the gates cannot differ across faces
+    same = gate_spread(model, images[:1].expand(5, -1, -1, -1), to_input)
+    assert all(st["across_faces_std"] < 1e-6 for st in same.values())
+    with pytest.raises(ValueError, match="no ConvFLU gates"):
+        gate_spread(_tiny(mtl=False), images, to_input)

@@ -170,3 +170,34 @@ def test_shipped_fersnet_keeps_the_person_and_changes_the_expression() -> None:
     change = (syn[classes.index("happy")] - syn[classes.index("surprise")]).abs().mean()
     assert float(change) > 0.05
     assert float((f_syn @ f_src.T).min()) > 0.6  # every target still shows the same person
+
+
+def test_eval_synthesis_on_photos_judges_every_detected_face(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--photos: the faces the live pipeline finds, every target, judged; photos carry no labels."""
+    samples = Path(__file__).resolve().parents[1] / "resources" / "samples"
+    args = ["eval-synthesis", "--checkpoint", str(_fersnet(tmp_path)), "--photos", str(samples / "single_face.jpg"),
+            str(samples / "multi_face.jpg"), "--judge", str(_fersnet(tmp_path, mtl=False)),
+            "--identity-weights", "none", "--device", "cpu", "--json"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["faces"] == 6 and "single_face.jpg (1)" in res["data"] and "multi_face.jpg (5)" in res["data"]
+    assert 0.0 <= res["synthesis_accuracy"] <= 1.0 and set(res["per_target_accuracy"]) == set(CLASSES)
+    assert res["judge_accuracy_on_real_test_faces"] is None  # no expression labels on photos
+    flat = tmp_path / "flat.png"
+    cv2.imwrite(str(flat), np.full((64, 64, 3), 128, np.uint8))
+    assert main(args[:3] + ["--photos", str(flat)] + args[args.index("--judge"):]) == 2
+    assert "no face found" in capsys.readouterr().err
+
+
+def test_synthesize_every_face_of_several_photos_one_row_each(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    samples = Path(__file__).resolve().parents[1] / "resources" / "samples"
+    out = tmp_path / "rows.png"
+    assert main(["synthesize", str(samples / "single_face.jpg"), str(samples / "multi_face.jpg"), "--all-faces",
+                 "--checkpoint", str(_fersnet(tmp_path)), "--out", str(out), "--scale", "1", "--device", "cpu"]) == 0
+    grid = cv2.imread(str(out))
+    assert grid.shape[0] == 18 + 6 * 32 and grid.shape[1] == (1 + len(CLASSES)) * 32  # 1 + 5 faces
+    assert "6 faces" in capsys.readouterr().out
+    largest = tmp_path / "largest.png"
+    assert main(["synthesize", str(samples / "multi_face.jpg"), "--checkpoint", str(_fersnet(tmp_path)),
+                 "--out", str(largest), "--scale", "1", "--device", "cpu"]) == 0
+    assert cv2.imread(str(largest)).shape[0] == 18 + 32  # without --all-faces: the largest face only

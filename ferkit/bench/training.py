@@ -53,6 +53,9 @@ RECIPE_NETWORKS: dict[str, NetSpec] = {
     "netb/ferplus": NetSpec("netb", {"num_classes": 8, "head": "dal"}, 128, 128, True),
     "fersnet/ckplus": NetSpec("fersnet_light", {"num_classes": 7}, 0, 64, synthesis=True),
     "fersnet/ferplus": NetSpec("fersnet_light", {"num_classes": 8}, 0, 64, synthesis=True),
+    # the CPU recipe of the shipped fersnet (48 px, 32 filters, resize-convolutions, batch 32)
+    "fersnet/ckplus (CPU: 48 px, width 32)": NetSpec("fersnet_light", {"num_classes": 7, "input_size": 48, "width": 32,
+                                                                     "upsample": "resize"}, 48, 32, synthesis=True),
     "live/ferplus-distill": NetSpec("resnet_live", {"num_classes": 8}, 48, 128, True),
 }
 
@@ -131,7 +134,8 @@ def bench_training(recipes: Optional[list[str]] = None, device: torch.device = t
     from ferkit.recipes.registry import list_recipes
 
     known = list_recipes()
-    names = recipes or known
+    # every recipe, then the named configurations of a recipe (e.g. FERSNet's CPU recipe), marked registered=False
+    names = recipes or known + [k for k in RECIPE_NETWORKS if k not in known]
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # as the training engine does

@@ -66,6 +66,8 @@ def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
     parser.add_argument("--progress-interval", type=float, default=5.0,
                         help="seconds between JSON 'step' events (default 5)")
     parser.add_argument("--json", action="store_true", help="print the cv.json summary on stdout at the end")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for CPU training (default: every core, as ferkit train)")
     before = {a.dest for a in parser._actions}
     group = parser.add_argument_group(f"{recipe_cls.name} options")
     recipe_cls.add_arguments(_SkipExisting(group, parser))
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     summary = run_cv(recipe_cls, opts.data, out, folds=opts.folds,
                      options={k: getattr(opts, k) for k in sorted(own)}, epochs=opts.epochs, device=opts.device,
                      seed=opts.seed, split_seed=opts.split_seed, amp=opts.amp,
-                     progress_interval=opts.progress_interval, only_folds=opts.fold_only, emit=emit)
+                     progress_interval=opts.progress_interval, only_folds=opts.fold_only, emit=emit,
+                     threads=opts.threads)
     if summary.get("status") == "interrupted":
         return 130
     print(format_table(summary), file=sys.stderr)

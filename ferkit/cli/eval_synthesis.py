@@ -9,7 +9,12 @@ and different-subject pairs for scale.
 
 Test faces: ``--data`` is a CK+48 folder (fold ``--fold`` of ``--folds`` subject-independent
 folds, split seed ``--split-seed``: use the fold the weights were NOT trained on; ``--folds 0``
-takes every image) or a FER+ folder (its FER2013Valid split).
+takes every image) or a FER+ folder (its FER2013Valid split); or ``--photos IMAGE...``: every face
+the live face pipeline finds in those photos, cut in the generator's crop style as the app and
+``ferkit synthesize`` cut them. Photos have no expression labels and no subject ids, so the report
+has the judged synthesis accuracy and the identity cosine source vs synthesised only. The judge
+may be any shipped expression model (e.g. ``netb-dal-mse`` on FER2013): classes are matched by
+name and a generator class the judge lacks (contempt) is left out of the accuracy.
 """
 from __future__ import annotations
 
@@ -26,7 +31,10 @@ def register(subparsers: Any) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--weights", default=None, metavar="NAME", help="shipped FERSNet weights")
     g.add_argument("--checkpoint", default=None, metavar="PATH", help="a FERSNet training checkpoint")
-    p.add_argument("--data", type=Path, required=True, help="CK+48 folder or FER+ folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="CK+48 folder or FER+ folder")
+    src.add_argument("--photos", type=Path, nargs="+", metavar="IMAGE",
+                     help="photos: every detected face is synthesised with every expression")
     p.add_argument("--folds", type=int, default=10, help="CK+48 subject-independent folds (0: all images)")
     p.add_argument("--fold", type=int, default=0, help="CK+48 held-out fold to synthesise from")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
@@ -63,6 +71,26 @@ def _test_faces(args: argparse.Namespace, size: int, classes: list[str]):
                                  f"{len(test_idx)} faces")
 
 
+def _photo_faces(photos: list[Path], pre: Any):
+    """uint8 ``[N, C, S, S]`` crops of every face in ``photos`` (the live pipeline, the weights' crop style)."""
+    import torch
+
+    from ferkit.face.pipeline import FacePipeline
+    from ferkit.inference import crops_to_tensor, read_image
+
+    crops, names = [], []
+    with FacePipeline(max_faces=10) as pipeline:
+        for photo in photos:
+            faces = pipeline.process(read_image(photo), pre)
+            if not faces:
+                raise ValueError(f"{photo}: no face found; --photos needs pictures with detectable faces")
+            crops += [f.crop for f in faces]
+            names.append(f"{photo.name} ({len(faces)})")
+    images = crops_to_tensor(crops)
+    labels = torch.full((len(crops),), -1, dtype=torch.long)  # photos carry no expression label
+    return images, labels, f"photos {', '.join(names)}: {len(crops)} faces"
+
+
 def run(args: argparse.Namespace) -> int:
     from ferkit.evaluation.synthesis import FrozenIdentity, Judge, evaluate_synthesis
     from ferkit.models.weights import load_weights
@@ -73,25 +101,38 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(generator.model, "has_synthesis", False):
         raise ValueError(f"weights {generator.weights.name!r} have no synthesis stream")
     pre, classes = generator.weights.preprocessing, list(generator.weights.classes)
-    ds, desc = _test_faces(args, pre.input_size, classes)
-    if list(ds.classes) != classes:
-        raise ValueError(f"--data classes {ds.classes} differ from the weights' classes {classes}")
-    if pre.channels != ds.images.shape[1]:
-        raise ValueError(f"--data has {ds.images.shape[1]}-channel images, the weights expect {pre.channels}")
+    if args.photos:
+        images, labels, desc = _photo_faces(list(args.photos), pre)
+        subjects = None
+    else:
+        ds, desc = _test_faces(args, pre.input_size, classes)
+        if list(ds.classes) != classes:
+            raise ValueError(f"--data classes {ds.classes} differ from the weights' classes {classes}")
+        if pre.channels != ds.images.shape[1]:
+            raise ValueError(f"--data has {ds.images.shape[1]}-channel images, the weights expect {pre.channels}")
+        images, labels, subjects = ds.images, ds.labels, ds.subjects
     judge = Judge(load_weights(args.judge, device=generator.device), classes) if args.judge else None
     identity = FrozenIdentity.from_option(args.identity_weights, device=generator.device)
-    report = evaluate_synthesis(generator, ds.images, ds.labels, ds.subjects, judge=judge, identity=identity,
+    report = evaluate_synthesis(generator, images, labels, subjects, judge=judge, identity=identity,
                                 batch_size=args.batch_size)
     result = {"weights": generator.weights.name, "source": generator.weights.source, "data": desc,
               **report.metrics, "per_target_accuracy": report.per_target_accuracy}
+    if getattr(generator.model, "has_gates", False):
+        from ferkit.evaluation.gates import gate_spread
+
+        result["gate_spread"] = gate_spread(generator.model, images, lambda x: pre.normalize(x.to(generator.device)),
+                                            batch_size=args.batch_size)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{result['weights']} on {desc}")
     for k, v in result.items():
-        if k in {"weights", "source", "data", "per_target_accuracy"}:
+        if k in {"weights", "source", "data", "per_target_accuracy", "gate_spread"}:
             continue
         print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     if report.per_target_accuracy:
         print("  per target: " + ", ".join(f"{k} {v:.3f}" for k, v in report.per_target_accuracy.items()))
+    for key, st in result.get("gate_spread", {}).items():
+        print(f"  gate {key}: mean {st['mean']:.3f}, range over the face {st['spatial_range']:.3f}, "
+              f"std across faces {st['across_faces_std']:.3f}")
     return 0

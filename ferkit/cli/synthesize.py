@@ -1,8 +1,9 @@
-"""`ferkit synthesize IMAGE (--weights NAME | --checkpoint PATH) --target LABEL|all --out PNG`.
+"""`ferkit synthesize IMAGE... (--weights NAME | --checkpoint PATH) --target LABEL|all [--all-faces] --out PNG`.
 
-Detects the largest face, aligns it the way the weights expect (``Preprocessing.alignment``),
-and re-expresses it with FERSNet's synthesis stream. ``--target all`` writes a grid (source, then
-one column per expression); one label writes the source and the synthesised face side by side.
+Detects the largest face of each image (every face with ``--all-faces``), aligns it the way the
+weights expect (``Preprocessing.alignment``), and re-expresses it with FERSNet's synthesis stream.
+One row per face, images in the order given: ``--target all`` writes the source, then one column
+per expression; one label writes the source and the synthesised face side by side.
 A photo without a detectable face is a clear error suggesting ``--whole-image`` (for pictures
 that already are face crops).
 """
@@ -18,7 +19,7 @@ DEFAULT_SYNTHESIS_WEIGHTS = "fersnet"
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("synthesize", help="re-express a face with FERSNet (expression synthesis)",
                               description="Detect, align and re-express the largest face of an image.")
-    p.add_argument("image", type=Path, metavar="IMAGE", help="photo (or face crop with --whole-image)")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="photos (or face crops with --whole-image)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--weights", default=None, metavar="NAME",
                    help=f"shipped weights with a synthesis stream (default {DEFAULT_SYNTHESIS_WEIGHTS})")
@@ -26,6 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--target", default="all", help="expression label of the weights, or 'all' (default)")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--whole-image", action="store_true", help="use the whole image as the face (no detection)")
+    p.add_argument("--all-faces", action="store_true", help="one row per detected face (default: the largest face)")
     p.add_argument("--scale", type=int, default=3, help="enlarge each face tile this many times (default 3)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.set_defaults(func=run)
@@ -53,20 +55,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ValueError(f"--target {args.target!r} is not a class of {loaded.weights.name!r}; "
                          f"use one of {', '.join(classes)} or 'all'")
-    rgb = read_image(args.image)
-    with FacePipeline(max_faces=5) as pipeline:
-        faces = pipeline.process(rgb, pre, whole_image=args.whole_image)
-    if not faces:
-        raise RuntimeError(f"{args.image}: no face found; pass --whole-image if the picture already is a face crop")
-    # the largest face is the subject of the picture
-    face = max(faces, key=lambda f: f.face.box[2] * f.face.box[3])
-    x = to_model_input(crops_to_tensor([face.crop]), pre).to(loaded.device)
+    crops, where = [], []
+    with FacePipeline(max_faces=10) as pipeline:
+        for image in args.images:
+            faces = pipeline.process(read_image(image), pre, whole_image=args.whole_image)
+            if not faces:
+                raise ValueError(f"{image}: no face found; pass --whole-image if the picture already is a face crop")
+            if not args.all_faces:  # the largest face is the subject of the picture
+                faces = [max(faces, key=lambda f: f.face.box[2] * f.face.box[3])]
+            faces.sort(key=lambda f: f.face.box[0])  # left to right, as the app numbers them
+            crops += [f.crop for f in faces]
+            where += ["whole image" if args.whole_image else f"face box {list(f.face.box)}" for f in faces]
+    x = to_model_input(crops_to_tensor(crops), pre).to(loaded.device)
     with torch.no_grad():
-        syn = model.synthesize_all(x)[:, targets]  # [1, T, C, H, W]
+        syn = model.synthesize_all(x)[:, targets]  # [N, T, C, H, W]
     grid = synthesis_grid(pre.denormalize(x).cpu(), pre.denormalize(syn).cpu(), [classes[t] for t in targets],
                           scale=max(1, args.scale))
     write_png(args.out, grid)
-    box = "whole image" if args.whole_image else f"face box {list(face.face.box)}"
-    print(f"{args.out}: {box}, {len(targets)} target expression{'s' if len(targets) > 1 else ''} "
-          f"({loaded.weights.name})")
+    print(f"{args.out}: {len(crops)} face{'s' if len(crops) > 1 else ''} ({'; '.join(where)}), {len(targets)} "
+          f"target expression{'s' if len(targets) > 1 else ''} ({loaded.weights.name})")
     return 0

@@ -106,7 +106,8 @@ def _stderr(message: str) -> None:
 def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[str, Path], *, folds: int = 10,
            options: Optional[dict[str, Any]] = None, epochs: Optional[int] = None, device: str = "auto",
            seed: int = 0, split_seed: int = 0, amp: bool = True, progress_interval: float = 5.0,
-           only_folds: Optional[list[int]] = None, emit: Optional[Emit] = None) -> dict[str, Any]:
+           only_folds: Optional[list[int]] = None, emit: Optional[Emit] = None,
+           threads: Optional[int] = None) -> dict[str, Any]:
     """Train and test every fold (resumably); returns the ``cv.json`` summary dict.
 
     ``options`` are the recipe's own options (the fold options are added here). ``only_folds``
@@ -174,7 +175,7 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
 
             end = train(recipe, fdir, epochs=target_epochs, device=device, resume=ckpt.exists(), seed=seed,
                         amp=amp, progress_interval=progress_interval, on_event=relay, json_lines=False,
-                        validate=False)
+                        validate=False, threads=threads)
             if end["status"] != "completed":
                 emit({"event": "cv_end", "time": time.time(), "status": "interrupted",
                       "message": f"stopped during fold {i}; run the same command again to resume"})

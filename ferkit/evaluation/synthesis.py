@@ -127,13 +127,14 @@ class FrozenIdentity(nn.Module):
             raise ValueError(f"identity network {self.name!r} returned no identity feature")
         return out.identity.float()
 
-    def distance(self, x: torch.Tensor, reference: torch.Tensor, source: Preprocessing) -> torch.Tensor:
+    def distance(self, x: torch.Tensor, reference: torch.Tensor, source: Preprocessing,
+                 norm: str = "sum") -> torch.Tensor:
         """FERSNet's L_idt (eq. 9): :func:`~ferkit.losses.gan.mean_squared_norm` between the features of
         ``x`` and of ``reference`` (both in ``source``'s range); gradients flow to ``x`` only."""
         features = self(x, source)
         with torch.no_grad():
             reference_features = self(reference, source)
-        return mean_squared_norm(features, reference_features)
+        return mean_squared_norm(features, reference_features, norm=norm)
 
 
 class Judge:

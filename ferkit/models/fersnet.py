@@ -72,10 +72,26 @@ def encoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.MaxPool2d(2, 2))
 
 
-def decoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """The encoder block with the max-pool replaced by a 2x2 stride-2 transposed convolution."""
-    return nn.Sequential(*_conv_bn_relu(in_channels, out_channels), *_conv_bn_relu(out_channels, out_channels),
-                         nn.ConvTranspose2d(out_channels, out_channels, 2, stride=2))
+#: how a decoder block doubles its map: the paper's 2x2 stride-2 transposed convolution, or a
+#: resize-convolution (nearest x2, then 3x3 conv), which cannot make checkerboard artefacts
+UPSAMPLING = ("transposed", "resize")
+
+
+def decoder_block(in_channels: int, out_channels: int, upsample: str = "transposed") -> nn.Sequential:
+    """The encoder block with the max-pool replaced by an upsampling step (paper: 2x2 stride-2 transposed conv).
+
+    ``upsample="resize"`` (Odena et al., "Deconvolution and Checkerboard Artifacts", 2016): a 2x2
+    stride-2 transposed convolution paints each output pixel from exactly one kernel tap, so
+    neighbouring pixels come from different weights and the synthesised faces show a 2-pixel grid
+    (seen around the mouth of the 16-filter model); nearest-neighbour doubling followed by a 3x3
+    convolution mixes the same input into every output pixel.
+    """
+    if upsample not in UPSAMPLING:
+        raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
+    up: list[nn.Module] = ([nn.ConvTranspose2d(out_channels, out_channels, 2, stride=2)] if upsample == "transposed"
+                           else [nn.Upsample(scale_factor=2, mode="nearest"),
+                                 nn.Conv2d(out_channels, out_channels, 3, padding=1)])
+    return nn.Sequential(*_conv_bn_relu(in_channels, out_channels), *_conv_bn_relu(out_channels, out_channels), *up)
 
 
 class LabelTransformer(nn.Module):
@@ -107,7 +123,8 @@ class FERSNet(FerModel):
     """Two-stream FER + FES network with ConvFLU feature sharing; see the module docstring."""
 
     def __init__(self, num_classes: int = 7, *, in_channels: int = 1, input_size: int = 96, width: int = 256,
-                 fc_dim: int = 512, mtl: bool = True, convflu: bool = True, skips: bool = False) -> None:
+                 fc_dim: int = 512, mtl: bool = True, convflu: bool = True, skips: bool = False,
+                 upsample: str = "transposed") -> None:
         super().__init__()
         if input_size % 16:
             raise ValueError(f"FERSNet input_size must be a multiple of 16 (four 2x2 poolings), got {input_size}")
@@ -115,6 +132,7 @@ class FERSNet(FerModel):
         self.mtl = bool(mtl)
         self.convflu = bool(convflu) and self.mtl
         self.skips = bool(skips) and self.mtl
+        self.upsample = upsample
         # instance flags: an ablated model cannot show gates / synthesise, and panels must say so
         self.has_gates = self.convflu
         self.has_synthesis = self.mtl
@@ -132,8 +150,8 @@ class FERSNet(FerModel):
             self.transformer = LabelTransformer(num_classes, width, side)
             # block 0 takes [FES map, label map]; with skips every later block also takes the
             # FES encoder map of its input size
-            self.decoder = nn.ModuleList([decoder_block(2 * width, width)]
-                                         + [decoder_block((2 if self.skips else 1) * width, width)
+            self.decoder = nn.ModuleList([decoder_block(2 * width, width, upsample)]
+                                         + [decoder_block((2 if self.skips else 1) * width, width, upsample)
                                             for _ in range(LEVELS - 1)])
             self.to_image = nn.Sequential(nn.Conv2d(width, in_channels, 3, padding=1), nn.Tanh())
 
@@ -221,16 +239,17 @@ class FERSNet(FerModel):
 @register_model("fersnet", paper=PAPER,
                 description="FERSNet as published: 256 filters, 96x96 gray, ConvFLU + FES stream (GPU training)")
 def fersnet(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 256, fc_dim: int = 512,
-            mtl: bool = True, convflu: bool = True, skips: bool = False) -> FERSNet:
+            mtl: bool = True, convflu: bool = True, skips: bool = False, upsample: str = "transposed") -> FERSNet:
     """FERSNet with the paper's sizes (and no skip connections, as published)."""
     return FERSNet(num_classes, in_channels=in_channels, input_size=input_size, width=width, fc_dim=fc_dim,
-                   mtl=mtl, convflu=convflu, skips=skips)
+                   mtl=mtl, convflu=convflu, skips=skips, upsample=upsample)
 
 
 @register_model("fersnet_light", paper=PAPER,
                 description="FERSNet for real-time CPU use: 96x96 gray input, 16 filters, FES skip connections")
 def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 16,
-                  fc_dim: int = 128, mtl: bool = True, convflu: bool = True, skips: bool = True) -> FERSNet:
+                  fc_dim: int = 128, mtl: bool = True, convflu: bool = True, skips: bool = True,
+                  upsample: str = "transposed") -> FERSNet:
     """FERSNet with 16 filters instead of 256 and FES skip connections; input and depth as in the paper.
 
     Why: the decoder of the published network rebuilds the face from the FES encoder's last map
@@ -243,4 +262,4 @@ def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 
     maps and the 6x6 map + label only have to carry the expression.
     """
     return FERSNet(num_classes, in_channels=in_channels, input_size=input_size, width=width, fc_dim=fc_dim,
-                   mtl=mtl, convflu=convflu, skips=skips)
+                   mtl=mtl, convflu=convflu, skips=skips, upsample=upsample)

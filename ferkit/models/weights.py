@@ -176,6 +176,42 @@ def load_matching(model: nn.Module, source: Union[str, Path], architecture_prefi
     return len(take), sorted(k for k in own if k not in take)
 
 
+@torch.no_grad()
+def transfer_class_slots(module: nn.Module, state: Any, class_pairs: list[tuple[int, int]],
+                         source_classes: int, own_classes: int) -> list[str]:
+    """Copy the per-class slices of ``state``'s class-count-dependent tensors into ``module``.
+
+    Why: a warm start across data sets with other class lists (FER+'s 8 emotions -> CK+'s 7) keeps
+    every tensor whose shape matches (:func:`load_matching`) but would leave the classifier rows, the
+    one-hot label's input columns and a conditional discriminator's label planes random, although
+    most classes exist in both lists. ``class_pairs`` holds (source index, own index) of the classes
+    the two share (matched by name by the caller). A tensor qualifies when it differs from the
+    source in exactly one dimension, by exactly the difference in class count; its class slots are
+    the trailing ``classes`` entries of that dimension (a label concatenated after image channels,
+    a classifier's rows). Returns the names of the tensors so filled.
+    """
+    own = module.state_dict()
+    done: list[str] = []
+    for name, src in float_state(state).items():
+        dst = own.get(name)
+        if dst is None or dst.dim() != src.dim() or dst.shape == src.shape:
+            continue
+        dims = [d for d in range(dst.dim()) if dst.shape[d] != src.shape[d]]
+        if len(dims) != 1 or src.shape[dims[0]] - dst.shape[dims[0]] != source_classes - own_classes:
+            continue
+        d = dims[0]
+        src_base, own_base = src.shape[d] - source_classes, dst.shape[d] - own_classes
+        if src_base != own_base or src_base < 0:
+            continue
+        # the non-class entries in front (e.g. image channels) are shared as they are
+        if own_base:
+            dst.narrow(d, 0, own_base).copy_(src.narrow(d, 0, src_base).to(dst.dtype))
+        for s_idx, o_idx in class_pairs:
+            dst.narrow(d, own_base + o_idx, 1).copy_(src.narrow(d, src_base + s_idx, 1).to(dst.dtype))
+        done.append(name)
+    return done
+
+
 def list_weights() -> list[str]:
     folder = weights_dir()
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []

@@ -39,7 +39,16 @@ discriminator entirely (no D step), for such pre-training.
 Ablations: ``--no-mtl`` (L_cls only, FER stream only), ``--no-convflu`` (hard sharing, see
 :mod:`ferkit.models.fersnet`), ``--fes-da K`` (the last K epochs of the schedule fine-tune on the
 FES-augmented set: every training face synthesised with every expression, its own expression
-kept as the real face, so each class has exactly one image per training face; L_cls only).
+kept as the real face, so each class has exactly one image per training face; L_cls only; with
+``--init`` a trained FERSNet, K may be the whole run: FES-DA as a fine-tuning of its own).
+
+CPU recipe (options beyond the paper, all off by default): ``--input-size 48 --width 32
+--upsample resize`` (resize-convolutions against checkerboards), ``--loss-norm mean`` (per-pixel
+means, so L_rec / L_cyc / L_idt do not drown L_cls; the lambdas are raised to match) and
+``--lambda-cls-fake`` (the synthesised face classified into its target by the recognition stream,
+frozen for that term: StarGAN's L_cls^f, which is what makes a short run edit expressions). The
+shipped model's card has the full commands: a FER+ stage without subject ids (uniform targets, no
+L_rec), then CK+ with ``--init`` (shared classes carried over by name) and same-subject L_rec.
 
 L_idt's identity network is named by ``--identity-weights`` (a shipped name or a checkpoint of a
 Light CNN / DeepID; default: the first shipped of :data:`DEFAULT_IDENTITY_WEIGHTS`); faces are
@@ -65,11 +74,13 @@ from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.sampling import TargetSampler
 from ferkit.evaluation.forward import batched_forward
-from ferkit.evaluation.synthesis import FrozenIdentity, every_expression_set, grid_faces, training_sample_grid, write_png
+from ferkit.evaluation.synthesis import (FrozenIdentity, canonical_class, every_expression_set, grid_faces,
+                                         training_sample_grid, write_png)
 from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
 from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing, load_matching
+from ferkit.models.weights import (Preprocessing, get_weights, load_matching, matching_tensors,
+                                   transfer_class_slots)
 from ferkit.recipes.base import option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
@@ -107,6 +118,15 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--lambda-cyc", type=float, default=0.5, help="l3 (paper 0.5)")
         parser.add_argument("--lambda-idt-start", type=float, default=0.1, help="l4 at the start (paper 0.1)")
         parser.add_argument("--lambda-idt-end", type=float, default=0.5, help="l4 at the end (paper 0.5)")
+        parser.add_argument("--lambda-cls-fake", type=float, default=0.0,
+                            help="weight of classifying each synthesised face as its target expression by the "
+                                 "recognition stream, frozen for this term (StarGAN's L_cls^f; not in the paper: 0)")
+        parser.add_argument("--loss-norm", choices=["sum", "mean"], default="sum",
+                            help="L_rec / L_cyc / L_idt per sample: sum of squared differences (the equations, "
+                                 "default) or their mean (per-pixel MSE; scale the lambdas up to match)")
+        parser.add_argument("--upsample", choices=["transposed", "resize"], default="transposed",
+                            help="decoder upsampling: 2x2 stride-2 transposed conv (paper) or nearest x2 + 3x3 conv "
+                                 "(no checkerboard artefacts)")
         parser.add_argument("--target-draw", choices=["subject", "uniform"], default=None,
                             help="subject: I^t = a random image of the same subject, z^t its label (default "
                                  "with subject ids); uniform: z^t uniform, L_rec only where the subject has it")
@@ -141,6 +161,7 @@ class _FersnetRecipe(Recipe):
                 "width": int(option(o, "width", 16 if light else 256)),
                 "fc_dim": 128 if light else 512,
                 "skips": option(o, "skips", "on" if light else "off") == "on",
+                "upsample": option(o, "upsample", "transposed"),
                 "mtl": not o.get("no_mtl", False), "convflu": not o.get("no_convflu", False)}
 
     def setup(self, ctx: TrainContext) -> None:
@@ -164,16 +185,17 @@ class _FersnetRecipe(Recipe):
         self.model = create_model(arch, **self.model_cfg).to(self.device)
         self.memory_format = memory_format(option(o, "channels_last", "auto"), self.device)
         self.model.to(memory_format=self.memory_format)
-        init = o.get("init")
-        if init:
-            ctx.log(self._load_init(str(init)))
         self.g = ctx.wrap(self.model)
         self.mtl = self.model.mtl
         self.weights = FersnetLossWeights(gan=float(option(o, "lambda_gan", 0.3)),
                                           rec=float(option(o, "lambda_rec", 1.0)),
                                           cyc=float(option(o, "lambda_cyc", 0.5)),
                                           idt_start=float(option(o, "lambda_idt_start", 0.1)),
-                                          idt_end=float(option(o, "lambda_idt_end", 0.5)))
+                                          idt_end=float(option(o, "lambda_idt_end", 0.5)),
+                                          cls_fake=float(option(o, "lambda_cls_fake", 0.0)))
+        self.loss_norm = option(o, "loss_norm", "sum")
+        if self.weights.cls_fake and not self.mtl:
+            raise ValueError("--lambda-cls-fake needs the FES stream; it cannot be combined with --no-mtl")
         # the run's planned epochs (ctx.epochs, from --epochs or the paper's 500) unless given
         self.schedule_epochs = int(option(o, "schedule_epochs", getattr(ctx, "epochs", None) or self.default_epochs))
         self.target_draw = option(o, "target_draw", "subject" if train.subjects is not None else "uniform")
@@ -187,8 +209,11 @@ class _FersnetRecipe(Recipe):
         self.fes_da = int(option(o, "fes_da", 0))
         if self.fes_da and not self.mtl:
             raise ValueError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
-        if self.fes_da >= self.schedule_epochs:
-            raise ValueError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs}")
+        # every epoch FES-DA is a fine-tuning of a trained FERSNet (--init); from scratch the
+        # synthesis stream must train first
+        if self.fes_da > self.schedule_epochs or (self.fes_da == self.schedule_epochs and not o.get("init")):
+            raise ValueError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs} "
+                             "(or equal to it when --init names a trained FERSNet to fine-tune)")
         lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.999))
         self.sched_g = exponential_decay(self.opt_g, lr, lr_end, self.schedule_epochs)
@@ -202,6 +227,9 @@ class _FersnetRecipe(Recipe):
             self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
             self.sched_d = exponential_decay(self.opt_d, lr, lr_end, self.schedule_epochs)
             self.identity = FrozenIdentity.from_option(o.get("identity_weights"), device=self.device)
+        init = o.get("init")
+        if init:
+            ctx.log(self._load_init(str(init)))
         self.augment = option(o, "augment", "on") == "on"
         self.batch_size = int(option(o, "batch_size", 64))
         self.max_steps = o.get("max_steps_per_epoch")  # --max-steps-per-epoch (smoke runs); None: every batch
@@ -213,10 +241,32 @@ class _FersnetRecipe(Recipe):
                 f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else ""))
 
     def _load_init(self, source: str) -> str:
-        """Copy the tensors of ``source`` whose name and shape match this model; say what was kept."""
+        """Copy the tensors of ``source`` whose name and shape match this model; say what was kept.
+
+        Classes the source shares with this data set (by name: FER+'s "happiness" is CK+'s "happy")
+        also bring their classifier rows, label-transformer columns and, when the source is a
+        training checkpoint, the discriminator's label planes: a FER+ pre-training then starts the
+        CK+ stage with every expression it already knows how to recognise and to synthesise.
+        """
         taken, skipped = load_matching(self.model, source, "fersnet", "FERSNet")
-        return (f"{self.name}: initialised {taken}/{len(self.model.state_dict())} tensors from {source}"
-                + (f"; random: {', '.join(skipped)}" if skipped else ""))
+        source_weights = get_weights(source)
+        own = [canonical_class(c) for c in self.classes]
+        theirs = [canonical_class(c) for c in source_weights.classes]
+        pairs = [(theirs.index(c), i) for i, c in enumerate(own) if c in theirs]
+        mapped = transfer_class_slots(self.model, source_weights.state_dict(), pairs, len(theirs), len(own))
+        note = ""
+        if self.discriminator is not None:
+            # a training checkpoint (get_weights read it already) also holds the discriminator
+            blob = torch.load(source, map_location="cpu", weights_only=False) if str(source).endswith(".pt") else None
+            d_state = blob.get("modules", {}).get("discriminator") if isinstance(blob, dict) else None
+            if d_state is not None:
+                take = matching_tensors(self.discriminator, d_state)
+                self.discriminator.load_state_dict(take, strict=False)
+                d_mapped = transfer_class_slots(self.discriminator, d_state, pairs, len(theirs), len(own))
+                note = f"; discriminator: {len(take) + len(d_mapped)}/{len(self.discriminator.state_dict())} tensors"
+        skipped = [k for k in skipped if k not in mapped]
+        return (f"{self.name}: initialised {taken + len(mapped)}/{len(self.model.state_dict())} tensors from "
+                f"{source} ({len(pairs)} shared classes){note}" + (f"; random: {', '.join(skipped)}" if skipped else ""))
 
     # ---- Recipe interface -------------------------------------------------------------------
     # the discriminator and its optimiser exist only with the FES stream (not with --no-mtl)
@@ -276,24 +326,44 @@ class _FersnetRecipe(Recipe):
                 loss_cls = F.cross_entropy(out.logits.float(), y)
                 loss_gan = (generator_adversarial_loss(self.d(fake, target).float()) if use_gan
                             else torch.zeros((), device=self.device))
-                loss_rec = mean_squared_norm(fake, x_t, has_pair)
+                loss_rec = mean_squared_norm(fake, x_t, has_pair, norm=self.loss_norm)
                 cycled = self.g(fake, target=y).synthesis
-                loss_cyc = mean_squared_norm(cycled, x)
+                loss_cyc = mean_squared_norm(cycled, x, norm=self.loss_norm)
                 if self.identity is not None:
                     # eq. 9 compares with I^t; without one, the source face shows the same person
                     reference = torch.where(has_pair.view(-1, 1, 1, 1), x_t, x)
-                    loss_idt = self.identity.distance(fake, reference, self.preprocessing)
+                    loss_idt = self.identity.distance(fake, reference, self.preprocessing, norm=self.loss_norm)
                 else:
                     loss_idt = torch.zeros((), device=self.device)
+                loss_cls_fake = (F.cross_entropy(self._critic_logits(fake).float(), target)
+                                 if self.weights.cls_fake > 0 else torch.zeros((), device=self.device))
                 loss = (loss_cls + self.weights.gan * loss_gan + self.weights.rec * loss_rec
-                        + self.weights.cyc * loss_cyc + l_idt * loss_idt)
+                        + self.weights.cyc * loss_cyc + l_idt * loss_idt + self.weights.cls_fake * loss_cls_fake)
             ctx.step(loss, self.opt_g)
             self.discriminator.requires_grad_(True)
             correct = (out.logits.detach().argmax(1) == y).sum()
             yield StepResult(loss.detach(), correct, len(idx), {
                 "L_cls": loss_cls.detach(), "L_GAN": loss_gan.detach(), "L_rec": loss_rec.detach(),
                 "L_cyc": loss_cyc.detach(), "L_idt": loss_idt.detach(), "L_D": loss_d.detach(),
+                "L_cls_fake": loss_cls_fake.detach(),
                 "lambda_idt": l_idt, "rec_pairs": has_pair.float().mean()})
+
+    def _critic_logits(self, fake: torch.Tensor) -> torch.Tensor:
+        """The recognition stream's logits for synthesised faces, with its weights frozen for this term.
+
+        Why frozen: if the classifier also learned from L_cls_fake, generator and classifier could
+        agree on a faint code that satisfies both and shows no expression (a judge trained on real
+        faces would then see none). So the weights are detached (gradients reach the synthesised
+        pixels only) and BN uses its running statistics of real faces (eval mode), so neither the
+        batch of fakes nor this pass changes what the recognition stream learns from real faces.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            frozen = {k: v.detach() for k, v in self.model.named_parameters()}
+            return torch.func.functional_call(self.model, frozen, (fake,), strict=False).logits
+        finally:
+            self.model.train(was_training)
 
     def _classifier_step(self, ctx: TrainContext, x_u8: torch.Tensor, y: torch.Tensor) -> StepResult:
         """One step of L_cls alone (the w/o-MTL ablation and the FES-DA fine-tuning)."""
@@ -338,6 +408,12 @@ class _FersnetRecipe(Recipe):
                                     ("w/o ConvFLU", not self.model_cfg["convflu"]),
                                     (f"FES-DA ({self.fes_da} epochs)", self.fes_da > 0)) if on]
         extras = [f"own-target probability {self.own_target_prob}"] if self.own_target_prob > 0 else []
+        if self.weights.cls_fake > 0:
+            extras.append(f"L_cls on synthesised faces x {self.weights.cls_fake} (frozen recognition stream)")
+        if self.loss_norm != "sum":
+            extras.append(f"L_rec/L_cyc/L_idt as per-element means (lambdas: rec {self.weights.rec}, "
+                          f"cyc {self.weights.cyc}, idt {self.weights.idt_start}->{self.weights.idt_end}, "
+                          f"gan {self.weights.gan})")
         if self.model_cfg["mtl"]:
             extras.append(f"targets drawn: {self.target_draw}")
         if self.weights.gan == 0 and self.model_cfg["mtl"]:

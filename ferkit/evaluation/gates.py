@@ -1,0 +1,42 @@
+"""How far FERSNet's ConvFLU gates move: the numbers behind "the gates barely open or close".
+
+The app draws each gate as its channel-mean map over the face (``app.core.explain.gate_map``), so
+these statistics are taken of that same map, per gate key (``r|z``, direction, level):
+
+* ``mean``: the average gate value (0.5 = half open);
+* ``spatial_range``: within one face, the 5th-95th percentile range of the map over positions,
+  averaged over faces - how much structure one heatmap can show (a map of range 0.05 is a flat
+  colour whatever the colour scale makes of it);
+* ``spatial_std``: the same spread as a standard deviation;
+* ``across_faces_std``: at each position, the standard deviation of the map over faces, averaged
+  over positions - whether the gates react to the face at all or are a fixed pattern.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+@torch.no_grad()
+def gate_spread(model: torch.nn.Module, images: torch.Tensor, to_input: Callable[[torch.Tensor], torch.Tensor],
+                batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Per gate key, the statistics of the module docstring over the faces ``images`` (uint8 model size)."""
+    if not getattr(model, "has_gates", False):
+        raise ValueError("this model has no ConvFLU gates (an ablation without them, or another architecture)")
+    model.eval()
+    maps: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(images), batch_size):
+        out = model(to_input(images[start:start + batch_size]), return_gates=True)
+        for key, gate in out.gates.items():
+            maps.setdefault(key, []).append(gate.float().mean(dim=1).cpu())  # channel mean, as the app shows
+    stats: dict[str, dict[str, float]] = {}
+    for key in sorted(maps):
+        m = torch.cat(maps[key])  # [N, H, W]
+        flat = m.flatten(1)
+        q = torch.quantile(flat, torch.tensor([0.05, 0.95]), dim=1)  # [2, N]
+        stats[key] = {"mean": float(flat.mean()),
+                      "spatial_range": float((q[1] - q[0]).mean()),
+                      "spatial_std": float(flat.std(dim=1).mean()) if flat.shape[1] > 1 else 0.0,
+                      "across_faces_std": float(m.std(dim=0).mean()) if m.shape[0] > 1 else 0.0}
+    return stats
