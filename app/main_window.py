@@ -81,6 +81,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.live_panel.show_settings(self.state.live, self.state.explain_interval)
         self.act_loop.setChecked(self.state.source.loop)
         self.explainers.set_interval(self.state.explain_interval)
+        self.models.message.connect(self.notify)  # before the picker: it may say a saved choice was refused
         self.picker = ModelPicker(self.model_combo, self.compare_panel, self.models, self.model_label, self)
         self.picker.fill()
         self._device_text()
@@ -104,7 +105,6 @@ class MainWindow(QMainWindow, MainWindowUi):
         lp.detector_changed.connect(lambda _d: self._live_changed(detector=lp.detector.currentData() or "near"))
         lp.device_changed.connect(lambda d: self._live_changed(device=d))
         lp.explain_interval_changed.connect(self.explainers.set_interval)
-        self.models.message.connect(self.notify)
         self.models.loaded.connect(self._on_models_loaded)
         self.worker.failed.connect(lambda m: self.notify(m, error=True))
         self.sources.frame_ready.connect(self._on_frame)
@@ -143,7 +143,7 @@ class MainWindow(QMainWindow, MainWindowUi):
 
     def add_checkpoint(self, path: str, select: bool = False) -> None:
         key = self.models.add_checkpoint(path)
-        if select:
+        if select and self.models.is_expression(key):  # an identity checkpoint is kept, never picked
             self._select_model(key)
 
     def _select_model(self, key: Optional[str]) -> None:
