@@ -252,6 +252,18 @@ def test_labels_are_placed_without_overlap_in_a_crowd() -> None:
     assert not overlaps((0, 0, 10, 10), (10, 0, 10, 10))  # touching is not hiding
 
 
+def test_labels_cover_no_other_face_in_the_group_photo() -> None:
+    from app.core.layout import overlaps, place_labels
+
+    # the five faces mediapipe finds in resources/samples/multi_face.jpg (1000x667), in track-id order;
+    # label #1 used to sit over face #5's mouth and face #3's cheek
+    boxes = [(529, 322, 115, 115), (679, 308, 118, 118), (314, 252, 103, 103), (222, 78, 98, 98), (433, 224, 88, 88)]
+    for size in ((190.0, 22.0), (260.0, 26.0)):  # the app's font at two scales
+        rects = place_labels(boxes, [size] * 5, (0.0, 0.0, 1000.0, 667.0))
+        assert not any(overlaps(a, b) for i, a in enumerate(rects) for b in rects[i + 1:])
+        assert not [(i, j) for i, r in enumerate(rects) for j, b in enumerate(boxes) if overlaps(r, b)]
+
+
 def test_identity_decision_names_only_at_or_above_the_threshold() -> None:
     from app.core.identity import IdentityChoice, decide
 

@@ -130,11 +130,17 @@ def test_box_labels_do_not_overlap_in_the_group_photo(qtbot, window, classifier)
     inspect_and_wait(qtbot, w, [GROUP])
     w.show_inspected(str(GROUP))
     assert len(w.state.last_result.faces) == 5
-    for paint in (lambda: w.view.grab(), lambda: w.view.annotated_image()):
+    faces = [f.box for f in w.state.last_result.faces]
+    target = w.view._frame_rect()
+    scale = target.width() / w.view._image.width()
+    on_screen = [(target.x() + x * scale, target.y() + y * scale, bw * scale, bh * scale) for x, y, bw, bh in faces]
+    for paint, boxes in ((lambda: w.view.grab(), on_screen), (lambda: w.view.annotated_image(), faces)):
         paint()
         rects = [(r.x(), r.y(), r.width(), r.height()) for r in w.view.label_rects]
         assert len(rects) == 5
         assert not any(overlaps(a, b) for i, a in enumerate(rects) for b in rects[i + 1:])
+        # and no label covers a face (on screen and in the exported PNG)
+        assert not [(i, j) for i, r in enumerate(rects) for j, b in enumerate(boxes) if overlaps(r, b)]
 
 
 def test_one_class_name_across_models_csv_and_json(qtbot, window, tmp_path: Path) -> None:
