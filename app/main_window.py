@@ -205,9 +205,14 @@ class MainWindow(QMainWindow, MainWindowUi):
     def _on_source_started(self, description: str) -> None:
         self.act_pause.setChecked(False)
         self.source_label.setText(description)
+        self.source_label.setToolTip(description)
         self.setWindowTitle(f"ferkit — {description}")
         self.view.set_message("")
         self.show_live_stats(self.state.source.live)  # fps and latency mean nothing for still images
+        if self.state.source.live:
+            # a new source numbers its faces from #1 again (queued before its first frame is analysed)
+            self.worker.submit(lambda analyzer: analyzer.reset_tracking(), lambda _none: None)
+            self.inspect_panel.show_result("", None)  # the Inspect tab's notice and rows were about an image
 
     def _on_source_failed(self, message: str) -> None:
         self.notify(message, error=True)

@@ -77,6 +77,10 @@ def test_corrupt_image_gives_a_message_not_a_crash(qtbot, window, classifier, tm
     w.show_inspected(str(PHOTO))
     assert w.view.message == ""
     assert len(results[str(PHOTO)].faces) == 1  # the good file next to it still works
+    w.show_inspected(str(bad))
+    w.play_video(VIDEO)  # a video replaces the images: the Inspect tab no longer warns about broken.jpg
+    assert not w.inspect_panel.notice.isVisibleTo(w.inspect_panel) and w.inspect_panel.table.rowCount() == 0
+    w.stop_source()
 
 
 def test_no_face_says_so_and_can_score_the_whole_image(qtbot, window, classifier, tmp_path: Path) -> None:
@@ -168,6 +172,29 @@ def test_live_video_shows_boxes_smoothed_bars_and_stats(qtbot, window, classifie
     n = len(shown)
     qtbot.wait(800)
     assert len(shown) <= n + 1
+
+
+def test_face_ids_restart_when_the_video_loops_and_when_a_source_starts(qtbot, window, classifier) -> None:
+    clip = VIDEO.parent / "face_then_no_face.mov"  # one face, then none: a looped face used to come back as #2
+    w = window(weights=classifier)
+    shown: list[tuple[int, list[int]]] = []
+    w.result_shown.connect(lambda r: shown.append((r.frame_index, [f.track_id for f in r.faces])))
+    w.set_loop(True)
+    w.play_video(clip, realtime=False)
+
+    def after_loop() -> list[list[int]]:
+        idx = [i for i, _ in shown]
+        k = next((j for j in range(1, len(idx)) if idx[j] < idx[j - 1]), None)
+        return [] if k is None else [ids for _, ids in shown[k:] if ids]
+
+    qtbot.waitUntil(lambda: len(after_loop()) >= 3, timeout=240000)
+    first_pass = max(i for _, ids in shown for i in ids)  # the face may be lost and found again within a pass
+    assert next(ids for _, ids in shown if ids) == [1] and after_loop()[0] == [1] and first_pass >= 1
+    shown.clear()
+    w.play_video(VIDEO, realtime=False)  # a new source: its first face is #1 again
+    qtbot.waitUntil(lambda: any(ids for _, ids in shown), timeout=120000)
+    assert next(ids for _, ids in shown if ids) == [1]
+    w.stop_source()
 
 
 def test_settings_persist_between_sessions(qtbot, window, classifier) -> None:
