@@ -65,6 +65,8 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.training_dialog = None
         self.cameras = list_cameras()
         self.last_message = ""
+        #: the no-camera banner was shown this session (it is shown once)
+        self._fallback_shown = False
         self._last_stats = 0.0
         self._clear_timer = QTimer(self, singleShot=True, timeout=lambda: self.message_label.show_message(""))
         self.setup_ui(self.devices, self.cameras)
@@ -110,6 +112,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.sources.frame_ready.connect(self._on_frame)
         self.sources.started.connect(self._on_source_started)
         self.sources.failed.connect(self._on_source_failed)
+        self.sources.fell_back.connect(self._on_source_fell_back)
         self.sources.message.connect(self.notify)
         self.sources.images_requested.connect(self.inspect)
         self.inspection.files_listed.connect(self._on_files_listed)
@@ -214,6 +217,15 @@ class MainWindow(QMainWindow, MainWindowUi):
             self.worker.submit(lambda analyzer: analyzer.reset_tracking(), lambda _none: None)
             self.inspect_panel.show_result("", None)  # the Inspect tab's notice and rows were about an image
 
+    def _on_source_fell_back(self, message: str) -> None:
+        """No camera: a short line in the status bar; the whole reason once per session in the banner
+        above the video (dismissable, fading out), never over the face being played."""
+        self.notify("No camera — playing the sample video.", error=True)
+        self.message_label.setToolTip(message)
+        if not self._fallback_shown:
+            self._fallback_shown = True
+            self.banner.show_message(message)
+
     def _on_source_failed(self, message: str) -> None:
         self.notify(message, error=True)
         self.view.set_message(message)
@@ -234,6 +246,10 @@ class MainWindow(QMainWindow, MainWindowUi):
             self.sources.open_path(videos[0])
         elif paths:
             self.inspect(paths)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.fit_toolbar()
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():

@@ -112,6 +112,34 @@ def test_no_camera_gives_a_notice_and_plays_the_sample_video(qtbot, window, clas
     assert w.state.source.mode == "video" and w.state.source.path.name == VIDEO.name
     assert "No camera" in w.source_label.text()  # stays in the status bar while the sample plays
     qtbot.waitUntil(lambda: w.state.last_result is not None and len(w.state.last_result.faces) > 0, timeout=120000)
+    # the whole reason sits in a banner above the picture, never drawn over the face
+    assert w.view.message == "" and w.banner.isVisible() and "sample video" in w.banner.label.text()
+    banner = w.banner.geometry().translated(w.banner.parentWidget().mapTo(w, w.banner.pos()) - w.banner.pos())
+    view = w.view.geometry().translated(w.view.parentWidget().mapTo(w, w.view.pos()) - w.view.pos())
+    assert not banner.intersects(view)
+    w.banner.close_button.click()  # dismissable
+    assert not w.banner.isVisible()
+    w.start_camera()  # shown once per session: the status bar still says it
+    assert not w.banner.isVisible() and "camera" in w.last_message.lower()
+    w.stop_source()
+
+
+def test_no_camera_banner_fades_out_by_itself(qtbot, window, classifier) -> None:
+    w = window(weights=classifier)
+    w.banner.show_message("No camera was found — playing the sample video instead.", timeout_ms=50)
+    assert w.banner.isVisible()
+    qtbot.waitUntil(lambda: not w.banner.isVisible(), timeout=5000)
+
+
+def test_model_box_stays_visible_in_a_640x480_window(qtbot, window, classifier) -> None:
+    w = window(weights=classifier)
+    w.resize(640, 480)
+    qtbot.waitUntil(lambda: w.width() <= 660, timeout=5000)
+    qtbot.wait(50)
+    combo = w.model_combo
+    assert combo.isVisible()  # not moved into the toolbar's overflow menu
+    right = combo.mapTo(w, combo.rect().topRight()).x()
+    assert right <= w.width() and combo.width() >= 120
 
 
 def _rss_mb() -> float:

@@ -89,6 +89,26 @@ def test_long_error_is_elided_with_the_whole_text_in_the_tooltip(qtbot, window, 
     assert right <= w.fps_label.mapTo(w, w.fps_label.rect().topLeft()).x()  # never under the fps widgets
 
 
+def test_status_bar_texts_elide_instead_of_being_cut(qtbot, window, classifier) -> None:
+    w = window(weights=classifier)
+    w.resize(900, 600)
+    w.source_label.setText("No camera — sample video")
+    w.latency_label.setText("ms: capture 1.2 · detect 8.3 · align 2.1 · infer 12.0 · identity 3.4 · draw 0.8 | "
+                            "end-to-end 85 ms | dropped 0")
+    qtbot.waitUntil(lambda: w.width() <= 900, timeout=5000)
+    qtbot.wait(50)
+    labels = (w.source_label, w.latency_label, w.model_label)
+    for label in labels:
+        shown = label.shown_text()
+        assert label.fontMetrics().horizontalAdvance(shown) <= label.width()  # nothing cut mid-glyph
+        assert shown == label.text() or "…" in shown  # whole, or visibly shortened
+        assert label.toolTip()  # the whole text one hover away
+    assert "…" in w.latency_label.shown_text() and w.latency_label.shown_text().endswith("dropped 0")
+    assert w.latency_label.toolTip() == w.latency_label.text()
+    right = max(lb.mapTo(w, lb.rect().topRight()).x() for lb in labels)
+    assert right <= w.width()
+
+
 # ---------------------------------------------------------------------------------------- compare
 def test_compare_offers_only_expression_models(qtbot, window, classifier) -> None:
     from ferkit.models.weights import get_weights, list_weights
