@@ -217,14 +217,26 @@ class MessageLabel(QLabel):
         super().__init__(parent)
         self.full_text = ""
         self.error = False
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        # Preferred with the text's width as its hint (up to HINT_MAX): a message competes fairly with
+        # the permanent labels when the bar is narrow, instead of getting only what they leave
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         self.setMinimumWidth(120)
+
+    HINT_MAX = 420
+
+    def sizeHint(self) -> QSize:
+        width = self.fontMetrics().horizontalAdvance(self.full_text) + 8
+        return QSize(max(120, min(width, self.HINT_MAX)), super().sizeHint().height())
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(120, super().minimumSizeHint().height())
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.full_text = text
         self.error = error
         self.setToolTip(text)
         self.setStyleSheet("color: #b00020; font-weight: bold;" if error else "")
+        self.updateGeometry()
         self._elide()
 
     def resizeEvent(self, event) -> None:
@@ -299,10 +311,12 @@ class ElidedLabel(QLabel):
     """
 
     def __init__(self, text: str = "", mode: Qt.TextElideMode = Qt.TextElideMode.ElideRight, min_width: int = 60,
-                 parent=None) -> None:
+                 max_width: int = 10000, parent=None) -> None:
         super().__init__(parent)
         self.mode = mode
         self.min_width = min_width
+        #: the most this label asks for, leaving the rest of the bar to the messages
+        self.max_width = max_width
         self.full_text = ""
         self._own_tip = False
         self.setText(text)
@@ -329,7 +343,7 @@ class ElidedLabel(QLabel):
         return self.fontMetrics().horizontalAdvance(self.full_text) + 8
 
     def sizeHint(self) -> QSize:
-        return QSize(self.text_width(), super().sizeHint().height())
+        return QSize(min(self.text_width(), self.max_width), super().sizeHint().height())
 
     def minimumSizeHint(self) -> QSize:
         return QSize(min(self.min_width, self.text_width()), super().minimumSizeHint().height())

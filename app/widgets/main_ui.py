@@ -84,16 +84,17 @@ class MainWindowUi:
         self.setCentralWidget(split)
         sb = self.statusBar()
         # every status-bar text elides with its whole text in the tooltip instead of being cut when narrow
-        self.source_label, self.message_label = ElidedLabel("", min_width=80), MessageLabel()
-        sb.addWidget(self.source_label)
-        sb.addWidget(self.message_label, 1)
+        self.source_label, self.message_label = ElidedLabel("", min_width=120), MessageLabel()
         self.fps_label, self.device_label = QLabel("— fps"), QLabel("")
         #: per-stage times: elided in the middle so the start and the end-to-end latency stay readable
-        self.latency_label = ElidedLabel("", Qt.TextElideMode.ElideMiddle, min_width=90)
+        self.latency_label = ElidedLabel("", Qt.TextElideMode.ElideMiddle, min_width=90, max_width=260)
         #: the selected model, why it is selected and its inference engine (app.widgets.model_picker fills it)
-        self.model_label = ElidedLabel("", min_width=90)
-        for w in (self.fps_label, self.latency_label, self.model_label, self.device_label):
-            sb.addPermanentWidget(w)
+        self.model_label = ElidedLabel("", min_width=90, max_width=300)
+        # one row of stretching labels (QStatusBar's permanent widgets never shrink below their hint, so the
+        # message alone was squeezed): when narrow, the message shrinks twice as slowly as the others
+        for w, stretch in ((self.source_label, 1), (self.message_label, 4), (self.fps_label, 0),
+                           (self.latency_label, 2), (self.model_label, 2), (self.device_label, 0)):
+            sb.addWidget(w, stretch)
         tb = QToolBar("Main")
         tb.setObjectName("main_toolbar")
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
