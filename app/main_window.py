@@ -121,6 +121,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.inspection.finished.connect(lambda n: self.notify(f"Analysed {n} image{'s' if n != 1 else ''}."))
         self.inspection.message.connect(self.notify)
         self.enrolment.changed.connect(ip.set_enrolled)
+        self.enrolment.changed.connect(lambda _names: self._on_gallery_changed())
         self.enrolment.message.connect(self.notify)
         self.explainers.gates_ready.connect(self.gates_panel.set_data)
         self.explainers.gates_failed.connect(self.gates_panel.say)
@@ -355,6 +356,19 @@ class MainWindow(QMainWindow, MainWindowUi):
                                                   "Images (*.png *.jpg *.jpeg *.bmp *.webp *.tif *.tiff)")
         if name and path:
             self.enrolment.enrol_picture(name, path)
+
+    def _on_gallery_changed(self) -> None:
+        """Enrolments added or removed: every shown similarity and decision is recomputed now (boxes,
+        Inspect rows, Identity table), not when the folder is opened again."""
+        if not self.state.rematch_identities():
+            return
+        if self.state.last_result is not None:
+            self.view.set_result(self.state.last_result, self.state.selected_id)
+        shown = self.state.inspection.shown
+        entry = self.state.inspection.results.get(shown) if shown else None
+        if self.state.source.mode == "image" and isinstance(entry, FrameResult):
+            self.inspect_panel.show_result(shown, entry)
+        self._refresh_panels()
 
     def _clear_enrolments(self) -> None:
         if not self.state.enrolments.items() or QMessageBox.question(

@@ -202,6 +202,32 @@ def test_a_stranger_is_unknown_and_the_enrolled_face_is_named(qtbot, window, cla
     assert decisions and all(d.startswith("unknown") for d in decisions)
 
 
+def test_identity_rows_and_table_follow_every_gallery_change(qtbot, window, classifier, calibrated_identity) -> None:
+    calibrated_identity(0.6)
+    w = window(weights=classifier)
+    qtbot.waitUntil(lambda: w.state.loaded.identity.active, timeout=60000)
+    inspect_and_wait(qtbot, w, [PHOTO, GROUP])
+    w.tabs.setCurrentWidget(w.identity_panel)
+    w.show_inspected(str(PHOTO))
+    results = w.state.inspection.results
+    assert results[str(PHOTO)].faces[0].match is None  # nobody enrolled yet
+    table, rows = w.identity_panel.table, w.inspect_panel.table
+
+    def headers() -> list[str]:
+        return [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+
+    w.enrol_from_image("ada", str(PHOTO))  # enrolled after the images were analysed: no re-opening
+    qtbot.waitUntil(lambda: len(w.state.enrolments) == 1, timeout=60000)
+    me = results[str(PHOTO)].faces[0]
+    assert me.match.name == "ada" and me.similarities["ada"] >= 0.6
+    assert rows.item(0, 4).text().startswith("ada (")
+    assert headers() == ["ada", "decision"] and table.item(0, 1).text().startswith("ada (")
+    assert all(f.match.name is None and "ada" in f.similarities for f in results[str(GROUP)].faces)
+    w.enrolment.remove("ada")
+    assert me.match is None and me.similarities == {} and rows.item(0, 4).text() == ""
+    assert headers() == ["decision"] and table.item(0, 0).text() == "—"
+
+
 def test_without_a_calibrated_identity_feature_no_face_is_ever_named(qtbot, window, classifier,
                                                                      no_calibrated_identity) -> None:
     w = window(weights=classifier)  # tfe-jl has an identity output but no calibrated threshold

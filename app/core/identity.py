@@ -10,7 +10,7 @@ identity decision at all and no box ever shows a name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ferkit.models.weights import Weights, enrolment_identity_weights, get_weights
 
@@ -86,6 +86,28 @@ def decide(similarities: Mapping[str, float], choice: Optional[IdentityChoice]) 
         return None
     nearest, sim = max(similarities.items(), key=lambda kv: kv[1])
     return IdentityMatch(nearest if sim >= float(choice.threshold) else None, float(sim), nearest)
+
+
+def rematch(faces: Iterable[Any], gallery: Any, choice: Optional[IdentityChoice]) -> int:
+    """Similarities and decision of already analysed faces against the gallery as it is *now*.
+
+    Why: a result keeps the similarities of the moment it was analysed; after enrolling more
+    pictures (or removing a name) the Inspect rows and the Identity table showed the old ones until
+    the folder was opened again. Each face keeps its identity feature, so only cosines are redone
+    (no model runs). ``faces``: objects with ``identity``, ``similarities`` and ``match`` (FaceResult);
+    ``gallery``: an :class:`app.core.enrolment.EnrolmentStore`; ``choice``: the identity feature the
+    faces were described with. Returns how many faces were re-matched.
+    """
+    if choice is None or not choice.active:
+        return 0
+    n = 0
+    for face in faces:
+        if face.identity is None:
+            continue
+        face.similarities = gallery.similarities(face.identity, choice.key)
+        face.match = decide(face.similarities, choice)
+        n += 1
+    return n
 
 
 def describe(choice: IdentityChoice) -> str:
