@@ -264,6 +264,42 @@ def test_labels_cover_no_other_face_in_the_group_photo() -> None:
         assert not [(i, j) for i, r in enumerate(rects) for j, b in enumerate(boxes) if overlaps(r, b)]
 
 
+def test_rematch_follows_the_gallery_and_guided_capture_keeps_distinct_moments() -> None:
+    from types import SimpleNamespace
+
+    from app.core.enrolment import EnrolmentStore, GuidedCapture, enrolment_advice
+    from app.core.identity import IdentityChoice, rematch
+
+    choice = IdentityChoice(key="idnet", threshold=0.5, far=0.01, tar=0.46)
+    face = SimpleNamespace(identity=np.array([1.0, 0.0]), similarities={}, match=None)
+    none = SimpleNamespace(identity=None, similarities={}, match=None)  # a whole-image row: no feature
+    store = EnrolmentStore()
+    assert rematch([face, none], store, choice) == 1 and face.match is None
+    store.add("ada", np.zeros((4, 4, 3), np.uint8), "idnet", np.array([0.9, 0.1]))
+    rematch([face], store, choice)
+    assert face.match.name == "ada" and face.similarities["ada"] > 0.9
+    store.remove("ada")
+    store.add("bob", np.zeros((4, 4, 3), np.uint8), "idnet", np.array([0.0, 1.0]))
+    rematch([face], store, choice)
+    assert face.match.name is None and set(face.similarities) == {"bob"}
+    assert rematch([face], store, IdentityChoice()) == 0  # no calibrated feature: nothing is decided
+
+    # guided capture: spaced in time, near copies skipped, finished when complete / timed out / face lost
+    cap = GuidedCapture("ada", track_id=1, started=0.0, wanted=3, min_gap_s=0.5)
+    pic = lambda: np.zeros((4, 4, 3), np.uint8)  # noqa: E731
+    assert cap.offer(pic, "idnet", np.array([1.0, 0.0]), 0.1)
+    assert not cap.offer(pic, "idnet", np.array([0.0, 1.0]), 0.3)  # too soon after the last one
+    assert not cap.offer(pic, "idnet", np.array([1.0, 0.001]), 0.8)  # the same moment again
+    assert cap.offer(pic, "idnet", np.array([0.6, 0.8]), 0.9) and not cap.finished(1.0)
+    assert cap.finished(0.9 + cap.lost_s)  # the face has been gone too long
+    assert cap.offer(pic, "idnet", np.array([0.0, 1.0]), 1.5) and cap.complete and cap.finished(1.5)
+    assert GuidedCapture("x", 1, started=0.0).finished(GuidedCapture.timeout_s)
+    advice = enrolment_advice([("ada", 1), ("bob", 4)], 0.46, 0.01, [(1, 0.45), (3, 0.67), (5, 0.79)])
+    assert "46 %" in advice and "ada has only one picture" in advice and "bob" not in advice.split("only")[0]
+    assert "3 pictures: 67 %" in advice
+    assert "only one picture" not in enrolment_advice([("bob", 4)], 0.46, 0.01)
+
+
 def test_identity_decision_names_only_at_or_above_the_threshold() -> None:
     from app.core.identity import IdentityChoice, decide
 
