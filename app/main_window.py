@@ -96,6 +96,8 @@ class MainWindow(QMainWindow, MainWindowUi):
         ip.enrol_image.connect(self.enrol_from_image)
         ip.remove_name.connect(self.enrolment.remove)
         ip.clear_all.connect(self._clear_enrolments)
+        ip.stop_capture.connect(self.enrolment.stop_capture)
+        self.enrolment.capture_progress.connect(ip.show_capture)
         inp.open_requested.connect(self.open_dialog)
         inp.open_folder_requested.connect(self.open_folder_dialog)
         inp.image_selected.connect(self.show_inspected)
@@ -194,11 +196,15 @@ class MainWindow(QMainWindow, MainWindowUi):
                                           self.camera_combo.currentIndex(), self.resolution_combo.currentData())
 
     def stop_source(self) -> None:
+        self.enrolment.stop_capture()  # a guided enrolment keeps the pictures it took
         self.sources.stop()
         self.act_pause.setChecked(False)
 
     def toggle_pause(self, paused: Optional[bool] = None) -> None:
-        self.sources.set_paused(self.act_pause.isChecked() if paused is None else paused)
+        paused = self.act_pause.isChecked() if paused is None else paused
+        if paused:
+            self.enrolment.stop_capture()
+        self.sources.set_paused(paused)
 
     def set_loop(self, on: bool) -> None:
         self.sources.set_loop(on)
@@ -213,6 +219,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.setWindowTitle(f"ferkit — {description}")
         self.view.set_message("")
         self.show_live_stats(self.state.source.live)  # fps and latency mean nothing for still images
+        self.enrolment.stop_capture()  # pictures of the last source's face stay theirs
         if self.state.source.live:
             # a new source numbers its faces from #1 again (queued before its first frame is analysed)
             self.worker.submit(lambda analyzer: analyzer.reset_tracking(), lambda _none: None)
@@ -309,6 +316,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self._display(result)
         if not self.state.source.live or result.frame_index < 0:
             return  # a re-analysed paused frame has no capture timing
+        self.enrolment.feed(result)
         now = time.perf_counter()
         self.state.stats.add(result, self.view.draw_ms, now)
         if now - self._last_stats > 0.25:
@@ -344,10 +352,14 @@ class MainWindow(QMainWindow, MainWindowUi):
 
     # ================================================================== enrolment
     def enrol_selected(self, name: str = "") -> bool:
+        """On running live video, several pictures of the selected face over a few seconds; else this one."""
         if self.state.selected_face() is None:
             return self.enrolment.enrol_shown_face("")  # says there is no face
         name = self.identity_panel.ask_name(name)
-        return bool(name) and self.enrolment.enrol_shown_face(name)
+        guided = self.state.source.live and not self.sources.frozen
+        if guided:
+            self.tabs.setCurrentWidget(self.identity_panel)  # where the progress is shown
+        return bool(name) and self.enrolment.enrol_shown_face(name, guided=guided)
 
     def enrol_from_image(self, name: str = "", path: Optional[str] = None) -> None:
         name = self.identity_panel.ask_name(name)

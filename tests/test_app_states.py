@@ -228,6 +228,37 @@ def test_identity_rows_and_table_follow_every_gallery_change(qtbot, window, clas
     assert headers() == ["decision"] and table.item(0, 0).text() == "—"
 
 
+def test_enrolling_on_live_video_takes_several_pictures_and_the_panel_says_what_to_expect(
+        qtbot, window, classifier, calibrated_identity) -> None:
+    from app.core.enrolment import GUIDED_PICTURES, cosine
+
+    card = calibrated_identity(0.6)
+    w = window(weights=classifier)
+    qtbot.waitUntil(lambda: w.state.loaded.identity.active, timeout=60000)
+    w.play_video(VIDEO)
+    qtbot.waitUntil(lambda: w.state.last_result is not None and any(f.identity is not None
+                                                                    for f in w.state.last_result.faces),
+                    timeout=120000)
+    panel = w.identity_panel
+    assert w.enrol_selected("ada")
+    assert w.enrolment.capture is not None and panel.capture_label.isVisibleTo(panel)
+    assert "Taking pictures of ada" in panel.capture_label.text() and not panel.enrol_button.isEnabled()
+    qtbot.waitUntil(lambda: w.enrolment.capture is None, timeout=60000)
+    taken = [e for e in w.state.enrolments.items() if e.name == "ada"]
+    assert 3 <= len(taken) <= GUIDED_PICTURES  # several moments of the tracked face, not one
+    feats = [e.features[card] for e in taken]
+    assert all(cosine(a, b) < 0.985 for i, a in enumerate(feats) for b in feats[i + 1:])  # no near copies
+    assert f"{len(taken)} pictures" in panel.enrolled.item(0).text()
+    assert not panel.capture_label.isVisibleTo(panel) and panel.enrol_button.isEnabled()
+    # a paused frame gives one picture, and the panel says it is too few and what to expect
+    w.toggle_pause(True)
+    assert w.enrol_selected("bob") and w.enrolment.capture is None
+    assert dict(w.state.enrolments.counts())["bob"] == 1
+    advice = panel.advice.text()
+    assert "bob has only one picture" in advice and "50 %" in advice  # the card's true-accept rate
+    assert "enrol more" in panel.enrolled.item(1).text()
+
+
 def test_without_a_calibrated_identity_feature_no_face_is_ever_named(qtbot, window, classifier,
                                                                      no_calibrated_identity) -> None:
     w = window(weights=classifier)  # tfe-jl has an identity output but no calibrated threshold

@@ -31,6 +31,9 @@ class IdentityChoice:
     origin: str = ""
     #: why there is no identity decision, in words for the panel (empty when ``key`` is set)
     reason: str = ""
+    #: measured (pictures enrolled, share of a person's other photos named right) from the card's
+    #: ``lfw_enrolment_named_right_<n>`` metrics (``scripts/enrolment_lfw.py``); empty when not measured
+    enrolment_rates: tuple[tuple[int, float], ...] = ()
 
     @property
     def active(self) -> bool:
@@ -51,9 +54,24 @@ class IdentityMatch:
         return self.name if self.name is not None else UNKNOWN
 
 
+#: card metric of the share of a person's other photos named right when enrolled from <n> pictures
+ENROLMENT_RATE_METRIC = "lfw_enrolment_named_right_"
+
+
+def enrolment_rates(metrics: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:
+    """(pictures enrolled, rate) pairs of a card's :data:`ENROLMENT_RATE_METRIC` keys, fewest pictures first."""
+    out = []
+    for key, value in metrics.items():
+        tail = key[len(ENROLMENT_RATE_METRIC):] if key.startswith(ENROLMENT_RATE_METRIC) else ""
+        if tail.isdigit() and isinstance(value, (int, float)):
+            out.append((int(tail), float(value)))
+    return tuple(sorted(out))
+
+
 def _from_card(key: str, weights: Weights, origin: str) -> IdentityChoice:
     return IdentityChoice(key=key, threshold=float(weights.identity_threshold), far=weights.identity_far,
-                          tar=weights.identity_tar, calibration=weights.identity_calibration, origin=origin)
+                          tar=weights.identity_tar, calibration=weights.identity_calibration, origin=origin,
+                          enrolment_rates=enrolment_rates(weights.metrics or {}))
 
 
 NO_FEATURE = ("No calibrated identity feature is installed: no shipped identity weights carry a threshold set "
