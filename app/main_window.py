@@ -63,6 +63,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.explainers = ExplainersController(self.state, self.cache, self)
         self.jobs = JobManager(self)
         self.training_dialog = None
+        self.about_dialog = None
         self.cameras = list_cameras()
         self.last_message = ""
         #: the no-camera banner was shown this session (it is shown once)
@@ -415,6 +416,15 @@ class MainWindow(QMainWindow, MainWindowUi):
             self.training_dialog = TrainingDialog(self.jobs, self.devices, self)
         self.training_dialog.show()
         self.training_dialog.raise_()
+
+    def show_about(self) -> None:
+        """Versions, the shipped weights with their cards' data, and the data's terms."""
+        from app.widgets.about import AboutDialog
+
+        if self.about_dialog is None:
+            self.about_dialog = AboutDialog(self)
+        self.about_dialog.show()
+        self.about_dialog.raise_()
 
     def save_settings(self) -> None:
         write_from(self.state, self.settings)

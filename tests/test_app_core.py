@@ -300,6 +300,31 @@ def test_rematch_follows_the_gallery_and_guided_capture_keeps_distinct_moments()
     assert "only one picture" not in enrolment_advice([("bob", 4)], 0.46, 0.01)
 
 
+def test_about_states_readmes_data_credits_versions_and_every_shipped_card() -> None:
+    import re
+
+    from app.core.about import DATA_CREDITS, versions, weights_rows
+    from ferkit.models.weights import get_weights, list_weights
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Data and credits", 1)[1].split("\n## ", 1)[0]
+    assert re.sub(r"\s+", " ", section).strip() == DATA_CREDITS  # word for word, so the two cannot drift
+    got = dict(versions())
+    import torch
+
+    assert got["torch"] == torch.__version__ and got["ferkit"] and "mediapipe" in got and got["Python"]
+    rows = {r.name: r for r in weights_rows()}
+    assert set(rows) == set(list_weights())
+    for name, r in rows.items():
+        card = get_weights(name)
+        assert r.data == card.data and r.classes == len(card.classes)
+        assert r.kind == ("identity" if len(card.classes) > 8 else "expression")
+        assert bool(r.identity) == card.identity_calibrated
+    if "tfe-jl" in rows:
+        acc = get_weights("tfe-jl").metrics["fer2013valid_accuracy_majority"]
+        assert rows["tfe-jl"].headline == f"{acc * 100:.2f} % on FER+ FER2013Valid (majority vote)"
+
+
 def test_identity_decision_names_only_at_or_above_the_threshold() -> None:
     from app.core.identity import IdentityChoice, decide
 

@@ -109,6 +109,25 @@ def test_status_bar_texts_elide_instead_of_being_cut(qtbot, window, classifier) 
     assert right <= w.width()
 
 
+def test_help_about_names_versions_weights_and_data_terms(qtbot, window, classifier) -> None:
+    import torch
+    from PySide6.QtCore import qVersion
+    from PySide6.QtWidgets import QMenu
+
+    import ferkit
+    from ferkit.models.weights import list_weights
+
+    w = window(weights=classifier)
+    help_menu = next(m for m in w.menuBar().findChildren(QMenu) if m.title() == "&Help")
+    about = next(a for a in help_menu.actions() if a.text().startswith("About"))
+    about.trigger()
+    text = w.about_dialog.text.toPlainText()
+    assert w.about_dialog.isVisible()
+    for needle in (ferkit.__version__, torch.__version__, qVersion(), "mediapipe", "non-commercial research",
+                   "Pexels free licence", *list_weights()):
+        assert needle in text, needle
+
+
 # ---------------------------------------------------------------------------------------- compare
 def test_compare_offers_only_expression_models(qtbot, window, classifier) -> None:
     from ferkit.models.weights import get_weights, list_weights

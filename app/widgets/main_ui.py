@@ -48,6 +48,7 @@ ACTIONS = (
     (None, "Load checkpoint…", "load_checkpoint_dialog", None, "file", None, False, False),
     (None, "Train…", "show_training", "Ctrl+T", "tools", "train", False, True),
     (None, "Quit", "close", QKeySequence.StandardKey.Quit, "file", None, False, False),
+    (None, "About ferkit…", "show_about", QKeySequence.StandardKey.HelpContents, "help", None, False, False),
 )
 
 
@@ -100,7 +101,8 @@ class MainWindowUi:
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.addToolBar(tb)
         self.toolbar = tb
-        menus = {k: self.menuBar().addMenu(t) for k, t in (("file", "&File"), ("view", "&View"), ("tools", "&Tools"))}
+        menus = {k: self.menuBar().addMenu(t) for k, t in (("file", "&File"), ("view", "&View"), ("tools", "&Tools"),
+                                                             ("help", "&Help"))}
         for attr, text, method, shortcut, menu, icon_name, checkable, on_toolbar in ACTIONS:
             a = QAction(icon(icon_name) if icon_name else QIcon(), text, self)
             if shortcut:
