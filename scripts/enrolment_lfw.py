@@ -39,6 +39,23 @@ def _largest_identity(result) -> Optional[np.ndarray]:
     return max(faces, key=lambda f: f.box[2] * f.box[3]).identity
 
 
+def write_card(name: str, rows: list[dict], people: int) -> Path:
+    """The rates of a one-person gallery into the metrics of the card of ``name`` (other keys kept)."""
+    from app.core.identity import ENROLMENT_RATE_METRIC
+    from ferkit.models.weights import get_weights
+    from ferkit.utils.io import atomic_write_text
+
+    card = Path(get_weights(name).source)
+    data = json.loads(card.read_text())
+    metrics = data.setdefault("metrics", {})
+    for r in rows:
+        metrics[f"{ENROLMENT_RATE_METRIC}{r['pictures']}"] = round(r["named_right"], 4)
+        metrics[f"lfw_enrolment_strangers_named_{r['pictures']}"] = round(r["strangers_named"], 4)
+    metrics["lfw_enrolment_people"] = people
+    atomic_write_text(card, json.dumps(data, indent=2) + "\n")
+    return card
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--lfw", type=Path, required=True, help="lfw-deepfunneled folder (one folder per person)")
@@ -50,6 +67,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--write-card", action="store_true",
+                    help="store the one-person-gallery rates in the identity weights' card (metrics "
+                         "lfw_enrolment_named_right_<n>, lfw_enrolment_strangers_named_<n>), which the "
+                         "Identity panel quotes")
     args = ap.parse_args(argv)
 
     import torch
@@ -143,6 +164,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{r['named_wrong'] * 100:10.1f}%  {r['unknown'] * 100:6.1f}%  {r['strangers_named'] * 100:14.1f}%")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
+    if args.write_card:
+        write_card(choice.key, [r for r in rows if r["gallery_people"] == 1], len(people))
     analyzer.close()
     return 0
 

@@ -325,6 +325,21 @@ def test_about_states_readmes_data_credits_versions_and_every_shipped_card() -> 
         assert rows["tfe-jl"].headline == f"{acc * 100:.2f} % on FER+ FER2013Valid (majority vote)"
 
 
+def test_the_enrolment_cards_measured_rates_reach_the_identity_choice() -> None:
+    from app.core.identity import choose_identity, enrolment_rates
+    from ferkit.models.weights import get_weights, list_weights
+
+    assert enrolment_rates({"lfw_enrolment_named_right_3": 0.6, "lfw_enrolment_named_right_1": 0.4,
+                            "lfw_enrolment_named_right_x": 1.0, "lfw_view2_accuracy": 0.85}) == ((1, 0.4), (3, 0.6))
+    if "deepid-ensemble" not in list_weights():
+        pytest.skip("deepid-ensemble is not shipped")
+    choice = choose_identity(None, None, False, best=lambda: "deepid-ensemble")
+    metrics = get_weights("deepid-ensemble").metrics
+    assert choice.enrolment_rates == tuple((n, metrics[f"lfw_enrolment_named_right_{n}"]) for n in (1, 3, 5))
+    rates = dict(choice.enrolment_rates)
+    assert rates[1] < rates[3] < rates[5]  # more pictures, more of a person's photos named
+
+
 def test_identity_decision_names_only_at_or_above_the_threshold() -> None:
     from app.core.identity import IdentityChoice, decide
 
