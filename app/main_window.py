@@ -259,6 +259,7 @@ class MainWindow(QMainWindow, MainWindowUi):
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         self.fit_toolbar()
+        self.fit_status_bar()
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():

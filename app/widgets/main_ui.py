@@ -91,10 +91,10 @@ class MainWindowUi:
         self.latency_label = ElidedLabel("", Qt.TextElideMode.ElideMiddle, min_width=90, max_width=260)
         #: the selected model, why it is selected and its inference engine (app.widgets.model_picker fills it)
         self.model_label = ElidedLabel("", min_width=90, max_width=300)
-        # one row of stretching labels (QStatusBar's permanent widgets never shrink below their hint, so the
-        # message alone was squeezed): when narrow, the message shrinks twice as slowly as the others
-        for w, stretch in ((self.source_label, 1), (self.message_label, 4), (self.fps_label, 0),
-                           (self.latency_label, 2), (self.model_label, 2), (self.device_label, 0)):
+        # one row of labels (QStatusBar's permanent widgets never shrink below their hint, so the message
+        # alone was squeezed); fit_status_bar caps each label's share of the window's width
+        for w, stretch in ((self.source_label, 0), (self.message_label, 1), (self.fps_label, 0),
+                           (self.latency_label, 0), (self.model_label, 0), (self.device_label, 0)):
             sb.addWidget(w, stretch)
         tb = QToolBar("Main")
         tb.setObjectName("main_toolbar")
@@ -149,6 +149,17 @@ class MainWindowUi:
             else Qt.ToolButtonStyle.ToolButtonIconOnly
         if tb.toolButtonStyle() != style:
             tb.setToolButtonStyle(style)
+
+    #: the most of the window's width each status-bar label asks for (the message gets the rest)
+    STATUS_SHARES = {"source_label": 0.15, "latency_label": 0.2, "model_label": 0.22}
+
+    def fit_status_bar(self) -> None:
+        """Each label asks for at most its share of the width, so the message always keeps room and the
+        others elide (whole text in the tooltip) instead of one text being cut."""
+        for name, share in self.STATUS_SHARES.items():
+            label = getattr(self, name)
+            label.max_width = max(label.min_width, int(self.width() * share))
+            label.updateGeometry()
 
     def _camera_picked(self, cameras: list[CameraInfo], index: int) -> None:
         """The picked camera's resolutions, 640×480 preselected when it has it."""
