@@ -165,7 +165,7 @@ class PixelImage(QWidget):
 
 
 #: the gate selector's words (the key part stays the item's data)
-GATE_CHOICES = {"r": "how much flows in (leaky gate r)", "z": "how much is replaced (memory gate z)"}
+GATE_CHOICES = {"r": "how much flows in (r)", "z": "how much is replaced (z)"}
 
 
 class GatesPanel(QWidget):
@@ -340,14 +340,14 @@ class GatesPanel(QWidget):
         words = gate_key.words(self._levels)
         self.colour_bar.set_range(r["lo"], r["hi"], extent=(r["min"], r["max"]), lut=colormap_lut(r["cmap"]),
                                   caption="gate value")
-        stretched = "" if r["mode"] == "fixed" else " — colours stretched over it, so small differences look large"
-        self.map_title.setText(f"{html.escape(words[:1].upper() + words[1:], quote=False)}<br><b>{range_words(r['min'], r['max'])}"
-                               f"</b> (values {r['min']:.2f}–{r['max']:.2f}){stretched}")
+        self.map_title.setText(f"{html.escape(words[:1].upper() + words[1:], quote=False)}: "
+                               f"<b>{range_words(r['min'], r['max'])}</b>")
         where = {"robust": "2nd–98th percentile of this map", "centred": "0.5 ± this map's 98th-percentile distance",
                  "fixed": "the whole 0–1 range"}[r["mode"]]
+        stretched = "" if r["mode"] == "fixed" else ", so small differences look large"
         self.stats.setText(f"{heat.shape[1]}×{heat.shape[0]} map: values "
                            f"{r['min']:.3f} … {r['max']:.3f} (mean {r['mean']:.3f}). Colours span "
-                           f"{r['lo']:.3f} … {r['hi']:.3f}: {where}.")
+                           f"{r['lo']:.3f} … {r['hi']:.3f}: {where}{stretched}.")
 
 
 def _weights_for(panel: QWidget, data: dict[str, Any]) -> dict[str, Any]:
