@@ -364,12 +364,15 @@ class MainWindow(QMainWindow, MainWindowUi):
         return bool(name) and self.enrolment.enrol_shown_face(name, guided=guided)
 
     def enrol_from_image(self, name: str = "", path: Optional[str] = None) -> None:
+        """One or several picture files of one person (several photos are recognised far better than one)."""
         name = self.identity_panel.ask_name(name)
+        paths = [path] if path else []
         if name and not path:
-            path, _ = QFileDialog.getOpenFileName(self, f"Picture of {name}", str(Path.home()),
-                                                  "Images (*.png *.jpg *.jpeg *.bmp *.webp *.tif *.tiff)")
-        if name and path:
-            self.enrolment.enrol_picture(name, path)
+            paths, _ = QFileDialog.getOpenFileNames(self, f"Pictures of {name} (several: different days and poses)",
+                                                    str(Path.home()),
+                                                    "Images (*.png *.jpg *.jpeg *.bmp *.webp *.tif *.tiff)")
+        for p in paths if name else []:
+            self.enrolment.enrol_picture(name, p)
 
     def _on_gallery_changed(self) -> None:
         """Enrolments added or removed: every shown similarity and decision is recomputed now (boxes,

@@ -278,6 +278,21 @@ def test_enrolling_on_live_video_takes_several_pictures_and_the_panel_says_what_
     assert "enrol more" in panel.enrolled.item(1).text()
 
 
+def test_from_images_enrols_every_picked_photo_of_the_person(qtbot, window, classifier, calibrated_identity,
+                                                              monkeypatch) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    calibrated_identity(0.6)
+    w = window(weights=classifier)
+    qtbot.waitUntil(lambda: w.state.loaded.identity.active, timeout=60000)
+    astronaut = PHOTO.parent / "astronaut.png"
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([str(PHOTO), str(astronaut)], ""))
+    w.enrol_from_image("ada")
+    qtbot.waitUntil(lambda: dict(w.state.enrolments.counts()).get("ada") == 2, timeout=60000)
+    assert "2 pictures" in w.identity_panel.enrolled.item(0).text()
+    assert "only one picture" not in w.identity_panel.advice.text()
+
+
 def test_without_a_calibrated_identity_feature_no_face_is_ever_named(qtbot, window, classifier,
                                                                      no_calibrated_identity) -> None:
     w = window(weights=classifier)  # tfe-jl has an identity output but no calibrated threshold

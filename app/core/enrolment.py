@@ -165,7 +165,7 @@ def picture_enrolment(analyzer: Any, picture: np.ndarray, what: str = "the pictu
                       ) -> tuple[np.ndarray, Optional[str], Optional[np.ndarray]]:
     """(face picture kept, identity weights key, identity feature) of the largest face in ``picture``.
 
-    The one path by which a still picture is enrolled, in the app (``From image…``) and in
+    The one path by which a still picture is enrolled, in the app (``From images…``) and in
     ``scripts/enrolment_lfw.py``, so the LFW numbers the Identity panel quotes are measured on what the
     app stores. ``analyzer`` is a :class:`app.core.analyzer.FrameAnalyzer` (its full still-image
     detector); raises :class:`app.core.sources.SourceError` in words when no face is found.
@@ -266,6 +266,6 @@ def enrolment_advice(counts: Sequence[tuple[str, int]], tar: Optional[float], fa
     if few:
         who = ", ".join(few[:3]) + (" …" if len(few) > 3 else "")
         parts.append(f"{who} {'has' if len(few) == 1 else 'have'} only one picture: enrol more (Enrol selected face "
-                     f"on live video takes {GUIDED_PICTURES} over a few seconds; or From image…, several photos "
+                     f"on live video takes {GUIDED_PICTURES} over a few seconds; or From images…, several photos "
                      "of different days and poses).")
     return " ".join(parts)

@@ -197,7 +197,7 @@ class IdentityPanel(QWidget):
                                      "are recognised far better than one); on a paused frame, one picture.")
         self.enrol_button.clicked.connect(lambda: self.enrol_face.emit(self.name.text()))
         row.addWidget(self.enrol_button)
-        self.image_button = QPushButton("From image…")
+        self.image_button = QPushButton("From images…")
         self.image_button.clicked.connect(lambda: self.enrol_image.emit(self.name.text()))
         row.addWidget(self.image_button)
         outer.addLayout(row)
