@@ -298,6 +298,8 @@ def test_rematch_follows_the_gallery_and_guided_capture_keeps_distinct_moments()
     assert "46 %" in advice and "ada has only one picture" in advice and "bob" not in advice.split("only")[0]
     assert "3 pictures: 67 %" in advice
     assert "only one picture" not in enrolment_advice([("bob", 4)], 0.46, 0.01)
+    assert "stranger" not in advice  # 5 pictures: no warning yet
+    assert "12 pictures are enrolled" in enrolment_advice([("a", 5), ("b", 5), ("c", 2)], 0.46, 0.01)
 
 
 def test_about_states_readmes_data_credits_versions_and_every_shipped_card() -> None:

@@ -244,6 +244,10 @@ class GuidedCapture:
                 "turn the head a little, change the expression.")
 
 
+#: from this many enrolled pictures on, the panel says that strangers get named more often
+STRANGER_WARNING_PICTURES = 10
+
+
 def enrolment_advice(counts: Sequence[tuple[str, int]], tar: Optional[float], far: Optional[float],
                      rates: Sequence[tuple[int, float]] = ()) -> str:
     """What to expect from the enrolled pictures and when to add more, in words for the Identity panel.
@@ -263,6 +267,10 @@ def enrolment_advice(counts: Sequence[tuple[str, int]], tar: Optional[float], fa
     if rates:
         measured = ", ".join(f"{n} picture{'s' if n != 1 else ''}: {r * 100:.0f} %" for n, r in rates)
         parts.append(f"Measured on LFW, share of other photos named right — {measured}.")
+    total = sum(n for _name, n in counts)
+    if far is not None and total >= STRANGER_WARNING_PICTURES:
+        parts.append(f"{total} pictures are enrolled: the {far * 100:g} % false-accept rate holds per picture "
+                     "compared, so the more pictures (and people) enrolled, the more often a stranger gets a name.")
     if few:
         who = ", ".join(few[:3]) + (" …" if len(few) > 3 else "")
         parts.append(f"{who} {'has' if len(few) == 1 else 'have'} only one picture: enrol more (Enrol selected face "
