@@ -63,8 +63,11 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.explainers = ExplainersController(self.state, self.cache, self)
         self.jobs = JobManager(self)
         self.training_dialog = None
+        self.about_dialog = None
         self.cameras = list_cameras()
         self.last_message = ""
+        #: the no-camera banner was shown this session (it is shown once)
+        self._fallback_shown = False
         self._last_stats = 0.0
         self._clear_timer = QTimer(self, singleShot=True, timeout=lambda: self.message_label.show_message(""))
         self.setup_ui(self.devices, self.cameras)
@@ -81,6 +84,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.live_panel.show_settings(self.state.live, self.state.explain_interval)
         self.act_loop.setChecked(self.state.source.loop)
         self.explainers.set_interval(self.state.explain_interval)
+        self.models.message.connect(self.notify)  # before the picker: it may say a saved choice was refused
         self.picker = ModelPicker(self.model_combo, self.compare_panel, self.models, self.model_label, self)
         self.picker.fill()
         self._device_text()
@@ -93,6 +97,8 @@ class MainWindow(QMainWindow, MainWindowUi):
         ip.enrol_image.connect(self.enrol_from_image)
         ip.remove_name.connect(self.enrolment.remove)
         ip.clear_all.connect(self._clear_enrolments)
+        ip.stop_capture.connect(self.enrolment.stop_capture)
+        self.enrolment.capture_progress.connect(ip.show_capture)
         inp.open_requested.connect(self.open_dialog)
         inp.open_folder_requested.connect(self.open_folder_dialog)
         inp.image_selected.connect(self.show_inspected)
@@ -104,12 +110,12 @@ class MainWindow(QMainWindow, MainWindowUi):
         lp.detector_changed.connect(lambda _d: self._live_changed(detector=lp.detector.currentData() or "near"))
         lp.device_changed.connect(lambda d: self._live_changed(device=d))
         lp.explain_interval_changed.connect(self.explainers.set_interval)
-        self.models.message.connect(self.notify)
         self.models.loaded.connect(self._on_models_loaded)
         self.worker.failed.connect(lambda m: self.notify(m, error=True))
         self.sources.frame_ready.connect(self._on_frame)
         self.sources.started.connect(self._on_source_started)
         self.sources.failed.connect(self._on_source_failed)
+        self.sources.fell_back.connect(self._on_source_fell_back)
         self.sources.message.connect(self.notify)
         self.sources.images_requested.connect(self.inspect)
         self.inspection.files_listed.connect(self._on_files_listed)
@@ -118,6 +124,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.inspection.finished.connect(lambda n: self.notify(f"Analysed {n} image{'s' if n != 1 else ''}."))
         self.inspection.message.connect(self.notify)
         self.enrolment.changed.connect(ip.set_enrolled)
+        self.enrolment.changed.connect(lambda _names: self._on_gallery_changed())
         self.enrolment.message.connect(self.notify)
         self.explainers.gates_ready.connect(self.gates_panel.set_data)
         self.explainers.gates_failed.connect(self.gates_panel.say)
@@ -143,7 +150,7 @@ class MainWindow(QMainWindow, MainWindowUi):
 
     def add_checkpoint(self, path: str, select: bool = False) -> None:
         key = self.models.add_checkpoint(path)
-        if select:
+        if select and self.models.is_expression(key):  # an identity checkpoint is kept, never picked
             self._select_model(key)
 
     def _select_model(self, key: Optional[str]) -> None:
@@ -190,11 +197,15 @@ class MainWindow(QMainWindow, MainWindowUi):
                                           self.camera_combo.currentIndex(), self.resolution_combo.currentData())
 
     def stop_source(self) -> None:
+        self.enrolment.stop_capture()  # a guided enrolment keeps the pictures it took
         self.sources.stop()
         self.act_pause.setChecked(False)
 
     def toggle_pause(self, paused: Optional[bool] = None) -> None:
-        self.sources.set_paused(self.act_pause.isChecked() if paused is None else paused)
+        paused = self.act_pause.isChecked() if paused is None else paused
+        if paused:
+            self.enrolment.stop_capture()
+        self.sources.set_paused(paused)
 
     def set_loop(self, on: bool) -> None:
         self.sources.set_loop(on)
@@ -205,9 +216,24 @@ class MainWindow(QMainWindow, MainWindowUi):
     def _on_source_started(self, description: str) -> None:
         self.act_pause.setChecked(False)
         self.source_label.setText(description)
+        self.source_label.setToolTip(description)
         self.setWindowTitle(f"ferkit — {description}")
         self.view.set_message("")
         self.show_live_stats(self.state.source.live)  # fps and latency mean nothing for still images
+        self.enrolment.stop_capture()  # pictures of the last source's face stay theirs
+        if self.state.source.live:
+            # a new source numbers its faces from #1 again (queued before its first frame is analysed)
+            self.worker.submit(lambda analyzer: analyzer.reset_tracking(), lambda _none: None)
+            self.inspect_panel.show_result("", None)  # the Inspect tab's notice and rows were about an image
+
+    def _on_source_fell_back(self, message: str) -> None:
+        """No camera: a short line in the status bar; the whole reason once per session in the banner
+        above the video (dismissable, fading out), never over the face being played."""
+        self.notify("No camera — playing the sample video.", error=True)
+        self.message_label.setToolTip(message)
+        if not self._fallback_shown:
+            self._fallback_shown = True
+            self.banner.show_message(message)
 
     def _on_source_failed(self, message: str) -> None:
         self.notify(message, error=True)
@@ -229,6 +255,11 @@ class MainWindow(QMainWindow, MainWindowUi):
             self.sources.open_path(videos[0])
         elif paths:
             self.inspect(paths)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.fit_toolbar()
+        self.fit_status_bar()
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls():
@@ -287,6 +318,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self._display(result)
         if not self.state.source.live or result.frame_index < 0:
             return  # a re-analysed paused frame has no capture timing
+        self.enrolment.feed(result)
         now = time.perf_counter()
         self.state.stats.add(result, self.view.draw_ms, now)
         if now - self._last_stats > 0.25:
@@ -322,18 +354,38 @@ class MainWindow(QMainWindow, MainWindowUi):
 
     # ================================================================== enrolment
     def enrol_selected(self, name: str = "") -> bool:
+        """On running live video, several pictures of the selected face over a few seconds; else this one."""
         if self.state.selected_face() is None:
             return self.enrolment.enrol_shown_face("")  # says there is no face
         name = self.identity_panel.ask_name(name)
-        return bool(name) and self.enrolment.enrol_shown_face(name)
+        guided = self.state.source.live and not self.sources.frozen
+        if guided:
+            self.tabs.setCurrentWidget(self.identity_panel)  # where the progress is shown
+        return bool(name) and self.enrolment.enrol_shown_face(name, guided=guided)
 
     def enrol_from_image(self, name: str = "", path: Optional[str] = None) -> None:
+        """One or several picture files of one person (several photos are recognised far better than one)."""
         name = self.identity_panel.ask_name(name)
+        paths = [path] if path else []
         if name and not path:
-            path, _ = QFileDialog.getOpenFileName(self, f"Picture of {name}", str(Path.home()),
-                                                  "Images (*.png *.jpg *.jpeg *.bmp *.webp *.tif *.tiff)")
-        if name and path:
-            self.enrolment.enrol_picture(name, path)
+            paths, _ = QFileDialog.getOpenFileNames(self, f"Pictures of {name} (several: different days and poses)",
+                                                    str(Path.home()),
+                                                    "Images (*.png *.jpg *.jpeg *.bmp *.webp *.tif *.tiff)")
+        for p in paths if name else []:
+            self.enrolment.enrol_picture(name, p)
+
+    def _on_gallery_changed(self) -> None:
+        """Enrolments added or removed: every shown similarity and decision is recomputed now (boxes,
+        Inspect rows, Identity table), not when the folder is opened again."""
+        if not self.state.rematch_identities():
+            return
+        if self.state.last_result is not None:
+            self.view.set_result(self.state.last_result, self.state.selected_id)
+        shown = self.state.inspection.shown
+        entry = self.state.inspection.results.get(shown) if shown else None
+        if self.state.source.mode == "image" and isinstance(entry, FrameResult):
+            self.inspect_panel.show_result(shown, entry)
+        self._refresh_panels()
 
     def _clear_enrolments(self) -> None:
         if not self.state.enrolments.items() or QMessageBox.question(
@@ -368,6 +420,15 @@ class MainWindow(QMainWindow, MainWindowUi):
             self.training_dialog = TrainingDialog(self.jobs, self.devices, self)
         self.training_dialog.show()
         self.training_dialog.raise_()
+
+    def show_about(self) -> None:
+        """Versions, the shipped weights with their cards' data, and the data's terms."""
+        from app.widgets.about import AboutDialog
+
+        if self.about_dialog is None:
+            self.about_dialog = AboutDialog(self)
+        self.about_dialog.show()
+        self.about_dialog.raise_()
 
     def save_settings(self) -> None:
         write_from(self.state, self.settings)

@@ -2,10 +2,11 @@
 
 Renders offscreen (``widget.grab()``), so anyone can regenerate the pictures in the README or
 check a build without a screen: the sample video with tracked faces and smoothed bars, the
-comparison, identity (the woman of the video enrolled, then named on a later frame, and a
-stranger shown as "unknown" -- or, without a calibrated identity feature, the panel saying so),
-gates, synthesis, inspection (the multi-face photo, labels placed without overlap), live
-settings, the training dialog and a source error shown in the window.
+comparison, identity (the woman of the video enrolled from several live pictures, then named on a
+later frame, and a stranger shown as "unknown" -- or, without a calibrated identity feature, the
+panel saying so), gates, synthesis, inspection (the multi-face photo, labels covering no face), live
+settings, the training dialog, Help ▸ About, the no-camera notice above the picture at 900x600, the
+window at 640x480 and a source error shown in the window.
 """
 from __future__ import annotations
 
@@ -114,6 +115,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     app.processEvents()
     shot("09_training_dialog", w.training_dialog)
     w.training_dialog.hide()
+    w.show_about()
+    app.processEvents()
+    shot("11_about", w.about_dialog)
+    w.about_dialog.hide()
+    # no camera at 900x600: the notice sits above the picture, the face stays uncovered
+    w.cameras = []
+    w.resize(900, 600)
+    w.tabs.setCurrentWidget(w.scores_panel)
+    w.start_camera()
+    frames(10)
+    shot("12_no_camera_900x600")
+    w.resize(640, 480)  # the smallest window: the Model box stays on the toolbar
+    frames(5)
+    shot("13_window_640x480")
     w.shutdown()
     # what `ferkit-app /nonexistent/clip.mp4` shows: a fresh window, the error where the video would be
     w = MainWindow()

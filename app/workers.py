@@ -287,6 +287,7 @@ class InferenceWorker(StoppableThread):
                 analyzer = FrameAnalyzer(self.cache, max_faces=self.config.max_faces, device=self.config.device,
                                          detector=self.config.detector)
                 analyzer.enrolments = self.enrolments
+            last_index = -1  # frame index of the last live frame
             while not self.stopping:
                 analyzer = self._apply_config(analyzer)
                 try:
@@ -308,6 +309,9 @@ class InferenceWorker(StoppableThread):
                 frame: Optional[Frame] = self.slot.get(0.05)
                 if frame is None:
                     continue
+                if 0 <= frame.index < last_index:  # the video looped: its faces are numbered from #1 again
+                    analyzer.reset_tracking()
+                last_index = frame.index
                 self.busy = True
                 try:
                     res = analyzer.analyze(frame.rgb, frame_index=frame.index, captured_at=frame.captured_at,

@@ -252,6 +252,96 @@ def test_labels_are_placed_without_overlap_in_a_crowd() -> None:
     assert not overlaps((0, 0, 10, 10), (10, 0, 10, 10))  # touching is not hiding
 
 
+def test_labels_cover_no_other_face_in_the_group_photo() -> None:
+    from app.core.layout import overlaps, place_labels
+
+    # the five faces mediapipe finds in resources/samples/multi_face.jpg (1000x667), in track-id order;
+    # label #1 used to sit over face #5's mouth and face #3's cheek
+    boxes = [(529, 322, 115, 115), (679, 308, 118, 118), (314, 252, 103, 103), (222, 78, 98, 98), (433, 224, 88, 88)]
+    for size in ((190.0, 22.0), (260.0, 26.0)):  # the app's font at two scales
+        rects = place_labels(boxes, [size] * 5, (0.0, 0.0, 1000.0, 667.0))
+        assert not any(overlaps(a, b) for i, a in enumerate(rects) for b in rects[i + 1:])
+        assert not [(i, j) for i, r in enumerate(rects) for j, b in enumerate(boxes) if overlaps(r, b)]
+
+
+def test_rematch_follows_the_gallery_and_guided_capture_keeps_distinct_moments() -> None:
+    from types import SimpleNamespace
+
+    from app.core.enrolment import EnrolmentStore, GuidedCapture, enrolment_advice
+    from app.core.identity import IdentityChoice, rematch
+
+    choice = IdentityChoice(key="idnet", threshold=0.5, far=0.01, tar=0.46)
+    face = SimpleNamespace(identity=np.array([1.0, 0.0]), similarities={}, match=None)
+    none = SimpleNamespace(identity=None, similarities={}, match=None)  # a whole-image row: no feature
+    store = EnrolmentStore()
+    assert rematch([face, none], store, choice) == 1 and face.match is None
+    store.add("ada", np.zeros((4, 4, 3), np.uint8), "idnet", np.array([0.9, 0.1]))
+    rematch([face], store, choice)
+    assert face.match.name == "ada" and face.similarities["ada"] > 0.9
+    store.remove("ada")
+    store.add("bob", np.zeros((4, 4, 3), np.uint8), "idnet", np.array([0.0, 1.0]))
+    rematch([face], store, choice)
+    assert face.match.name is None and set(face.similarities) == {"bob"}
+    assert rematch([face], store, IdentityChoice()) == 0  # no calibrated feature: nothing is decided
+
+    # guided capture: spaced in time, near copies skipped, finished when complete / timed out / face lost
+    cap = GuidedCapture("ada", track_id=1, started=0.0, wanted=3, min_gap_s=0.5)
+    pic = lambda: np.zeros((4, 4, 3), np.uint8)  # noqa: E731
+    assert cap.offer(pic, "idnet", np.array([1.0, 0.0]), 0.1)
+    assert not cap.offer(pic, "idnet", np.array([0.0, 1.0]), 0.3)  # too soon after the last one
+    assert not cap.offer(pic, "idnet", np.array([1.0, 0.001]), 0.8)  # the same moment again
+    assert cap.offer(pic, "idnet", np.array([0.6, 0.8]), 0.9) and not cap.finished(1.0)
+    assert cap.finished(0.9 + cap.lost_s)  # the face has been gone too long
+    assert cap.offer(pic, "idnet", np.array([0.0, 1.0]), 1.5) and cap.complete and cap.finished(1.5)
+    assert GuidedCapture("x", 1, started=0.0).finished(GuidedCapture.timeout_s)
+    advice = enrolment_advice([("ada", 1), ("bob", 4)], 0.46, 0.01, [(1, 0.45), (3, 0.67), (5, 0.79)])
+    assert "46 %" in advice and "ada has only one picture" in advice and "bob" not in advice.split("only")[0]
+    assert "3 pictures: 67 %" in advice
+    assert "only one picture" not in enrolment_advice([("bob", 4)], 0.46, 0.01)
+    assert "stranger" not in advice  # 5 pictures: no warning yet
+    assert "12 pictures are enrolled" in enrolment_advice([("a", 5), ("b", 5), ("c", 2)], 0.46, 0.01)
+
+
+def test_about_states_readmes_data_credits_versions_and_every_shipped_card() -> None:
+    import re
+
+    from app.core.about import DATA_CREDITS, versions, weights_rows
+    from ferkit.models.weights import get_weights, list_weights
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Data and credits", 1)[1].split("\n## ", 1)[0]
+    assert re.sub(r"\s+", " ", section).strip() == DATA_CREDITS  # word for word, so the two cannot drift
+    got = dict(versions())
+    import torch
+
+    assert got["torch"] == torch.__version__ and got["ferkit"] and "mediapipe" in got and got["Python"]
+    rows = {r.name: r for r in weights_rows()}
+    assert set(rows) == set(list_weights())
+    for name, r in rows.items():
+        card = get_weights(name)
+        assert r.data == card.data and r.classes == len(card.classes)
+        assert r.kind == ("identity" if len(card.classes) > 8 else "expression")
+        assert bool(r.identity) == card.identity_calibrated
+    if "tfe-jl" in rows:
+        acc = get_weights("tfe-jl").metrics["fer2013valid_accuracy_majority"]
+        assert rows["tfe-jl"].headline == f"{acc * 100:.2f} % on FER+ FER2013Valid (majority vote)"
+
+
+def test_the_enrolment_cards_measured_rates_reach_the_identity_choice() -> None:
+    from app.core.identity import choose_identity, enrolment_rates
+    from ferkit.models.weights import get_weights, list_weights
+
+    assert enrolment_rates({"lfw_enrolment_named_right_3": 0.6, "lfw_enrolment_named_right_1": 0.4,
+                            "lfw_enrolment_named_right_x": 1.0, "lfw_view2_accuracy": 0.85}) == ((1, 0.4), (3, 0.6))
+    if "deepid-ensemble" not in list_weights():
+        pytest.skip("deepid-ensemble is not shipped")
+    choice = choose_identity(None, None, False, best=lambda: "deepid-ensemble")
+    metrics = get_weights("deepid-ensemble").metrics
+    assert choice.enrolment_rates == tuple((n, metrics[f"lfw_enrolment_named_right_{n}"]) for n in (1, 3, 5))
+    rates = dict(choice.enrolment_rates)
+    assert rates[1] < rates[3] < rates[5]  # more pictures, more of a person's photos named
+
+
 def test_identity_decision_names_only_at_or_above_the_threshold() -> None:
     from app.core.identity import IdentityChoice, decide
 

@@ -119,6 +119,34 @@ def test_level_and_direction_selectors_follow_the_models_gate_dict(gates_panel) 
     assert len(seen) == len(DIRECTIONS) * len(levels)  # every choice draws its own map
 
 
+def test_gate_maps_are_named_in_words_and_say_how_wide_their_real_range_is(gates_panel) -> None:
+    from PySide6.QtWidgets import QComboBox, QLabel
+
+    from app.core.explain import parse_gate_keys, range_words
+
+    panel, maps = gates_panel
+    panel.select("r", "fer<-fes", "1")
+    levels = len({k.split("/")[-1] for k in maps})
+    title = panel.map_title.text()
+    assert f"How much synthesis features flow into recognition, level 1 of {levels}" in title
+    heat = maps["r/fer<-fes/1"]
+    assert range_words(heat.min(), heat.max()) in title and "weak" in title  # 0.36-0.54: range 0.18
+    panel.select("z", "fes<-fer", "2")
+    assert "how much of the synthesis features are replaced by what comes from recognition" in \
+        panel.map_title.text().lower()
+    # no raw key anywhere the user reads: labels, selectors, thumbnails
+    shown = [w.text() for w in panel.findChildren(QLabel)] + \
+        [c.itemText(i) for c in panel.findChildren(QComboBox) for i in range(c.count())] + \
+        [t.toolTip() for t in panel.thumbs.values()]
+    assert not [t for t in shown if "fer<-fes" in t or "fes<-fer" in t or "r/" in t or "z/" in t]
+    assert all("range " in t.toolTip() for t in panel.thumbs.values())
+    # the words follow the map's real range, not the colour stretch
+    assert range_words(0.37, 0.52) == "range 0.15: weak" and range_words(0.5, 0.51).endswith("nearly flat")
+    assert range_words(0.1, 0.9).endswith("strong")
+    assert [k.words(4) for k in parse_gate_keys(["r/fer<-fes/1"])] == \
+        ["how much synthesis features flow into recognition, level 1 of 4"]
+
+
 def test_gate_map_is_overlaid_on_the_aligned_face(gates_panel) -> None:
     panel, _maps = gates_panel
     panel.opacity.setValue(0)

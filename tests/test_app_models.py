@@ -180,3 +180,32 @@ def test_window_without_ferkit_live_keeps_tfe_jl_and_says_why(qtbot, window, liv
     w = window()
     assert w.current_model() == "tfe-jl"
     assert w.model_label.text().startswith("tfe-jl — default; ferkit-live, fast on this 2-core CPU, is not installed (")
+
+
+def _identity_standin(folder: Path, name: str = "deepid") -> str:
+    """A card of an identity net (its classes are subject numbers), as the shipped deepid cards are."""
+    from ferkit.models.weights import Preprocessing, Weights
+
+    Weights(name, "deepid", [f"{i:05d}" for i in range(7202, 7212)], Preprocessing(48, True, 0.5, 0.5, "celeba"),
+            {"num_classes": 10}, file=f"{name}.pt", notes="test stand-in").save_card(folder / f"{name}.json")
+    return name
+
+
+def test_model_box_offers_only_expression_models_and_a_saved_identity_net_falls_back(
+        qtbot, window, live_shipped, machine) -> None:
+    from app.settings import app_settings
+
+    machine(STRONG)
+    ident = _identity_standin(live_shipped)
+    s = app_settings()
+    s.setValue("model", ident)  # saved by an earlier version, which offered identity nets
+    s.sync()
+    w = window()
+    offered = {w.model_combo.itemData(i) for i in range(w.model_combo.count())}
+    assert offered == {"tfe-jl", LIVE_WEIGHTS}  # decided from the cards' classes: the identity net is not offered
+    assert w.current_model() == "tfe-jl" and not w.state.model_chosen
+    assert "deepid" in w.last_message and "not an expression model" in w.last_message and "tfe-jl" in w.last_message
+    assert w.model_label.text().startswith("tfe-jl — default (")
+    w.save_settings()
+    assert str(app_settings().value("model") or "") == ""  # the refused choice is not kept for the next launch
+    assert w.models.check_checkpoint(str(live_shipped / f"{ident}.json")) is False  # nor loadable as a checkpoint

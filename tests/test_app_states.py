@@ -89,6 +89,45 @@ def test_long_error_is_elided_with_the_whole_text_in_the_tooltip(qtbot, window, 
     assert right <= w.fps_label.mapTo(w, w.fps_label.rect().topLeft()).x()  # never under the fps widgets
 
 
+def test_status_bar_texts_elide_instead_of_being_cut(qtbot, window, classifier) -> None:
+    w = window(weights=classifier)
+    w.resize(900, 600)
+    w.source_label.setText("No camera — sample video")
+    w.latency_label.setText("ms: capture 1.2 · detect 8.3 · align 2.1 · infer 12.0 · identity 3.4 · draw 0.8 | "
+                            "end-to-end 85 ms | dropped 0")
+    qtbot.waitUntil(lambda: w.width() <= 900, timeout=5000)
+    qtbot.wait(50)
+    labels = (w.source_label, w.latency_label, w.model_label)
+    for label in labels:
+        shown = label.shown_text()
+        assert label.fontMetrics().horizontalAdvance(shown) <= label.width()  # nothing cut mid-glyph
+        assert shown == label.text() or "…" in shown  # whole, or visibly shortened
+        assert label.toolTip()  # the whole text one hover away
+    assert "…" in w.latency_label.shown_text() and w.latency_label.shown_text().endswith("dropped 0")
+    assert w.latency_label.toolTip() == w.latency_label.text()
+    right = max(lb.mapTo(w, lb.rect().topRight()).x() for lb in labels)
+    assert right <= w.width()
+
+
+def test_help_about_names_versions_weights_and_data_terms(qtbot, window, classifier) -> None:
+    import torch
+    from PySide6.QtCore import qVersion
+    from PySide6.QtWidgets import QMenu
+
+    import ferkit
+    from ferkit.models.weights import list_weights
+
+    w = window(weights=classifier)
+    help_menu = next(m for m in w.menuBar().findChildren(QMenu) if m.title() == "&Help")
+    about = next(a for a in help_menu.actions() if a.text().startswith("About"))
+    about.trigger()
+    text = w.about_dialog.text.toPlainText()
+    assert w.about_dialog.isVisible()
+    for needle in (ferkit.__version__, torch.__version__, qVersion(), "mediapipe", "non-commercial research",
+                   "Pexels free licence", *list_weights()):
+        assert needle in text, needle
+
+
 # ---------------------------------------------------------------------------------------- compare
 def test_compare_offers_only_expression_models(qtbot, window, classifier) -> None:
     from ferkit.models.weights import get_weights, list_weights
@@ -130,11 +169,17 @@ def test_box_labels_do_not_overlap_in_the_group_photo(qtbot, window, classifier)
     inspect_and_wait(qtbot, w, [GROUP])
     w.show_inspected(str(GROUP))
     assert len(w.state.last_result.faces) == 5
-    for paint in (lambda: w.view.grab(), lambda: w.view.annotated_image()):
+    faces = [f.box for f in w.state.last_result.faces]
+    target = w.view._frame_rect()
+    scale = target.width() / w.view._image.width()
+    on_screen = [(target.x() + x * scale, target.y() + y * scale, bw * scale, bh * scale) for x, y, bw, bh in faces]
+    for paint, boxes in ((lambda: w.view.grab(), on_screen), (lambda: w.view.annotated_image(), faces)):
         paint()
         rects = [(r.x(), r.y(), r.width(), r.height()) for r in w.view.label_rects]
         assert len(rects) == 5
         assert not any(overlaps(a, b) for i, a in enumerate(rects) for b in rects[i + 1:])
+        # and no label covers a face (on screen and in the exported PNG)
+        assert not [(i, j) for i, r in enumerate(rects) for j, b in enumerate(boxes) if overlaps(r, b)]
 
 
 def test_one_class_name_across_models_csv_and_json(qtbot, window, tmp_path: Path) -> None:
@@ -174,6 +219,78 @@ def test_a_stranger_is_unknown_and_the_enrolled_face_is_named(qtbot, window, cla
     assert card in text and "0.600" in text and "1 %" in text
     decisions = [w.identity_panel.table.item(r, 1).text() for r in range(w.identity_panel.table.rowCount())]
     assert decisions and all(d.startswith("unknown") for d in decisions)
+
+
+def test_identity_rows_and_table_follow_every_gallery_change(qtbot, window, classifier, calibrated_identity) -> None:
+    calibrated_identity(0.6)
+    w = window(weights=classifier)
+    qtbot.waitUntil(lambda: w.state.loaded.identity.active, timeout=60000)
+    inspect_and_wait(qtbot, w, [PHOTO, GROUP])
+    w.tabs.setCurrentWidget(w.identity_panel)
+    w.show_inspected(str(PHOTO))
+    results = w.state.inspection.results
+    assert results[str(PHOTO)].faces[0].match is None  # nobody enrolled yet
+    table, rows = w.identity_panel.table, w.inspect_panel.table
+
+    def headers() -> list[str]:
+        return [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+
+    w.enrol_from_image("ada", str(PHOTO))  # enrolled after the images were analysed: no re-opening
+    qtbot.waitUntil(lambda: len(w.state.enrolments) == 1, timeout=60000)
+    me = results[str(PHOTO)].faces[0]
+    assert me.match.name == "ada" and me.similarities["ada"] >= 0.6
+    assert rows.item(0, 4).text().startswith("ada (")
+    assert headers() == ["ada", "decision"] and table.item(0, 1).text().startswith("ada (")
+    assert all(f.match.name is None and "ada" in f.similarities for f in results[str(GROUP)].faces)
+    w.enrolment.remove("ada")
+    assert me.match is None and me.similarities == {} and rows.item(0, 4).text() == ""
+    assert headers() == ["decision"] and table.item(0, 0).text() == "—"
+
+
+def test_enrolling_on_live_video_takes_several_pictures_and_the_panel_says_what_to_expect(
+        qtbot, window, classifier, calibrated_identity) -> None:
+    from app.core.enrolment import GUIDED_PICTURES, cosine
+
+    card = calibrated_identity(0.6)
+    w = window(weights=classifier)
+    qtbot.waitUntil(lambda: w.state.loaded.identity.active, timeout=60000)
+    w.play_video(VIDEO)
+    qtbot.waitUntil(lambda: w.state.last_result is not None and any(f.identity is not None
+                                                                    for f in w.state.last_result.faces),
+                    timeout=120000)
+    panel = w.identity_panel
+    assert w.enrol_selected("ada")
+    assert w.enrolment.capture is not None and panel.capture_label.isVisibleTo(panel)
+    assert "Taking pictures of ada" in panel.capture_label.text() and not panel.enrol_button.isEnabled()
+    qtbot.waitUntil(lambda: w.enrolment.capture is None, timeout=60000)
+    taken = [e for e in w.state.enrolments.items() if e.name == "ada"]
+    assert 3 <= len(taken) <= GUIDED_PICTURES  # several moments of the tracked face, not one
+    feats = [e.features[card] for e in taken]
+    assert all(cosine(a, b) < 0.985 for i, a in enumerate(feats) for b in feats[i + 1:])  # no near copies
+    assert f"{len(taken)} pictures" in panel.enrolled.item(0).text()
+    assert not panel.capture_label.isVisibleTo(panel) and panel.enrol_button.isEnabled()
+    # a paused frame gives one picture, and the panel says it is too few and what to expect
+    w.toggle_pause(True)
+    assert w.enrol_selected("bob") and w.enrolment.capture is None
+    assert dict(w.state.enrolments.counts())["bob"] == 1
+    advice = panel.advice.text()
+    assert "bob has only one picture" in advice and "50 %" in advice  # the card's true-accept rate
+    assert "enrol more" in panel.enrolled.item(1).text()
+
+
+def test_from_images_enrols_every_picked_photo_of_the_person(qtbot, window, classifier, calibrated_identity,
+                                                              monkeypatch) -> None:
+    from PySide6.QtWidgets import QFileDialog
+
+    calibrated_identity(0.6)
+    w = window(weights=classifier)
+    qtbot.waitUntil(lambda: w.state.loaded.identity.active, timeout=60000)
+    astronaut = PHOTO.parent / "astronaut.png"
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([str(PHOTO), str(astronaut)], ""))
+    w.enrol_from_image("ada")
+    qtbot.waitUntil(lambda: dict(w.state.enrolments.counts()).get("ada") == 2, timeout=60000)
+    assert "2 pictures" in w.identity_panel.enrolled.item(0).text()
+    assert "only one picture" not in w.identity_panel.advice.text()
 
 
 def test_without_a_calibrated_identity_feature_no_face_is_ever_named(qtbot, window, classifier,

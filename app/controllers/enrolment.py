@@ -1,20 +1,26 @@
-"""Enrolled faces: add (from the shown frame or a picture file), remove, save.
+"""Enrolled faces: add (from live video, the shown frame or a picture file), remove, save.
 
 A face is enrolled as its picture plus the feature of the identity weights in use
 (:class:`app.core.identity.IdentityChoice`), computed in the inference worker; with no calibrated
 identity feature the picture alone is kept and its feature is computed once one is installed.
+
+Enrolling on running live video is guided: several pictures of the tracked face are taken at
+different moments (:class:`app.core.enrolment.GuidedCapture`), because one picture misses most of a
+person's other photos (LFW, ``scripts/enrolment_lfw.py``: about the card's true-accept rate with one,
+far more with five). A paused frame or a still image gives one picture, and the panel suggests more.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from app.core.analyzer import face_picture, identity_of_picture
-from app.core.enrolment import EnrolmentStore
-from app.core.sources import SourceError, load_image
+from app.core.analyzer import FrameResult, face_picture
+from app.core.enrolment import GUIDED_PICTURES, EnrolmentStore, GuidedCapture, picture_enrolment
+from app.core.sources import load_image
 from app.core.state import AppState
 from app.errors import plain_message
 from app.workers import InferenceWorker
@@ -31,55 +37,101 @@ def load_store(folder: Path) -> tuple[EnrolmentStore, str]:
 class EnrolmentController(QObject):
     changed = Signal(list)  # [(name, number of pictures)]
     message = Signal(str, bool)  # text, is_error
+    #: a guided live capture's progress in words ("" when none runs)
+    capture_progress = Signal(str)
 
-    def __init__(self, state: AppState, worker: InferenceWorker, parent: Optional[QObject] = None) -> None:
+    def __init__(self, state: AppState, worker: InferenceWorker, parent: Optional[QObject] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(parent)
         self.state = state
         self.worker = worker
+        self.clock = clock
+        #: the guided live capture under way (None when none)
+        self.capture: Optional[GuidedCapture] = None
 
     @property
     def store(self) -> EnrolmentStore:
         return self.state.enrolments
 
-    def enrol_shown_face(self, name: str) -> bool:
-        """The selected (else the largest) face of the shown frame, under ``name``."""
+    def enrol_shown_face(self, name: str, guided: bool = False, wanted: int = GUIDED_PICTURES) -> bool:
+        """The selected (else the largest) face of the shown frame, under ``name``.
+
+        ``guided`` (running live video): start taking ``wanted`` pictures of that tracked face over
+        the next seconds (:meth:`feed`); otherwise enrol this one picture now.
+        """
         face = self.state.selected_face()
         if face is None or face.whole_image:
             self.message.emit("There is no face to enrol: wait until a face is boxed, or click one.", True)
             return False
-        identity = self.state.loaded.identity
-        key = identity.key if identity.active and face.identity is not None else None
-        self.add(name, face_picture(self.state.last_result.frame, face.box), key, face.identity if key else None)
+        if guided:
+            self.capture = GuidedCapture(name, face.track_id, self.clock(), wanted=wanted)
+            self.feed(self.state.last_result)
+            if self.capture is not None:
+                self.capture_progress.emit(self.capture.progress())
+            return True
+        picture, key, feature = self._picture_of(self.state.last_result, face)
+        self.add(name, picture, key, feature)
         return True
 
+    def _picture_of(self, result: FrameResult, face: Any) -> tuple[np.ndarray, Optional[str], Optional[np.ndarray]]:
+        identity = self.state.loaded.identity
+        key = identity.key if identity.active and face.identity is not None else None
+        return face_picture(result.frame, face.box), key, face.identity if key else None
+
+    # ---- guided live capture -------------------------------------------------------------------
+    def feed(self, result: Optional[FrameResult]) -> None:
+        """A live frame was shown: the capture takes its picture of the tracked face when due, and ends
+        (enrolling what it took) when complete, out of time, or the face is gone."""
+        cap = self.capture
+        if cap is None or result is None:
+            return
+        now = self.clock()
+        face = next((f for f in result.faces if f.track_id == cap.track_id and not f.whole_image), None)
+        if face is not None:
+            _pic, key, feature = self._picture_of(result, face)
+            if cap.offer(lambda: face_picture(result.frame, face.box), key, feature, now):
+                self.capture_progress.emit(cap.progress())
+        if cap.finished(now):
+            self.stop_capture()
+
+    def stop_capture(self) -> int:
+        """End the guided capture now and enrol the pictures it took; returns how many."""
+        cap, self.capture = self.capture, None
+        self.capture_progress.emit("")
+        if cap is None:
+            return 0
+        if not cap.pictures:
+            self.message.emit(f"No picture of {cap.name} was taken: keep the face in view and try again.", True)
+            return 0
+        for picture, key, feature in cap.pictures:
+            self.store.add(cap.name, picture, key, feature)
+        self._saved_and_said(cap.name, len(cap.pictures), any(f is None for _p, _k, f in cap.pictures))
+        return len(cap.pictures)
+
+    # ---- still pictures ------------------------------------------------------------------------
     def enrol_picture(self, name: str, path: str) -> None:
         """The largest face of an image file (found and described in the worker)."""
-
-        def job(analyzer) -> tuple[np.ndarray, Optional[str], Optional[np.ndarray]]:
-            picture = load_image(Path(path))
-            dets = list(analyzer.pipeline.detect(picture))
-            if not dets:
-                raise SourceError(f"No face was found in {Path(path).name}; pick a picture where the face is visible.")
-            det = max(dets, key=lambda d: d.box[2] * d.box[3])
-            pic = face_picture(picture, det.box)
-            handle = analyzer.identity_handle
-            if handle is None:
-                return pic, None, None
-            return pic, handle.key, identity_of_picture(analyzer, handle, pic)
-
-        self.worker.submit(job, lambda out: self.add(name, *out),
-                           lambda message: self.message.emit(message, True))
+        self.worker.submit(lambda analyzer: picture_enrolment(analyzer, load_image(Path(path)), Path(path).name),
+                           lambda out: self.add(name, *out), lambda message: self.message.emit(message, True))
 
     def add(self, name: str, picture: np.ndarray, key: Optional[str], feature: Optional[np.ndarray]) -> None:
         self.store.add(name, picture, key, feature)
+        self._saved_and_said(name, 1, feature is None)
+
+    def _saved_and_said(self, name: str, added: int, without_feature: bool) -> None:
         self._save()
         self.publish()
-        if feature is None:
-            self.message.emit(f"Enrolled {name} (picture kept). There is no calibrated identity feature, so faces "
-                              "are not compared with it yet.", False)
+        total = dict(self.store.counts()).get(name, added)
+        pictures = f"{added} picture{'s' if added != 1 else ''}" + (f", {total} in all" if total != added else "")
+        if without_feature:
+            self.message.emit(f"Enrolled {name} ({pictures} kept). There is no calibrated identity feature, so "
+                              "faces are not compared with it yet.", False)
+        elif total == 1:
+            self.message.emit(f"Enrolled {name} from one picture: enrol a few more (different moments, poses) "
+                              "so more of their photos are recognised — see the Identity tab.", False)
         else:
-            self.message.emit(f"Enrolled {name}. Identity decisions now appear in the Identity tab and on the boxes.",
-                              False)
+            self.message.emit(f"Enrolled {name} ({pictures}). Identity decisions appear in the Identity tab and "
+                              "on the boxes.", False)
 
     def remove(self, name: str) -> None:
         self.store.remove(name)
@@ -92,10 +144,7 @@ class EnrolmentController(QObject):
         self.publish()
 
     def publish(self) -> None:
-        counts: dict[str, int] = {}
-        for e in self.store.items():
-            counts[e.name] = counts.get(e.name, 0) + 1
-        self.changed.emit(list(counts.items()))
+        self.changed.emit(self.store.counts())
 
     def _save(self) -> None:
         try:

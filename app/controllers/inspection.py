@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, Signal
 from app.controllers.sources import SourcesController
 from app.core.analyzer import FrameResult
 from app.core.export import empty_record, result_records, save_records
+from app.core.identity import rematch
 from app.core.sources import SourceError, folder_images, load_image
 from app.core.state import IMAGE, AppState
 from app.errors import plain_message
@@ -97,6 +98,8 @@ class InspectionController(QObject):
     def _done(self, generation: int, path: str, entry: Union[FrameResult, str]) -> None:
         if not self.ins.record(generation, path, entry):
             return  # a result of an earlier batch
+        if isinstance(entry, FrameResult):  # analysed before an enrolment that arrived meanwhile
+            rematch(entry.faces, self.state.enrolments, entry.identity)
         ok, words = summary(entry)
         self.entry_ready.emit(path, ok, words)
         if path == self.ins.shown:

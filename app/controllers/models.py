@@ -58,9 +58,27 @@ class ModelsController(QObject):
         """Every selectable weights key: the shipped names, then loaded checkpoints."""
         return self._shipped + list(self.state.checkpoints)
 
+    def is_expression(self, key: str) -> bool:
+        """``key``'s card lists expression classes (decided from the card's classes, not from its name)."""
+        card = self.card(key)
+        return card is not None and is_expression_classifier(card.classes)
+
     def expression_keys(self) -> list[str]:
-        """The keys whose card lists expression classes: only these can be compared."""
-        return [k for k in self.keys() if (c := self.card(k)) is not None and is_expression_classifier(c.classes)]
+        """The keys whose card lists expression classes: the only ones the Model box offers and the
+        Compare list ticks (an identity net's "classes" are people: deepid labels a face "07222 4 %")."""
+        return [k for k in self.keys() if self.is_expression(k)]
+
+    def why_not_offered(self, key: str) -> str:
+        """Why ``key`` is not in the Model box, in words (empty when it is offered)."""
+        if key in self.expression_keys():
+            return ""
+        if key not in self.keys():
+            return f"'{display_name(key)}' is not installed"
+        card = self.card(key)
+        if card is None:
+            return f"the weights card of '{display_name(key)}' cannot be read"
+        return (f"'{display_name(key)}' is not an expression model (its {len(card.classes)} classes are "
+                f"{', '.join(card.classes[:2])}…: an identity net, used for enrolment, not for expressions)")
 
     def comparable(self) -> list[str]:
         """Expression models other than the selected one; a ticked model no longer offered is unticked
@@ -79,11 +97,15 @@ class ModelsController(QObject):
         return path
 
     def check_checkpoint(self, path: str) -> bool:
-        """Whether ``path`` is usable weights, said in words when not."""
+        """Whether ``path`` is usable weights of an expression model, said in words when not."""
         try:
-            self._cards[str(Path(path).resolve())] = get_weights(path)
+            card = self._cards[str(Path(path).resolve())] = get_weights(path)
         except Exception as exc:
             self.message.emit(plain_message(exc, "That file cannot be used"), True)
+            return False
+        if not is_expression_classifier(card.classes):
+            self.message.emit(f"{display_name(path)} is not an expression model (its classes are not expressions), "
+                              "so it cannot be picked in the Model box.", True)
             return False
         return True
 

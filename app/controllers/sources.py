@@ -23,6 +23,8 @@ class SourcesController(QObject):
     frame_ready = Signal(object)  # FrameResult of the live source (or the paused frame re-analysed)
     started = Signal(str)  # description of the new source ("video: clip.mp4")
     failed = Signal(str)  # the source error, in words
+    #: the asked-for source is missing and another plays instead (no camera: the sample video), in words
+    fell_back = Signal(str)
     message = Signal(str)  # plain information (playing, paused, end of video)
     images_requested = Signal(list)  # paths of images / folders to inspect
 
@@ -67,9 +69,10 @@ class SourcesController(QObject):
         problem = multimedia_problem()
         if problem or not cameras:
             self.play_video(sample_video())
-            self.state.source.description = "No camera found — sample video"
+            self.state.source.description = "No camera — sample video"
             self.started.emit(self.state.source.description)
-            self.fail(f"{problem or 'No camera was found'} — playing the sample video instead.")
+            # not a failure of what plays now: said beside the picture, never drawn over the face
+            self.fell_back.emit(f"{problem or 'No camera was found'} — playing the sample video instead.")
             return False
         self.stop()
         cam = cameras[max(0, min(index, len(cameras) - 1))]

@@ -30,6 +30,14 @@ import numpy as np
 GATE_NAMES = {"r": "leaky gate r", "z": "memory gate z"}
 #: FERSNet's direction keys (ferkit.models.fersnet.DIRECTIONS) in words: "x<-y" = into stream x from y
 DIRECTION_NAMES = {"fer<-fes": "synthesis → recognition", "fes<-fer": "recognition → synthesis"}
+#: FERSNet's two streams (the parts of a direction key) in words
+STREAM_NAMES = {"fer": "recognition", "fes": "synthesis"}
+#: what each gate measures, in words: {x} the receiving stream, {y} the sending one (ConvFLU eqs. 1-4:
+#: r scales the sending stream's features inside the candidate, z mixes the candidate into the receiver)
+GATE_MEANINGS = {"r": "how much {y} features flow into {x}",
+                 "z": "how much of the {x} features are replaced by what comes from {y}"}
+#: (upper bound of a map's real range max - min, word): how much a gate varies over the face
+RANGE_WORDS = ((0.05, "nearly flat"), (0.2, "weak"), (0.4, "moderate"), (float("inf"), "strong"))
 
 #: colour-range modes of a gate map: key -> words for the selector
 CONTRAST_MODES = {
@@ -54,6 +62,30 @@ class GateKey:
     def label(self) -> str:
         direction = DIRECTION_NAMES.get(self.direction, self.direction)
         return f"{GATE_NAMES.get(self.gate, self.gate)}, {direction}, level {self.level}"
+
+    def words(self, levels: Optional[int] = None) -> str:
+        """Plain words instead of the key: ``r/fer<-fes/1`` -> "how much synthesis features flow into
+        recognition, level 1 of 4" (``levels``: how many levels the model has; the key itself never shows)."""
+        x, _, y = self.direction.partition("<-")
+        meaning = GATE_MEANINGS.get(self.gate)
+        if meaning is None or x not in STREAM_NAMES or y not in STREAM_NAMES:
+            text = self.label if self.direction else self.key
+        else:
+            text = meaning.format(x=STREAM_NAMES[x], y=STREAM_NAMES[y])
+        if self.level and self.direction:
+            text += f", level {self.level}" + (f" of {levels}" if levels else "")
+        return text
+
+
+def range_words(lo: float, hi: float) -> str:
+    """How wide a map's real range is, and what that means: ``"range 0.15: weak"``.
+
+    Why: each map's colours are stretched over its own range, so a near-constant map (0.37-0.52)
+    looks as structured as a strong one; this says how much the gate really varies over the face.
+    """
+    width = max(0.0, float(hi) - float(lo))
+    word = next(w for bound, w in RANGE_WORDS if width < bound)
+    return f"range {width:.2f}: {word}"
 
 
 def parse_gate_keys(keys: Sequence[str]) -> list[GateKey]:

@@ -10,7 +10,7 @@ identity decision at all and no box ever shows a name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from ferkit.models.weights import Weights, enrolment_identity_weights, get_weights
 
@@ -31,6 +31,9 @@ class IdentityChoice:
     origin: str = ""
     #: why there is no identity decision, in words for the panel (empty when ``key`` is set)
     reason: str = ""
+    #: measured (pictures enrolled, share of a person's other photos named right) from the card's
+    #: ``lfw_enrolment_named_right_<n>`` metrics (``scripts/enrolment_lfw.py``); empty when not measured
+    enrolment_rates: tuple[tuple[int, float], ...] = ()
 
     @property
     def active(self) -> bool:
@@ -51,9 +54,24 @@ class IdentityMatch:
         return self.name if self.name is not None else UNKNOWN
 
 
+#: card metric of the share of a person's other photos named right when enrolled from <n> pictures
+ENROLMENT_RATE_METRIC = "lfw_enrolment_named_right_"
+
+
+def enrolment_rates(metrics: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:
+    """(pictures enrolled, rate) pairs of a card's :data:`ENROLMENT_RATE_METRIC` keys, fewest pictures first."""
+    out = []
+    for key, value in metrics.items():
+        tail = key[len(ENROLMENT_RATE_METRIC):] if key.startswith(ENROLMENT_RATE_METRIC) else ""
+        if tail.isdigit() and isinstance(value, (int, float)):
+            out.append((int(tail), float(value)))
+    return tuple(sorted(out))
+
+
 def _from_card(key: str, weights: Weights, origin: str) -> IdentityChoice:
     return IdentityChoice(key=key, threshold=float(weights.identity_threshold), far=weights.identity_far,
-                          tar=weights.identity_tar, calibration=weights.identity_calibration, origin=origin)
+                          tar=weights.identity_tar, calibration=weights.identity_calibration, origin=origin,
+                          enrolment_rates=enrolment_rates(weights.metrics or {}))
 
 
 NO_FEATURE = ("No calibrated identity feature is installed: no shipped identity weights carry a threshold set "
@@ -86,6 +104,28 @@ def decide(similarities: Mapping[str, float], choice: Optional[IdentityChoice]) 
         return None
     nearest, sim = max(similarities.items(), key=lambda kv: kv[1])
     return IdentityMatch(nearest if sim >= float(choice.threshold) else None, float(sim), nearest)
+
+
+def rematch(faces: Iterable[Any], gallery: Any, choice: Optional[IdentityChoice]) -> int:
+    """Similarities and decision of already analysed faces against the gallery as it is *now*.
+
+    Why: a result keeps the similarities of the moment it was analysed; after enrolling more
+    pictures (or removing a name) the Inspect rows and the Identity table showed the old ones until
+    the folder was opened again. Each face keeps its identity feature, so only cosines are redone
+    (no model runs). ``faces``: objects with ``identity``, ``similarities`` and ``match`` (FaceResult);
+    ``gallery``: an :class:`app.core.enrolment.EnrolmentStore`; ``choice``: the identity feature the
+    faces were described with. Returns how many faces were re-matched.
+    """
+    if choice is None or not choice.active:
+        return 0
+    n = 0
+    for face in faces:
+        if face.identity is None:
+            continue
+        face.similarities = gallery.similarities(face.identity, choice.key)
+        face.match = decide(face.similarities, choice)
+        n += 1
+    return n
 
 
 def describe(choice: IdentityChoice) -> str:

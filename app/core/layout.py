@@ -1,9 +1,13 @@
-"""Where each face's label goes so that no two labels overlap (Qt-free, so it is tested on its own).
+"""Where each face's label goes so that no label hides another label or another face (Qt-free).
 
 Why: in a group photo the labels are wider than the faces; drawn at each box's top-left they
-covered each other ("#1 hidden under #2"). Labels are placed one by one, nearest-to-its-box
-first: above the box, else below it, else inside its top edge, else the nearest free row above
-or below, right- or left-aligned with the box; always inside the picture.
+covered each other ("#1 hidden under #2"), and placed only clear of each other, label #1 of
+``multi_face.jpg`` still covered face #5's mouth and #3's cheek. Labels are placed one by one,
+nearest-to-its-box first: above the box, else below it, else beside it, else inside its top edge,
+else the nearest free row above or below, right- or left-aligned with the box; always inside the
+picture. The first candidate that covers no face and no placed label wins; only when none exists
+(more text than free picture) may a label cover its own face, then another face, never a label
+while any free place is left.
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ def _candidates(box: Rect, size: tuple[float, float], bounds: Rect) -> list[Rect
     x, y, w_box, h_box = box
     w, h = size
     xs = [x, x + w_box - w]  # left-aligned with the box, then right-aligned
-    rows = [y - h, y + h_box, y]  # above, below, inside the top edge
-    out = [_clamp(cx, cy, w, h, bounds) for cy in rows for cx in xs]
+    out = [_clamp(cx, cy, w, h, bounds) for cy in (y - h, y + h_box) for cx in xs]  # above, below
+    out += [_clamp(x + w_box, y, w, h, bounds), _clamp(x - w, y, w, h, bounds)]  # beside: right, left
+    out += [_clamp(cx, y, w, h, bounds) for cx in xs]  # inside the top edge
     # then free rows further away, nearest first, in steps of one label height
     steps = int(bounds[3] // max(h, 1.0)) + 1
     for k in range(1, steps + 1):
@@ -52,6 +57,14 @@ def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], bo
     placed: dict[int, Rect] = {}
     for i in order:
         candidates = _candidates(boxes[i], sizes[i], bounds)
-        free = next((c for c in candidates if not any(overlaps(c, p) for p in placed.values())), None)
+        others = [b for j, b in enumerate(boxes) if j != i]
+        rules = (lambda c: not any(overlaps(c, b) for b in boxes),  # covers no face at all
+                 lambda c: not any(overlaps(c, b) for b in others),  # only its own face's edge
+                 lambda c: True)  # labels stay readable before faces stay visible
+        free = None
+        for rule in rules:
+            free = next((c for c in candidates if rule(c) and not any(overlaps(c, p) for p in placed.values())), None)
+            if free is not None:
+                break
         placed[i] = free if free is not None else candidates[0]
     return [placed[i] for i in range(len(boxes))]

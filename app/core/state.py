@@ -17,7 +17,7 @@ from ferkit.face.tracking import Smoother
 
 from app.core.analyzer import FaceResult, FrameResult, pick_face
 from app.core.enrolment import EnrolmentStore
-from app.core.identity import IdentityChoice
+from app.core.identity import IdentityChoice, rematch
 
 #: modes of the source state
 VIDEO, CAMERA, IMAGE = "video", "camera", "image"
@@ -172,6 +172,14 @@ class AppState:
         self.last_result = result
         if self.selected_id is not None and all(f.track_id != self.selected_id for f in result.faces):
             self.selected_id = None
+
+    def rematch_identities(self) -> int:
+        """Every result the window can show again (inspected images, the shown frame) re-matched against
+        the enrolments as they are now; returns how many faces were (see :func:`app.core.identity.rematch`)."""
+        results = [r for r in self.inspection.results.values() if isinstance(r, FrameResult)]
+        if self.last_result is not None and all(r is not self.last_result for r in results):
+            results.append(self.last_result)
+        return sum(rematch(r.faces, self.enrolments, r.identity) for r in results)
 
     def selected_face(self) -> Optional[FaceResult]:
         """The selected track's face, else the largest face of the shown frame (None without faces)."""

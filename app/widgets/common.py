@@ -217,14 +217,26 @@ class MessageLabel(QLabel):
         super().__init__(parent)
         self.full_text = ""
         self.error = False
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        # Preferred with the text's width as its hint (up to HINT_MAX): a message competes fairly with
+        # the permanent labels when the bar is narrow, instead of getting only what they leave
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         self.setMinimumWidth(120)
+
+    HINT_MAX = 420
+
+    def sizeHint(self) -> QSize:
+        width = self.fontMetrics().horizontalAdvance(self.full_text) + 8
+        return QSize(max(120, min(width, self.HINT_MAX)), super().sizeHint().height())
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(120, super().minimumSizeHint().height())
 
     def show_message(self, text: str, error: bool = False) -> None:
         self.full_text = text
         self.error = error
         self.setToolTip(text)
         self.setStyleSheet("color: #b00020; font-weight: bold;" if error else "")
+        self.updateGeometry()
         self._elide()
 
     def resizeEvent(self, event) -> None:
@@ -233,3 +245,112 @@ class MessageLabel(QLabel):
 
     def _elide(self) -> None:
         self.setText(self.fontMetrics().elidedText(self.full_text, Qt.TextElideMode.ElideRight, max(40, self.width() - 4)))
+
+
+class Banner(QWidget):
+    """A dismissable notice *above* the video (never over the picture), fading out after a while.
+
+    Why: drawn over the video, the no-camera notice covered the chin, mouth and box bottom of the
+    face it was playing, and never went away. Here it sits in its own row above the picture, has a
+    close button, and fades out after ``timeout_ms`` (the status bar keeps a short version).
+    """
+
+    def __init__(self, parent=None) -> None:
+        from PySide6.QtCore import QPropertyAnimation, QTimer
+        from PySide6.QtWidgets import QGraphicsOpacityEffect, QHBoxLayout, QToolButton
+
+        super().__init__(parent)
+        self.setObjectName("banner")
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        self.setStyleSheet("QWidget#banner { background: #fff4d6; border: 1px solid #e0c36a; border-radius: 4px; }"
+                           " QLabel { color: #5a4300; }")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(8, 4, 4, 4)
+        self.label = QLabel("")
+        self.label.setWordWrap(True)
+        row.addWidget(self.label, 1)
+        self.close_button = QToolButton()
+        self.close_button.setText("✕")
+        self.close_button.setToolTip("Dismiss")
+        self.close_button.setAutoRaise(True)
+        self.close_button.clicked.connect(self.dismiss)
+        row.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self._effect = QGraphicsOpacityEffect(self)
+        self._effect.setOpacity(1.0)
+        self.setGraphicsEffect(self._effect)
+        self._fade = QPropertyAnimation(self._effect, b"opacity", self)
+        self._fade.setDuration(800)
+        self._fade.setStartValue(1.0)
+        self._fade.setEndValue(0.0)
+        self._fade.finished.connect(self.dismiss)
+        self._timer = QTimer(self, singleShot=True, timeout=self._fade.start)
+        self.hide()
+
+    def show_message(self, text: str, timeout_ms: int = 15000) -> None:
+        """Show ``text`` until dismissed, or until it fades out after ``timeout_ms`` (0: stays)."""
+        self._fade.stop()
+        self._effect.setOpacity(1.0)
+        self.label.setText(text)
+        self.show()
+        if timeout_ms > 0:
+            self._timer.start(timeout_ms)
+
+    def dismiss(self) -> None:
+        self._timer.stop()
+        self._fade.stop()
+        self.hide()
+
+
+class ElidedLabel(QLabel):
+    """A status-bar label that shrinks by eliding (``…``) instead of being cut, whole text in its tooltip.
+
+    Why: the status bar squeezed its permanent labels when the window was narrow, and Qt cut their
+    text mid-word ("…identity 3.4 · dra"). This label asks for its whole text's width, accepts
+    ``min_width``, elides with ``mode`` (the middle keeps both the start and the end of a stage list)
+    and, unless a caller set its own tooltip, shows the whole text as the tooltip.
+    """
+
+    def __init__(self, text: str = "", mode: Qt.TextElideMode = Qt.TextElideMode.ElideRight, min_width: int = 60,
+                 max_width: int = 10000, parent=None) -> None:
+        super().__init__(parent)
+        self.mode = mode
+        self.min_width = min_width
+        #: the most this label asks for, leaving the rest of the bar to the messages
+        self.max_width = max_width
+        self.full_text = ""
+        self._own_tip = False
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt's name, so every caller gets the eliding
+        self.full_text = str(text)
+        if not self._own_tip:
+            super().setToolTip(self.full_text)
+        self.updateGeometry()
+        self._elide()
+
+    def text(self) -> str:
+        """The whole text (what the label says; :meth:`shown_text` is what fits on screen now)."""
+        return self.full_text
+
+    def shown_text(self) -> str:
+        return super().text()
+
+    def setToolTip(self, tip: str) -> None:  # noqa: N802
+        self._own_tip = bool(tip)
+        super().setToolTip(tip if tip else self.full_text)
+
+    def text_width(self) -> int:
+        return self.fontMetrics().horizontalAdvance(self.full_text) + 8
+
+    def sizeHint(self) -> QSize:
+        return QSize(min(self.text_width(), self.max_width), super().sizeHint().height())
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(min(self.min_width, self.text_width()), super().minimumSizeHint().height())
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        super().setText(self.fontMetrics().elidedText(self.full_text, self.mode, max(10, self.width() - 4)))

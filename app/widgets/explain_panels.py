@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 
 from app.core.explain import (CMAP_DIFFERENCE, CMAP_SEQUENTIAL, CONTRAST_MODES, DIRECTION_NAMES, GATE_NAMES,
                               colormap_lut, difference_maps, difference_overlay, difference_scale, parse_gate_keys,
-                              render_gate, weights_info)
+                              range_words, render_gate, weights_info)
 from app.widgets.common import ImageLabel, panel_header, qcolour, to_qimage
 
 CMAP = CMAP_SEQUENTIAL  # kept for callers that imported it
@@ -164,8 +164,17 @@ class PixelImage(QWidget):
         super().mousePressEvent(event)
 
 
+#: the gate selector's words (the key part stays the item's data)
+GATE_CHOICES = {"r": "how much flows in (r)", "z": "how much is replaced (z)"}
+
+
 class GatesPanel(QWidget):
-    """One ConvFLU gate map, coloured so its structure shows, over the aligned face the model saw."""
+    """One ConvFLU gate map, coloured so its structure shows, over the aligned face the model saw.
+
+    Every map is named in words (never its key, ``r/fer<-fes/1``), and the caption on the map says
+    how wide its real range is ("range 0.15: weak"): the per-map colour stretch would otherwise make a
+    near-constant map look like structure.
+    """
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -200,6 +209,11 @@ class GatesPanel(QWidget):
         pick.setColumnStretch(1, 1)
         pick.setColumnStretch(3, 1)
         outer.addLayout(pick)
+        #: the shown map in words and how wide its real range is, right on top of the map
+        self.map_title = QLabel("")
+        self.map_title.setWordWrap(True)
+        self.map_title.setTextFormat(Qt.TextFormat.RichText)
+        outer.addWidget(self.map_title)
         row = QHBoxLayout()
         self.image = ImageLabel(size=200)
         row.addWidget(self.image, 1)
@@ -220,6 +234,7 @@ class GatesPanel(QWidget):
         #: the picture now in :attr:`image` and what its colours mean (see ``render_gate``)
         self.rendered: Optional[dict[str, Any]] = None
         self._keys: list = []
+        self._levels = 0
         self._weights: tuple[str, dict[str, Any]] = ("", {})
 
     def say(self, text: str) -> None:
@@ -270,12 +285,12 @@ class GatesPanel(QWidget):
     def _rebuild(self, keys: list, maps: dict[str, np.ndarray]) -> None:
         self._keys = keys
         level_size = {k.level: maps[k.key].shape for k in keys}
+        self._levels = len({k.level for k in keys if k.level})
         for combo, values, words in (
-                (self.gate, sorted({k.gate for k in keys}), lambda v: GATE_NAMES.get(v, v)),
-                (self.direction, sorted({k.direction for k in keys}),
-                 lambda v: f"{DIRECTION_NAMES[v]} ({v})" if v in DIRECTION_NAMES else v),
+                (self.gate, sorted({k.gate for k in keys}), lambda v: GATE_CHOICES.get(v, GATE_NAMES.get(v, v))),
+                (self.direction, sorted({k.direction for k in keys}), lambda v: DIRECTION_NAMES.get(v, v)),
                 (self.level, sorted({k.level for k in keys}, key=lambda v: (len(v), v)),
-                 lambda v: f"{v} ({level_size[v][1]}×{level_size[v][0]} map)" if v else v)):
+                 lambda v: f"{v} of {self._levels} ({level_size[v][1]}×{level_size[v][0]} map)" if v else v)):
             current = combo.currentData()
             combo.blockSignals(True)
             combo.clear()
@@ -289,7 +304,7 @@ class GatesPanel(QWidget):
         self.thumbs.clear()
         for i, k in enumerate(keys):
             thumb = ImageLabel(size=56)
-            thumb.setToolTip(k.label)
+            thumb.setToolTip(k.words(self._levels))
             thumb.clicked.connect(lambda k=k: self.select(k.gate, k.direction, k.level))
             self.grid.addWidget(thumb, i // 8, i % 8)
             self.thumbs[k.key] = thumb
@@ -306,8 +321,9 @@ class GatesPanel(QWidget):
             return
         mode, alpha = self.contrast_mode(), self.alpha()
         for k in self._keys:
-            self.thumbs[k.key].set_array(render_gate(self.data["crop"], self.data["maps"][k.key], mode,
-                                                     alpha=alpha, size=96)["rgb"])
+            r = render_gate(self.data["crop"], self.data["maps"][k.key], mode, alpha=alpha, size=96)
+            self.thumbs[k.key].set_array(r["rgb"])
+            self.thumbs[k.key].setToolTip(f"{k.words(self._levels)} — {range_words(r['min'], r['max'])}")
         self.grid_title.setText("All gates (click one): " + ("one 0–1 scale for all." if mode == "fixed" else
                                                              "each on its own colour range."))
         self._redraw()
@@ -320,13 +336,18 @@ class GatesPanel(QWidget):
         r = render_gate(self.data["crop"], heat, self.contrast_mode(), alpha=self.alpha(), size=192)
         self.rendered = r
         self.image.set_array(r["rgb"])
+        gate_key = next(k for k in self._keys if k.key == key)
+        words = gate_key.words(self._levels)
         self.colour_bar.set_range(r["lo"], r["hi"], extent=(r["min"], r["max"]), lut=colormap_lut(r["cmap"]),
-                                  caption=f"{key.split('/')[0]} value")
+                                  caption="gate value")
+        self.map_title.setText(f"{html.escape(words[:1].upper() + words[1:], quote=False)}: "
+                               f"<b>{range_words(r['min'], r['max'])}</b>")
         where = {"robust": "2nd–98th percentile of this map", "centred": "0.5 ± this map's 98th-percentile distance",
                  "fixed": "the whole 0–1 range"}[r["mode"]]
-        self.stats.setText(f"<b>{html.escape(key)}</b> ({heat.shape[1]}×{heat.shape[0]} map): values "
+        stretched = "" if r["mode"] == "fixed" else ", so small differences look large"
+        self.stats.setText(f"{heat.shape[1]}×{heat.shape[0]} map: values "
                            f"{r['min']:.3f} … {r['max']:.3f} (mean {r['mean']:.3f}). Colours span "
-                           f"{r['lo']:.3f} … {r['hi']:.3f}: {where}.")
+                           f"{r['lo']:.3f} … {r['hi']:.3f}: {where}{stretched}.")
 
 
 def _weights_for(panel: QWidget, data: dict[str, Any]) -> dict[str, Any]:

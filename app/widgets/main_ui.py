@@ -11,10 +11,10 @@ from typing import Callable, Optional
 
 from PySide6.QtCore import QStandardPaths, Qt
 from PySide6.QtGui import QAction, QIcon, QKeySequence
-from PySide6.QtWidgets import QComboBox, QLabel, QMainWindow, QSplitter, QTabWidget, QToolBar
+from PySide6.QtWidgets import QComboBox, QLabel, QMainWindow, QSplitter, QTabWidget, QToolBar, QVBoxLayout, QWidget
 
 from app.camera import CameraInfo
-from app.widgets.common import MessageLabel
+from app.widgets.common import Banner, ElidedLabel, MessageLabel
 from app.widgets.explain_panels import GatesPanel, SynthesisPanel
 from app.widgets.inspect_panel import InspectPanel
 from app.widgets.panels import ComparisonPanel, IdentityPanel, LivePanel, ScoresPanel
@@ -48,6 +48,7 @@ ACTIONS = (
     (None, "Load checkpoint…", "load_checkpoint_dialog", None, "file", None, False, False),
     (None, "Train…", "show_training", "Ctrl+T", "tools", "train", False, True),
     (None, "Quit", "close", QKeySequence.StandardKey.Quit, "file", None, False, False),
+    (None, "About ferkit…", "show_about", QKeySequence.StandardKey.HelpContents, "help", None, False, False),
 )
 
 
@@ -65,26 +66,43 @@ class MainWindowUi:
                         (self.synth_panel, "Synthesis"), (self.inspect_panel, "Inspect"), (self.live_panel, "Live")):
             self.tabs.addTab(w, name)
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(self.view)
+        left = QWidget()
+        column = QVBoxLayout(left)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        #: source notices that must not cover the picture (no camera: the sample plays instead)
+        self.banner = Banner()
+        column.addWidget(self.banner)
+        column.addWidget(self.view, 1)
+        split.addWidget(left)
         split.addWidget(self.tabs)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
         split.setSizes([780, 480])
+        # the panels' own minimum (~470 px) plus the video's made the window at least 790x557: a 640x480
+        # screen could not hold it; below their comfortable size the panels squeeze instead
+        self.tabs.setMinimumSize(260, 200)
         self.setCentralWidget(split)
         sb = self.statusBar()
-        self.source_label, self.message_label = QLabel(""), MessageLabel()
-        sb.addWidget(self.source_label)
-        sb.addWidget(self.message_label, 1)
-        self.fps_label, self.latency_label, self.device_label = QLabel("— fps"), QLabel(""), QLabel("")
+        # every status-bar text elides with its whole text in the tooltip instead of being cut when narrow
+        self.source_label, self.message_label = ElidedLabel("", min_width=120), MessageLabel()
+        self.fps_label, self.device_label = QLabel("— fps"), QLabel("")
+        #: per-stage times: elided in the middle so the start and the end-to-end latency stay readable
+        self.latency_label = ElidedLabel("", Qt.TextElideMode.ElideMiddle, min_width=90, max_width=260)
         #: the selected model, why it is selected and its inference engine (app.widgets.model_picker fills it)
-        self.model_label = QLabel("")
-        for w in (self.fps_label, self.latency_label, self.model_label, self.device_label):
-            sb.addPermanentWidget(w)
+        self.model_label = ElidedLabel("", min_width=90, max_width=300)
+        # one row of labels (QStatusBar's permanent widgets never shrink below their hint, so the message
+        # alone was squeezed); fit_status_bar caps each label's share of the window's width
+        for w, stretch in ((self.source_label, 0), (self.message_label, 1), (self.fps_label, 0),
+                           (self.latency_label, 0), (self.model_label, 0), (self.device_label, 0)):
+            sb.addWidget(w, stretch)
         tb = QToolBar("Main")
         tb.setObjectName("main_toolbar")
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.addToolBar(tb)
-        menus = {k: self.menuBar().addMenu(t) for k, t in (("file", "&File"), ("view", "&View"), ("tools", "&Tools"))}
+        self.toolbar = tb
+        menus = {k: self.menuBar().addMenu(t) for k, t in (("file", "&File"), ("view", "&View"), ("tools", "&Tools"),
+                                                             ("help", "&Help"))}
         for attr, text, method, shortcut, menu, icon_name, checkable, on_toolbar in ACTIONS:
             a = QAction(icon(icon_name) if icon_name else QIcon(), text, self)
             if shortcut:
@@ -116,6 +134,32 @@ class MainWindowUi:
             self.camera_combo.addItem("no camera")
             self.camera_combo.setEnabled(False)
             self.resolution_combo.setEnabled(False)
+
+    def fit_toolbar(self) -> None:
+        """Icons only when the buttons' words would push the Model box into the toolbar's overflow menu.
+
+        Why: at 640x480 the Model box (the one choice that changes every label) hid behind the ``»``
+        button; the actions are also in the menus and keep their names as tooltips.
+        """
+        tb = self.toolbar
+        if not hasattr(self, "_toolbar_text_width"):
+            tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            self._toolbar_text_width = tb.sizeHint().width()
+        style = Qt.ToolButtonStyle.ToolButtonTextBesideIcon if self.width() >= self._toolbar_text_width \
+            else Qt.ToolButtonStyle.ToolButtonIconOnly
+        if tb.toolButtonStyle() != style:
+            tb.setToolButtonStyle(style)
+
+    #: the most of the window's width each status-bar label asks for (the message gets the rest)
+    STATUS_SHARES = {"source_label": 0.15, "latency_label": 0.2, "model_label": 0.22}
+
+    def fit_status_bar(self) -> None:
+        """Each label asks for at most its share of the width, so the message always keeps room and the
+        others elide (whole text in the tooltip) instead of one text being cut."""
+        for name, share in self.STATUS_SHARES.items():
+            label = getattr(self, name)
+            label.max_width = max(label.min_width, int(self.width() * share))
+            label.updateGeometry()
 
     def _camera_picked(self, cameras: list[CameraInfo], index: int) -> None:
         """The picked camera's resolutions, 640×480 preselected when it has it."""

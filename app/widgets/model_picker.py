@@ -1,8 +1,10 @@
 """The Model box, the Compare list and the model status label, bound to the models controller.
 
-The Model box offers every selectable weights entry, each with its FER2013Valid accuracy from its
-card and "fast" for the live model; the Compare list only the expression models (identity nets such
-as deepid are not "another opinion" on an expression) other than the selected one. The status label
+The Model box offers the expression models only (decided from each card's classes: an identity net
+such as deepid would label a face with a CelebA subject number), each with its FER2013Valid accuracy
+from its card and "fast" for the live model; the Compare list the same models other than the
+selected one. A saved or requested choice that is not offered gives way to the default, said in the
+status bar. The status label
 says which model is selected, why (chosen, or the default for this machine) and which inference
 engine runs it, with the engine's reason and file in its tooltip. All show the state; picking in
 either list goes to the controller.
@@ -37,12 +39,12 @@ class ModelPicker(QObject):
     def fill(self) -> None:
         """Both lists from the controller's catalogue, showing the state's choices (no signals).
 
-        A selected model no longer offered (a saved choice whose file is gone) gives way to the
-        machine's default, said as such.
+        A selected model no longer offered (a saved choice whose file is gone, an identity net saved
+        by an earlier version) gives way to the machine's default, said as such in the status bar.
         """
         self.combo.blockSignals(True)
         self.combo.clear()
-        for key in self.models.keys():
+        for key in self.models.expression_keys():
             text, tip = picker_entry(key, self.models.card(key), self.models.is_shipped(key))
             self.combo.addItem(text, key)
             self.combo.setItemData(self.combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
@@ -52,7 +54,11 @@ class ModelPicker(QObject):
             default = default_choice()
             offered = default.key is not None and self.combo.findData(default.key) >= 0
             key = default.key if offered else self.combo.itemData(0)
+            rejected = self.state.model if self.state.model_chosen else None
             self.state.choose_model(key, default.reason if key == default.key else "first offered", chosen=False)
+            if rejected and key:
+                self.models.message.emit(f"The model choice cannot be used: {self.models.why_not_offered(rejected)}."
+                                         f" Using {display_name(key)} ({self.state.model_reason}) instead.", True)
         self.combo.setCurrentIndex(max(0, self.combo.findData(self.state.model)))
         self.combo.blockSignals(False)
         self.fill_comparison()

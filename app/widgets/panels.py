@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFo
                                QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from app.core.analyzer import FrameResult, pick_face
+from app.core.enrolment import enrolment_advice
 from app.core.identity import NO_FEATURE, IdentityChoice, describe
 from app.core.state import LiveSettings
 from app.core.labels import canonical
@@ -174,6 +175,7 @@ class IdentityPanel(QWidget):
     enrol_image = Signal(str)  # name; ask for an image file
     remove_name = Signal(str)
     clear_all = Signal()
+    stop_capture = Signal()  # end a guided live capture now, enrolling the pictures taken
 
     DECISION = "decision"
 
@@ -190,13 +192,26 @@ class IdentityPanel(QWidget):
         self.name.setPlaceholderText("name to enrol")
         row.addWidget(self.name, 1)
         self.enrol_button = QPushButton("Enrol selected face")
-        self.enrol_button.setToolTip("Store the selected face under this name (Ctrl+E)")
+        self.enrol_button.setToolTip("Store the selected face under this name (Ctrl+E). On playing video or camera "
+                                     "it takes several pictures over a few seconds (different moments and poses "
+                                     "are recognised far better than one); on a paused frame, one picture.")
         self.enrol_button.clicked.connect(lambda: self.enrol_face.emit(self.name.text()))
         row.addWidget(self.enrol_button)
-        self.image_button = QPushButton("From image…")
+        self.image_button = QPushButton("From images…")
         self.image_button.clicked.connect(lambda: self.enrol_image.emit(self.name.text()))
         row.addWidget(self.image_button)
         outer.addLayout(row)
+        capture_row = QHBoxLayout()
+        #: a guided live capture's progress ("Taking pictures of Ada: 2 of 5 …")
+        self.capture_label = QLabel("")
+        self.capture_label.setWordWrap(True)
+        capture_row.addWidget(self.capture_label, 1)
+        self.capture_button = QPushButton("Enrol now")
+        self.capture_button.setToolTip("Stop taking pictures and enrol the ones taken so far")
+        self.capture_button.clicked.connect(self.stop_capture)
+        capture_row.addWidget(self.capture_button)
+        outer.addLayout(capture_row)
+        self.show_capture("")
         outer.addWidget(QLabel("Enrolled:"))
         self.enrolled = QListWidget()
         self.enrolled.setMaximumHeight(100)
@@ -210,6 +225,11 @@ class IdentityPanel(QWidget):
         row2.addWidget(clr)
         row2.addStretch(1)
         outer.addLayout(row2)
+        #: what to expect from the pictures enrolled (the card's measured rates) and who needs more
+        self.advice = QLabel("")
+        self.advice.setWordWrap(True)
+        outer.addWidget(self.advice)
+        self.counts: list[tuple[str, int]] = []
         outer.addWidget(QLabel("Cosine similarity of each face to each enrolled name, and the decision:"))
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -234,13 +254,32 @@ class IdentityPanel(QWidget):
         self.choice = choice
         self.notice.say("" if choice.active else (choice.reason or NO_FEATURE))
         self.threshold_label.setText(describe(choice) if choice.active else "")
+        self._advise()
 
     def set_enrolled(self, names_and_counts: Sequence[tuple[str, int]]) -> None:
+        """The enrolled names with how many pictures each has; one picture is marked as too few."""
+        self.counts = list(names_and_counts)
         self.enrolled.clear()
-        for name, n in names_and_counts:
-            item = QListWidgetItem(f"{name}  ({n} picture{'s' if n != 1 else ''})")
+        for name, n in self.counts:
+            item = QListWidgetItem(f"{name}  ({n} picture{'s' if n != 1 else ''}"
+                                   + (" — enrol more for better recognition)" if n == 1 else ")"))
             item.setData(Qt.ItemDataRole.UserRole, name)
+            if n == 1:
+                item.setForeground(QColor(150, 90, 0))
             self.enrolled.addItem(item)
+        self._advise()
+
+    def _advise(self) -> None:
+        c = self.choice
+        self.advice.setText(enrolment_advice(self.counts, c.tar, c.far, c.enrolment_rates) if c.active else "")
+        self.advice.setVisible(bool(self.advice.text()))
+
+    def show_capture(self, text: str) -> None:
+        """A guided capture's progress; "" hides it (none runs)."""
+        self.capture_label.setText(text)
+        self.capture_label.setVisible(bool(text))
+        self.capture_button.setVisible(bool(text))
+        self.enrol_button.setEnabled(not text)
 
     def _cell(self, r: int, c: int, text: str, match: bool) -> None:
         item = self.table.item(r, c)
