@@ -462,3 +462,15 @@ def test_gate_spread_measures_the_maps_the_app_draws() -> None:
     assert all(st["across_faces_std"] < 1e-6 for st in same.values())
     with pytest.raises(ValueError, match="no ConvFLU gates"):
         gate_spread(_tiny(mtl=False), images, to_input)
+
+
+def test_flip_tta_is_validated_and_recorded_in_the_card(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, identity_weights="none", tta="flip", folds=2)
+    ctx = LocalContext(tmp_path / "run")
+    recipe.setup(ctx)
+    metrics = recipe.evaluate(ctx, 0)
+    assert {"val_accuracy", "val_accuracy_no_tta", "val_loss"} <= set(metrics)
+    assert recipe.weights_meta()["tta"] == "flip"
+    plain = _recipe(tmp_path / "p", identity_weights="none", folds=2)
+    plain.setup(LocalContext(tmp_path / "p" / "run"))
+    assert "val_accuracy_no_tta" not in plain.evaluate(ctx, 0) and plain.weights_meta()["tta"] == "none"

@@ -73,7 +73,7 @@ from ferkit.data.augment import augment_batch
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.sampling import TargetSampler
-from ferkit.evaluation.forward import batched_forward
+from ferkit.evaluation.forward import check_tta, class_probabilities
 from ferkit.evaluation.synthesis import (FrozenIdentity, canonical_class, every_expression_set, grid_faces,
                                          training_sample_grid, write_png)
 from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
@@ -149,6 +149,9 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--max-steps-per-epoch", type=int, default=None,
                             help="stop each epoch after this many steps (smoke runs)")
         parser.add_argument("--disc-width", type=int, default=None, help="PatchGAN base width (paper 64; light 32)")
+        parser.add_argument("--tta", choices=["none", "flip"], default="none",
+                            help="test-time augmentation of the validation, recorded in the card as the model's "
+                                 "default (flip: mean of the face's and its mirror's probabilities; paper: none)")
         cls._add_data_arguments(parser)
 
     # ---- setup -----------------------------------------------------------------------------
@@ -231,6 +234,7 @@ class _FersnetRecipe(Recipe):
         if init:
             ctx.log(self._load_init(str(init)))
         self.augment = option(o, "augment", "on") == "on"
+        self.tta = check_tta(option(o, "tta", "none"))
         self.batch_size = int(option(o, "batch_size", 64))
         self.max_steps = o.get("max_steps_per_epoch")  # --max-steps-per-epoch (smoke runs); None: every batch
         self.da_images: Optional[torch.Tensor] = None
@@ -388,11 +392,15 @@ class _FersnetRecipe(Recipe):
     def evaluate(self, ctx: TrainContext, epoch: int) -> dict[str, float]:
         if self.val_set is None or len(self.val_set) == 0:
             return {}
-        logits = batched_forward(self.model, self.val_set.images,
-                                 lambda x: self.preprocessing.normalize(x.to(self.device)), batch_size=EVAL_BATCH)
-        y = self.val_set.labels.to(self.device)
-        return {"val_accuracy": int((logits.argmax(1) == y).sum()) / len(y),
-                "val_loss": float(F.cross_entropy(logits, y, reduction="sum")) / len(y)}
+        to_input = lambda x: self.preprocessing.normalize(x.to(self.device))  # noqa: E731
+        probs = class_probabilities(self.model, self.val_set.images, to_input, tta=self.tta, batch_size=EVAL_BATCH)
+        y = self.val_set.labels.to(probs.device)
+        metrics = {"val_accuracy": float((probs.argmax(1) == y).float().mean()),
+                   "val_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), y))}
+        if self.tta != "none":
+            plain = class_probabilities(self.model, self.val_set.images, to_input, batch_size=EVAL_BATCH)
+            metrics["val_accuracy_no_tta"] = float((plain.argmax(1) == y).float().mean())
+        return metrics
 
     def end_epoch(self, ctx: TrainContext, epoch: int) -> None:
         super().end_epoch(ctx, epoch)
@@ -421,7 +429,7 @@ class _FersnetRecipe(Recipe):
         if self.options.get("init"):
             extras.append(f"initialised from {self.options['init']}")
         return {"name": "fersnet", "architecture": self.arch, "classes": list(self.classes),
-                "preprocessing": asdict(self.preprocessing), "model_cfg": dict(self.model_cfg),
+                "preprocessing": asdict(self.preprocessing), "model_cfg": dict(self.model_cfg), "tta": self.tta,
                 "data": self._data_desc, "recipe": self.name, "split": dict(getattr(self, "_split_info", {})),
                 "heldout_identities": list(getattr(self, "heldout_subjects", [])),
                 "notes": "FERSNet" + (f" ({', '.join(ablation)})" if ablation else "")
