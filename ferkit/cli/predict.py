@@ -19,6 +19,8 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
+    from ferkit.training.threads import threads_arg
+
     p = subparsers.add_parser("predict", help="expression scores of the faces in images",
                               description="Detect faces and print each one's expression scores.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
@@ -34,10 +36,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-faces", type=int, default=5, help="at most this many faces per image (default 5)")
     p.add_argument("--tta", choices=["none", "flip"], default=None,
                    help="test-time augmentation (default: the weights card's; flip = mean of face and mirror)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=threads_arg, default=1, metavar="auto|N",
                    help="intra-op threads of each image's face batch (default 1: a few faces gain nothing from "
                         "more, and on a busy machine more threads spin-wait; measured 258 ms instead of 5 ms "
-                        "per face)")
+                        "per face); auto: the cores not busy with other programs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     v = p.add_argument_group("videos (one video file as PATH)")
     v.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default 1)")
@@ -85,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from ferkit.inference import ImageReadError, Predictor, expand_image_paths
     from ferkit.video import is_video
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.threads == "auto":
+        from ferkit.training.threads import choose_threads
+
+        args.threads = choose_threads("auto").threads
     if any(is_video(p) for p in args.paths):
         if len(args.paths) != 1:
             raise ValueError("give one video at a time (images and folders can be mixed, videos cannot)")

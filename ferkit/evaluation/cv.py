@@ -106,12 +106,14 @@ def _stderr(message: str) -> None:
 def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[str, Path], *, folds: int = 10,
            options: Optional[dict[str, Any]] = None, epochs: Optional[int] = None, device: str = "auto",
            seed: int = 0, split_seed: int = 0, amp: bool = True, progress_interval: float = 5.0,
-           only_folds: Optional[list[int]] = None, emit: Optional[Emit] = None) -> dict[str, Any]:
+           only_folds: Optional[list[int]] = None, emit: Optional[Emit] = None,
+           threads: Union[int, str, None] = None) -> dict[str, Any]:
     """Train and test every fold (resumably); returns the ``cv.json`` summary dict.
 
     ``options`` are the recipe's own options (the fold options are added here). ``only_folds``
     runs a subset (e.g. to spread folds over machines); the summary then covers the folds that
-    have results in ``out_dir``.
+    have results in ``out_dir``. ``threads``: the engine's CPU thread setting of every fold
+    (``"auto"``/None: the free cores, re-checked every epoch; see :mod:`ferkit.training.threads`).
     """
     from ferkit.training.engine import train
 
@@ -174,7 +176,7 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
 
             end = train(recipe, fdir, epochs=target_epochs, device=device, resume=ckpt.exists(), seed=seed,
                         amp=amp, progress_interval=progress_interval, on_event=relay, json_lines=False,
-                        validate=False)
+                        validate=False, threads=threads)
             if end["status"] != "completed":
                 emit({"event": "cv_end", "time": time.time(), "status": "interrupted",
                       "message": f"stopped during fold {i}; run the same command again to resume"})
