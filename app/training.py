@@ -209,6 +209,7 @@ class JobManager(QObject):
         job = self.jobs[index]
         if job.resume and not job.state.step_curve and not job.state.epoch_curve:
             job.state.load_history(job.out)  # a run an earlier session started: show its epochs too
+            job.state.epochs = job.state.epochs or job.epochs
         program, args = cli_command(train_args(job.recipe, job.data, job.out, job.epochs, job.device, job.resume,
                                                job.extra, threads=job.threads))
         proc = QProcess(self)

@@ -205,8 +205,10 @@ class CurvesCanvas(QWidget):
                              "o-", lw=1.5, label="validation")
         self.ax_loss.set_title("loss", fontsize=9)
         self.ax_acc.set_title("accuracy", fontsize=9)
+        # earlier epochs alone, before the resumed run said its steps per epoch: they sit at epoch numbers
+        x_label = "epoch" if history and not state.steps and not steps else "step"
         for ax in (self.ax_loss, self.ax_acc):
-            ax.set_xlabel("step", fontsize=8)
+            ax.set_xlabel(x_label, fontsize=8)
             ax.tick_params(labelsize=7)
             if ax.lines:
                 ax.legend(fontsize=7)

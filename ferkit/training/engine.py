@@ -67,7 +67,6 @@ ranks gets ``batch_size // N`` items per step, so the paper's hyper-parameters h
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import signal
 import sys
@@ -330,10 +329,11 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
     schedule spans the planned epochs: start a new run with ``--init-checkpoint`` instead). ``precision`` is ``auto|fp32|bf16|fp16`` (see
     :mod:`ferkit.training.precision`); ``amp=False`` is the old spelling of ``fp32``. ``threads``
     sets torch's intra-op threads on CPU: a number, or ``"auto"`` (the default, or
-    ``$FERKIT_TRAIN_THREADS``): the cores free now, re-checked every epoch and when throughput
-    collapses (:mod:`ferkit.training.threads`; with one of two cores busy elsewhere, two threads
-    trained 40x slower than one). Float reductions depend on the count, so bit-identical reruns
-    and resumes need a fixed number (``deterministic=True`` also keeps the first auto count). ``time_budget_s`` stops the run before an epoch
+    ``$FERKIT_TRAIN_THREADS``): the cores free now, re-checked every few seconds while it trains
+    and at every epoch (:mod:`ferkit.training.threads`; with one of two cores busy elsewhere, two
+    threads trained 40x slower than one). Float reductions depend on the count, so bit-identical
+    reruns and resumes need a fixed number (``deterministic=True`` also keeps the first auto
+    count). ``time_budget_s`` stops the run before an epoch
     that would end past the budget (status ``"budget"``, the last epoch's checkpoint kept; the
     schedule is the caller's to fit, e.g. :func:`ferkit.training.budget.fit_epochs`).
     ``json_lines=False`` keeps stdout clean (in-process callers that use
@@ -358,7 +358,7 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
                 choice = ThreadChoice(choice.threads, False, choice.reason + ", fixed by --deterministic")
             torch.set_num_threads(choice.threads)
             governor = ThreadGovernor(choice, torch.set_num_threads, reporter.log)
-            reporter.log(f"threads: {choice.reason}" + ("; re-checked every epoch and when throughput collapses"
+            reporter.log(f"threads: {choice.reason}" + ("; re-checked every few seconds while it trains"
                                                         if choice.auto else ""))
         try:
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():

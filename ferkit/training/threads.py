@@ -126,10 +126,10 @@ class CoreReport:
     how: str
 
     def describe(self) -> str:
+        cores = f"{self.allowed} core{'s' if self.allowed != 1 else ''}"
         if self.other is None:
-            return f"{self.free} of {self.allowed} cores ({self.how})"
-        return (f"{self.free} of {self.allowed} cores free (other programs use {self.other:.1f} cores' worth, "
-                f"{self.how})")
+            return f"{self.free} of {cores} ({self.how})"
+        return f"{self.free} of {cores} free (other programs use {self.other:.1f} cores' worth, {self.how})"
 
 
 class CoreProbe:
@@ -210,9 +210,13 @@ def choose_threads(requested: Threads = None, sample_s: float = 0.25) -> ThreadC
     """The thread count to start with: ``requested`` when a number, the free cores for ``auto``."""
     setting = parse_threads(requested)
     if setting != "auto":
-        return ThreadChoice(int(setting), False, f"{setting} threads (--threads)")
+        return ThreadChoice(int(setting), False, f"{_n_threads(int(setting))} (--threads)")
     report = free_cores(sample_s)
-    return ThreadChoice(report.free, True, f"{report.free} threads (auto: {report.describe()})")
+    return ThreadChoice(report.free, True, f"{_n_threads(report.free)} (auto: {report.describe()})")
+
+
+def _n_threads(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 class ThreadGovernor:
