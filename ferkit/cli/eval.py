@@ -53,11 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
     choice = choose_threads(args.threads)
     torch.set_num_threads(choice.threads)
-    print(f"threads: {choice.reason}", file=sys.stderr)
     result = evaluate(resolve_weights(args), args.data, vote=args.vote, device=args.device, report_dir=args.report,
                       split=args.split, tta=args.tta, engine=args.engine, calibration=args.calibration,
                       onnx_file=args.onnx)
     result.setdefault("threads", choice.threads)
+    print(f"threads: {choice.reason}", file=sys.stderr)  # after the run: an error stays one plain line
     if args.json:
         print(json.dumps(result, indent=2))
     else:
