@@ -316,6 +316,8 @@ class JobManager(QObject):
             raise ValueError(f"job {index} is still {job.state.status}")
         job.resume = True
         job.resumes += 1
+        if job.process is not None:
+            job.process.deleteLater()  # finished; the next start makes a new one
         job.process = None
         job._stdout_buf = job._stderr_buf = ""
         job.state.status = "queued"

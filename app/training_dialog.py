@@ -344,6 +344,7 @@ class TrainingDialog(QDialog):
         self._cores_timer.setInterval(2000)
         self._cores_timer.timeout.connect(self._measure_cores)
         self._cores_timer.start()
+        QTimer.singleShot(300, self, self._measure_cores)  # a first figure soon after it opens
 
         self.recipe.currentTextChanged.connect(self._recipe_changed)
         manager.job_added.connect(self._job_added)
@@ -386,7 +387,7 @@ class TrainingDialog(QDialog):
             self.threads_note.setText(f"fixed; this machine lets the job use {cores} core{'s' if cores != 1 else ''}")
             return
         if self._busy_cores is None:
-            self.threads_note.setText(f"{cores} core{'s' if cores != 1 else ''}; measuring what other programs use…")
+            self.threads_note.setText("measuring the free cores…")
             return
         free = max(1, cores - self._busy_cores)
         self.threads_note.setText(f"{free} of {cores} core{'s' if cores != 1 else ''} free now → "
