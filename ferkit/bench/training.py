@@ -204,7 +204,8 @@ def train_rate(recipe: str = BUSY_CORE_RECIPE, threads: Any = "auto", seconds: f
 
 def _rate_in_child(threads: Any, seconds: float, load_cores: int, env: Optional[dict[str, str]] = None,
                    recipe: str = BUSY_CORE_RECIPE, load_nice: int = 0) -> dict[str, Any]:
-    """:func:`train_rate` in a fresh interpreter (its own OpenMP runtime and policy), next to ``load_cores`` busy loops."""
+    """:func:`train_rate` in a fresh interpreter (its own OpenMP runtime and wait policy), next to
+    ``load_cores`` busy loops."""
     import json
     import subprocess
     import sys
