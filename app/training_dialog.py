@@ -338,7 +338,7 @@ class TrainingDialog(QDialog):
         # what "auto" would choose now: other programs' CPU use since the last look (non-blocking)
         from ferkit.training.threads import CoreProbe
 
-        self._probe = CoreProbe()
+        self._probe = CoreProbe(count_own=True)  # the app's own work competes with a training job too
         self._busy_cores: Optional[int] = None
         self._cores_timer = QTimer(self)
         self._cores_timer.setInterval(2000)

@@ -187,3 +187,14 @@ def test_bench_train_rate_and_busy_core_table() -> None:
     text = format_tables({"environment": environment(), "training_busy_core": busy})
     assert "| idle, default (--threads auto) | 1 -> 1 |" in text and "error: timed out" in text
     assert "idle / busy img/s with the default settings: 1.5" in text
+
+
+def test_probe_can_count_its_own_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dialog's probe: the app's own CPU use competes with a training subprocess, so it counts."""
+    clock = {"busy": 100.0, "own": 10.0, "t": 50.0}
+    monkeypatch.setattr(th, "_proc_stat", lambda cpus: (clock["busy"], 0.0))
+    monkeypatch.setattr(th, "_own_cpu_s", lambda: clock["own"])
+    monkeypatch.setattr(th.time, "monotonic", lambda: clock["t"])
+    probe = th.CoreProbe([0, 1], count_own=True)
+    clock.update(busy=104.0, own=12.0, t=52.0)
+    assert probe.measure() == pytest.approx(2.0)

@@ -136,18 +136,20 @@ class CoreProbe:
     """CPU time other processes used on this process's cores between two :meth:`measure` calls.
 
     Our own CPU time (all threads) is subtracted, so a probe taken while training measures the
-    competition, not the training.
+    competition, not the training. ``count_own=True`` keeps it: the app's training dialog asks
+    what a training *subprocess* would find, and the app's own work (live video) competes with it.
     """
 
-    def __init__(self, cpus: Optional[list[int]] = None) -> None:
+    def __init__(self, cpus: Optional[list[int]] = None, count_own: bool = False) -> None:
         self.cpus = cpus or allowed_cpus()
+        self.count_own = count_own
         self._last = self._sample()
 
     def _sample(self) -> Optional[tuple[float, float, float]]:
         stat = _proc_stat(self.cpus)
         if stat is None:
             return None
-        return stat[0], _own_cpu_s(), time.monotonic()
+        return stat[0], 0.0 if self.count_own else _own_cpu_s(), time.monotonic()
 
     def measure(self) -> Optional[float]:
         """Cores' worth of CPU others used since the previous call (None: not measurable here)."""
