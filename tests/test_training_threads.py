@@ -198,3 +198,28 @@ def test_probe_can_count_its_own_process(monkeypatch: pytest.MonkeyPatch) -> Non
     probe = th.CoreProbe([0, 1], count_own=True)
     clock.update(busy=104.0, own=12.0, t=52.0)
     assert probe.measure() == pytest.approx(2.0)
+
+
+def test_busy_core_rows_take_turns_and_report_medians(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ferkit.bench.training as bt
+
+    calls: list[tuple] = []
+    rates = iter([600, 300, 550, 100, 90, 700, 320, 560, 120, 80])  # two rounds of five rows
+
+    def fake(threads, seconds, load_cores, env=None, recipe=bt.BUSY_CORE_RECIPE, load_nice=0):
+        calls.append((threads, load_cores, load_nice, (env or {}).get("OMP_WAIT_POLICY")))
+        rate = next(rates)
+        if rate == 90:
+            return {"error": "timed out", "background_load_cores": load_cores}
+        return {"img_per_s": float(rate), "threads_start": 1, "threads_end": 1, "background_load_cores": load_cores}
+
+    monkeypatch.setattr(bt, "_rate_in_child", fake)
+    out = bt.busy_core_rows(seconds=1.0, load_cores=1, repeats=2)
+    assert [c[1] for c in calls[:5]] == [0, 1, 1, 1, 1] and calls[:5] == calls[5:]  # the rows take turns
+    assert calls[2][2] == 19 and calls[4][3] == "PASSIVE"
+    rows = {r["name"]: r for r in out["rows"]}
+    idle = rows["idle, default (--threads auto)"]
+    assert idle["img_per_s"] == 650.0 and idle["img_per_s_runs"] == [600.0, 700.0]
+    assert out["idle_over_busy"] == round(650 / 310, 2)
+    passive = out["rows"][4]
+    assert passive["img_per_s_runs"] == [80.0]  # the failed run is left out, not counted as 0

@@ -57,7 +57,9 @@ def register(subparsers: Any) -> None:
                    help="cores kept busy for the pipeline's and training's background-load runs "
                         "(default 1; 0 skips them)")
     p.add_argument("--busy-seconds", type=float, default=6.0,
-                   help="training section: seconds of training per busy-core row (default 6)")
+                   help="training section: seconds of training per busy-core run (default 6)")
+    p.add_argument("--busy-repeats", type=int, default=2,
+                   help="training section: runs per busy-core row, taking turns; the median is reported (default 2)")
     p.add_argument("--multi-face", type=Path, default=None,
                    help="image looped as a many-face video (default resources/samples/multi_face.jpg)")
     p.add_argument("--calibration", type=Path, default=None,
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             from ferkit.bench.training import busy_core_rows
 
             say(f"training under {args.load_cores} busy core(s)")
-            report["training_busy_core"] = busy_core_rows(args.busy_seconds, args.load_cores)
+            report["training_busy_core"] = busy_core_rows(args.busy_seconds, args.load_cores, args.busy_repeats)
     report["goals"] = goals(report)
     report["environment_after"] = {"load_average_1_5_15": environment()["load_average_1_5_15"]}
     report["wall_time_s"] = round(time.perf_counter() - t_start, 1)
@@ -328,12 +330,14 @@ def format_tables(report: dict[str, Any]) -> str:
     busy = report.get("training_busy_core")
     if busy:
         out += [f"| training under one busy core ({busy['recipe']}, allowed CPUs {busy['allowed_cpus']}) | "
-                "threads (start -> end) | img/s |", "|---|---|---:|"]
+                "threads (start -> end) | img/s median (min-max) |", "|---|---|---:|"]
         for r in busy["rows"]:
             if "error" in r:
                 out.append(f"| {r['name']} | error: {r['error'][:60]} | |")
                 continue
-            out.append(f"| {r['name']} | {r['threads_start']} -> {r['threads_end']} | {r['img_per_s']:g} |")
+            each = r.get("img_per_s_runs") or []
+            spread = f" ({min(each):g}-{max(each):g})" if len(each) > 1 else ""
+            out.append(f"| {r['name']} | {r['threads_start']} -> {r['threads_end']} | {r['img_per_s']:g}{spread} |")
         out.append(f"\nidle / busy img/s with the default settings: {busy['idle_over_busy']} (busy loop at equal "
                    f"priority), {busy.get('idle_over_busy_low_priority')} (nice 19 busy loop); goal {busy['goal']}")
     return "\n".join(out)
