@@ -51,7 +51,7 @@ def recipe_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
                              "fp32 elsewhere; weights, optimiser and loss stay fp32)")
     parser.add_argument("--threads", type=threads_arg, default=None, metavar="auto|N",
                         help="torch threads for CPU training (default auto: the cores not busy with other "
-                             "programs, re-checked every epoch and when throughput collapses; "
+                             "programs, re-checked every few seconds while it trains; "
                              "$FERKIT_TRAIN_THREADS sets the default; a fixed N gives bit-identical reruns)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="stop before an epoch that would end past this many seconds (checkpoint kept)")

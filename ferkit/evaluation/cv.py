@@ -113,7 +113,7 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
     ``options`` are the recipe's own options (the fold options are added here). ``only_folds``
     runs a subset (e.g. to spread folds over machines); the summary then covers the folds that
     have results in ``out_dir``. ``threads``: the engine's CPU thread setting of every fold
-    (``"auto"``/None: the free cores, re-checked every epoch; see :mod:`ferkit.training.threads`).
+    (``"auto"``/None: the free cores, re-checked while it trains; see :mod:`ferkit.training.threads`).
     """
     from ferkit.training.engine import train
 
