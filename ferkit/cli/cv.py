@@ -66,7 +66,7 @@ def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
                         help="run only these folds (0-based); the report covers the folds finished so far")
     parser.add_argument("--threads", type=threads_arg, default=None, metavar="auto|N",
                         help="torch threads for CPU training (default auto: the free cores, re-checked every "
-                             "epoch; see ferkit train --help)")
+                             "few seconds; see ferkit train --help)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     parser.add_argument("--progress-interval", type=float, default=5.0,
                         help="seconds between JSON 'step' events (default 5)")
