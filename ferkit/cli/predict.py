@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
                         "per face); auto: the cores not busy with other programs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--verbose", action="store_true",
-                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default)")
+                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default; "
+                        "use it when chasing a crash: stderr then goes straight to the terminal)")
     v = p.add_argument_group("videos (one video file as PATH)")
     v.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default 1)")
     v.add_argument("--detect-every", type=int, default=1, metavar="N",

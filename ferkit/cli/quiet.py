@@ -12,7 +12,8 @@ What does silence them: :func:`native_stderr_filtered` points descriptor 2 at a 
 duration of the command; a thread forwards everything to the real stderr except native INFO and
 WARNING lines (absl/glog ``I``/``W`` lines, TF Lite's ``INFO:``, absl's "before InitializeLog"
 notice). Errors (``E``/``F`` lines) and everything Python writes pass unchanged and at once,
-progress bars (``\\r`` updates) included. ``--verbose`` leaves stderr alone.
+progress bars (``\\r`` updates) included. ``--verbose`` leaves stderr alone; use it when chasing
+a native crash, whose last words could otherwise die with the forwarding thread.
 """
 from __future__ import annotations
 

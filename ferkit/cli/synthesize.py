@@ -29,7 +29,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scale", type=int, default=3, help="enlarge each face tile this many times (default 3)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--verbose", action="store_true",
-                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default)")
+                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default; "
+                        "use it when chasing a crash: stderr then goes straight to the terminal)")
     p.set_defaults(func=run)
 
 
