@@ -95,6 +95,8 @@ def main(argv=None) -> int:
         "explainer_runs": explainer.runs, "explainer_last_ms": round(explainer.last_ms, 1),
         "explainer_interval_s": explainer.min_interval_s,
         "dropped_frames": w.slot.dropped,
+        # what the status bar shows: frames skipped while analysis was busy (warm-up, model loads not counted)
+        "skipped_frames": w.worker.skipped,
         # CPU time (all threads of this process) per displayed frame: on an otherwise idle machine
         # with N cores, fps cannot exceed N * 1000 / cpu_ms_per_frame
         "cpu_ms_per_frame": round((cpu_at[-1] - cpu_at[0]) * 1e3 / max(1, len(t) - 1), 2) if len(cpu_at) >= 2 else None,

@@ -327,7 +327,10 @@ class MainWindow(QMainWindow, MainWindowUi):
 
     def _update_stats(self) -> None:
         self.fps_label.setText(f"{self.state.stats.fps():.1f} fps")
-        self.latency_label.setText(self.state.stats.latency_text(self.slot.dropped))
+        self.latency_label.setText(self.state.stats.latency_text(self.worker.skipped))
+        self.latency_label.setToolTip("skipped: frames of this source that went by while the analysis was still "
+                                      "busy with the frame before (it is slower than the video). Frames during "
+                                      "model loading and warm-up are not counted.")
 
     def _display(self, result: FrameResult) -> None:
         self.state.show(result)

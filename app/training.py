@@ -41,14 +41,31 @@ class TrainingJobState(JobState):
     val_curve: list[tuple[float, Optional[float]]] = field(default_factory=list)
     #: engine wall-clock time (``time`` of the event) at which ``eta_s`` was estimated
     eta_time: Optional[float] = None
+    #: torch threads the engine trains with (CPU runs; None until it says, or on a GPU)
+    threads: Optional[int] = None
+    #: whether that count follows the free cores (``--threads auto``)
+    threads_auto: bool = False
+    #: epochs read from the run's ``curves.csv`` when a resumed job had no curves of its own (an earlier
+    #: session ran them): (epoch, train loss, train accuracy, val accuracy)
+    history: list[tuple[int, Optional[float], Optional[float], Optional[float]]] = field(default_factory=list)
 
     def feed(self, line: str) -> Optional[dict[str, Any]]:
         before = len(self.log)
+        last_x = self.step_curve[-1][0] if self.step_curve else None
         event = super().feed(line)
         if event is None:
             return None
         del self.log[before:]  # the engine's own line for this event comes on stderr
         kind = event.get("event")
+        if isinstance(event.get("threads"), int):
+            self.threads = int(event["threads"])
+        if kind == "start":
+            self.threads_auto = bool(event.get("threads_auto"))
+        if kind == "step" and last_x is not None and self.step_curve[-1][0] <= last_x:
+            # a resume restarts the interrupted epoch from its first batch: the steps after the last
+            # checkpoint are trained again, so their first run leaves the curve (no zig-zag back)
+            x = self.step_curve[-1][0]
+            self.step_curve[:] = [p for p in self.step_curve[:-1] if p[0] < x] + [self.step_curve[-1]]
         if kind in ("step", "epoch"):
             self.eta_time = event.get("time") if isinstance(event.get("time"), (int, float)) else None
         elif kind in ("end", "error"):
@@ -59,6 +76,45 @@ class TrainingJobState(JobState):
                 x = self.step_curve[-1][0] if self.step_curve else self.epoch * (self.steps or 1)
             self.val_curve.append((float(x), (event.get("val") or {}).get("val_accuracy")))
         return event
+
+    def load_history(self, out_dir: Path) -> int:
+        """Read ``out_dir/curves.csv`` (the engine's per-epoch rows) into :attr:`history`; returns the rows read.
+
+        Used when a run is continued that this session did not watch from its start: the curves then
+        show its earlier epochs too instead of starting at the resumed step.
+        """
+        import csv
+
+        path = Path(out_dir) / "curves.csv"
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            return 0
+
+        def num(v: Any) -> Optional[float]:
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                return None
+            return f if f == f else None  # NaN -> None
+
+        self.history = []
+        for r in rows:
+            epoch = num(r.get("epoch"))
+            if epoch is None:
+                continue
+            self.history.append((int(epoch), num(r.get("train_loss")), num(r.get("train_accuracy")),
+                                 num(r.get("val_accuracy"))))
+        if self.history and not self.epoch_curve:
+            self.epoch = max(e for e, *_ in self.history)
+        return len(self.history)
+
+    def threads_text(self) -> str:
+        """``1 thread (auto)`` / ``4 threads``; empty before the engine said."""
+        if not self.threads:
+            return ""
+        return f"{self.threads} thread{'s' if self.threads != 1 else ''}" + (" (auto)" if self.threads_auto else "")
 
     def eta_now(self, now: Optional[float] = None) -> Optional[float]:
         """The engine's latest ETA, counted down since it was made (events pause during evaluation)."""
@@ -79,6 +135,10 @@ class Job:
     device: str
     resume: bool = False
     extra: list[str] = field(default_factory=list)
+    #: ``--threads``: "auto" (the free cores, re-checked while it trains) or a count
+    threads: str = "auto"
+    #: times this job was resumed (it stays one entry in the queue)
+    resumes: int = 0
     state: JobState = None  # type: ignore[assignment]
     process: Optional[QProcess] = None
     _stdout_buf: str = ""
@@ -95,7 +155,7 @@ class Job:
 
     @property
     def title(self) -> str:
-        return f"{self.recipe} → {self.out}" + (" (resume)" if self.resume else "")
+        return f"{self.recipe} → {self.out}" + (" (resumed)" if self.resume else "")
 
 
 class JobManager(QObject):
@@ -125,11 +185,12 @@ class JobManager(QObject):
         return any(j.state.status in ACTIVE and _norm(j.out) == target for j in self.jobs)
 
     def can_resume(self, index: int) -> bool:
-        """A job can be resumed when it has stopped, its checkpoint is on disk and nothing uses the folder."""
+        """A job can be resumed when it stopped before its last epoch, its checkpoint is on disk and
+        nothing uses the folder (a completed job has nothing left to run)."""
         if not 0 <= index < len(self.jobs):
             return False
         job = self.jobs[index]
-        return (job.state.status in ("interrupted", "failed", "completed") and job.checkpoint_path.is_file()
+        return (job.state.status in ("interrupted", "failed") and job.checkpoint_path.is_file()
                 and not self.folder_busy(job.out))
 
     def running(self) -> list[int]:
@@ -146,8 +207,11 @@ class JobManager(QObject):
 
     def _start(self, index: int) -> None:
         job = self.jobs[index]
+        if job.resume and not job.state.step_curve and not job.state.epoch_curve:
+            job.state.load_history(job.out)  # a run an earlier session started: show its epochs too
+            job.state.epochs = job.state.epochs or job.epochs
         program, args = cli_command(train_args(job.recipe, job.data, job.out, job.epochs, job.device, job.resume,
-                                               job.extra))
+                                               job.extra, threads=job.threads))
         proc = QProcess(self)
         env = QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONUNBUFFERED", "1")
@@ -242,9 +306,26 @@ class JobManager(QObject):
             self.job_updated.emit(index)
 
     def resume(self, index: int) -> int:
-        """Queue a ``--resume`` run of job ``index`` (same recipe, data, folder and options)."""
-        old = self.jobs[index]
-        return self.add(Job(old.recipe, old.data, old.out, old.epochs, old.device, resume=True, extra=list(old.extra)))
+        """Queue job ``index`` again with ``--resume`` (same recipe, data, folder and options).
+
+        The job stays one entry: its curves and log go on where they stopped (an interrupted and
+        resumed run used to show as two jobs, the second one's curves starting at the resumed step).
+        """
+        job = self.jobs[index]
+        if job.state.status in ACTIVE:
+            raise ValueError(f"job {index} is still {job.state.status}")
+        job.resume = True
+        job.resumes += 1
+        if job.process is not None:
+            job.process.deleteLater()  # finished; the next start makes a new one
+        job.process = None
+        job._stdout_buf = job._stderr_buf = ""
+        job.state.status = "queued"
+        job.state.message = ""
+        job.state.log.append(f"resume #{job.resumes}: queued")
+        self.job_updated.emit(index)
+        self._start_next()
+        return index
 
     def stop_all(self, wait_ms: int = 60000) -> None:
         for i in self.running():

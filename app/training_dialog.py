@@ -11,12 +11,14 @@ things like ``CK+48/<class>/S###.png``, which a rich-text label would swallow as
 from __future__ import annotations
 
 import html
+import os
+import re
 import shlex
 import time
 from pathlib import Path
 from typing import Optional
 
-from PySide6.QtCore import QEvent, QRect, QSize, QStandardPaths, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QRect, QSettings, QSize, QStandardPaths, Qt, QTimer, Signal
 from PySide6.QtGui import QPainter, QPalette
 from PySide6.QtWidgets import (QComboBox, QDialog, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
@@ -47,6 +49,42 @@ def runs_root() -> Path:
 def default_out_dir(recipe: str) -> Path:
     """The default run folder of ``recipe`` (its slashes would otherwise make nested folders)."""
     return runs_root() / recipe.replace("/", "-")
+
+
+def suggested_data_dir(data_help: str) -> Optional[Path]:
+    """The shared data folder a recipe names as its example (``e.g. ../shared/data/ckplus48``), when it exists.
+
+    Every recipe's ``data_help`` names the folder of ``../shared/data`` it trains on; that is the
+    recipe's own word on which dataset matches, so no table here has to follow new recipes.
+    """
+    from ferkit.paths import shared_data_dir
+
+    m = re.search(r"\.\./shared/data/([^\s,;)]+)", data_help or "")
+    if not m:
+        return None
+    path = shared_data_dir() / m.group(1).rstrip(".")
+    return path if path.is_dir() else None
+
+
+def device_choices(devices: list[str]) -> list[tuple[str, str]]:
+    """(text shown, ``--device`` value) per device: which device will run and why.
+
+    "auto" alone said nothing about the machine; the text now names the device auto picks, e.g.
+    ``auto → cpu (no CUDA GPU found)``.
+    """
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    out = []
+    for d in devices:
+        if d == "auto":
+            text = f"auto → cuda ({gpu})" if gpu else "auto → cpu (no CUDA GPU found)"
+        elif d.startswith("cuda"):
+            text = f"{d} ({gpu})" if gpu else f"{d} (no CUDA GPU found: the job will fail)"
+        else:
+            text = d
+        out.append((text, d))
+    return out
 
 
 def recipe_help_html(description: str, data_help: str) -> str:
@@ -144,6 +182,18 @@ class CurvesCanvas(QWidget):
         self._last = now
         for ax in (self.ax_loss, self.ax_acc):
             ax.clear()
+        history = list(getattr(state, "history", []) or [])
+        if history:
+            # epochs an earlier session trained (the run's curves.csv), at the end of each epoch
+            per_epoch = float(state.steps or 1)
+            hx = [e * per_epoch for e, *_ in history]
+            self.ax_loss.plot(hx, [l if l is not None else float("nan") for _, l, _, _ in history], "s--", lw=1,
+                              ms=3, label="earlier epochs (curves.csv)")
+            self.ax_acc.plot(hx, [a if a is not None else float("nan") for _, _, a, _ in history], "s--", lw=1,
+                             ms=3, label="earlier epochs (curves.csv)")
+            if any(v is not None for *_, v in history):
+                self.ax_acc.plot(hx, [v if v is not None else float("nan") for *_, v in history], "o:", lw=1,
+                                 label="earlier validation")
         steps = [(s, l, a) for s, l, a in state.step_curve]
         if steps:
             xs = [s for s, _, _ in steps]
@@ -155,8 +205,10 @@ class CurvesCanvas(QWidget):
                              "o-", lw=1.5, label="validation")
         self.ax_loss.set_title("loss", fontsize=9)
         self.ax_acc.set_title("accuracy", fontsize=9)
+        # earlier epochs alone, before the resumed run said its steps per epoch: they sit at epoch numbers
+        x_label = "epoch" if history and not state.steps and not steps else "step"
         for ax in (self.ax_loss, self.ax_acc):
-            ax.set_xlabel("step", fontsize=8)
+            ax.set_xlabel(x_label, fontsize=8)
             ax.tick_params(labelsize=7)
             if ax.lines:
                 ax.legend(fontsize=7)
@@ -168,11 +220,18 @@ class TrainingDialog(QDialog):
 
     job_started = Signal(int)
 
-    def __init__(self, manager: JobManager, devices: list[str], parent=None) -> None:
+    def __init__(self, manager: JobManager, devices: list[str], parent=None,
+                 settings: Optional[QSettings] = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Train a model")
         self.resize(900, 640)
         self.manager = manager
+        if settings is None:
+            from app.settings import app_settings
+
+            settings = app_settings()
+        #: where the dataset folder last used for each recipe is kept
+        self.settings = settings
         outer = QVBoxLayout(self)
         split = QSplitter(Qt.Orientation.Horizontal)
         outer.addWidget(split, 1)
@@ -187,6 +246,9 @@ class TrainingDialog(QDialog):
         form.addRow("Recipe", self.recipe)
         form.addRow("", self.recipe_help)
         self.data = QLineEdit()
+        #: the folder last filled in for the recipe (saved or suggested); replaced on a recipe change
+        #: while the field still holds it
+        self._auto_data = ""
         browse = QPushButton("Browse…")
         browse.clicked.connect(lambda: self._browse(self.data, "Dataset folder"))
         row = QHBoxLayout()
@@ -194,8 +256,24 @@ class TrainingDialog(QDialog):
         row.addWidget(browse)
         form.addRow("Dataset folder", row)
         self.device = QComboBox()
-        self.device.addItems(devices)
+        for text, value in device_choices(devices):
+            self.device.addItem(text, value)
+        self.device.setToolTip("auto trains on a CUDA GPU when torch finds one, else on the CPU")
         form.addRow("Device", self.device)
+        self.threads = QSpinBox()
+        self.threads.setRange(0, max(1, os.cpu_count() or 1))
+        self.threads.setSpecialValueText("auto")  # 0: the free cores, re-checked while it trains
+        self.threads.setToolTip("CPU threads. auto: the cores other programs leave free, re-checked every few "
+                                "seconds while it trains (with one of two cores busy, two threads trained 40x "
+                                "slower than one). A number fixes the count (bit-identical reruns).")
+        self.threads_note = QLabel("")
+        self.threads_note.setTextFormat(Qt.TextFormat.PlainText)
+        row_t = QHBoxLayout()
+        row_t.addWidget(self.threads)
+        row_t.addWidget(self.threads_note, 1)
+        form.addRow("CPU threads", row_t)
+        self.device.currentIndexChanged.connect(lambda _i: self._refresh_threads_note())
+        self.threads.valueChanged.connect(lambda _v: self._refresh_threads_note())
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10000)
         form.addRow("Epochs", self.epochs)
@@ -257,6 +335,16 @@ class TrainingDialog(QDialog):
         self._tick = QTimer(self)
         self._tick.setInterval(1000)
         self._tick.timeout.connect(self._refresh_status)
+        # what "auto" would choose now: other programs' CPU use since the last look (non-blocking)
+        from ferkit.training.threads import CoreProbe
+
+        self._probe = CoreProbe(count_own=True)  # the app's own work competes with a training job too
+        self._busy_cores: Optional[int] = None
+        self._cores_timer = QTimer(self)
+        self._cores_timer.setInterval(2000)
+        self._cores_timer.timeout.connect(self._measure_cores)
+        self._cores_timer.start()
+        QTimer.singleShot(300, self, self._measure_cores)  # a first figure soon after it opens
 
         self.recipe.currentTextChanged.connect(self._recipe_changed)
         manager.job_added.connect(self._job_added)
@@ -265,6 +353,45 @@ class TrainingDialog(QDialog):
         for i in range(len(manager.jobs)):
             self._job_added(i)
         self._update_buttons()
+        self._refresh_threads_note()
+
+    # ---- threads -------------------------------------------------------------------------------
+    @property
+    def device_value(self) -> str:
+        """The ``--device`` value of the chosen entry (the combo shows a longer text)."""
+        return str(self.device.currentData() or self.device.currentText())
+
+    @property
+    def threads_value(self) -> str:
+        """``--threads``: "auto" or the count."""
+        return "auto" if self.threads.value() == 0 else str(self.threads.value())
+
+    def _measure_cores(self) -> None:
+        from ferkit.training.threads import busy_cores
+
+        other = self._probe.measure()
+        if other is not None:
+            self._busy_cores = busy_cores(other, self._busy_cores)
+        self._refresh_threads_note()
+
+    def _refresh_threads_note(self) -> None:
+        """Say what auto would pick now, or that a GPU job does not use the setting."""
+        import torch
+
+        value = self.device_value
+        if value.startswith("cuda") or (value == "auto" and torch.cuda.is_available()):
+            self.threads_note.setText("(the GPU trains; threads matter little)")
+            return
+        cores = len(self._probe.cpus)
+        if self.threads.value() != 0:
+            self.threads_note.setText(f"fixed; this machine lets the job use {cores} core{'s' if cores != 1 else ''}")
+            return
+        if self._busy_cores is None:
+            self.threads_note.setText("measuring the free cores…")
+            return
+        free = max(1, cores - self._busy_cores)
+        self.threads_note.setText(f"{free} of {cores} core{'s' if cores != 1 else ''} free now → "
+                                  f"{free} thread{'s' if free != 1 else ''}")
 
     # ---- form ------------------------------------------------------------------------------
     def _load_recipes(self) -> None:
@@ -289,10 +416,23 @@ class TrainingDialog(QDialog):
         cls = get_recipe(name)
         self.recipe_help.setText(recipe_help_html(cls.description, cls.data_help))
         self.epochs.setValue(max(1, int(cls.default_epochs or 1)))
+        data = self.data.text().strip()
+        if not data or data == self._auto_data:  # not typed by the user: the recipe's folder
+            self._auto_data = self.remembered_data(name, cls.data_help)
+            self.data.setText(self._auto_data)
         current = self.out.text().strip()
         if not current or current == self._auto_out:  # not the user's choice: follow the recipe
             self._auto_out = str(default_out_dir(name))
             self.out.setText(self._auto_out)
+
+    def remembered_data(self, recipe: str, data_help: str) -> str:
+        """The dataset folder to offer for ``recipe``: the one last used with it, else the shared
+        data folder its help names (``../shared/data/...``), else nothing."""
+        last = str(self.settings.value(f"training/data/{recipe}", "") or "")
+        if last and Path(last).is_dir():
+            return last
+        suggested = suggested_data_dir(data_help)
+        return str(suggested) if suggested else ""
 
     @property
     def out_is_automatic(self) -> bool:
@@ -338,8 +478,13 @@ class TrainingDialog(QDialog):
             self.message.say(problem)
             return None
         self.message.say("")
-        job = Job(self.recipe.currentText(), Path(self.data.text().strip()), Path(self.out.text().strip()),
-                  int(self.epochs.value()), self.device.currentText(), extra=shlex.split(self.extra.text()))
+        data = Path(self.data.text().strip())
+        job = Job(self.recipe.currentText(), data, Path(self.out.text().strip()),
+                  int(self.epochs.value()), self.device_value, extra=shlex.split(self.extra.text()),
+                  threads=self.threads_value)
+        self.settings.setValue(f"training/data/{job.recipe}", str(data))
+        self.settings.sync()
+        self._auto_data = str(data)
         index = self.manager.add(job)
         self.job_list.setCurrentRow(index)
         self.job_started.emit(index)
@@ -352,7 +497,7 @@ class TrainingDialog(QDialog):
         self.job_list.setCurrentRow(index)
 
     def _job_text(self, job: Job) -> str:
-        """The queue entry: status, recipe → folder, epochs done."""
+        """The queue entry: status, recipe → folder, epochs done (one entry however often it was resumed)."""
         st = job.state
         return f"[{st.status}] {job.title}  epoch {st.epoch}/{st.epochs or '?'}"
 
@@ -373,6 +518,9 @@ class TrainingDialog(QDialog):
         """Two lines: where the job is (engine step counts and ETA), then the checkpoint or the error."""
         st = job.state
         speed = f", {st.images_per_s:.0f} images/s" if st.images_per_s and st.status == "running" else ""
+        threads = st.threads_text() if hasattr(st, "threads_text") else ""
+        if threads and st.status == "running":
+            speed += f" on {threads}"
         text = f"{st.status}: epoch {st.epoch}/{st.epochs or '?'}"
         if st.status == "running" and st.step:
             # the epoch running is the one after those completed; steps is the engine's count
@@ -400,12 +548,20 @@ class TrainingDialog(QDialog):
             self._tick.stop()
 
     def _update_buttons(self) -> None:
-        """Cancel only while the selected job is queued or running; Resume only when it has stopped,
-        its folder holds a checkpoint and no other job is using that folder."""
+        """Cancel only while the selected job is queued or running; Resume only when it stopped before
+        its last epoch, its folder holds a checkpoint and no other job is using that folder."""
         row = self.job_list.currentRow()
         job = self.current_job()
         self.cancel_button.setEnabled(job is not None and job.state.status in ("queued", "running"))
-        self.resume_button.setEnabled(job is not None and self.manager.can_resume(row))
+        can = job is not None and self.manager.can_resume(row)
+        self.resume_button.setEnabled(can)
+        if job is not None and job.state.status == "completed":
+            tip = "This job has run all its epochs: nothing is left to resume (start a new job to train more)."
+        elif can:
+            tip = "Continue this job from its checkpoint; its curves and log go on in the same entry."
+        else:
+            tip = "Resume continues a stopped job from its checkpoint."
+        self.resume_button.setToolTip(tip)
 
     def _show_job(self, force: bool = False) -> None:
         job = self.current_job()

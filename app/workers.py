@@ -209,6 +209,17 @@ class InferenceWorker(StoppableThread):
         self._pending: Optional[AnalyzerConfig] = None
         self.config = AnalyzerConfig()
         self.processed = 0
+        #: live frames the analysis skipped because it was still busy with the frame before (the status
+        #: bar's "skipped" count). Frames that went by while it loaded models, ran other work (stills,
+        #: re-scoring) or warmed up on its first frame were never due for analysis and are not counted
+        #: (the slot's ``dropped`` counts those too: 33 of them in the first second of the sample video).
+        #: A new source starts a new count.
+        self.skipped = 0
+        self._last_index: Optional[int] = None
+        #: the previous live frame was analysed in steady state (its gap to the next one counts)
+        self._steady = False
+        #: a live frame has been analysed since the last model change or new source (no warm-up left)
+        self._warm = False
         self.busy = False
         self._job_done.connect(self._deliver_done)
         self._job_failed.connect(self._deliver_failed)
@@ -236,11 +247,24 @@ class InferenceWorker(StoppableThread):
         return not self.busy and self.slot._item is None
 
     # ---- worker thread ------------------------------------------------------------------
+    def count_skipped(self, frame: Frame) -> int:
+        """Add the frames between the previous live frame and ``frame`` that the analysis skipped
+        while keeping up (see :attr:`skipped`); returns how many were added."""
+        last, self._last_index = self._last_index, frame.index
+        if frame.still or last is None or frame.index <= last or not self._steady:
+            return 0  # first frame, a loop or new source restarting the count, or not steady yet
+        gap = frame.index - last - 1
+        self.skipped += gap
+        return gap
+
     def _apply_config(self, analyzer: Optional[FrameAnalyzer]) -> Optional[FrameAnalyzer]:
         with self._config_lock:
             cfg, self._pending = self._pending, None
         if cfg is None:
             return analyzer
+        self._warm = self._steady = False  # models (re)loaded: the next frame warms up, nothing was due
+        if cfg.reset_tracks:
+            self.skipped, self._last_index = 0, None
         if analyzer is None or cfg.max_faces != self.config.max_faces or cfg.detector != analyzer.detector:
             if analyzer is not None:
                 analyzer.close()
@@ -305,6 +329,7 @@ class InferenceWorker(StoppableThread):
                         self._job_done.emit(job, out)
                     finally:
                         self.busy = False
+                        self._steady = False  # frames that went by meanwhile were not the live view's to analyse
                     continue
                 frame: Optional[Frame] = self.slot.get(0.05)
                 if frame is None:
@@ -314,10 +339,12 @@ class InferenceWorker(StoppableThread):
                 last_index = frame.index
                 self.busy = True
                 try:
+                    self.count_skipped(frame)
                     res = analyzer.analyze(frame.rgb, frame_index=frame.index, captured_at=frame.captured_at,
                                            whole_image_if_no_face=frame.still)
                     res.timings_ms = {"capture": frame.capture_ms, **res.timings_ms}
                     self.processed += 1
+                    self._steady, self._warm = self._warm, True
                     self.result.emit(res)
                 except Exception as exc:
                     log.exception("analysis failed")

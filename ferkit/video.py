@@ -103,6 +103,7 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
     """
     import cv2
 
+    from ferkit.evaluation.evaluate import canonical
     from ferkit.evaluation.verification import cosine_similarity
     from ferkit.face.tracking import FaceTracker
 
@@ -116,7 +117,10 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
         raise VideoOpenError(f"{path}: cannot be opened as a video (unknown format or damaged header)")
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 25.0
     expected = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))  # some containers say -1 or guess
-    result = VideoAnalysis(str(path), fps, 0, expected, every, list(predictor.classes))
+    # one spelling of each class whichever dataset the weights were trained on ("happy" -> "happiness"),
+    # as the app and its exports name them
+    names = {c: canonical(c) for c in predictor.classes}
+    result = VideoAnalysis(str(path), fps, 0, expected, every, list(names.values()))
     if detect_every < 1:
         raise ValueError(f"--detect-every must be at least 1, got {detect_every}")
     tracker = FaceTracker(max_missed=max(2, 12 // every))
@@ -145,8 +149,9 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
                     if refs and face.identity is not None:
                         feature = torch.as_tensor(np.asarray(face.identity, dtype=np.float64).ravel())[None]
                         sims = {n: float(cosine_similarity(feature, ref)) for n, ref in refs.items()}
-                    result.rows.append(VideoRow(time_s, index, track.id, tuple(face.box), face.label,
-                                                dict(face.scores), sims))
+                    result.rows.append(VideoRow(time_s, index, track.id, tuple(face.box),
+                                                names.get(face.label, face.label),
+                                                {names.get(k, k): v for k, v in face.scores.items()}, sims))
             if progress is not None:
                 progress(result.frames_read, expected)
     finally:
@@ -165,6 +170,18 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
 
 def plot_timeline(analysis: VideoAnalysis, out: Union[str, Path], min_rows: int = 2) -> Path:
     """Each track's class probabilities over time (one panel per track), saved as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = timeline_figure(analysis, min_rows)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")  # the canvas grows to hold the legend
+    plt.close(fig)
+    return out
+
+
+def timeline_figure(analysis: VideoAnalysis, min_rows: int = 2) -> Any:
+    """The matplotlib figure of :func:`plot_timeline` (tracks with fewer than ``min_rows`` rows left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,14 +205,13 @@ def plot_timeline(analysis: VideoAnalysis, out: Union[str, Path], min_rows: int 
     if not shown:
         axes[0, 0].text(0.5, 0.5, "no face found in the analysed frames", ha="center", va="center")
     axes[-1, 0].set_xlabel("time (s)")
-    axes[0, 0].legend(loc="upper right", fontsize=8, ncol=4)
+    # outside the axes, right of the top panel: inside, it covered the curves (happiness from 10 to
+    # 20 s on the sample video)
+    if axes[0, 0].lines:
+        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=8, ncol=1)
     title = f"{Path(analysis.path).name}: every {analysis.every} frame(s), {analysis.frames_read} frames"
     if analysis.problem:
         title += f"\n{analysis.problem}"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig

@@ -14,6 +14,9 @@ from ferkit.paths import shared_data_dir  # noqa: E402
 
 TEST_THREADS = max(1, min(2, os.cpu_count() or 1))
 torch.set_num_threads(TEST_THREADS)
+# training's default thread count follows the machine's load ("auto"); float reductions depend on
+# it, so the suite's runs (in process and in subprocesses) train at one fixed count
+os.environ.setdefault("FERKIT_TRAIN_THREADS", str(TEST_THREADS))
 
 
 @pytest.fixture(scope="session")

@@ -110,10 +110,11 @@ def test_cancel_keeps_the_checkpoint_and_resume_continues(qtbot, dialog, ferplus
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     done = job.state.epoch
     assert 1 <= done < 500
-    # resume: a new queued job that starts after the saved epoch
-    dialog.manager.resume(0)
-    job2 = dialog.manager.jobs[1]
-    wait_for(qtbot, lambda: job2.state.status == "running" and len(job2.state.step_curve) > 0, 180000, job2)
+    # resume: the same job (one queue entry, its curves kept) starts again after the saved epoch
+    points = len(job.state.step_curve)
+    assert dialog.manager.resume(0) == 0 and len(dialog.manager.jobs) == 1
+    job2 = dialog.manager.jobs[0]
+    wait_for(qtbot, lambda: job2.state.status == "running" and len(job2.state.step_curve) > points, 180000, job2)
     assert any("resuming" in line for line in job2.state.log)
-    dialog.manager.cancel(1)
+    dialog.manager.cancel(0)
     qtbot.waitUntil(lambda: job2.state.status != "stopping" and job2.state.status != "running", timeout=120000)

@@ -208,3 +208,166 @@ def test_buttons_do_not_move_when_the_checkpoint_line_appears(dialog, tmp_path: 
     after = dialog.cancel_button.mapTo(dialog, dialog.cancel_button.rect().topLeft())
     assert after == before and dialog.width() == width
     assert str(long_path) in dialog.status.toolTip()  # the full path stays readable
+
+
+# ---- 6. threads, devices, dataset folder, one job across resumes (issue 22) ---------------------------
+def stand_in(monkeypatch, lines: list[dict], code: int = 0, seen: list | None = None) -> None:
+    """``ferkit train`` replaced by a script printing ``lines`` as JSON events, then exiting ``code``."""
+    import app.training as training
+
+    script = "\n".join(["import json, sys", *(f"print(json.dumps({e!r}), flush=True)" for e in lines),
+                        f"sys.exit({code})"])
+
+    def command(args):
+        if seen is not None:
+            seen.append(list(args))
+        return sys.executable, ["-c", script]
+
+    monkeypatch.setattr(training, "cli_command", command)
+
+
+def test_device_list_says_which_device_runs_and_why(qtbot, monkeypatch) -> None:
+    import torch
+
+    from app.training import JobManager
+    from app.training_dialog import TrainingDialog
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    dlg = TrainingDialog(JobManager(), ["auto", "cpu"])
+    qtbot.addWidget(dlg)
+    assert dlg.device.itemText(0) == "auto → cpu (no CUDA GPU found)" and dlg.device.itemData(0) == "auto"
+    assert dlg.device.itemText(1) == "cpu" and dlg.device_value == "auto"  # --device gets the value, not the text
+
+
+def test_threads_are_settable_and_shown(dialog, tmp_path: Path, monkeypatch) -> None:
+    assert dialog.threads.value() == 0 and dialog.threads.text() == "auto" and dialog.threads_value == "auto"
+    assert "core" in dialog.threads_note.text()
+    time.sleep(0.1)  # /proc/stat counts in 10 ms ticks: a look needs some time behind it
+    dialog._measure_cores()
+    if dialog._probe._last is not None:  # Linux: a measurement now stands behind the note
+        assert "free now →" in dialog.threads_note.text(), dialog.threads_note.text()
+    dialog.threads.setValue(1)
+    assert dialog.threads_value == "1" and "fixed" in dialog.threads_note.text()
+    from app.core.jobs import train_args
+
+    args = train_args("r", Path("d"), Path("o"), 2, "cpu", False, ["--threads", "3"], threads="1")
+    assert args.index("--threads") < args.index("3") and args[args.index("--threads") + 1] == "1"
+    # the engine's count reaches the status line
+    job = add_job(dialog, tmp_path / "run")
+    job.state.feed(ev("start", recipe=FER_RECIPE, device="cpu", epochs=3, start_epoch=0, steps=10, resumed=False,
+                      threads=2, threads_auto=True))
+    job.state.feed(ev("step", epoch=1, epochs=3, step=2, steps=10, global_step=2, images_per_s=900.0, eta_s=9.0,
+                      threads=1))
+    update(dialog, job)
+    assert "900 images/s on 1 thread (auto)" in dialog.status.text(), dialog.status.text()
+
+
+def test_dataset_folder_is_prefilled(qtbot, tmp_path: Path, monkeypatch) -> None:
+    from PySide6.QtCore import QSettings
+
+    from app.training import JobManager
+    from app.training_dialog import TrainingDialog
+
+    shared = tmp_path / "shared"
+    (shared / "ckplus48").mkdir(parents=True)
+    (shared / "ferplus").mkdir()
+    monkeypatch.setenv("FERKIT_SHARED_DATA", str(shared))
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    dlg = TrainingDialog(JobManager(), ["cpu"], settings=settings)
+    qtbot.addWidget(dlg)
+    dlg.recipe.setCurrentText(CK_RECIPE)
+    assert Path(dlg.data.text()) == shared / "ckplus48"  # the recipe's own example folder
+    dlg.recipe.setCurrentText(FER_RECIPE)
+    assert Path(dlg.data.text()) == shared / "ferplus"  # follows the recipe while not the user's choice
+    mine = tmp_path / "my-ferplus"
+    mine.mkdir()
+    settings.setValue(f"training/data/{CK_RECIPE}", str(mine))  # as start_job leaves it
+    dlg.recipe.setCurrentText(CK_RECIPE)
+    assert Path(dlg.data.text()) == mine  # the last used folder wins
+    typed = str(tmp_path / "typed")
+    dlg.data.setText(typed)
+    dlg.recipe.setCurrentText(FER_RECIPE)
+    assert dlg.data.text() == typed  # what the user typed is never replaced
+
+
+def test_start_remembers_the_dataset_folder(dialog, shared_data: Path, tmp_path: Path, monkeypatch) -> None:
+    seen: list = []
+    stand_in(monkeypatch, [], seen=seen)
+    dialog.recipe.setCurrentText(CK_RECIPE)
+    data = shared_data / "ckplus48"
+    dialog.data.setText(str(data))
+    dialog.out.setText(str(tmp_path / "run"))
+    assert dialog.start_job() == 0
+    assert dialog.settings.value(f"training/data/{CK_RECIPE}") == str(data)
+    assert seen and "--threads" in seen[0] and seen[0][seen[0].index("--threads") + 1] == "auto"
+
+
+def test_completed_job_cannot_be_resumed(dialog, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"x")
+    job = add_job(dialog, out, "completed")
+    update(dialog, job)
+    assert not dialog.resume_button.isEnabled() and "nothing is left" in dialog.resume_button.toolTip()
+    job.state.status = "interrupted"
+    update(dialog, job)
+    assert dialog.resume_button.isEnabled()
+
+
+def test_resume_keeps_one_job_and_its_curves(dialog, tmp_path: Path, qtbot, monkeypatch) -> None:
+    """Interrupted mid-epoch 2, resumed: one queue entry, epoch 1's curve kept, the re-run steps of
+    epoch 2 replace the first attempt's, and Resume is off once it completed."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"x")
+    job = add_job(dialog, out, "running")
+    st = job.state
+    st.feed(ev("start", recipe=FER_RECIPE, device="cpu", epochs=2, start_epoch=0, steps=10, resumed=False))
+    for g in range(1, 11):
+        st.feed(ev("step", epoch=1, epochs=2, step=g, steps=10, global_step=g, loss=2.0 - g / 10, accuracy=0.1))
+    st.feed(ev("epoch", epoch=1, epochs=2, global_step=10, loss=1.2, accuracy=0.3, val={"val_accuracy": 0.4},
+               checkpoint=str(out / "checkpoint.pt")))
+    for g in (11, 12, 13):
+        st.feed(ev("step", epoch=2, epochs=2, step=g - 10, steps=10, global_step=g, loss=9.0, accuracy=0.0))
+    st.status = "interrupted"
+    update(dialog, job)
+    seen: list = []
+    stand_in(monkeypatch, [
+        {"event": "start", "time": 0, "recipe": FER_RECIPE, "device": "cpu", "epochs": 2, "start_epoch": 1,
+         "steps": None, "resumed": True, "threads": 1, "threads_auto": True},
+        {"event": "step", "time": 0, "epoch": 2, "epochs": 2, "step": 1, "steps": 10, "global_step": 11,
+         "loss": 1.0, "accuracy": 0.5},
+        {"event": "epoch", "time": 0, "epoch": 2, "epochs": 2, "global_step": 20, "loss": 1.0, "accuracy": 0.5,
+         "val": {"val_accuracy": 0.6}, "checkpoint": str(out / "checkpoint.pt")},
+        {"event": "end", "time": 0, "status": "completed", "epoch": 2, "epochs": 2, "message": "finished"},
+    ], seen=seen)
+    assert dialog.resume_button.isEnabled()
+    dialog.resume_button.click()
+    qtbot.waitUntil(lambda: job.state.status == "completed", timeout=30000)
+    assert len(dialog.manager.jobs) == 1 and dialog.job_list.count() == 1
+    assert "--resume" in seen[0] and "(resumed)" in dialog.job_list.item(0).text()
+    xs = [x for x, _, _ in st.step_curve]
+    assert xs == sorted(xs) and xs[:10] == [float(g) for g in range(1, 11)] and xs[-1] == 11.0
+    assert all(loss != 9.0 for _, loss, _ in st.step_curve)  # the abandoned attempt is gone
+    assert st.val_curve == [(10.0, 0.4), (20.0, 0.6)]
+    assert not dialog.resume_button.isEnabled()
+
+
+def test_resuming_a_run_from_an_earlier_session_reads_curves_csv(dialog, tmp_path: Path, qtbot,
+                                                                  monkeypatch) -> None:
+    from app.training import Job
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"x")
+    (out / "curves.csv").write_text("epoch,train_loss,train_accuracy,val_accuracy,lr\n"
+                                    "1,1.5,0.3,0.35,0.1\n2,1.1,0.5,0.55,0.1\n", encoding="utf-8")
+    stand_in(monkeypatch, [{"event": "start", "time": 0, "recipe": FER_RECIPE, "device": "cpu", "epochs": 5,
+                            "start_epoch": 2, "steps": None, "resumed": True}], code=130)
+    job = Job(FER_RECIPE, tmp_path, out, 5, "cpu", resume=True)
+    dialog.manager.add(job)
+    qtbot.waitUntil(lambda: job.state.status == "interrupted", timeout=30000)
+    assert job.state.history == [(1, 1.5, 0.3, 0.35), (2, 1.1, 0.5, 0.55)]
+    dialog.curves.plot(job.state, force=True)
+    labels = [line.get_label() for line in dialog.curves.ax_acc.lines]
+    assert "earlier epochs (curves.csv)" in labels and "earlier validation" in labels

@@ -140,6 +140,11 @@ def test_cv_end_to_end_report_and_resume(ck_tree: Path, tmp_path: Path) -> None:
     assert summary["std_accuracy"] == pytest.approx(accs.std(ddof=1))
     assert summary["pooled_accuracy"] == pytest.approx(np.trace(summary["confusion"]) / 30)
     assert summary["classes"] == CLASSES and summary["complete"]
+    # the thread count the folds trained with (the suite pins it: FERKIT_TRAIN_THREADS), and the setting
+    import os
+
+    assert summary["threads"] == int(os.environ["FERKIT_TRAIN_THREADS"])
+    assert summary["threads_setting"] == os.environ["FERKIT_TRAIN_THREADS"]
     assert [e["fold"] for e in _events(events, "fold_end")] == [0, 1, 2]
     assert {e["fold"] for e in _events(events, "epoch")} == {0, 1, 2}  # engine events carry the fold
 

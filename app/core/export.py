@@ -28,7 +28,9 @@ def result_records(path: str, result: FrameResult) -> list[dict[str, Any]]:
     records = []
     for face in result.faces:
         rec: dict[str, Any] = {
-            "path": path, "face": face.index, "box": list(face.box), "detection_score": face.det_score,
+            # the number the UI shows ("#1"), not the 0-based detection index
+            "path": path, "face": face.track_id or face.index + 1, "box": list(face.box),
+            "detection_score": face.det_score,
             "whole_image": face.whole_image, "models": {}, "similarity": dict(face.similarities),
             "identity": None if face.match is None else face.match.label}
         for name, scores in face.scores.items():

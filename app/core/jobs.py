@@ -21,12 +21,16 @@ def cli_command(args: list[str]) -> tuple[str, list[str]]:
 
 
 def train_args(recipe: str, data: Path, out: Path, epochs: Optional[int], device: str, resume: bool,
-               extra: Optional[list[str]] = None) -> list[str]:
+               extra: Optional[list[str]] = None, threads: Optional[str] = None) -> list[str]:
+    """``ferkit train`` arguments; ``threads`` ("auto" or a count) before ``extra``, so options typed
+    by hand still win."""
     args = ["train", recipe, "--data", str(data), "--out", str(out), "--device", device]
     if epochs:
         args += ["--epochs", str(int(epochs))]
     if resume:
         args.append("--resume")
+    if threads:
+        args += ["--threads", str(threads)]
     return args + list(extra or [])
 
 

@@ -132,11 +132,13 @@ class LiveStats:
     def stage_ms(self) -> dict[str, float]:
         return {k: float(np.mean(v)) for k, v in self.timings.items() if v}
 
-    def latency_text(self, dropped: int) -> str:
+    def latency_text(self, skipped: int) -> str:
+        """Stage times and ``skipped N``: frames that went by while the analysis was busy with the one
+        before (:attr:`app.workers.InferenceWorker.skipped`; not frames that were never due)."""
         ms = self.stage_ms()
         parts = [f"{k} {ms[k]:.1f}" for k in ("capture", "detect", "align", "infer", "identity", "draw") if k in ms]
         lat = f" | end-to-end {ms['latency']:.0f} ms" if "latency" in ms else ""
-        return "ms: " + " · ".join(parts) + lat + f" | dropped {dropped}"
+        return "ms: " + " · ".join(parts) + lat + f" | skipped {skipped}"
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 #: the loop: spin, and every ~few ms check that the parent still exists and the time limit
 BUSY_LOOP = """
 import os, time
+os.nice({nice})
 parent, end = os.getppid(), time.monotonic() + {limit_s}
 while True:
     for _ in range(100000):
@@ -37,8 +38,11 @@ def _cpus() -> list[int]:
 
 
 @contextmanager
-def background_load(cores: int = 1, limit_s: float = 1800.0) -> Iterator[dict[str, Any]]:
+def background_load(cores: int = 1, limit_s: float = 1800.0, nice: int = 0) -> Iterator[dict[str, Any]]:
     """Keep ``cores`` CPU cores busy (the last ones this process may use) for the ``with`` block.
+
+    ``nice`` > 0 lowers the loops' priority by that much (a desktop's low-priority background job,
+    the situation issue 22 describes); 0 competes at this process's own priority.
 
     Yields ``{"processes": pids, "cpus": pinned cores (None where pinning is unavailable)}``.
     """
@@ -49,7 +53,7 @@ def background_load(cores: int = 1, limit_s: float = 1800.0) -> Iterator[dict[st
     pinned: list[Any] = []
     try:
         for i in range(cores):
-            proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(limit_s=float(limit_s))],
+            proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(limit_s=float(limit_s), nice=max(0, int(nice)))],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(proc)
             cpu = cpus[-1 - (i % len(cpus))]

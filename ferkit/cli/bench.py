@@ -13,7 +13,10 @@ Sections (``--only`` picks some):
   torch engine, and FERSNet synthesis.
 - ``agreement``: labels of the fast face path against detection + mesh on every frame, frame by
   frame on the sample video (:mod:`ferkit.bench.agreement`; goal >= 98 %). Not a timing.
-- ``training``: images/s of each recipe's main network.
+- ``training``: images/s of each recipe's main network; then "training under one busy core"
+  (:func:`ferkit.bench.training.busy_core_rows`): the CK+ network with the default settings
+  (``--threads auto``) idle and next to a ``--load-cores`` busy loop, the old default (one thread
+  per core) under the same load, and its passive OpenMP wait policy (goal: busy within 2x of idle).
 
 Every figure is a median over repeated runs with min and max; the JSON records the device,
 thread counts, library versions and the machine's load average before and after, and ``goals``
@@ -51,7 +54,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--detect-every", type=int, default=5,
                    help="fast face path: run the detector every N frames, optical flow between (default 5)")
     p.add_argument("--load-cores", type=int, default=1,
-                   help="cores kept busy for the pipeline's background-load runs (default 1; 0 skips them)")
+                   help="cores kept busy for the pipeline's and training's background-load runs "
+                        "(default 1; 0 skips them)")
+    p.add_argument("--busy-seconds", type=float, default=6.0,
+                   help="training section: seconds of training per busy-core run (default 6)")
+    p.add_argument("--busy-repeats", type=int, default=2,
+                   help="training section: runs per busy-core row, taking turns; the median is reported (default 2)")
     p.add_argument("--multi-face", type=Path, default=None,
                    help="image looped as a many-face video (default resources/samples/multi_face.jpg)")
     p.add_argument("--calibration", type=Path, default=None,
@@ -190,6 +198,12 @@ def run(args: argparse.Namespace) -> int:
             say(f"training throughput on {dev}")
             rows.extend(bench_training(args.recipes, dev))
         report["training"] = rows
+        save_partial()
+        if args.load_cores > 0 and any(d.type == "cpu" for d in devices):
+            from ferkit.bench.training import busy_core_rows
+
+            say(f"training under {args.load_cores} busy core(s)")
+            report["training_busy_core"] = busy_core_rows(args.busy_seconds, args.load_cores, args.busy_repeats)
     report["goals"] = goals(report)
     report["environment_after"] = {"load_average_1_5_15": environment()["load_average_1_5_15"]}
     report["wall_time_s"] = round(time.perf_counter() - t_start, 1)
@@ -219,6 +233,7 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
         "load_ratio_5_faces <= 1.5": five_ratio.get("frame_ms_median"),
         "agreement_tracked >= 0.98": tracked.get("agreement"),
         "agreement_tracked_smoothed >= 0.98": tracked.get("agreement_smoothed"),
+        "training_busy_core_idle_over_busy <= 2": (report.get("training_busy_core") or {}).get("idle_over_busy"),
         "agreement_floor (reference with 0.25 % eye jitter)": (report.get("agreement") or {}).get("modes", {})
         .get("reference_eye_jitter", {}).get("agreement"),
     }
@@ -311,6 +326,20 @@ def format_tables(report: dict[str, Any]) -> str:
                        f"{_fmt(r.get('img_per_s_fp32_plain'))} | {_fmt(r['img_per_s'])} ({layout}) | "
                        f"{_fmt(r.get('img_per_s_bf16'))} | {r.get('bf16_speedup', '-')} | "
                        f"{r.get('fast_path_speedup', '-')} |")
+        out.append("")
+    busy = report.get("training_busy_core")
+    if busy:
+        out += [f"| training under one busy core ({busy['recipe']}, allowed CPUs {busy['allowed_cpus']}) | "
+                "threads (start -> end) | img/s median (min-max) |", "|---|---|---:|"]
+        for r in busy["rows"]:
+            if "error" in r:
+                out.append(f"| {r['name']} | error: {r['error'][:60]} | |")
+                continue
+            each = r.get("img_per_s_runs") or []
+            spread = f" ({min(each):g}-{max(each):g})" if len(each) > 1 else ""
+            out.append(f"| {r['name']} | {r['threads_start']} -> {r['threads_end']} | {r['img_per_s']:g}{spread} |")
+        out.append(f"\nidle / busy img/s with the default settings: {busy['idle_over_busy']} (busy loop at equal "
+                   f"priority), {busy.get('idle_over_busy_low_priority')} (nice 19 busy loop); goal {busy['goal']}")
     return "\n".join(out)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 #: fold options that ``ferkit cv`` sets itself; a recipe's own definitions of them are skipped
-_CV_FLAGS = {"--folds", "--fold", "--split-seed", "--epochs"}
+_CV_FLAGS = {"--folds", "--fold", "--split-seed", "--epochs", "--threads"}
 
 
 def register(subparsers: Any) -> None:
@@ -48,6 +48,8 @@ class _SkipExisting:
 
 
 def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
+    from ferkit.training.threads import threads_arg
+
     parser = argparse.ArgumentParser(prog=f"ferkit cv {recipe_cls.name}", description=recipe_cls.description or None)
     parser.add_argument("--data", required=True, type=Path, help=recipe_cls.data_help or "dataset folder")
     parser.add_argument("--folds", type=int, default=10, help="number of folds (papers: 10)")
@@ -62,12 +64,13 @@ def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the subject fold assignment")
     parser.add_argument("--fold-only", type=int, nargs="+", default=None, metavar="I",
                         help="run only these folds (0-based); the report covers the folds finished so far")
+    parser.add_argument("--threads", type=threads_arg, default=None, metavar="auto|N",
+                        help="torch threads for CPU training (default auto: the free cores, re-checked every "
+                             "few seconds; see ferkit train --help)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     parser.add_argument("--progress-interval", type=float, default=5.0,
                         help="seconds between JSON 'step' events (default 5)")
     parser.add_argument("--json", action="store_true", help="print the cv.json summary on stdout at the end")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for CPU training (default: every core, as ferkit train)")
     before = {a.dest for a in parser._actions}
     group = parser.add_argument_group(f"{recipe_cls.name} options")
     recipe_cls.add_arguments(_SkipExisting(group, parser))

@@ -19,6 +19,8 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
+    from ferkit.training.threads import threads_arg
+
     p = subparsers.add_parser("predict", help="expression scores of the faces in images",
                               description="Detect faces and print each one's expression scores.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
@@ -34,11 +36,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-faces", type=int, default=5, help="at most this many faces per image (default 5)")
     p.add_argument("--tta", choices=["none", "flip"], default=None,
                    help="test-time augmentation (default: the weights card's; flip = mean of face and mirror)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=threads_arg, default=1, metavar="auto|N",
                    help="intra-op threads of each image's face batch (default 1: a few faces gain nothing from "
                         "more, and on a busy machine more threads spin-wait; measured 258 ms instead of 5 ms "
-                        "per face)")
+                        "per face); auto: the cores not busy with other programs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default; "
+                        "use it when chasing a crash: stderr then goes straight to the terminal)")
     v = p.add_argument_group("videos (one video file as PATH)")
     v.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default 1)")
     v.add_argument("--detect-every", type=int, default=1, metavar="N",
@@ -82,11 +87,22 @@ def resolve_weights(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ferkit.cli.quiet import native_stderr_filtered, quiet_native_libraries
+
+    if not args.verbose:
+        quiet_native_libraries()  # before mediapipe is imported
+    with native_stderr_filtered(not args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ferkit.inference import ImageReadError, Predictor, expand_image_paths
     from ferkit.video import is_video
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.threads == "auto":
+        from ferkit.training.threads import choose_threads
+
+        args.threads = choose_threads("auto").threads
     if any(is_video(p) for p in args.paths):
         if len(args.paths) != 1:
             raise ValueError("give one video at a time (images and folders can be mixed, videos cannot)")
@@ -113,13 +129,26 @@ def run(args: argparse.Namespace) -> int:
                 results.append({"path": str(path), "error": str(exc)})
                 continue
             entry = {"path": str(path), "image_size": list(res.image_size),
-                     "faces": [f.to_json() for f in res.faces]}
+                     "faces": [canonical_face(f.to_json()) for f in res.faces]}
             results.append(entry)
             if not args.json:
                 print(format_entry(entry, predictor.weights.name))
     if args.json:
         print(json.dumps(results, indent=2))
     return 2 if failed else 0
+
+
+def canonical_face(face: dict[str, Any]) -> dict[str, Any]:
+    """A face's JSON with class names in the one spelling the app, ``eval`` and video CSVs use
+    ("happy" from CK+ weights reads "happiness")."""
+    from ferkit.evaluation.evaluate import canonical
+
+    face = dict(face)
+    if isinstance(face.get("label"), str):
+        face["label"] = canonical(face["label"])
+    if isinstance(face.get("scores"), dict):
+        face["scores"] = {canonical(k): v for k, v in face["scores"].items()}
+    return face
 
 
 def format_entry(entry: dict[str, Any], weights: str) -> str:

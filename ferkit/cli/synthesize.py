@@ -30,10 +30,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--all-faces", action="store_true", help="one row per detected face (default: the largest face)")
     p.add_argument("--scale", type=int, default=3, help="enlarge each face tile this many times (default 3)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--verbose", action="store_true",
+                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default; "
+                        "use it when chasing a crash: stderr then goes straight to the terminal)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ferkit.cli.quiet import native_stderr_filtered, quiet_native_libraries
+
+    if not args.verbose:
+        quiet_native_libraries()  # before mediapipe is imported
+    with native_stderr_filtered(not args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ferkit.evaluation.synthesis import synthesis_grid, write_png
@@ -43,15 +55,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+    from ferkit.evaluation.evaluate import canonical
+
     loaded = load_weights(args.checkpoint or args.weights or DEFAULT_SYNTHESIS_WEIGHTS, device=args.device)
-    model, pre, classes = loaded.model, loaded.weights.preprocessing, list(loaded.weights.classes)
+    # labels in the one spelling the app and the other commands use ("happiness", not CK+'s "happy")
+    model, pre, classes = loaded.model, loaded.weights.preprocessing, [canonical(c) for c in loaded.weights.classes]
     if not getattr(model, "has_synthesis", False):
         raise ValueError(f"weights {loaded.weights.name!r} ({loaded.weights.architecture}) have no synthesis "
                          "stream; use FERSNet weights (e.g. --weights fersnet)")
     if args.target == "all":
         targets = list(range(len(classes)))
-    elif args.target in classes:
-        targets = [classes.index(args.target)]
+    elif canonical(args.target) in classes:  # either spelling: happy / happiness
+        targets = [classes.index(canonical(args.target))]
     else:
         raise ValueError(f"--target {args.target!r} is not a class of {loaded.weights.name!r}; "
                          f"use one of {', '.join(classes)} or 'all'")

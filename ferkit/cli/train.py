@@ -33,6 +33,8 @@ def register(subparsers: Any) -> None:
 
 def recipe_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
     """The engine's options plus the recipe's; returns the parser and the recipe's own dests."""
+    from ferkit.training.threads import threads_arg
+
     parser = argparse.ArgumentParser(prog=f"ferkit train {recipe_cls.name}",
                                      description=recipe_cls.description or None)
     parser.add_argument("--data", required=True, type=Path,
@@ -47,8 +49,10 @@ def recipe_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                         help="autocast precision (auto: bf16 on GPUs and on CPUs with avx512_bf16/amx_bf16, "
                              "fp32 elsewhere; weights, optimiser and loss stay fp32)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for CPU training (default: every core)")
+    parser.add_argument("--threads", type=threads_arg, default=None, metavar="auto|N",
+                        help="torch threads for CPU training (default auto: the cores not busy with other "
+                             "programs, re-checked every few seconds while it trains; "
+                             "$FERKIT_TRAIN_THREADS sets the default; a fixed N gives bit-identical reruns)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="stop before an epoch that would end past this many seconds (checkpoint kept)")
     parser.add_argument("--deterministic", action="store_true",

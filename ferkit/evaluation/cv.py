@@ -107,12 +107,13 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
            options: Optional[dict[str, Any]] = None, epochs: Optional[int] = None, device: str = "auto",
            seed: int = 0, split_seed: int = 0, amp: bool = True, progress_interval: float = 5.0,
            only_folds: Optional[list[int]] = None, emit: Optional[Emit] = None,
-           threads: Optional[int] = None) -> dict[str, Any]:
+           threads: Union[int, str, None] = None) -> dict[str, Any]:
     """Train and test every fold (resumably); returns the ``cv.json`` summary dict.
 
     ``options`` are the recipe's own options (the fold options are added here). ``only_folds``
     runs a subset (e.g. to spread folds over machines); the summary then covers the folds that
-    have results in ``out_dir``.
+    have results in ``out_dir``. ``threads``: the engine's CPU thread setting of every fold
+    (``"auto"``/None: the free cores, re-checked while it trains; see :mod:`ferkit.training.threads`).
     """
     from ferkit.training.engine import train
 
@@ -140,6 +141,8 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
                 "evaluation": EVALUATION,
                 "seed": seed, "options": {k: v for k, v in sorted(base_options.items()) if v is not None and _jsonable(v)}}
     t0 = time.monotonic()
+    #: torch thread counts the folds' training reported this run (CPU; auto may move between them)
+    trained_threads: set[int] = set()
     emit({"event": "cv_start", "time": time.time(), "recipe": recipe_cls.name, "data": str(data_dir),
           "out_dir": str(out_dir), "folds": folds, "run_folds": run_folds, "by": "subject",
           "split_seed": split_seed, "epochs": target_epochs, "images": len(dataset),
@@ -171,6 +174,8 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
             recipe = recipe_cls(data_dir, fold_options)
 
             def relay(event: dict[str, Any], _fold: int = i) -> None:
+                if isinstance(event.get("threads"), int):
+                    trained_threads.add(int(event["threads"]))
                 emit({**event, "fold": _fold, "folds": folds})
 
             end = train(recipe, fdir, epochs=target_epochs, device=device, resume=ckpt.exists(), seed=seed,
@@ -196,6 +201,11 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
     summary = summarise(out_dir, folds, key_base, classes, dataset_desc=str(data_dir))
     summary["device"] = device
     summary["wall_time_s_this_run"] = round(time.monotonic() - t0, 1)
+    if trained_threads:  # what the folds trained with this run (auto may have moved it), not this process's setting
+        from ferkit.training.threads import parse_threads
+
+        summary["threads"] = min(trained_threads) if len(trained_threads) == 1 else sorted(trained_threads)
+        summary["threads_setting"] = str(parse_threads(threads))
     write_report(out_dir, summary)
     emit({"event": "cv_end", "time": time.time(), "status": "completed", "mean_accuracy": summary["mean_accuracy"],
           "std_accuracy": summary["std_accuracy"], "folds_done": len(summary["fold_accuracies"]),

@@ -39,14 +39,16 @@ Progress events (stdout, JSON lines, one object per line, flushed; rank 0 only)
     - ``step`` (at most every ``progress_interval`` s, and on the first step of an epoch):
       epoch (1-based, the one running), epochs, step (1-based within the epoch), steps (or null),
       global_step, loss and accuracy (running means over the epoch so far), lr, images_per_s,
-      eta_s (whole run, evaluation included), extra (running means of the recipe's extra losses).
+      eta_s (whole run, evaluation included), extra (running means of the recipe's extra losses),
+      threads (torch threads in use on a CPU run, null on GPUs/DDP; ``start`` has it too, with
+      threads_auto: whether it follows the free cores).
       ``steps`` is the number of steps the last completed epoch really took; before one has
       completed it is the length of ``ctx.batches`` capped by the recipe's
       ``max_steps_per_epoch`` option (``--max-steps-per-epoch``), so it never overstates a
       shortened epoch; null when unknown or when the running epoch has outgrown it.
     - ``epoch`` (after the checkpoint is on disk): epoch, epochs, global_step, loss, accuracy,
       extra, val (the recipe's ``evaluate`` dict, e.g. ``{"val_accuracy": ..}``), lr,
-      images_per_s, epoch_time_s, eta_s (same estimate as the step events': mean step time x
+      images_per_s, threads, epoch_time_s, eta_s (same estimate as the step events': mean step time x
       remaining steps + mean evaluation time x remaining epochs), checkpoint (path), best (bool: this epoch wrote
       ``best.pt``), best_path, best_val_accuracy, curves (csv path).
     - ``end``: status (``"completed"`` | ``"interrupted"`` | ``"budget"``: ``--time-budget`` ran
@@ -65,7 +67,6 @@ ranks gets ``batch_size // N`` items per step, so the paper's hyper-parameters h
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import signal
 import sys
@@ -89,6 +90,7 @@ from ferkit.training.precision import autocast as precision_autocast
 from ferkit.training.precision import precision_name, resolve_precision
 from ferkit.training.progress import ProgressReporter, format_duration
 from ferkit.training.recipe import Recipe, StepResult
+from ferkit.training.threads import ThreadChoice, ThreadGovernor, choose_threads
 
 __all__ = ["train", "EngineContext", "seed_everything", "derive_seed"]
 
@@ -315,7 +317,7 @@ class _EpochStats:
 
 def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = None, device: str = "auto",
           resume: bool = False, seed: Optional[int] = None, amp: bool = True, *, precision: str = "auto",
-          threads: Optional[int] = None,
+          threads: Union[int, str, None] = None,
           progress_interval: float = 0.5, deterministic: bool = False,
           on_event: Optional[Callable[[dict[str, Any]], None]] = None,
           json_lines: bool = True, validate: bool = True, time_budget_s: Optional[float] = None) -> dict[str, Any]:
@@ -326,8 +328,12 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
     finished run where the recipe's schedule allows it; the classifier recipes refuse, since their
     schedule spans the planned epochs: start a new run with ``--init-checkpoint`` instead). ``precision`` is ``auto|fp32|bf16|fp16`` (see
     :mod:`ferkit.training.precision`); ``amp=False`` is the old spelling of ``fp32``. ``threads``
-    sets torch's intra-op threads on CPU (default: every core, since training is the only work;
-    inference elsewhere in ferkit uses one thread). ``time_budget_s`` stops the run before an epoch
+    sets torch's intra-op threads on CPU: a number, or ``"auto"`` (the default, or
+    ``$FERKIT_TRAIN_THREADS``): the cores free now, re-checked every few seconds while it trains
+    and at every epoch (:mod:`ferkit.training.threads`; with one of two cores busy elsewhere, two
+    threads trained 40x slower than one). Float reductions depend on the count, so bit-identical
+    reruns and resumes need a fixed number (``deterministic=True`` also keeps the first auto
+    count). ``time_budget_s`` stops the run before an epoch
     that would end past the budget (status ``"budget"``, the last epoch's checkpoint kept; the
     schedule is the caller's to fit, e.g. :func:`ferkit.training.budget.fit_epochs`).
     ``json_lines=False`` keeps stdout clean (in-process callers that use
@@ -345,13 +351,20 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
         reporter.enabled = info.is_main
         amp_dtype = resolve_precision(precision if amp else "fp32", info.device)
         previous_threads = torch.get_num_threads()
+        governor: Optional[ThreadGovernor] = None
         if info.device.type == "cpu" and not info.distributed:
-            torch.set_num_threads(max(1, int(threads or os.cpu_count() or 1)))
+            choice = choose_threads(threads)
+            if deterministic and choice.auto:  # one count for the whole run: reductions stay reproducible
+                choice = ThreadChoice(choice.threads, False, choice.reason + ", fixed by --deterministic")
+            torch.set_num_threads(choice.threads)
+            governor = ThreadGovernor(choice, torch.set_num_threads, reporter.log)
+            reporter.log(f"threads: {choice.reason}" + ("; re-checked every few seconds while it trains"
+                                                        if choice.auto else ""))
         try:
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_SUBNORMAL_WARNING, category=UserWarning)
                 return _run(recipe, out_dir, epochs, resume, seed, amp_dtype, info, reporter,
-                            progress_interval, deterministic, time_budget_s)
+                            progress_interval, deterministic, time_budget_s, governor)
         finally:
             torch.set_num_threads(previous_threads)
     except BaseException as exc:
@@ -365,8 +378,9 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
 
 def _run(recipe: Recipe, out_dir: Path, epochs: Optional[int], resume: bool, seed: Optional[int],
          amp_dtype: Optional[torch.dtype], info: distributed.DistInfo, reporter: ProgressReporter,
-         progress_interval: float, deterministic: bool, time_budget_s: Optional[float] = None) -> dict[str, Any]:
-    run = _Run(recipe, out_dir, info, reporter, progress_interval, time_budget_s=time_budget_s)
+         progress_interval: float, deterministic: bool, time_budget_s: Optional[float] = None,
+         governor: Optional[ThreadGovernor] = None) -> dict[str, Any]:
+    run = _Run(recipe, out_dir, info, reporter, progress_interval, time_budget_s=time_budget_s, governor=governor)
     run.restore(epochs, resume, seed, amp_dtype, deterministic)
     with _StopFlag(run.ctx.log) as stop:
         for epoch in range(run.start_epoch, run.total_epochs):
@@ -414,6 +428,8 @@ class _Run:
     steps_this_run: int = 0
     eval_time_total: float = 0.0
     evals_this_run: int = 0
+    #: CPU runs: the torch thread count and, for ``threads="auto"``, its re-checks (None on GPUs / DDP)
+    governor: Optional[ThreadGovernor] = None
 
     @property
     def ckpt_path(self) -> Path:
@@ -425,6 +441,10 @@ class _Run:
 
     def wall(self) -> float:
         return self.wall_before + (time.monotonic() - self.t_run)
+
+    def threads(self) -> Optional[int]:
+        """torch threads in use on a CPU run (None on a GPU or under DDP, where the engine does not choose)."""
+        return self.governor.threads if self.governor is not None else None
 
     # ---- restore ---------------------------------------------------------------------------
     def restore(self, epochs: Optional[int], resume: bool, seed: Optional[int], amp_dtype: Optional[torch.dtype],
@@ -474,6 +494,7 @@ class _Run:
                             "device": str(info.device), "world_size": info.world_size,
                             "amp": None if ctx.amp_dtype is None else precision_name(ctx.amp_dtype),
                             "precision": precision_name(ctx.amp_dtype), "threads": torch.get_num_threads(),
+                            "threads_auto": bool(self.governor and self.governor.choice.auto),
                             "seed": self.seed, "epochs": self.total_epochs, "start_epoch": self.start_epoch,
                             "steps": None, "resumed": state is not None})
 
@@ -528,6 +549,8 @@ class _Run:
         """Run the recipe's epoch; False when an interrupt stopped it (a partial checkpoint is saved)."""
         info, ctx = self.info, self.ctx
         self.epoch_start_step = self.global_step
+        if self.governor is not None and epoch > self.start_epoch:
+            self.governor.epoch_started()  # the first epoch runs on the count chosen just before it
         # each epoch depends only on the state at its start -> exact resume at epoch boundaries
         seed_everything(derive_seed(self.seed, epoch, info.rank))
         stats = self.stats = _EpochStats()
@@ -541,6 +564,8 @@ class _Run:
                 self.global_step += 1
                 self.steps_per_epoch = self.measured_steps or ctx.steps_hint or self.steps_per_epoch
                 stats.add(result, fallback_n=0)
+                if self.governor is not None:
+                    self.governor.step_done(int(result.n or 0))
                 stopping = distributed.any_rank(stop.requested is not None, info)
                 now = time.monotonic()
                 if info.is_main and (now - last_report >= self.progress_interval or stats.steps == 1):
@@ -591,7 +616,7 @@ class _Run:
                             "epochs": self.total_epochs, "step": stats.steps, "steps": steps,
                             "global_step": self.global_step, "loss": loss, "accuracy": acc,
                             "lr": _first_lr(self.optimizers), "images_per_s": ips, "eta_s": remaining,
-                            "extra": extra})
+                            "extra": extra, "threads": self.threads()})
 
     def finish_epoch(self, epoch: int) -> None:
         """Train means over ranks, evaluation, checkpoint (+ best), curves, the ``epoch`` event."""
@@ -641,6 +666,7 @@ class _Run:
                             "global_step": self.global_step, "loss": train_loss, "accuracy": train_acc,
                             "extra": extra_means, "val": val, "lr": lr, "images_per_s": images_per_s,
                             "epoch_time_s": epoch_time, "eta_s": self.eta(epoch + 1, 0, 0.0),
+                            "threads": self.threads(),
                             "checkpoint": str(self.ckpt_path), "best": improved,
                             "best_path": str(self.best_path) if self.best_acc is not None else None,
                             "best_val_accuracy": self.best_acc,
