@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError, UserError
 from ferkit.evaluation.forward import check_tta
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing, Weights, load_weights
@@ -101,7 +102,7 @@ def choose_engine(requested: str, model: Any, device: torch.device,
     onnxruntime is missing. ``torch`` / ``onnx`` / ``onnx-int8`` are taken as asked.
     """
     if requested not in ENGINES:
-        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {requested!r}")
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {requested!r}")
     if requested != "auto":
         return requested, None
     if device.type != "cpu":
@@ -124,8 +125,11 @@ def choose_engine(requested: str, model: Any, device: torch.device,
     return "onnx", None
 
 
-class ImageReadError(ValueError):
-    """A file that is missing, not an image, or cannot be decoded (message names the file)."""
+class ImageReadError(UserError, ValueError):
+    """A file that is missing, not an image, or cannot be decoded (message names the file).
+
+    A :class:`~ferkit.errors.UserError` (the user picked the file); still a ``ValueError`` for older callers.
+    """
 
 
 def read_image(path: Union[str, Path]) -> np.ndarray:
@@ -286,11 +290,11 @@ class Predictor:
                  tta: Optional[str] = None, threads: Optional[int] = 1, needs: Optional[Iterable[str]] = None,
                  calibration: Union[str, Path, None] = None):
         if engine not in ENGINES:
-            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+            raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         try:
             loaded = load_weights(weights, device)
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{weights}: cannot be read as ferkit weights or a training checkpoint "
+            raise UsageError(f"{weights}: cannot be read as ferkit weights or a training checkpoint "
                              f"({type(exc).__name__}: {exc})") from None
         #: the torch module (always loaded: training engine, gate maps, synthesis, the fallback)
         self.torch_model = loaded.model
@@ -306,7 +310,7 @@ class Predictor:
         self._pipeline = pipeline
         n_out = getattr(self.model, "num_classes", None)
         if n_out is not None and n_out != len(self.classes):
-            raise ValueError(f"{self.weights.source}: the model has {n_out} outputs but the card lists "
+            raise UsageError(f"{self.weights.source}: the model has {n_out} outputs but the card lists "
                              f"{len(self.classes)} classes")
         self.tta = check_tta(self.weights.tta if tta is None else tta)
         self.engine_requested = engine
@@ -335,7 +339,7 @@ class Predictor:
 
         source = self.weights.source
         if source is None:
-            raise ValueError("these weights have no file to export to ONNX")
+            raise UsageError("these weights have no file to export to ONNX")
         shipped = None
         if auto or (int8 and calibration is None):  # a shipped, validated int8 file first
             try:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ferkit.bench.stats import summary
+from ferkit.errors import NotFoundError, UnknownNameError, UsageError
 from ferkit.utils.io import atomic_torch_save
 
 #: set by main() (the child's flag), reported with the figures
@@ -77,7 +78,7 @@ def _weights_source(weights: str) -> tuple[str, bool]:
 
     arch = weights if weights in list_models() else weights.replace("-", "_")
     if arch not in list_models():
-        raise KeyError(f"{weights!r} is neither shipped weights nor an architecture ({', '.join(list_models())})")
+        raise UnknownNameError(f"{weights!r} is neither shipped weights nor an architecture ({', '.join(list_models())})")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         bm = _fresh(arch)
@@ -97,7 +98,7 @@ def _synthesiser(weights: str, device: str) -> tuple[Any, Any, str]:
         bm = _fresh(weights if weights.startswith("fersnet") else weights.replace("-", "_"))
         model, w, label = bm.model.to(device).eval(), bm.weights, bm.label
     if not getattr(model, "has_synthesis", False):
-        raise ValueError(f"{weights} has no synthesis stream")
+        raise UsageError(f"{weights} has no synthesis stream")
     return model, w, label
 
 
@@ -109,7 +110,7 @@ def _face_path(faces: str, detect_every: int, max_faces: int = 5) -> Any:
                                    keyframe_mesh=faces != "tracked-detector-eyes")
     if faces in ("mesh", "detector"):
         return FacePipeline(max_faces=max_faces, landmarks=faces == "mesh")
-    raise ValueError(f"faces must be one of {', '.join(FACE_PATHS)}, not {faces!r}")
+    raise UsageError(f"faces must be one of {', '.join(FACE_PATHS)}, not {faces!r}")
 
 
 class _Frames:
@@ -126,7 +127,7 @@ class _Frames:
         else:
             self.cap = cv2.VideoCapture(str(source))
             if not self.cap.isOpened():
-                raise FileNotFoundError(f"cannot open video {source}")
+                raise NotFoundError(f"cannot open video {source}")
 
     def read(self) -> tuple[np.ndarray, bool]:
         """(BGR frame, whether the video restarted: a jump the face tracker must be told about)."""
@@ -138,7 +139,7 @@ class _Frames:
         self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
         ok, bgr = self.cap.read()
         if not ok:
-            raise RuntimeError(f"{self.source}: no frames could be decoded")
+            raise UsageError(f"{self.source}: no frames could be decoded")
         return bgr, True
 
     def close(self) -> None:

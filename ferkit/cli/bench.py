@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError
+
 SECTIONS = ("models", "pipeline", "agreement", "training")
 
 
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         multi = args.multi_face or samples_dir() / "multi_face.jpg"
         for path in (video, multi):
             if not path.is_file():
-                raise FileNotFoundError(f"benchmark input {path} is missing")
+                raise NotFoundError(f"benchmark input {path} is missing")
         synth = args.synthesis_weights or _synthesis_default()
         live = {"engine": args.engine, "faces": "tracked", "synthesis": None}
         configs: list[tuple[str, Path, dict[str, Any], int]] = [

@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("eval-synthesis", help="score synthesised faces (Table V accuracy, identity cosine)",
@@ -44,7 +46,7 @@ def _test_faces(args: argparse.Namespace, size: int, classes: list[str]):
     """(dataset of unseen faces, description)."""
     data = Path(args.data)
     if not data.exists():
-        raise FileNotFoundError(f"--data {data}: no such folder")
+        raise NotFoundError(f"--data {data}: no such folder")
     if (data / "label.csv").is_file() or (data / "FER2013Valid" / "label.csv").is_file():
         from ferkit.data.ferplus import load_ferplus
 
@@ -68,16 +70,16 @@ def run(args: argparse.Namespace) -> int:
     from ferkit.models.weights import load_weights
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+        raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
     generator = load_weights(args.checkpoint or args.weights, device=args.device)
     if not getattr(generator.model, "has_synthesis", False):
-        raise ValueError(f"weights {generator.weights.name!r} have no synthesis stream")
+        raise UsageError(f"weights {generator.weights.name!r} have no synthesis stream")
     pre, classes = generator.weights.preprocessing, list(generator.weights.classes)
     ds, desc = _test_faces(args, pre.input_size, classes)
     if list(ds.classes) != classes:
-        raise ValueError(f"--data classes {ds.classes} differ from the weights' classes {classes}")
+        raise UsageError(f"--data classes {ds.classes} differ from the weights' classes {classes}")
     if pre.channels != ds.images.shape[1]:
-        raise ValueError(f"--data has {ds.images.shape[1]}-channel images, the weights expect {pre.channels}")
+        raise UsageError(f"--data has {ds.images.shape[1]}-channel images, the weights expect {pre.channels}")
     judge = Judge(load_weights(args.judge, device=generator.device), classes) if args.judge else None
     identity = FrozenIdentity.from_option(args.identity_weights, device=generator.device)
     report = evaluate_synthesis(generator, ds.images, ds.labels, ds.subjects, judge=judge, identity=identity,

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 DEFAULT_SYNTHESIS_WEIGHTS = "fersnet"
 
 
@@ -40,24 +42,24 @@ def run(args: argparse.Namespace) -> int:
     from ferkit.models.weights import load_weights
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+        raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
     loaded = load_weights(args.checkpoint or args.weights or DEFAULT_SYNTHESIS_WEIGHTS, device=args.device)
     model, pre, classes = loaded.model, loaded.weights.preprocessing, list(loaded.weights.classes)
     if not getattr(model, "has_synthesis", False):
-        raise ValueError(f"weights {loaded.weights.name!r} ({loaded.weights.architecture}) have no synthesis "
+        raise UsageError(f"weights {loaded.weights.name!r} ({loaded.weights.architecture}) have no synthesis "
                          "stream; use FERSNet weights (e.g. --weights fersnet)")
     if args.target == "all":
         targets = list(range(len(classes)))
     elif args.target in classes:
         targets = [classes.index(args.target)]
     else:
-        raise ValueError(f"--target {args.target!r} is not a class of {loaded.weights.name!r}; "
+        raise UsageError(f"--target {args.target!r} is not a class of {loaded.weights.name!r}; "
                          f"use one of {', '.join(classes)} or 'all'")
     rgb = read_image(args.image)
     with FacePipeline(max_faces=5) as pipeline:
         faces = pipeline.process(rgb, pre, whole_image=args.whole_image)
     if not faces:
-        raise RuntimeError(f"{args.image}: no face found; pass --whole-image if the picture already is a face crop")
+        raise UsageError(f"{args.image}: no face found; pass --whole-image if the picture already is a face crop")
     # the largest face is the subject of the picture
     face = max(faces, key=lambda f: f.face.box[2] * f.face.box[3])
     x = to_model_input(crops_to_tensor([face.crop]), pre).to(loaded.device)

@@ -32,6 +32,7 @@ import torch
 
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
+from ferkit.errors import UsageError
 from ferkit.utils.io import atomic_write_text
 
 FORMAT = "ferkit-pack"
@@ -222,7 +223,7 @@ def write_training_packs(src: PathLike, out: PathLike, parts: tuple[str, ...] = 
     src, out = Path(src), Path(out)
     unknown = set(parts) - set(PARTS)
     if unknown:
-        raise ValueError(f"unknown pack part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
+        raise UsageError(f"unknown pack part(s) {sorted(unknown)}; choose from {', '.join(PARTS)}")
     sizes: dict[str, int] = {}
     if "ferplus" in parts:
         for split in ("FER2013Train", "FER2013Valid"):

@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
+from ferkit.errors import UsageError
 from ferkit.evaluation.forward import class_probabilities
 from ferkit.evaluation.kfold import subject_kfold
 from ferkit.evaluation.metrics import confusion
@@ -116,7 +117,7 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
     from ferkit.training.engine import train
 
     if not getattr(recipe_cls, "supports_folds", False):
-        raise ValueError(f"recipe {recipe_cls.name!r} has no subject-independent fold protocol "
+        raise UsageError(f"recipe {recipe_cls.name!r} has no subject-independent fold protocol "
                          "(Recipe.supports_folds is False); ferkit cv needs a recipe such as tfe-jl/resnet12-ckplus")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     emit = emit or (lambda event: None)
@@ -124,13 +125,13 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
     recipe_cls.validate_data(data_dir)
     dataset = recipe_cls.load_dataset(data_dir)
     if dataset.subjects is None:
-        raise ValueError(f"{data_dir}: the dataset has no subject ids, so no subject-independent split exists")
+        raise UsageError(f"{data_dir}: the dataset has no subject ids, so no subject-independent split exists")
     splits = subject_kfold(dataset.subjects, folds, split_seed)  # clear error when folds > subjects
     classes = list(dataset.classes)
     run_folds = list(range(folds)) if only_folds is None else sorted(set(only_folds))
     for f in run_folds:
         if not 0 <= f < folds:
-            raise ValueError(f"fold {f} is outside 0..{folds - 1}")
+            raise UsageError(f"fold {f} is outside 0..{folds - 1}")
     out_dir.mkdir(parents=True, exist_ok=True)
     base_options = dict(options or {})
     # options left at None (a recipe's "use my default") are not part of the identity of a result, so a
@@ -217,7 +218,7 @@ def evaluate_fold(checkpoint: Path, dataset: Any, train_idx: np.ndarray, test_id
     weights = loaded.weights
     classes = list(dataset.classes)
     if list(weights.classes) != classes:
-        raise ValueError(f"{checkpoint}: the model's classes {weights.classes} differ from the dataset's {classes}")
+        raise UsageError(f"{checkpoint}: the model's classes {weights.classes} differ from the dataset's {classes}")
     test = torch.as_tensor(test_idx)
     labels = dataset.labels[test]
     preds = predict_labels(loaded.model, dataset.images[test], weights.preprocessing, loaded.device, weights.tta)

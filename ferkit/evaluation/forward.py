@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
+
 TTA_MODES = ("none", "flip")
 DEFAULT_BATCH = 512
 
@@ -21,7 +23,7 @@ DEFAULT_BATCH = 512
 def check_tta(tta: Optional[str]) -> str:
     tta = "none" if tta in (None, "", "off") else str(tta)
     if tta not in TTA_MODES:
-        raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+        raise UsageError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     return tta
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ferkit.errors import NotFoundError, UsageError
+
 ArrayLike = Union[np.ndarray, Sequence[float], torch.Tensor]
 
 
@@ -251,7 +253,7 @@ def threshold_at_far(scores: ArrayLike, same: ArrayLike, far: float = 0.01) -> t
     """
     s, y = _check(scores, same)
     if not 0.0 <= far < 1.0:
-        raise ValueError(f"--far must be in [0, 1), got {far}")
+        raise UsageError(f"--far must be in [0, 1), got {far}")
     neg = np.sort(s[~y])[::-1]
     k = int(np.floor(far * len(neg) + 1e-9))
     threshold = float(np.nextafter(neg[k], np.inf)) if k < len(neg) else float(neg[-1])
@@ -329,21 +331,21 @@ def draw_balanced_pairs(subjects: ArrayLike, n_pairs: int, seed: int = 0,
     """
     subj = _np(subjects, np.int64)
     if n_pairs < 2 * n_folds:
-        raise ValueError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
+        raise UsageError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
     rng = np.random.default_rng(seed)
     ids, inverse = np.unique(subj, return_inverse=True)
     members = [np.nonzero(inverse == k)[0] for k in range(len(ids))]
     if len(ids) < 2:
-        raise ValueError("verification needs at least two identities")
+        raise UsageError("verification needs at least two identities")
     multi = [m for m in members if len(m) >= 2]
     if not multi:
-        raise ValueError("no identity has two images, so no same-identity pair can be drawn")
+        raise UsageError("no identity has two images, so no same-identity pair can be drawn")
     available_same = sum(len(m) * (len(m) - 1) // 2 for m in multi)
     n = len(subj)
     available_diff = n * (n - 1) // 2 - sum(len(m) * (len(m) - 1) // 2 for m in members)
     half = min(n_pairs // 2, available_same, available_diff)
     if half < n_folds:
-        raise ValueError(f"only {available_same} distinct same-identity pairs exist; need at least {n_folds}")
+        raise UsageError(f"only {available_same} distinct same-identity pairs exist; need at least {n_folds}")
     # same pairs: identity uniform among those with >= 2 images (LFW-like, not image-weighted)
     same_pairs: set[tuple[int, int]] = set()
     if half * 2 > available_same:  # rejection sampling would crawl: enumerate and sample instead
@@ -389,7 +391,7 @@ def draw_cross_condition_pairs(subjects: ArrayLike, conditions: Sequence[str], n
     if cond.shape != subj.shape:
         raise ValueError(f"{len(cond)} conditions for {len(subj)} images")
     if n_pairs < 2 * n_folds:
-        raise ValueError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
+        raise UsageError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
     rng = np.random.default_rng(seed)
     n = len(subj)
     i, j = np.triu_indices(n, k=1)
@@ -398,7 +400,7 @@ def draw_cross_condition_pairs(subjects: ArrayLike, conditions: Sequence[str], n
     diff_all = np.nonzero(differ & (subj[i] != subj[j]))[0]
     half = min(n_pairs // 2, len(same_all), len(diff_all))
     if half < n_folds:
-        raise ValueError(f"only {len(same_all)} same-person pairs across different conditions exist; "
+        raise UsageError(f"only {len(same_all)} same-person pairs across different conditions exist; "
                          f"need at least {n_folds}")
     pick_same = same_all[rng.choice(len(same_all), size=half, replace=False)]
     pick_diff = diff_all[rng.choice(len(diff_all), size=half, replace=False)]
@@ -432,7 +434,7 @@ def identity_features(model: torch.nn.Module, images: torch.Tensor, preprocessin
 
     def identity(out):
         if out.identity is None:
-            raise ValueError(f"{type(model).__name__} has no identity feature (ModelOutput.identity is None); "
+            raise UsageError(f"{type(model).__name__} has no identity feature (ModelOutput.identity is None); "
                              "verification needs an identity-capable model such as deepid, lightcnn9, eifn or tfe-jl")
         return out.identity
 
@@ -447,7 +449,7 @@ def parse_identities(spec: Optional[str], heldout: Optional[list[str]] = None) -
         return None
     if spec == "heldout":
         if not heldout:
-            raise ValueError("--identities heldout: the weights' card lists no held-out identities "
+            raise UsageError("--identities heldout: the weights' card lists no held-out identities "
                              "(heldout_identities); pass the names (a,b,c or @file)")
         names = list(heldout)
     elif spec.startswith("@"):
@@ -455,13 +457,13 @@ def parse_identities(spec: Optional[str], heldout: Optional[list[str]] = None) -
 
         path = Path(spec[1:])
         if not path.is_file():
-            raise FileNotFoundError(f"--identities {spec}: no such file")
+            raise NotFoundError(f"--identities {spec}: no such file")
         names = [ln.strip() for ln in path.read_text().splitlines()]
     else:
         names = [n.strip() for n in spec.split(",")]
     names = [n for n in names if n]
     if not names:
-        raise ValueError(f"--identities {spec!r} names no identity")
+        raise UsageError(f"--identities {spec!r} names no identity")
     return names
 
 
@@ -569,7 +571,7 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
         ds = load_identity_folders(data, size=size, grayscale=gray)
         desc = f"identity folders at {data}"
     if ds.subjects is None:
-        raise ValueError(f"{data}: the dataset has no identity labels")
+        raise UsageError(f"{data}: the dataset has no identity labels")
     if identities is not None:
         names = ds.subject_names or ds.classes
         index = {n: i for i, n in enumerate(names)}
@@ -580,10 +582,10 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
             # a card's held-out list spans several training sets; keep those of this dataset
             identities = [n for n in identities if n in index]
             if not identities:
-                raise ValueError(f"--identities heldout: none of the card's held-out identities is in {data}")
+                raise UsageError(f"--identities heldout: none of the card's held-out identities is in {data}")
             missing = []
         if missing:
-            raise ValueError(f"--identities: {len(missing)} name(s) not in {data}: {', '.join(missing[:5])}"
+            raise UsageError(f"--identities: {len(missing)} name(s) not in {data}: {', '.join(missing[:5])}"
                              + (" ..." if len(missing) > 5 else ""))
         keep = torch.isin(ds.subjects, torch.tensor([index[n] for n in identities]))
         ds = ds.subset(keep)
@@ -621,7 +623,7 @@ def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: 
         from ferkit.data.lfw import find_images_root, read_pairs
 
         if across_expressions:
-            raise ValueError("--across-expressions draws Yale A pairs; it does not apply to a --pairs file")
+            raise UsageError("--across-expressions draws Yale A pairs; it does not apply to a --pairs file")
         pairs = read_pairs(pairs_file, images_root=find_images_root(data))
         paths = sorted({p for pair in pairs for p in (pair.first, pair.second)})
         where = {p: i for i, p in enumerate(paths)}
@@ -651,7 +653,7 @@ def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: 
             from ferkit.data.yale import yale_conditions
 
             if not yale:
-                raise ValueError("--across-expressions needs a Yale A folder (subjectNN.<condition> files): only "
+                raise UsageError("--across-expressions needs a Yale A folder (subjectNN.<condition> files): only "
                                  "there are the conditions known")
             conds = yale_conditions(ds.paths)
             keep = torch.tensor([c in YALE_EXPRESSIONS for c in conds])

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ferkit.errors import NotFoundError, UnavailableError, UsageError
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing, Weights, get_weights, load_weights
 from ferkit.utils.io import atomic_write_bytes
@@ -76,8 +77,8 @@ def _need_onnx() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as exc:  # both are in the 'onnx' extra
-        raise RuntimeError("ONNX export/inference needs the 'onnx' and 'onnxruntime' packages: "
-                           "pip install 'ferkit[onnx]'") from exc
+        raise UnavailableError("ONNX export/inference needs the 'onnx' and 'onnxruntime' packages: "
+                               "pip install 'ferkit[onnx]'") from exc
     return onnx, onnxruntime
 
 
@@ -127,7 +128,7 @@ def export_model(model: nn.Module, weights: Weights, out: PathLike, opset: int =
     if identity is None:
         identity = has_identity
     elif identity and not has_identity:
-        raise ValueError(f"{weights.name}: the model ({weights.architecture}) has no identity output to export")
+        raise UsageError(f"{weights.name}: the model ({weights.architecture}) has no identity output to export")
     wrapper = RecognitionPath(model, identity).eval()
     outputs = ["logits"] + (["identity"] if identity else [])
     buf = io.BytesIO()
@@ -379,7 +380,7 @@ class OnnxModel:
         self._ort = ort
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no ONNX file at {self.path}; create one with ferkit export-onnx")
+            raise NotFoundError(f"no ONNX file at {self.path}; create one with ferkit export-onnx")
         self.threads = max(1, int(threads or 1))
         if providers is None:
             available = ort.get_available_providers()
@@ -390,7 +391,7 @@ class OnnxModel:
         self.session = self.session_for(self.threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
-            raise ValueError(f"{self.path} was not written by ferkit export-onnx (no '{METADATA_KEY}' metadata)")
+            raise UsageError(f"{self.path} was not written by ferkit export-onnx (no '{METADATA_KEY}' metadata)")
         card = json.loads(meta[METADATA_KEY])
         #: the exporter's notes (opset, BN folding, int8 quantisation settings)
         self.export_info: dict[str, Any] = dict(card.get("onnx") or {})
@@ -509,7 +510,7 @@ def weights_digest(weights: Weights) -> str:
     src = Path(weights.source or "")
     blob = src.parent / weights.file if src.suffix == ".json" and weights.file else src
     if not blob.is_file():
-        raise FileNotFoundError(f"{weights.name}: weights file {blob} not found (nothing to export)")
+        raise NotFoundError(f"{weights.name}: weights file {blob} not found (nothing to export)")
     what = {"architecture": weights.architecture, "model_cfg": weights.model_cfg, "classes": list(weights.classes),
             "preprocessing": weights.to_dict().get("preprocessing")}
     h = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode())
@@ -578,7 +579,7 @@ def calibration_inputs(files: Sequence[Path], prep: Preprocessing) -> np.ndarray
 
     xs = [to_model_input(crops_to_tensor([read_image(f)]), prep) for f in files]
     if not xs:
-        raise ValueError("no calibration images")
+        raise UsageError("no calibration images")
     return torch.cat(xs).numpy().astype(np.float32)
 
 
@@ -616,11 +617,11 @@ def quantize_int8(fp32_onnx: PathLike, out: PathLike, calibration: np.ndarray, m
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
-        raise ValueError(f"calibration method must be one of {', '.join(methods)}, not {method!r}")
+        raise UsageError(f"calibration method must be one of {', '.join(methods)}, not {method!r}")
     src = onnx.load(str(fp32_onnx))
     meta = {p.key: p.value for p in src.metadata_props}
     if METADATA_KEY not in meta:
-        raise ValueError(f"{fp32_onnx} was not written by ferkit export-onnx")
+        raise UsageError(f"{fp32_onnx} was not written by ferkit export-onnx")
     input_name = src.graph.input[0].name
 
     class Batches(CalibrationDataReader):
@@ -725,8 +726,8 @@ def cached_int8_export(name_or_path: PathLike, calibration: Optional[PathLike] =
     weights = get_weights(name_or_path)
     folder = Path(calibration) if calibration is not None else default_calibration_dir()
     if not folder.is_dir():
-        raise FileNotFoundError(f"int8 calibration folder {folder} not found (give face crops, e.g. "
-                                "ferplus/FER2013Valid)")
+        raise NotFoundError(f"int8 calibration folder {folder} not found (give face crops, e.g. "
+                            "ferplus/FER2013Valid)")
     files = calibration_files(folder, n, seed)
     _, ort = _need_onnx()
     h = hashlib.sha256(f"{export_key(weights)}:{fingerprint(files)}:{method}:{ort.__version__}:"
@@ -749,7 +750,7 @@ def use_onnx(predictor: Any, threads: Optional[int] = 1) -> Any:
     """
     source = predictor.weights.source
     if source is None:
-        raise ValueError("these weights have no file to export to ONNX")
+        raise UsageError("these weights have no file to export to ONNX")
     predictor.model = OnnxModel(cached_export(source), threads=threads)
     predictor.device = torch.device("cpu")
     predictor.engine = "onnx"

@@ -21,6 +21,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ferkit.errors import UnknownNameError
 from ferkit.face.types import AlignedFace, DetectedFace
 
 
@@ -64,7 +65,7 @@ def get_crop_style(name: str) -> CropStyle:
     try:
         return CROP_STYLES[name]
     except KeyError:
-        raise KeyError(f"unknown crop style {name!r}; known: {', '.join(sorted(CROP_STYLES))}") from None
+        raise UnknownNameError(f"unknown crop style {name!r}; known: {', '.join(sorted(CROP_STYLES))}") from None
 
 
 def alignment_matrix(left_eye: tuple[float, float], right_eye: tuple[float, float], style: CropStyle,

@@ -27,6 +27,7 @@ from typing import Any, Optional, Union
 import cv2
 import numpy as np
 
+from ferkit.errors import UsageError
 from ferkit.face.align import align_face, whole_image_face
 from ferkit.face.types import AlignedFace, DetectedFace
 
@@ -77,7 +78,7 @@ class FacePipeline:
                  model_selection: Union[str, int] = "auto", landmarks: bool = True) -> None:
         sel = {"near": 0, "far": 1, "auto": None, 0: 0, 1: 1}
         if model_selection not in sel:
-            raise ValueError(f"model_selection must be auto, near or far, not {model_selection!r}")
+            raise UsageError(f"model_selection must be auto, near or far, not {model_selection!r}")
         self.max_faces = max_faces
         self.min_confidence = min_confidence
         self.ranges = [0, 1] if sel[model_selection] is None else [sel[model_selection]]
@@ -343,7 +344,7 @@ class TrackedFacePipeline:
         from ferkit.face.tracking import FlowFollower
 
         if detect_every < 1:
-            raise ValueError(f"detect_every must be at least 1, got {detect_every}")
+            raise UsageError(f"detect_every must be at least 1, got {detect_every}")
         self.detect_every = int(detect_every)
         self.max_faces = max_faces
         self.detector = FacePipeline(max_faces=max_faces, min_confidence=min_confidence,

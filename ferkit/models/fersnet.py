@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
 from ferkit.models.base import FerModel
 from ferkit.models.convflu import ConvFLU
 from ferkit.models.outputs import ModelOutput
@@ -110,7 +111,7 @@ class FERSNet(FerModel):
                  fc_dim: int = 512, mtl: bool = True, convflu: bool = True, skips: bool = False) -> None:
         super().__init__()
         if input_size % 16:
-            raise ValueError(f"FERSNet input_size must be a multiple of 16 (four 2x2 poolings), got {input_size}")
+            raise UsageError(f"FERSNet input_size must be a multiple of 16 (four 2x2 poolings), got {input_size}")
         self.num_classes, self.in_channels, self.input_size, self.width = num_classes, in_channels, input_size, width
         self.mtl = bool(mtl)
         self.convflu = bool(convflu) and self.mtl

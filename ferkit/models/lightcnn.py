@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
 from ferkit.models.base import FerModel
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.registry import register_model
@@ -160,9 +161,9 @@ class LightCNN9(FerModel):
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
         if input_size < 16:
-            raise ValueError(f"input_size {input_size} is too small for four 2x2 poolings (need >= 16)")
+            raise UsageError(f"input_size {input_size} is too small for four 2x2 poolings (need >= 16)")
         if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
+            raise UsageError(f"width must be positive, got {width}")
         self.num_classes = int(num_classes)
         self.head = head
         self.input_size = int(input_size)

@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ferkit.errors import UnknownNameError
+
 ModelBuilder = Callable[..., nn.Module]
 
 
@@ -51,7 +53,7 @@ def model_info(name: str) -> ModelInfo:
     try:
         return _MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}") from None
+        raise UnknownNameError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}") from None
 
 
 def create_model(name: str, **cfg) -> nn.Module:

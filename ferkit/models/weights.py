@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
+from ferkit.errors import NotFoundError, UnavailableError, UnknownNameError, UsageError
 from ferkit.paths import weights_dir
 
 
@@ -127,11 +128,11 @@ class Weights:
 
     def state_dict(self, map_location: Union[str, torch.device] = "cpu") -> dict[str, torch.Tensor]:
         if self.source is None:
-            raise FileNotFoundError(f"weights {self.name!r} have no file to load")
+            raise NotFoundError(f"weights {self.name!r} have no file to load")
         src = Path(self.source)
         if src.suffix == ".json":
             if not self.file:
-                raise FileNotFoundError(f"card {src} names no weights file")
+                raise NotFoundError(f"card {src} names no weights file")
             blob = torch.load(src.parent / self.file, map_location=map_location, weights_only=True)
             return blob
         checkpoint = torch.load(src, map_location=map_location, weights_only=False)
@@ -165,12 +166,12 @@ def load_matching(model: nn.Module, source: Union[str, Path], architecture_prefi
     """
     weights = get_weights(source)
     if not weights.architecture.startswith(architecture_prefix):
-        raise ValueError(f"{option} {source} holds a {weights.architecture!r} model; it must be a {what}")
+        raise UsageError(f"{option} {source} holds a {weights.architecture!r} model; it must be a {what}")
     take = matching_tensors(model, weights.state_dict())
     own = model.state_dict()
     learned = [k for k, v in own.items() if v.is_floating_point()]
     if sum(k in take for k in learned) * 2 < len(learned):
-        raise ValueError(f"{option} {source}: no tensor matches this model's names and shapes for most layers; "
+        raise UsageError(f"{option} {source}: no tensor matches this model's names and shapes for most layers; "
                          "was it trained with another --width / --input-size?")
     model.load_state_dict(take, strict=False)
     return len(take), sorted(k for k in own if k not in take)
@@ -212,15 +213,15 @@ def get_weights(name_or_path: Union[str, Path]) -> Weights:
     if path.suffix in {".pt", ".pth", ".ckpt"} and path.exists():
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         if "weights_meta" not in checkpoint:
-            raise ValueError(f"{path} is not a ferkit training checkpoint (no 'weights_meta' entry)")
+            raise UsageError(f"{path} is not a ferkit training checkpoint (no 'weights_meta' entry)")
         return Weights.from_dict(checkpoint["weights_meta"], source=str(path))
     if path.suffix == ".json" and path.exists():
         return Weights.from_dict(json.loads(path.read_text()), source=str(path))
     card = weights_dir() / f"{name_or_path}.json"
     if not card.exists():
         known = ", ".join(list_weights()) or "none"
-        raise KeyError(f"no weights named {str(name_or_path)!r} in {weights_dir()} (shipped: {known}); "
-                       "pass a shipped name, a .json card or a training checkpoint .pt")
+        raise UnknownNameError(f"no weights named {str(name_or_path)!r} in {weights_dir()} (shipped: {known}); "
+                               "pass a shipped name, a .json card or a training checkpoint .pt")
     return Weights.from_dict(json.loads(card.read_text()), source=str(card))
 
 
@@ -228,7 +229,7 @@ def get_weights_of(architecture: str, name_or_path: Union[str, Path], option: st
     """:func:`get_weights` of the option ``--<option>``, refused unless it holds an ``architecture`` model."""
     weights = get_weights(name_or_path)
     if weights.architecture != architecture:
-        raise ValueError(f"--{option} {name_or_path} holds a {weights.architecture!r} model; expected "
+        raise UsageError(f"--{option} {name_or_path} holds a {weights.architecture!r} model; expected "
                          f"{architecture!r}{hint}")
     return weights
 
@@ -246,7 +247,7 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        raise UnavailableError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     return dev
 
 

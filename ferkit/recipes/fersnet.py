@@ -64,6 +64,7 @@ from ferkit.data.augment import augment_batch
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.sampling import TargetSampler
+from ferkit.errors import UsageError
 from ferkit.evaluation.forward import batched_forward
 from ferkit.evaluation.synthesis import FrozenIdentity, every_expression_set, grid_faces, training_sample_grid, write_png
 from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
@@ -178,17 +179,17 @@ class _FersnetRecipe(Recipe):
         self.schedule_epochs = int(option(o, "schedule_epochs", getattr(ctx, "epochs", None) or self.default_epochs))
         self.target_draw = option(o, "target_draw", "subject" if train.subjects is not None else "uniform")
         if self.target_draw not in ("subject", "uniform"):
-            raise ValueError(f"--target-draw must be subject or uniform, got {self.target_draw!r}")
+            raise UsageError(f"--target-draw must be subject or uniform, got {self.target_draw!r}")
         if self.target_draw == "subject" and train.subjects is None:
-            raise ValueError("--target-draw subject needs subject ids; this dataset has none (use uniform)")
+            raise UsageError("--target-draw subject needs subject ids; this dataset has none (use uniform)")
         self.own_target_prob = float(option(o, "own_target_prob", 0.0))
         if not 0.0 <= self.own_target_prob <= 1.0:
-            raise ValueError(f"--own-target-prob must lie in [0, 1], got {self.own_target_prob}")
+            raise UsageError(f"--own-target-prob must lie in [0, 1], got {self.own_target_prob}")
         self.fes_da = int(option(o, "fes_da", 0))
         if self.fes_da and not self.mtl:
-            raise ValueError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
+            raise UsageError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
         if self.fes_da >= self.schedule_epochs:
-            raise ValueError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs}")
+            raise UsageError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs}")
         lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.999))
         self.sched_g = exponential_decay(self.opt_g, lr, lr_end, self.schedule_epochs)

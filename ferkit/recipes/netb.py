@@ -31,6 +31,7 @@ import torch.nn as nn
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.identity import image_holdout_split, load_identity_training_data
+from ferkit.errors import UsageError
 from ferkit.losses.softmax_mse import SoftmaxMSE, expected_class_mse
 from ferkit.models.lightcnn import HEADS, transfer_identity_weights
 from ferkit.models.registry import create_model
@@ -172,14 +173,14 @@ class _NetBTransfer(ClassifierRecipe):
         width = self.options.get("width") or id_cfg.get("width") or 1.0
         for key, value in (("input_size", size), ("width", width)):
             if id_cfg and key in id_cfg and float(id_cfg[key]) != float(value):
-                raise ValueError(f"--{key.replace('_', '-')} {value} differs from the identity net's {id_cfg[key]}; "
+                raise UsageError(f"--{key.replace('_', '-')} {value} differs from the identity net's {id_cfg[key]}; "
                                  "the transferred weights only fit a net of the same shape")
         self.input_size, self.width = int(size), float(width)
         self.feature_dim = id_cfg.get("feature_dim")
         self.head = option(self.options, "head", "dal")
         self.loss_name = option(self.options, "loss", "softmax-mse")
         if self.loss_name not in LOSSES:
-            raise ValueError(f"--loss {self.loss_name!r}: use one of {', '.join(LOSSES)}")
+            raise UsageError(f"--loss {self.loss_name!r}: use one of {', '.join(LOSSES)}")
         self._softmax_mse = SoftmaxMSE()
         super().setup(ctx)
         if self.identity_state is not None:

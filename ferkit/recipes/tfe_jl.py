@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from ferkit.data.dataset import FaceDataset
+from ferkit.errors import UsageError
 from ferkit.evaluation.forward import batched_forward
 from ferkit.evaluation.verification import all_pairs_accuracy
 from ferkit.losses.contrastive import median_negative_distance, verification_loss
@@ -243,7 +244,7 @@ class _JointRecipe(ClassifierRecipe):
     def _branch_state(self, flag: str, architecture: str) -> tuple[dict[str, torch.Tensor], Any]:
         ref = self.options.get(flag.replace("-", "_"))
         if not ref:
-            raise ValueError(f"{self.name} needs --{flag} (the pretrained {architecture} of the earlier stage)")
+            raise UsageError(f"{self.name} needs --{flag} (the pretrained {architecture} of the earlier stage)")
         weights = get_weights_of(architecture, str(ref).replace("{fold}", str(option(self.options, "fold", 0))), flag)
         return weights.state_dict(), weights
 
@@ -262,7 +263,7 @@ class _JointRecipe(ClassifierRecipe):
         if option(self.options, "head_init", "emotion") == "emotion":
             fc = {k[3:]: v.float() for k, v in self.emotion_state.items() if k.startswith("fc.")}
             if set(fc) != {"weight", "bias"} or fc["weight"].shape[0] != len(train.classes):
-                raise ValueError(f"--head-init emotion needs the stage-2 net's {len(train.classes)}-class fc layer; "
+                raise UsageError(f"--head-init emotion needs the stage-2 net's {len(train.classes)}-class fc layer; "
                                  f"{self.emotion_weights.source} has {tuple(fc.get('weight', torch.empty(0)).shape)}; "
                                  "use --head-init random")
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:HEAD_INIT_IMAGES]

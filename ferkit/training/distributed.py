@@ -15,6 +15,7 @@ from typing import Union
 import torch
 import torch.distributed as dist
 
+from ferkit.errors import UnavailableError
 from ferkit.models.weights import resolve_device
 
 
@@ -50,8 +51,8 @@ def setup(device: Union[str, torch.device, None] = "auto") -> DistInfo:
         return DistInfo(0, 1, 0, dev)
     if dev.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA GPUs are visible; "
-                               "lower --nproc_per_node")
+            raise UnavailableError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA GPUs are visible; "
+                                   "lower --nproc_per_node")
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     else:
