@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ferkit.export.onnx import (TOLERANCE, OnnxClassifier, OnnxModel, batchnorm_count, example_input, export_model,
-                                export_weights)
+                                export_onnx)
 from ferkit.models.registry import create_model, list_models
 from ferkit.models.weights import Preprocessing, Weights, list_weights, load_weights
 
@@ -125,7 +125,7 @@ def test_checkpoint_export_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_shipped_weights_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     if name == "<none shipped>":
         pytest.skip("no shipped weights in resources/weights yet")
-    result = export_weights(name, tmp_path / f"{name}.onnx")
+    result = export_onnx(name, tmp_path / f"{name}.onnx")
     assert all(v <= TOLERANCE for v in result.max_abs_diff.values()), result.max_abs_diff
     assert batchnorm_count(result.path, optimized=True) == 0  # BN folded (TFE-JL's heads included)
     loaded = load_weights(name, device="cpu")

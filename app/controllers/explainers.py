@@ -13,7 +13,7 @@ from PySide6.QtCore import QObject, Signal
 
 from ferkit.models.weights import Preprocessing, get_weights, list_weights
 
-from app.core.analyzer import FaceResult
+from app.core.analyzer import TrackedFace
 from app.core.explain import gate_maps
 from app.core.models import ModelCache
 from app.core.state import AppState, LoadedModels
@@ -107,7 +107,7 @@ class ExplainersController(QObject):
                                         f"FERSNet weights '{self.sources[panel][0]}' on the same face.")
         return {s[1] for s in self.sources.values() if s is not None}
 
-    def submit(self, panel: str, face: Optional[FaceResult]) -> None:
+    def submit(self, panel: str, face: Optional[TrackedFace]) -> None:
         """Explain ``face`` in ``panel`` (the newest face wins; nothing when its crop is not aligned yet)."""
         source = self.sources.get(panel)
         if face is None or source is None:

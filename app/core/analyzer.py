@@ -47,7 +47,13 @@ class ModelScores:
 
 
 @dataclass
-class FaceResult:
+class TrackedFace:
+    """One followed face of an analysed frame: its track, every model's scores and the identity decision.
+
+    Not :class:`ferkit.inference.FaceResult` (one model's answer for one face): the app adds tracking,
+    several models and identity around the library's per-face result.
+    """
+
     index: int
     track_id: int
     colour: tuple[int, int, int]
@@ -70,7 +76,7 @@ class FaceResult:
 @dataclass
 class FrameResult:
     frame: np.ndarray  # RGB uint8 the results refer to
-    faces: list[FaceResult]
+    faces: list[TrackedFace]
     primary: Optional[str]
     timings_ms: dict[str, float]
     frame_index: int = -1
@@ -80,7 +86,7 @@ class FrameResult:
     identity: IdentityChoice = field(default_factory=IdentityChoice)
 
 
-def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[FaceResult]:
+def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[TrackedFace]:
     """The selected track's face, else the largest face of the frame."""
     if result is None or not result.faces:
         return None
@@ -187,16 +193,16 @@ class FrameAnalyzer:
             tracks = self.tracker.update([d.box for d in detections])
         else:
             tracks = []
-        faces: list[FaceResult] = []
+        faces: list[TrackedFace] = []
         if whole:
             from ferkit.face.align import whole_image_face
 
             box = tuple(int(v) for v in whole_image_face(rgb, 8, True).face.box)
-            faces.append(FaceResult(0, 0, track_colour(0), box, float("nan"), whole_image=True))
+            faces.append(TrackedFace(0, 0, track_colour(0), box, float("nan"), whole_image=True))
         for i, det in enumerate(detections):
             tid = tracks[i].id if tracks else i + 1
             colour = tracks[i].colour if tracks else track_colour(i + 1)
-            faces.append(FaceResult(i, tid, colour, tuple(int(v) for v in det.box), float(det.score), detection=det))
+            faces.append(TrackedFace(i, tid, colour, tuple(int(v) for v in det.box), float(det.score), detection=det))
         # align once per distinct preprocessing
         pps = {h.preprocessing for h in self.handles()} | set(self.extra_preprocessing)
         if self.identity_handle is not None:
@@ -247,7 +253,7 @@ class FrameAnalyzer:
         return FrameResult(rgb, faces, self.primary.name if self.primary else None, timings,
                            frame_index=frame_index, captured_at=captured_at, note=note, identity=self.identity)
 
-    def _identify(self, faces: list[FaceResult], primary_identity: Optional[np.ndarray], reuse: bool = False) -> None:
+    def _identify(self, faces: list[TrackedFace], primary_identity: Optional[np.ndarray], reuse: bool = False) -> None:
         """Identity feature of every detected face, its similarities and the decision.
 
         ``reuse`` (tracked live frames): a face whose track got its feature fewer than

@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from ferkit.face.tracking import Smoother
 
-from app.core.analyzer import FaceResult, FrameResult, pick_face
+from app.core.analyzer import FrameResult, TrackedFace, pick_face
 from app.core.enrolment import EnrolmentStore
 from app.core.identity import IdentityChoice
 
@@ -173,6 +173,6 @@ class AppState:
         if self.selected_id is not None and all(f.track_id != self.selected_id for f in result.faces):
             self.selected_id = None
 
-    def selected_face(self) -> Optional[FaceResult]:
+    def selected_face(self) -> Optional[TrackedFace]:
         """The selected track's face, else the largest face of the shown frame (None without faces)."""
         return pick_face(self.last_result, self.selected_id)

@@ -50,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferkit.export.onnx import export_weights
+    from ferkit.export.onnx import export_onnx
     from ferkit.models.weights import list_weights
 
     identity = False if args.no_identity else None
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             out = out.with_name(f"{source}.int8.onnx")
         # the int8 model is quantised from a checked fp32 export, written beside it and removed after
         fp32_out = out.with_name(out.stem + ".fp32-tmp.onnx") if args.int8 else out
-        r = export_weights(source, fp32_out, opset=args.opset, identity=identity)
+        r = export_onnx(source, fp32_out, opset=args.opset, identity=identity)
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_abs_diff.items())
         entry = {"name": r.name, "architecture": r.architecture, "path": str(out), "outputs": r.outputs,
                  "input_shape": r.input_shape, "max_abs_diff": r.max_abs_diff, "size_bytes": r.size_bytes}

@@ -162,9 +162,13 @@ def export_model(model: nn.Module, weights: Weights, out: PathLike, opset: int =
                         max_abs_diff=diffs, size_bytes=len(data))
 
 
-def export_weights(name_or_path: PathLike, out: PathLike, opset: int = DEFAULT_OPSET,
-                   identity: Optional[bool] = None, check: bool = True) -> ExportResult:
-    """Shipped weights name, card or training checkpoint -> ``out`` (.onnx)."""
+def export_onnx(name_or_path: PathLike, out: PathLike, opset: int = DEFAULT_OPSET,
+                identity: Optional[bool] = None, check: bool = True) -> ExportResult:
+    """Shipped weights name, card or training checkpoint -> ``out`` (.onnx).
+
+    Not :func:`ferkit.training.export.export_weights`, which turns a training checkpoint into shipped
+    weights (card + state dict); this one turns weights into an ONNX Runtime file.
+    """
     loaded = load_weights(name_or_path, device="cpu")
     return export_model(loaded.model, loaded.weights, out, opset=opset, identity=identity, check=check)
 
@@ -556,7 +560,7 @@ def cached_export(name_or_path: PathLike, opset: int = DEFAULT_OPSET) -> Path:
     weights = get_weights(name_or_path)
     path = cache_root() / f"{weights.name}-{export_key(weights, opset)[:16]}.onnx"
     if not path.exists():
-        export_weights(name_or_path, path, opset=opset)
+        export_onnx(name_or_path, path, opset=opset)
     _touch_and_prune(path)
     return path
 

@@ -16,7 +16,6 @@ sample counts are in each style's ``note``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -173,9 +172,3 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float64) - 0.5
     return pts @ matrix[:, :2].T + matrix[:, 2] + 0.5
 
-
-def eye_points_in_crop(aligned: AlignedFace) -> Optional[np.ndarray]:
-    f = aligned.face
-    if aligned.matrix is None or f.left_eye is None or f.right_eye is None:
-        return None
-    return transform_points(aligned.matrix, np.array([f.left_eye, f.right_eye]))

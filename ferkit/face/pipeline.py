@@ -440,11 +440,3 @@ class TrackedFacePipeline:
         """The model-input crop of ``face``, exactly as :meth:`FacePipeline.align`."""
         return self.detector.align(image, face, preprocessing)
 
-
-def process_image(image: np.ndarray, preprocessing, pipeline: Optional[FacePipeline] = None,
-                  whole_image: bool = False) -> list[AlignedFace]:
-    """One-shot helper: the crops of all faces in ``image`` (makes and closes a pipeline if none given)."""
-    if pipeline is not None:
-        return pipeline.process(image, preprocessing, whole_image=whole_image)
-    with FacePipeline() as own:
-        return own.process(image, preprocessing, whole_image=whole_image)

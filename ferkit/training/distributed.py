@@ -92,11 +92,3 @@ def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
 
-
-def broadcast_object(obj, info: DistInfo, src: int = 0):
-    """Rank ``src``'s Python object on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
