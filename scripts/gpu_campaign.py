@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from ferkit.bench.training import NetSpec, bench_network  # noqa: E402
+from ferkit.bench.training import bench_network  # noqa: E402
 from ferkit.recipes.registry import get_recipe  # noqa: E402
 from ferkit.training.budget import fit_epochs  # noqa: E402
 from ferkit.training.engine import train  # noqa: E402
+from ferkit.training.recipe import NetSpec  # noqa: E402
 
 MAX_FILE = 16 * 2**20
 

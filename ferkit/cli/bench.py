@@ -86,15 +86,11 @@ def _devices(spec: str) -> list[Any]:
 
 
 def _synthesis_default() -> str:
-    from ferkit.models.weights import get_weights, list_weights
+    """The first shipped weights with a synthesis stream, else the first CPU-sized architecture with one."""
+    from ferkit.models.registry import architectures_with
+    from ferkit.models.weights import weights_with
 
-    for name in list_weights():
-        try:
-            if get_weights(name).architecture.startswith("fersnet"):
-                return name
-        except Exception:  # noqa: BLE001 - a broken card is someone else's test failure
-            continue
-    return "fersnet_light"
+    return (weights_with("synthesis") or architectures_with("synthesis", cpu_sized=True))[0]
 
 
 def run(args: argparse.Namespace) -> int:

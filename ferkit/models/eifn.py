@@ -169,8 +169,9 @@ class EIFNLoss(nn.Module):
         return total, parts
 
 
-@register_model("eifn", paper="Zhang, Su, Wang. Expression-Identity Fusion Network for Facial Expression "
-                              "Recognition. ICME 2019",
+@register_model("eifn", small_cfg={"width": 0.125, "num_subjects": 10},
+                paper="Zhang, Su, Wang. Expression-Identity Fusion Network for Facial Expression "
+                      "Recognition. ICME 2019",
                 description="EIFN: VGG-16 expression + identity extractors, bilinear fusion (modes eifn/eifn_star/efn)")
 def eifn(num_classes: int = 7, num_subjects: int = 118, in_channels: int = 1, input_size: int = 64,
          width: float = 1.0, id_dim: int = 512, mode: str = "eifn", sqrt_eps: float = 1e-8,

@@ -75,7 +75,8 @@ class IdentityEnsemble(FerModel):
         return ModelOutput(logits=logits, identity=identity, identity_logits=logits)
 
 
-@register_model("identity_ensemble", paper=PAPER)
+@register_model("identity_ensemble", paper=PAPER,
+                small_cfg={"members": [{"architecture": "deepid", "model_cfg": {"num_classes": 20}}] * 2})
 def identity_ensemble(members: Sequence[Mapping[str, Any]]) -> IdentityEnsemble:
     """Several identity nets on the same face; cosine of the feature = mean of the members' cosines."""
     return IdentityEnsemble(members)

@@ -219,7 +219,7 @@ class FERSNet(FerModel):
         return self.decode(feats, targets).view(b, e, *x.shape[1:])
 
 
-@register_model("fersnet", paper=PAPER,
+@register_model("fersnet", paper=PAPER, small_cfg={"width": 8, "input_size": 64}, cpu_sized=False,
                 description="FERSNet as published: 256 filters, 96x96 gray, ConvFLU + FES stream (GPU training)")
 def fersnet(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 256, fc_dim: int = 512,
             mtl: bool = True, convflu: bool = True, skips: bool = False) -> FERSNet:
@@ -228,7 +228,7 @@ def fersnet(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, wi
                    mtl=mtl, convflu=convflu, skips=skips)
 
 
-@register_model("fersnet_light", paper=PAPER,
+@register_model("fersnet_light", paper=PAPER, small_cfg={"width": 8, "input_size": 64},
                 description="FERSNet for real-time CPU use: 96x96 gray input, 16 filters, FES skip connections")
 def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 16,
                   fc_dim: int = 128, mtl: bool = True, convflu: bool = True, skips: bool = True) -> FERSNet:

@@ -251,7 +251,7 @@ def resnet12_fer(num_classes: int = 7, in_channels: int = 1) -> ResNetFer:
     return ResNetFer(RESNET_BLOCKS[12], num_classes=num_classes, in_channels=in_channels)
 
 
-@register_model("deepid", paper=PAPER)
+@register_model("deepid", paper=PAPER, small_cfg={"num_classes": 20})
 def deepid(num_classes: int = 10575, in_channels: int = 1, input_size: int = 48, dropout: float = 0.4,
            feature_relu: bool = True) -> DeepId:
     """DeepID2 ConvNet identity net: 48x48 gray -> 160-d identity feature, softmax over identities."""
@@ -259,7 +259,7 @@ def deepid(num_classes: int = 10575, in_channels: int = 1, input_size: int = 48,
                   dropout=dropout, feature_relu=feature_relu)
 
 
-@register_model("tfe_jl", paper=PAPER)
+@register_model("tfe_jl", paper=PAPER, small_cfg={"emotion_depth": 12, "num_classes": 7})
 def tfe_jl(num_classes: int = 8, in_channels: int = 1, emotion_depth: int = 18, input_size: int = 48,
            dropout: float = 0.4, feature_relu: bool = True) -> TfeJl:
     """TFE-JL joint model: BN(DeepID 160-d) ++ BN(ResNet 64-d) -> 224-d TFE feature -> FC."""

@@ -182,6 +182,27 @@ def list_weights() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
+def weights_with(*features: str) -> list[str]:
+    """Shipped weights whose model has every one of ``features`` (``"identity"``, ``"gates"``, ``"synthesis"``).
+
+    Read from the model each card builds (:func:`~ferkit.models.registry.model_traits`, no weights
+    loaded), so the app's explainers and the bench find a new paper's weights without a list of names.
+    A card that cannot be read is skipped here; it is reported where it is loaded.
+    """
+    from ferkit.models.registry import model_traits
+
+    found = []
+    for name in list_weights():
+        try:
+            w = get_weights(name)
+            traits = model_traits(w.architecture, w.model_cfg)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if all(traits.has(f) for f in features):
+            found.append(name)
+    return found
+
+
 #: the card metric that ranks identity features for enrolment (LFW View 2, 10-fold accuracy)
 IDENTITY_RANK_METRIC = "lfw_view2_accuracy"
 

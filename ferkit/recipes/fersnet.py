@@ -75,7 +75,7 @@ from ferkit.recipes.base import option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.precision import memory_format
-from ferkit.training.recipe import Recipe, StepResult, TrainContext
+from ferkit.training.recipe import NetSpec, Recipe, StepResult, TrainContext
 from ferkit.training.schedule import exponential_decay
 
 EVAL_BATCH = 256
@@ -359,6 +359,7 @@ class FersnetCkplusRecipe(CkplusData, _FersnetRecipe):
     """CK+48, 7 classes, subject-independent folds; L_rec uses same-subject target faces."""
 
     name = "fersnet/ckplus"
+    network = NetSpec("fersnet_light", {"num_classes": 7}, 0, 64, synthesis=True)
     description = "FERSNet (eq. 10) on CK+48, 7 classes, subject-independent folds, with L_rec"
     default_alignment = "ckplus48"
 
@@ -368,6 +369,7 @@ class FersnetFerplusRecipe(FerplusData, _FersnetRecipe):
     """FER+ (majority vote, 8 classes): no subject ids, so L_rec is left out (but see --own-target-prob)."""
 
     name = "fersnet/ferplus"
+    network = NetSpec("fersnet_light", {"num_classes": 8}, 0, 64, synthesis=True)
     description = "FERSNet (eq. 10 without L_rec: no subject ids) on FER+ majority vote, 8 classes"
     default_alignment = "fer2013"
     supports_vote_targets = False

@@ -29,12 +29,13 @@ from ferkit.models.weights import load_weights
 from ferkit.recipes.base import EVAL_BATCH, ClassifierRecipe, option
 from ferkit.recipes.data import FerplusData
 from ferkit.recipes.registry import register_recipe
-from ferkit.training.recipe import TrainContext
+from ferkit.training.recipe import NetSpec, TrainContext
 
 
 @register_recipe
 class LiveDistillRecipe(FerplusData, ClassifierRecipe):
     name = "live/ferplus-distill"
+    network = NetSpec("resnet_live", {"num_classes": 8}, 48, 128, channels_last=True)
     description = "ferkit-live: small ResNet (resnet_live) distilled from a FER+ teacher's soft outputs"
     architecture = "resnet_live"
     default_epochs = 40

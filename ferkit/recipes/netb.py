@@ -40,7 +40,7 @@ from ferkit.recipes.base import ClassifierRecipe, option
 from ferkit.recipes.data import Fer2013Data, FerplusData
 from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
-from ferkit.training.recipe import TrainContext
+from ferkit.training.recipe import NetSpec, TrainContext
 
 LOSSES = ("softmax", "softmax-mse")
 DEFAULT_IDENTITY_SETS = "celeba_subset,orl_faces"
@@ -65,6 +65,7 @@ def _add_net_arguments(parser: argparse.ArgumentParser, size_default: Optional[i
 @register_recipe
 class LightCNNIdentity(IdentityTrainingMixin, ClassifierRecipe):
     name = "netb/lightcnn-identity"
+    network = NetSpec("lightcnn9", {"num_classes": 338}, 128, 128, channels_last=True)
     description = "Light CNN-9 (Net B) face-identity pretraining on identity folders (SGD 0.01, batch 128)"
     default_epochs = 30
     default_lr = 0.01
@@ -229,12 +230,14 @@ class _NetBTransfer(ClassifierRecipe):
 @register_recipe
 class NetBFer2013(Fer2013Data, _NetBTransfer):
     name = "netb/fer2013"
+    network = NetSpec("netb", {"num_classes": 7, "head": "dal"}, 128, 128, channels_last=True)
     description = "Net B / Net B_DAL / Net B_DAL_MSE transferred from the Light CNN face net to FER2013 (7 classes)"
 
 
 @register_recipe
 class NetBFerPlus(FerplusData, _NetBTransfer):
     name = "netb/ferplus"
+    network = NetSpec("netb", {"num_classes": 8, "head": "dal"}, 128, 128, channels_last=True)
     description = "Net B_DAL_MSE (and ablations) transferred from the Light CNN face net to FER+ (8 classes, --vote labels)"
     #: Softmax-MSE (eq. 3) is defined on a hard label, so FER+ is read with the --vote rule
     supports_vote_targets = False
