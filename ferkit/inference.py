@@ -1,8 +1,9 @@
 """Inference: weights + face pipeline -> per-face expression scores, one code path for everyone.
 
-``ferkit predict``, ``ferkit eval``, the app and the tests all go through :func:`to_model_input`
-(uint8 crops -> the float tensor the weights expect, using the weights' own
-:class:`~ferkit.models.weights.Preprocessing`) and :class:`Predictor`, so they cannot disagree on
+``ferkit predict``, ``ferkit eval``, the app and the tests all go through
+:func:`~ferkit.models.weights.to_model_input` (uint8 crops -> the float tensor the weights expect,
+using the weights' own :class:`~ferkit.models.weights.Preprocessing`; it lives beside them so the
+export and the models need not import this module) and :class:`Predictor`, so they cannot disagree on
 how a model is fed: the app's bars and ``ferkit predict --json`` show the same numbers.
 
 A :class:`Predictor` owns one :class:`~ferkit.face.pipeline.FacePipeline`, whose mediapipe graphs
@@ -23,22 +24,18 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ferkit.errors import UsageError, UserError
-from ferkit.evaluation.forward import check_tta
+from ferkit.data.images import ImageReadError
+from ferkit.errors import UsageError
+from ferkit.models.defaults import DEFAULT_WEIGHTS
 from ferkit.models.outputs import ModelOutput
-from ferkit.models.weights import Preprocessing, Weights, load_weights
+from ferkit.models.weights import Preprocessing, Weights, check_tta, crops_to_tensor, load_weights, to_model_input
 
-#: the weights ``ferkit predict`` and the app use when none are named
-DEFAULT_WEIGHTS = "tfe-jl"
-#: file endings treated as images when a folder is given
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
 #: inference engines: ``auto`` = ONNX Runtime when it can serve the request, else torch
 ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 #: what a request may need beyond class scores and identity features (torch-only: not in the ONNX export)
@@ -125,13 +122,6 @@ def choose_engine(requested: str, model: Any, device: torch.device,
     return "onnx", None
 
 
-class ImageReadError(UserError, ValueError):
-    """A file that is missing, not an image, or cannot be decoded (message names the file).
-
-    A :class:`~ferkit.errors.UserError` (the user picked the file); still a ``ValueError`` for older callers.
-    """
-
-
 def read_image(path: Union[str, Path]) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` from any common image file (EXIF orientation applied by OpenCV).
 
@@ -163,47 +153,6 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
         pass
     kind = "empty file" if data.size == 0 else "not an image, or an unsupported / corrupt image format"
     raise ImageReadError(f"{path}: {kind}")
-
-
-def expand_image_paths(paths: Sequence[Union[str, Path]]) -> list[Path]:
-    """Files as given; folders replaced by their image files (recursively, sorted)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ImageReadError(f"{p}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def to_model_input(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` face crops (any size, 1 or 3 channels) -> normalised float model input.
-
-    Gray <-> RGB uses ITU-R 601 luma (as OpenCV's RGB2GRAY) or channel replication; a size other
-    than ``prep.input_size`` is resized bilinearly with antialiasing (area-like when shrinking).
-    Crops that already match (the face pipeline makes them so) are only normalised.
-    """
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected uint8 [N, 1|3, H, W] images, got {tuple(images.shape)}")
-    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-    if prep.grayscale and x.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x * w).sum(1, keepdim=True)
-    elif not prep.grayscale and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    if tuple(x.shape[-2:]) != (prep.input_size, prep.input_size):
-        x = F.interpolate(x, size=(prep.input_size, prep.input_size), mode="bilinear", align_corners=False,
-                          antialias=True)
-    return prep.normalize(x)
-
-
-def crops_to_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
-    """``[H, W]`` / ``[H, W, C]`` uint8 crops of one size -> uint8 ``[N, C, H, W]``."""
-    arrs = [c[:, :, None] if c.ndim == 2 else c for c in crops]
-    return torch.from_numpy(np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2)))
 
 
 def merge_flip_outputs(out: ModelOutput, n: int) -> ModelOutput:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ferkit.bench.stats import summary
+from ferkit.data.images import IMAGE_EXTENSIONS
 from ferkit.errors import NotFoundError, UnknownNameError, UsageError
 from ferkit.utils.io import atomic_torch_save
 
@@ -44,7 +45,6 @@ from ferkit.utils.io import atomic_torch_save
 FLUSH_DENORMAL_STATE = {"on": False}
 STAGES = ("decode", "detect", "align", "infer", "verify", "synthesis", "draw")
 FACE_PATHS = ("tracked", "tracked-detector-eyes", "tracked-mesh", "mesh", "detector")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def _rss_mb() -> float:
@@ -120,7 +120,7 @@ class _Frames:
         self.source = source
         self.still: Optional[np.ndarray] = None
         self.cap = None
-        if source.suffix.lower() in IMAGE_SUFFIXES:
+        if source.suffix.lower() in IMAGE_EXTENSIONS:
             from ferkit.inference import read_image
 
             self.still = cv2.cvtColor(read_image(source), cv2.COLOR_RGB2BGR)
@@ -152,7 +152,8 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
         frames: int = 120, passes: int = 3, faces: str = "tracked", device: str = "cpu",
         warmup_frames: int = 10, threads: Optional[int] = 1, detect_every: int = 5) -> dict[str, Any]:
     """Time the live loop on ``video`` (a video file, or an image repeated as one); see the module docstring."""
-    from ferkit.inference import Predictor, crops_to_tensor
+    from ferkit.inference import Predictor
+    from ferkit.models.weights import crops_to_tensor, to_model_input
 
     rss_start = _rss_mb()
     source, trained = _weights_source(weights)
@@ -216,7 +217,7 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
                 times["verify"] = t4 - t3v
                 thumbs = None
                 if synth is not None and synth_crops:
-                    xs = synth_w.preprocessing.normalize(crops_to_tensor(synth_crops).to(dev))
+                    xs = to_model_input(crops_to_tensor(synth_crops).to(dev), synth_w.preprocessing)
                     faces_all = synth.synthesize_all(xs)  # [B, E, C, H, W]
                     thumbs = (synth_w.preprocessing.denormalize(faces_all) * 255).to(torch.uint8).cpu().numpy()
                 t5 = time.perf_counter()

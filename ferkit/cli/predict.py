@@ -84,7 +84,8 @@ def resolve_weights(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferkit.inference import ImageReadError, Predictor, expand_image_paths
+    from ferkit.data.images import ImageReadError, expand_image_paths
+    from ferkit.inference import Predictor
     from ferkit.video import is_video
 
     if args.threads < 1:

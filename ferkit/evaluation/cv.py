@@ -37,8 +37,7 @@ from ferkit.errors import UsageError
 from ferkit.evaluation.forward import class_probabilities
 from ferkit.evaluation.kfold import subject_kfold
 from ferkit.evaluation.metrics import confusion
-from ferkit.inference import to_model_input
-from ferkit.models.weights import Preprocessing, load_weights
+from ferkit.models.weights import Preprocessing, load_weights, to_model_input
 from ferkit.training.recipe import Recipe
 from ferkit.utils.io import atomic_write_text
 

@@ -14,17 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ferkit.errors import UsageError
+from ferkit.models.weights import check_tta
 
-TTA_MODES = ("none", "flip")
 DEFAULT_BATCH = 512
-
-
-def check_tta(tta: Optional[str]) -> str:
-    tta = "none" if tta in (None, "", "off") else str(tta)
-    if tta not in TTA_MODES:
-        raise UsageError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    return tta
 
 
 @torch.no_grad()

@@ -425,8 +425,8 @@ def identity_features(model: torch.nn.Module, images: torch.Tensor, preprocessin
     calibrated on single-view features and applied to averaged ones (which score higher) accepts
     more strangers than its stated false-accept rate.
     """
-    from ferkit.evaluation.forward import batched_forward, check_tta
-    from ferkit.inference import to_model_input
+    from ferkit.evaluation.forward import batched_forward
+    from ferkit.models.weights import check_tta, to_model_input
 
     if check_tta(tta) == "flip":
         return 0.5 * (identity_features(model, images, preprocessing, device, batch)

@@ -50,7 +50,7 @@ import torch.nn as nn
 
 from ferkit.errors import NotFoundError, UnavailableError, UsageError
 from ferkit.models.outputs import ModelOutput
-from ferkit.models.weights import Preprocessing, Weights, get_weights, load_weights
+from ferkit.models.weights import Preprocessing, Weights, crops_to_tensor, get_weights, load_weights, to_model_input
 from ferkit.utils.io import atomic_write_bytes
 
 PathLike = Union[str, Path]
@@ -471,7 +471,7 @@ class OnnxClassifier:
         if batch_uint8.dim() != 4 or batch_uint8.shape[1:] != (prep.channels, prep.input_size, prep.input_size):
             raise ValueError(f"expected uint8 [N, {prep.channels}, {prep.input_size}, {prep.input_size}] crops, "
                              f"got {tuple(batch_uint8.shape)}")
-        return self.model(prep.normalize(batch_uint8))
+        return self.model(to_model_input(batch_uint8, prep))
 
     def predict_scores(self, batch_uint8: torch.Tensor) -> list[dict[str, float]]:
         probs = self.predict_tensor(batch_uint8).probabilities
@@ -568,7 +568,7 @@ def cached_export(name_or_path: PathLike, opset: int = DEFAULT_OPSET) -> Path:
 # ---- int8 static quantisation ---------------------------------------------------------------------
 def calibration_files(folder: PathLike, n: int = CALIBRATION_SIZE, seed: int = 0) -> list[Path]:
     """``n`` image files of ``folder`` (recursively), a fixed random sample so a run can be repeated."""
-    from ferkit.inference import expand_image_paths
+    from ferkit.data.images import expand_image_paths
 
     files = expand_image_paths([folder])
     if n and len(files) > n:
@@ -579,9 +579,9 @@ def calibration_files(folder: PathLike, n: int = CALIBRATION_SIZE, seed: int = 0
 
 def calibration_inputs(files: Sequence[Path], prep: Preprocessing) -> np.ndarray:
     """Float32 model inputs ``[N, C, H, W]`` of face-crop images, fed exactly as ``ferkit eval`` feeds them."""
-    from ferkit.inference import crops_to_tensor, read_image, to_model_input
+    from ferkit.data.images import read_image
 
-    xs = [to_model_input(crops_to_tensor([read_image(f)]), prep) for f in files]
+    xs = [to_model_input(crops_to_tensor([read_image(f, grayscale=False)]), prep) for f in files]
     if not xs:
         raise UsageError("no calibration images")
     return torch.cat(xs).numpy().astype(np.float32)

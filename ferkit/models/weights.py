@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ferkit.errors import NotFoundError, UnavailableError, UnknownNameError, UsageError
 from ferkit.paths import weights_dir
@@ -48,10 +50,49 @@ class Preprocessing:
         return (x * self.std + self.mean).clamp(0.0, 1.0)
 
 
+def to_model_input(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` face crops (any size, 1 or 3 channels) -> normalised float model input.
+
+    Gray <-> RGB uses ITU-R 601 luma (as OpenCV's RGB2GRAY) or channel replication; a size other
+    than ``prep.input_size`` is resized bilinearly with antialiasing (area-like when shrinking).
+    Crops that already match (the face pipeline makes them so) are only normalised.
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected uint8 [N, 1|3, H, W] images, got {tuple(images.shape)}")
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    if prep.grayscale and x.shape[1] == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = (x * w).sum(1, keepdim=True)
+    elif not prep.grayscale and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != (prep.input_size, prep.input_size):
+        x = F.interpolate(x, size=(prep.input_size, prep.input_size), mode="bilinear", align_corners=False,
+                          antialias=True)
+    return prep.normalize(x)
+
+
+def crops_to_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
+    """``[H, W]`` / ``[H, W, C]`` uint8 crops of one size -> uint8 ``[N, C, H, W]``."""
+    arrs = [c[:, :, None] if c.ndim == 2 else c for c in crops]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2)))
+
+
 def measure_normalisation(images: torch.Tensor) -> tuple[float, float]:
     """Global mean and std of uint8 images in [0, 1] units (rounded: they are written into cards)."""
     x = images.float().div_(255.0)
     return round(float(x.mean()), 4), round(float(x.std()), 4)
+
+
+#: test-time augmentation modes: "flip" = mean of the softmax of the image and its mirror
+TTA_MODES = ("none", "flip")
+
+
+def check_tta(tta: Optional[str]) -> str:
+    """A TTA mode (None, "" and "off" mean "none"); a :class:`~ferkit.errors.UsageError` for any other."""
+    tta = "none" if tta in (None, "", "off") else str(tta)
+    if tta not in TTA_MODES:
+        raise UsageError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return tta
 
 
 @dataclass

@@ -25,10 +25,10 @@ from ferkit.data.augment import augment_batch, parse_augment
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.errors import UsageError
-from ferkit.evaluation.forward import check_tta, class_probabilities
-from ferkit.inference import to_model_input
+from ferkit.evaluation.forward import class_probabilities
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing, float_state, get_weights_of, measure_normalisation
+from ferkit.models.weights import (Preprocessing, check_tta, float_state, get_weights_of, measure_normalisation,
+                                   to_model_input)
 from ferkit.training.ema import WeightEMA
 from ferkit.training.precision import memory_format
 from ferkit.training.recipe import Recipe, StepResult, TrainContext

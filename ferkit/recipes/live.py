@@ -24,8 +24,7 @@ import torch.nn.functional as F
 
 from ferkit.errors import UsageError
 from ferkit.evaluation.forward import batched_forward
-from ferkit.inference import to_model_input
-from ferkit.models.weights import load_weights
+from ferkit.models.weights import load_weights, to_model_input
 from ferkit.recipes.base import EVAL_BATCH, ClassifierRecipe, option
 from ferkit.recipes.data import FerplusData
 from ferkit.recipes.registry import register_recipe
