@@ -226,7 +226,7 @@ def test_export_cache_is_keyed_by_content(tmp_path: Path, cache: Path, monkeypat
     def no_export(*args: object, **kwargs: object) -> None:
         raise AssertionError("exported again although the weights did not change")
 
-    monkeypatch.setattr(onnx_export, "export_weights", no_export)
+    monkeypatch.setattr(onnx_export, "export_onnx", no_export)
     assert onnx_export.cached_export(b) == first  # same content elsewhere: the same file, no export
     monkeypatch.undo()
     monkeypatch.setenv("FERKIT_CACHE", str(cache.parent))
