@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 
 from ferkit.data.images import ImageReadError
 from ferkit.errors import UsageError
+from ferkit.face.types import DetectedFace, FacePath
 from ferkit.models.defaults import DEFAULT_WEIGHTS
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing, Weights, check_tta, crops_to_tensor, load_weights, to_model_input
@@ -210,6 +212,21 @@ class ImageResult:
         return not self.faces
 
 
+@dataclass
+class ScoredFaces:
+    """A frame's faces scored by one :class:`Predictor` (:meth:`Predictor.score_faces`)."""
+
+    #: the faces after the face path's check (a re-detected face replaces its followed one)
+    faces: list[DetectedFace]
+    #: per preprocessing (the predictor's own, then the ``also`` ones), one model-input crop per face
+    crops: dict[Preprocessing, list[np.ndarray]]
+    #: class probabilities ``[F, K]`` (float64) and the identity feature ``[F, D]`` when the model has one
+    probs: np.ndarray
+    identity: Optional[np.ndarray]
+    #: indices of the faces that were detected again, aligned again and scored again
+    changed: list[int]
+
+
 class Predictor:
     """A model with its preprocessing and a face pipeline, ready for images or crops.
 
@@ -359,8 +376,45 @@ class Predictor:
         return self.predict_tensor(batch).probabilities.double().cpu().numpy()
 
     # ---- images ----------------------------------------------------------------------------------
+    def score_faces(self, rgb: np.ndarray, faces: Sequence[DetectedFace], pipe: FacePath,
+                    also: Iterable[Preprocessing] = (), timings: Optional[dict[str, float]] = None) -> ScoredFaces:
+        """Score a frame's detected ``faces``: align, forward, and let ``pipe`` detect again the followed
+        faces whose label is ambiguous (:meth:`FacePath.check`), which are aligned and scored again.
+
+        The one frame-scoring loop: :meth:`predict_image`, the app's frame analyzer and ``ferkit bench
+        --only pipeline`` all call it, so the bench times what the app runs. ``also``: further
+        preprocessings to crop every face for (other models, the explainers), re-cropped with the rest.
+        ``timings`` (seconds) gets ``align``, ``infer`` and ``verify`` (the re-detection and re-scoring).
+        """
+        preps = [self.preprocessing] + [p for p in dict.fromkeys(also) if p != self.preprocessing]
+        t0 = time.perf_counter()
+        faces = list(faces)
+        crops = {p: [np.asarray(pipe.align(rgb, f, p)) for f in faces] for p in preps}
+        t1 = time.perf_counter()
+        probs = np.zeros((0, len(self.classes)))
+        ident: Optional[np.ndarray] = None
+        changed: list[int] = []
+        if faces:
+            out = self.predict_tensor(crops_to_tensor(crops[self.preprocessing]))
+            probs = out.probabilities.double().cpu().numpy()
+            ident = out.identity.float().cpu().numpy() if out.identity is not None else None
+        t2 = time.perf_counter()
+        if faces:
+            faces, changed = pipe.check(rgb, faces, probs)
+        if changed:
+            for i in changed:
+                for p in preps:
+                    crops[p][i] = np.asarray(pipe.align(rgb, faces[i], p))
+            again = self.predict_tensor(crops_to_tensor([crops[self.preprocessing][i] for i in changed]))
+            probs[changed] = again.probabilities.double().cpu().numpy()
+            if ident is not None and again.identity is not None:
+                ident[changed] = again.identity.float().cpu().numpy()
+        if timings is not None:
+            timings.update(align=t1 - t0, infer=t2 - t1, verify=time.perf_counter() - t2)
+        return ScoredFaces(faces, crops, probs, ident, changed)
+
     def predict_image(self, image: np.ndarray, whole_image: bool = False,
-                      fallback_whole_image: bool = False, pipeline: Any = None) -> ImageResult:
+                      fallback_whole_image: bool = False, pipeline: Optional[FacePath] = None) -> ImageResult:
         """Every face in ``image`` (RGB uint8 ``[H, W, 3]``, or gray ``[H, W]``) in one forward pass.
 
         ``whole_image=True`` scores the whole picture as one face (for pictures that already are
@@ -374,40 +428,26 @@ class Predictor:
 
         rgb = as_rgb(image)
         h, w = rgb.shape[:2]
-        prep = self.preprocessing
-        pipe = self.pipeline if pipeline is None and not whole_image else pipeline
-        aligned = []
         if not whole_image:
-            for face in pipe.detect(rgb)[: self.max_faces]:
-                aligned.append((face, pipe.align(rgb, face, prep), True))
-        if whole_image or (fallback_whole_image and not aligned):
-            wf = whole_image_face(rgb, prep.input_size, prep.grayscale)
-            aligned = [(wf.face, wf.crop, False)]
-        if not aligned:
-            return ImageResult(faces=[], image_size=(w, h), whole_image=whole_image)
-        out = self.predict_tensor(crops_to_tensor([c for _, c, _ in aligned]))
-        probs = out.probabilities.double().cpu().numpy()
+            pipe = self.pipeline if pipeline is None else pipeline
+            scored = self.score_faces(rgb, pipe.detect(rgb)[: self.max_faces], pipe)
+            if scored.faces or not fallback_whole_image:
+                return ImageResult(self._face_results(scored.faces, scored.crops[self.preprocessing], scored.probs,
+                                                      scored.identity, detected=True), image_size=(w, h))
+        wf = whole_image_face(rgb, self.preprocessing.input_size, self.preprocessing.grayscale)
+        out = self.predict_tensor(crops_to_tensor([wf.crop]))
         ident = out.identity.float().cpu().numpy() if out.identity is not None else None
-        check = getattr(pipe, "check", None) if not whole_image and aligned[0][2] else None
-        if check is not None:  # a followed face with an ambiguous label: detected again, scored again
-            faces, changed = check(rgb, [f for f, _, _ in aligned], probs)
-            if changed:
-                for i in changed:
-                    aligned[i] = (faces[i], pipe.align(rgb, faces[i], prep), True)
-                again = self.predict_tensor(crops_to_tensor([aligned[i][1] for i in changed]))
-                probs[changed] = again.probabilities.double().cpu().numpy()
-                if ident is not None and again.identity is not None:
-                    ident[changed] = again.identity.float().cpu().numpy()
-        faces = []
-        for i, (face, crop, detected) in enumerate(aligned):
-            p = probs[i]
-            faces.append(FaceResult(
-                box=tuple(int(v) for v in face.box),  # type: ignore[arg-type]
-                scores={c: float(p[j]) for j, c in enumerate(self.classes)},
-                label=self.classes[int(p.argmax())], detection_score=float(face.score), crop=crop,
-                identity=None if ident is None else ident[i], left_eye=face.left_eye, right_eye=face.right_eye,
-                detected=detected))
-        return ImageResult(faces=faces, image_size=(w, h), whole_image=whole_image)
+        return ImageResult(self._face_results([wf.face], [wf.crop], out.probabilities.double().cpu().numpy(), ident,
+                                              detected=False), image_size=(w, h), whole_image=whole_image)
+
+    def _face_results(self, faces: Sequence[DetectedFace], crops: Sequence[np.ndarray], probs: np.ndarray,
+                      ident: Optional[np.ndarray], detected: bool) -> list[FaceResult]:
+        return [FaceResult(box=tuple(int(v) for v in face.box),  # type: ignore[arg-type]
+                           scores={c: float(p[j]) for j, c in enumerate(self.classes)},
+                           label=self.classes[int(p.argmax())], detection_score=float(face.score), crop=crop,
+                           identity=None if ident is None else ident[i], left_eye=face.left_eye,
+                           right_eye=face.right_eye, detected=detected)
+                for i, (face, crop, p) in enumerate(zip(faces, crops, probs))]
 
     def predict_file(self, path: Union[str, Path], whole_image: bool = False,
                      fallback_whole_image: bool = False) -> ImageResult:

@@ -203,41 +203,41 @@ class FrameAnalyzer:
             tid = tracks[i].id if tracks else i + 1
             colour = tracks[i].colour if tracks else track_colour(i + 1)
             faces.append(TrackedFace(i, tid, colour, tuple(int(v) for v in det.box), float(det.score), detection=det))
-        # align once per distinct preprocessing
+        # crops once per distinct preprocessing
         pps = {h.preprocessing for h in self.handles()} | set(self.extra_preprocessing)
         if self.identity_handle is not None:
             pps.add(self.identity_handle.preprocessing)
-        for face in faces:
-            for pp in pps:
-                if face.whole_image:
-                    face.crops[pp] = whole_image_crop(rgb, pp)
-                else:
-                    face.crops[pp] = np.asarray(pipe.align(rgb, face.detection, pp))
-        t2 = time.perf_counter()
-        timings["align"] = (t2 - t1) * 1e3
         primary_identity = None
-        first: Optional[ModelOutput] = None
-        check = getattr(pipe, "check", None) if track and not whole else None
-        if faces and check is not None and self.primary is not None:
-            # followed faces whose primary label is ambiguous are detected again on this frame, as on
-            # a detection frame (TrackedFacePipeline.check), and their crops made again
-            first = predict(self.primary, [f.crops[self.primary.preprocessing] for f in faces])
-            found, changed = check(rgb, [f.detection for f in faces], first.probabilities.double().cpu().numpy())
-            for i in changed:
-                faces[i].detection = found[i]
-                faces[i].box = tuple(int(v) for v in found[i].box)
-                faces[i].det_score = float(found[i].score)
+        scored = None
+        step: dict[str, float] = {}
+        if faces and not whole and self.primary is not None:
+            # the library's frame-scoring call (the one ferkit bench times): align for every model,
+            # score with the primary, detect again the followed faces whose label is ambiguous
+            scored = self.primary.predictor.score_faces(rgb, [f.detection for f in faces], pipe, also=pps,
+                                                        timings=step)
+            for i in scored.changed:
+                found = scored.faces[i]
+                faces[i].detection, faces[i].det_score = found, float(found.score)
+                faces[i].box = tuple(int(v) for v in found.box)
+            for k, face in enumerate(faces):
+                face.crops = {pp: scored.crops[pp][k] for pp in pps}
+            primary_identity = scored.identity
+        else:
+            for face in faces:
                 for pp in pps:
-                    faces[i].crops[pp] = np.asarray(pipe.align(rgb, found[i], pp))
-            if changed:
-                first = None
+                    face.crops[pp] = whole_image_crop(rgb, pp) if face.whole_image else \
+                        np.asarray(pipe.align(rgb, face.detection, pp))
+        t2 = time.perf_counter()
+        timings["align"] = step["align"] * 1e3 if scored is not None else (t2 - t1) * 1e3
         if faces:
             for handle in self.handles():
-                out = first if handle is self.primary and first is not None else \
-                    predict(handle, [f.crops[handle.preprocessing] for f in faces])
-                probs = out.probabilities.double().cpu().numpy()
-                if handle is self.primary and out.identity is not None:
-                    primary_identity = out.identity.float().cpu().numpy()
+                if handle is self.primary and scored is not None:
+                    probs = scored.probs
+                else:
+                    out = predict(handle, [f.crops[handle.preprocessing] for f in faces])
+                    probs = out.probabilities.double().cpu().numpy()
+                    if handle is self.primary and out.identity is not None:
+                        primary_identity = out.identity.float().cpu().numpy()
                 for k, face in enumerate(faces):
                     raw = probs[k]
                     smoothed = raw
@@ -245,7 +245,7 @@ class FrameAnalyzer:
                         smoothed = tracks[k].smooth(handle.key, raw, self.tracker.smoother)
                     face.scores[handle.name] = ModelScores(handle.name, handle.classes, raw, smoothed)
         t3 = time.perf_counter()
-        timings["infer"] = (t3 - t2) * 1e3
+        timings["infer"] = (t3 - t1) * 1e3 - timings["align"]
         if tracks:
             self._live_frames += 1
         self._identify([f for f in faces if not f.whole_image], primary_identity, reuse=bool(tracks))

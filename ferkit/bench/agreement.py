@@ -99,6 +99,9 @@ class _JitteredEyes:
     def align(self, image: Any, face: Any, preprocessing: Any) -> Any:
         return self.pipeline.align(image, face, preprocessing)
 
+    def check(self, image: Any, faces: list[Any], probabilities: Any) -> tuple[list[Any], list[int]]:
+        return self.pipeline.check(image, faces, probabilities)
+
     def close(self) -> None:
         self.pipeline.close()
 

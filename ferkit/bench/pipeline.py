@@ -158,11 +158,11 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
     rss_start = _rss_mb()
     source, trained = _weights_source(weights)
     predictor = Predictor(source, device=device, engine=engine, threads=threads)
-    prep = predictor.preprocessing
     synth = synth_w = synth_label = None
     if synthesis:
         synth, synth_w, synth_label = _synthesiser(synthesis, device)
     pipeline = _face_path(faces, detect_every)
+    synth_preps = [synth_w.preprocessing] if synth is not None else []
     want_landmarks = faces == "tracked-mesh"
     dev = torch.device(device)
     rss_loaded = None
@@ -192,29 +192,12 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
                 found = found[: predictor.max_faces]
                 t2 = time.perf_counter()
                 times["detect"] = t2 - t1
-                crops = [pipeline.align(rgb, f, prep) for f in found]
-                synth_crops = [pipeline.align(rgb, f, synth_w.preprocessing) for f in found] if synth is not None else []
-                t3 = time.perf_counter()
-                times["align"] = t3 - t2
-                labels: list[str] = []
-                probs = None
-                if crops:
-                    probs = predictor.predict_tensor(crops_to_tensor(crops)).probabilities.cpu().numpy()
-                t3v = time.perf_counter()
-                times["infer"] = t3v - t3
-                check = getattr(pipeline, "check", None)
-                if check is not None and probs is not None:  # ambiguous followed faces: detected again
-                    found, changed = check(rgb, found, probs)
-                    if changed:
-                        again = [pipeline.align(rgb, found[i], prep) for i in changed]
-                        probs[changed] = predictor.predict_tensor(crops_to_tensor(again)).probabilities.cpu().numpy()
-                        for i in changed:
-                            if synth is not None:
-                                synth_crops[i] = pipeline.align(rgb, found[i], synth_w.preprocessing)
-                if probs is not None:
-                    labels = [predictor.classes[int(i)] for i in probs.argmax(1)]
+                # the app's call: align (for the explainer too), score, re-detect ambiguous followed faces
+                scored = predictor.score_faces(rgb, found, pipeline, also=synth_preps, timings=times)
+                found = scored.faces
+                synth_crops = scored.crops[synth_w.preprocessing] if synth is not None else []
+                labels = [predictor.classes[int(i)] for i in scored.probs.argmax(1)] if found else []
                 t4 = time.perf_counter()
-                times["verify"] = t4 - t3v
                 thumbs = None
                 if synth is not None and synth_crops:
                     xs = to_model_input(crops_to_tensor(synth_crops).to(dev), synth_w.preprocessing)

@@ -274,6 +274,12 @@ class FacePipeline:
         return align_face(as_rgb(image), face, preprocessing.input_size, preprocessing.grayscale,
                           preprocessing.alignment).crop
 
+    def check(self, image: np.ndarray, faces: list[DetectedFace],
+              probabilities: Any) -> tuple[list[DetectedFace], list[int]]:
+        """Nothing to detect again: this pipeline already detected every face on this frame
+        (:meth:`TrackedFacePipeline.check` is the one that re-detects followed faces)."""
+        return list(faces), []
+
     def process(self, image: np.ndarray, preprocessing, whole_image: bool = False) -> list[AlignedFace]:
         """Detect and crop every face; ``whole_image=True`` scores the image centre as one face
         instead (for pictures that already are face crops). No face -> empty list."""
