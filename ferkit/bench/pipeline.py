@@ -2,11 +2,12 @@
 
 This is the loop the live app runs per frame, without Qt (the library never imports it): OpenCV
 decodes the video at its native resolution (or a still image is "decoded" again every frame, for
-the 5-face ``multi_face.jpg`` looped as a video), the face path finds the faces, every face is
-aligned with the model's preprocessing, all faces go through :class:`~ferkit.inference.Predictor`
-in one batch (its engine, thread setting and the card's TTA: what the app and ``ferkit predict``
-run), optionally FERSNet re-synthesises every face in every expression, and the result is drawn
-onto the frame with OpenCV.
+the 5-face ``multi_face.jpg`` looped as a video), the face path finds the faces, and
+:meth:`~ferkit.inference.Predictor.score_faces` -- the very call the app's frame analyzer and
+``ferkit predict`` make -- aligns every face, scores all of them in one batch (the predictor's
+engine, thread setting and the card's TTA) and re-detects followed faces with an ambiguous label;
+optionally FERSNet re-synthesises every face in every expression, and the result is drawn onto
+the frame with OpenCV.
 
 Face paths (``faces``): ``tracked`` (:class:`~ferkit.face.pipeline.TrackedFacePipeline`:
 detector and face mesh every ``detect_every`` frames, optical flow between, and followed faces
