@@ -148,13 +148,50 @@ class _Frames:
             self.cap.release()
 
 
+def _frame(rgb: np.ndarray, pipeline: Any, predictor: Any, want_landmarks: bool, synth: Any, synth_w: Any,
+           dev: torch.device, times: dict[str, float]) -> int:
+    """One frame after decoding: detect, the app's scoring call, [synthesis,] draw; ``times`` gets each
+    stage (seconds). Returns the number of faces."""
+    from ferkit.models.weights import crops_to_tensor, to_model_input
+
+    t1 = time.perf_counter()
+    found = pipeline.detect(rgb, landmarks=True) if want_landmarks else pipeline.detect(rgb)
+    found = found[: predictor.max_faces]
+    t2 = time.perf_counter()
+    times["detect"] = t2 - t1
+    # the app's call: align (for the explainer too), score, re-detect ambiguous followed faces
+    scored = predictor.score_faces(rgb, found, pipeline, also=[synth_w.preprocessing] if synth is not None else [],
+                                   timings=times)
+    found = scored.faces
+    labels = [predictor.classes[int(i)] for i in scored.probs.argmax(1)] if found else []
+    t4 = time.perf_counter()
+    thumbs = None
+    if synth is not None and found:
+        xs = to_model_input(crops_to_tensor(scored.crops[synth_w.preprocessing]).to(dev), synth_w.preprocessing)
+        faces_all = synth.synthesize_all(xs)  # [B, E, C, H, W]
+        thumbs = (synth_w.preprocessing.denormalize(faces_all) * 255).to(torch.uint8).cpu().numpy()
+    t5 = time.perf_counter()
+    times["synthesis"] = t5 - t4
+    for f, lab in zip(found, labels):
+        x0, y0, bw, bh = f.box
+        cv2.rectangle(rgb, (x0, y0), (x0 + bw, y0 + bh), (0, 200, 255), 2)
+        cv2.putText(rgb, lab, (x0, max(12, y0 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 255), 1)
+    if thumbs is not None:  # a strip of every expression of the first face, top-left
+        strip = np.concatenate([t[0] for t in thumbs[0]], axis=1)
+        strip = cv2.cvtColor(strip, cv2.COLOR_GRAY2RGB) if strip.ndim == 2 else strip
+        h = min(strip.shape[0], rgb.shape[0])
+        wdt = min(strip.shape[1], rgb.shape[1])
+        rgb[:h, :wdt] = strip[:h, :wdt]
+    times["draw"] = time.perf_counter() - t5
+    return len(found)
+
+
 @torch.inference_mode()  # scoped, never a global switch: callers (and tests) may train afterwards
 def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: Optional[str] = None,
         frames: int = 120, passes: int = 3, faces: str = "tracked", device: str = "cpu",
         warmup_frames: int = 10, threads: Optional[int] = 1, detect_every: int = 5) -> dict[str, Any]:
     """Time the live loop on ``video`` (a video file, or an image repeated as one); see the module docstring."""
     from ferkit.inference import Predictor
-    from ferkit.models.weights import crops_to_tensor, to_model_input
 
     rss_start = _rss_mb()
     source, trained = _weights_source(weights)
@@ -163,7 +200,6 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
     if synthesis:
         synth, synth_w, synth_label = _synthesiser(synthesis, device)
     pipeline = _face_path(faces, detect_every)
-    synth_preps = [synth_w.preprocessing] if synth is not None else []
     want_landmarks = faces == "tracked-mesh"
     dev = torch.device(device)
     rss_loaded = None
@@ -189,35 +225,8 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
                 size = (rgb.shape[1], rgb.shape[0])
                 t1 = time.perf_counter()
                 times["decode"] = t1 - t
-                found = pipeline.detect(rgb, landmarks=True) if want_landmarks else pipeline.detect(rgb)
-                found = found[: predictor.max_faces]
-                t2 = time.perf_counter()
-                times["detect"] = t2 - t1
-                # the app's call: align (for the explainer too), score, re-detect ambiguous followed faces
-                scored = predictor.score_faces(rgb, found, pipeline, also=synth_preps, timings=times)
-                found = scored.faces
-                synth_crops = scored.crops[synth_w.preprocessing] if synth is not None else []
-                labels = [predictor.classes[int(i)] for i in scored.probs.argmax(1)] if found else []
-                t4 = time.perf_counter()
-                thumbs = None
-                if synth is not None and synth_crops:
-                    xs = to_model_input(crops_to_tensor(synth_crops).to(dev), synth_w.preprocessing)
-                    faces_all = synth.synthesize_all(xs)  # [B, E, C, H, W]
-                    thumbs = (synth_w.preprocessing.denormalize(faces_all) * 255).to(torch.uint8).cpu().numpy()
-                t5 = time.perf_counter()
-                times["synthesis"] = t5 - t4
-                for f, lab in zip(found, labels):
-                    x0, y0, bw, bh = f.box
-                    cv2.rectangle(rgb, (x0, y0), (x0 + bw, y0 + bh), (0, 200, 255), 2)
-                    cv2.putText(rgb, lab, (x0, max(12, y0 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 255), 1)
-                if thumbs is not None:  # a strip of every expression of the first face, top-left
-                    strip = np.concatenate([t[0] for t in thumbs[0]], axis=1)
-                    strip = cv2.cvtColor(strip, cv2.COLOR_GRAY2RGB) if strip.ndim == 2 else strip
-                    h = min(strip.shape[0], rgb.shape[0])
-                    wdt = min(strip.shape[1], rgb.shape[1])
-                    rgb[:h, :wdt] = strip[:h, :wdt]
+                n_faces = _frame(rgb, pipeline, predictor, want_landmarks, synth, synth_w, dev, times)
                 t6 = time.perf_counter()
-                times["draw"] = t6 - t5
                 n_done += 1
                 if n_done == warmup_frames:
                     t_pass = time.perf_counter()
@@ -227,7 +236,7 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
                     for k, v in times.items():
                         per_stage[k].append(v * 1e3)
                     frame_ms.append((t6 - t) * 1e3)
-                    faces_seen.append(len(found))
+                    faces_seen.append(n_faces)
             fps.append(frames / (time.perf_counter() - t_pass))
     finally:
         frames_in.close()
