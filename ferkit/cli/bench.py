@@ -241,6 +241,27 @@ def _fmt(s: Any, key: str = "median") -> str:
     return f"{s[key]:g} ({lo:g}-{hi:g})" if lo is not None else f"{s[key]:g}"
 
 
+def _per_face_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-face latency table of the models section (nothing when no row measured it)."""
+    if not rows:
+        return []
+    out = ["| per face (1 crop, 1 thread, preprocessing incl.) | torch ms | ONNX ms | ONNX int8 ms | "
+           "card TTA | torch ms (TTA) | ONNX ms (TTA) | int8 ms (TTA) |",
+           "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        pf = r["per_face_ms"]
+
+        def cell(engine: str, key: str = "ms", pf: dict[str, Any] = pf) -> str:
+            row = pf.get(engine, {"error": "not measured"})
+            return "-" if "error" in row else _fmt(row.get(key))
+
+        tta = next((v.get("tta_card") for v in pf.values() if "tta_card" in v), "-")
+        out.append(f"| {r['model']} | {cell('torch')} | {cell('onnx')} | {cell('onnx-int8')} | {tta} | "
+                   f"{cell('torch', 'ms_card_tta')} | {cell('onnx', 'ms_card_tta')} | "
+                   f"{cell('onnx-int8', 'ms_card_tta')} |")
+    return out + [""]
+
+
 def format_tables(report: dict[str, Any]) -> str:
     """Markdown tables of the report (what the README shows): median (min-max)."""
     env = report["environment"]
@@ -249,23 +270,7 @@ def format_tables(report: dict[str, Any]) -> str:
            f"{report.get('environment_after', {}).get('load_average_1_5_15')}; torch {env['versions']['torch']}, "
            f"onnxruntime {env['versions']['onnxruntime']}; wall {report.get('wall_time_s')} s", ""]
     if report.get("models"):
-        faces = [r for r in report["models"] if r.get("per_face_ms")]
-        if faces:
-            out += ["| per face (1 crop, 1 thread, preprocessing incl.) | torch ms | ONNX ms | ONNX int8 ms | "
-                    "card TTA | torch ms (TTA) | ONNX ms (TTA) | int8 ms (TTA) |",
-                    "|---|---:|---:|---:|---|---:|---:|---:|"]
-            for r in faces:
-                pf = r["per_face_ms"]
-
-                def cell(engine: str, key: str = "ms", pf: dict[str, Any] = pf) -> str:
-                    row = pf.get(engine, {"error": "not measured"})
-                    return "-" if "error" in row else _fmt(row.get(key))
-
-                tta = next((v.get("tta_card") for v in pf.values() if "tta_card" in v), "-")
-                out.append(f"| {r['model']} | {cell('torch')} | {cell('onnx')} | {cell('onnx-int8')} | {tta} | "
-                           f"{cell('torch', 'ms_card_tta')} | {cell('onnx', 'ms_card_tta')} | "
-                           f"{cell('onnx-int8', 'ms_card_tta')} |")
-            out.append("")
+        out += _per_face_table([r for r in report["models"] if r.get("per_face_ms")])
         out += ["| model | device | torch b1 ms | torch b1 p95 | ORT b1 ms | ORT b1 p95 | torch img/s | ORT img/s |",
                 "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in report["models"]:
