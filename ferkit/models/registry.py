@@ -133,8 +133,12 @@ def model_traits(name: str, cfg: Optional[Mapping[str, Any]] = None) -> ModelTra
 
 @functools.lru_cache(maxsize=256)
 def _traits(name: str, cfg_json: str) -> ModelTraits:
-    with torch.device("meta"):
-        model = create_model(name, **json.loads(cfg_json))
+    cfg = json.loads(cfg_json)
+    try:
+        with torch.device("meta"):
+            model = create_model(name, **cfg)
+    except (RuntimeError, NotImplementedError):  # a constructor that computes with tensor values needs real ones
+        model = create_model(name, **cfg)
     size = getattr(model, "input_size", None)
     return ModelTraits(input_size=int(size) if size else None,
                        in_channels=int(getattr(model, "in_channels", None) or 1),

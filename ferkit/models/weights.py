@@ -55,7 +55,9 @@ def to_model_input(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
     Gray <-> RGB uses ITU-R 601 luma (as OpenCV's RGB2GRAY) or channel replication; a size other
     than ``prep.input_size`` is resized bilinearly with antialiasing (area-like when shrinking).
-    Crops that already match (the face pipeline makes them so) are only normalised.
+    Crops that already match (the face pipeline makes them so) are only normalised. It lives beside
+    :class:`Preprocessing`, not in :mod:`ferkit.inference`, so the export, the recipes and the evaluation
+    feed a model exactly as inference does without importing the layer above them.
     """
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected uint8 [N, 1|3, H, W] images, got {tuple(images.shape)}")
