@@ -24,7 +24,7 @@ folder into features and calls :func:`evaluate_pairs`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -600,6 +600,80 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
     return ds, desc
 
 
+@dataclass
+class _Pairs:
+    """The images of a verification run and its pairs (indices into ``images``), with how they were made."""
+
+    images: torch.Tensor
+    first: np.ndarray
+    second: np.ndarray
+    same: np.ndarray
+    folds: np.ndarray
+    desc: str
+    protocol: str
+    n_images: int
+    n_ids: Optional[int]
+    across_expressions: bool
+
+
+def _pairs_from_file(pairs_file: Any, data: Any, prep: Any, align: bool, across_expressions: Optional[bool]) -> _Pairs:
+    """The pairs of an LFW-style ``pairs.txt`` and their images (whole, or detected and aligned)."""
+    from ferkit.data.images import read_images
+    from ferkit.data.lfw import find_images_root, read_pairs
+
+    if across_expressions:
+        raise UsageError("--across-expressions draws Yale A pairs; it does not apply to a --pairs file")
+    pairs = read_pairs(pairs_file, images_root=find_images_root(data))
+    paths = sorted({p for pair in pairs for p in (pair.first, pair.second)})
+    where = {p: i for i, p in enumerate(paths)}
+    if align:
+        images, missed = aligned_face_images(paths, prep)
+        framing = f"faces detected and aligned ({prep.alignment} crop style, {missed} of {len(paths)} without a face)"
+    else:
+        images = read_images(paths, grayscale=prep.grayscale, size=prep.input_size)
+        framing = "whole images resized"
+    folds = np.array([p.fold for p in pairs])
+    desc = (f"LFW pairs {pairs_file} ({len(set(folds.tolist()))} folds), images {find_images_root(data)}, "
+            f"{framing}")
+    protocol = ("pairs file: threshold chosen on the other folds, accuracy on each fold"
+                if len(set(folds.tolist())) > 1 else
+                "pairs file with one fold: accuracy at the best threshold on the same pairs (optimistic)")
+    return _Pairs(images, np.array([where[p.first] for p in pairs]), np.array([where[p.second] for p in pairs]),
+                  np.array([p.same for p in pairs]), folds, desc, protocol, len(paths), None, bool(across_expressions))
+
+
+def _drawn_pairs(data: Any, prep: Any, names: Any, heldout_subset: bool, align: bool,
+                 across_expressions: Optional[bool], n_pairs: int, seed: int, n_folds: int) -> _Pairs:
+    """Balanced pairs drawn from an identity folder (on Yale A by default across expression conditions)."""
+    ds, desc = load_verification_images(data, prep, names, align=align, heldout_subset=heldout_subset)
+    yale = _is_yale(data)
+    if across_expressions is None:
+        across_expressions = yale
+    conditions_note = None
+    if across_expressions:
+        from ferkit.data.yale import yale_conditions
+
+        if not yale:
+            raise UsageError("--across-expressions needs a Yale A folder (subjectNN.<condition> files): only "
+                             "there are the conditions known")
+        conds = yale_conditions(ds.paths)
+        keep = torch.tensor([c in YALE_EXPRESSIONS for c in conds])
+        ds = ds.subset(keep)
+        conds = [c for c in conds if c in YALE_EXPRESSIONS]
+        first, second, same, folds = draw_cross_condition_pairs(ds.subjects, conds, n_pairs, seed=seed,
+                                                                n_folds=n_folds)
+        conditions_note = ("across expressions: the two images of every pair show different conditions of "
+                           f"{', '.join(YALE_EXPRESSIONS)}")
+    else:
+        first, second, same, folds = draw_balanced_pairs(ds.subjects, n_pairs, seed=seed, n_folds=n_folds)
+    protocol = (f"balanced pairs drawn with seed {seed} ({n_folds} folds): threshold chosen on the other "
+                "folds, accuracy on each fold")
+    if conditions_note:
+        protocol += f"; {conditions_note}"
+    return _Pairs(ds.images, first, second, same, folds, desc, protocol, len(ds),
+                  int(torch.unique(ds.subjects).numel()), bool(across_expressions))
+
+
 def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: int = 0,
                      identities: Optional[str] = None, device: str = "auto", n_folds: int = 10,
                      align: bool = False, across_expressions: Optional[bool] = None,
@@ -617,60 +691,14 @@ def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: 
     # fail before reading any data when the model has no identity feature at all
     probe = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, dtype=torch.uint8)
     identity_features(loaded.model, probe, prep, loaded.device)
-    conditions_note = None
     if pairs_file is not None:
-        from ferkit.data.images import read_images
-        from ferkit.data.lfw import find_images_root, read_pairs
-
-        if across_expressions:
-            raise UsageError("--across-expressions draws Yale A pairs; it does not apply to a --pairs file")
-        pairs = read_pairs(pairs_file, images_root=find_images_root(data))
-        paths = sorted({p for pair in pairs for p in (pair.first, pair.second)})
-        where = {p: i for i, p in enumerate(paths)}
-        if align:
-            images, missed = aligned_face_images(paths, prep)
-            framing = f"faces detected and aligned ({prep.alignment} crop style, {missed} of {len(paths)} without a face)"
-        else:
-            images = read_images(paths, grayscale=prep.grayscale, size=prep.input_size)
-            framing = "whole images resized"
-        first = np.array([where[p.first] for p in pairs])
-        second = np.array([where[p.second] for p in pairs])
-        same = np.array([p.same for p in pairs])
-        folds = np.array([p.fold for p in pairs])
-        desc = (f"LFW pairs {pairs_file} ({len(set(folds.tolist()))} folds), images {find_images_root(data)}, "
-                f"{framing}")
-        protocol = ("pairs file: threshold chosen on the other folds, accuracy on each fold"
-                    if len(set(folds.tolist())) > 1 else
-                    "pairs file with one fold: accuracy at the best threshold on the same pairs (optimistic)")
-        n_images, n_ids = len(paths), None
+        pairs = _pairs_from_file(pairs_file, data, prep, align, across_expressions)
     else:
-        names = parse_identities(identities, loaded.weights.heldout_identities)
-        ds, desc = load_verification_images(data, prep, names, align=align, heldout_subset=identities == "heldout")
-        yale = _is_yale(data)
-        if across_expressions is None:
-            across_expressions = yale
-        if across_expressions:
-            from ferkit.data.yale import yale_conditions
-
-            if not yale:
-                raise UsageError("--across-expressions needs a Yale A folder (subjectNN.<condition> files): only "
-                                 "there are the conditions known")
-            conds = yale_conditions(ds.paths)
-            keep = torch.tensor([c in YALE_EXPRESSIONS for c in conds])
-            ds = ds.subset(keep)
-            conds = [c for c in conds if c in YALE_EXPRESSIONS]
-            first, second, same, folds = draw_cross_condition_pairs(ds.subjects, conds, n_pairs, seed=seed,
-                                                                    n_folds=n_folds)
-            conditions_note = ("across expressions: the two images of every pair show different conditions of "
-                               f"{', '.join(YALE_EXPRESSIONS)}")
-        else:
-            first, second, same, folds = draw_balanced_pairs(ds.subjects, n_pairs, seed=seed, n_folds=n_folds)
-        protocol = (f"balanced pairs drawn with seed {seed} ({n_folds} folds): threshold chosen on the other "
-                    "folds, accuracy on each fold")
-        if conditions_note:
-            protocol += f"; {conditions_note}"
-        images = ds.images
-        n_images, n_ids = len(ds), int(torch.unique(ds.subjects).numel())
+        pairs = _drawn_pairs(data, prep, parse_identities(identities, loaded.weights.heldout_identities),
+                             identities == "heldout", align, across_expressions, n_pairs, seed, n_folds)
+    images, first, second, same, folds = pairs.images, pairs.first, pairs.second, pairs.same, pairs.folds
+    desc, protocol, n_images, n_ids = pairs.desc, pairs.protocol, pairs.n_images, pairs.n_ids
+    across_expressions = pairs.across_expressions
     tta = loaded.weights.tta
     feats = identity_features(loaded.model, images, prep, loaded.device, tta=tta)
     scores = pair_scores(feats, first, second)
