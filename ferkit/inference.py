@@ -1,8 +1,9 @@
 """Inference: weights + face pipeline -> per-face expression scores, one code path for everyone.
 
-``ferkit predict``, ``ferkit eval``, the app and the tests all go through :func:`to_model_input`
-(uint8 crops -> the float tensor the weights expect, using the weights' own
-:class:`~ferkit.models.weights.Preprocessing`) and :class:`Predictor`, so they cannot disagree on
+``ferkit predict``, ``ferkit eval``, the app and the tests all go through
+:func:`~ferkit.models.weights.to_model_input` (uint8 crops -> the float tensor the weights expect,
+using the weights' own :class:`~ferkit.models.weights.Preprocessing`; it lives beside them so the
+export and the models need not import this module) and :class:`Predictor`, so they cannot disagree on
 how a model is fed: the app's bars and ``ferkit predict --json`` show the same numbers.
 
 A :class:`Predictor` owns one :class:`~ferkit.face.pipeline.FacePipeline`, whose mediapipe graphs
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,16 +30,14 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ferkit.evaluation.forward import check_tta
+from ferkit.data.images import ImageReadError
+from ferkit.errors import UsageError
+from ferkit.face.types import DetectedFace, FacePath
+from ferkit.models.defaults import DEFAULT_WEIGHTS
 from ferkit.models.outputs import ModelOutput
-from ferkit.models.weights import Preprocessing, Weights, load_weights
+from ferkit.models.weights import Preprocessing, Weights, check_tta, crops_to_tensor, load_weights, to_model_input
 
-#: the weights ``ferkit predict`` and the app use when none are named
-DEFAULT_WEIGHTS = "tfe-jl"
-#: file endings treated as images when a folder is given
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
 #: inference engines: ``auto`` = ONNX Runtime when it can serve the request, else torch
 ENGINES = ("auto", "torch", "onnx", "onnx-int8")
 #: what a request may need beyond class scores and identity features (torch-only: not in the ONNX export)
@@ -101,7 +101,7 @@ def choose_engine(requested: str, model: Any, device: torch.device,
     onnxruntime is missing. ``torch`` / ``onnx`` / ``onnx-int8`` are taken as asked.
     """
     if requested not in ENGINES:
-        raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {requested!r}")
+        raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {requested!r}")
     if requested != "auto":
         return requested, None
     if device.type != "cpu":
@@ -122,10 +122,6 @@ def choose_engine(requested: str, model: Any, device: torch.device,
     if missing:
         return "torch", missing
     return "onnx", None
-
-
-class ImageReadError(ValueError):
-    """A file that is missing, not an image, or cannot be decoded (message names the file)."""
 
 
 def read_image(path: Union[str, Path]) -> np.ndarray:
@@ -159,47 +155,6 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
         pass
     kind = "empty file" if data.size == 0 else "not an image, or an unsupported / corrupt image format"
     raise ImageReadError(f"{path}: {kind}")
-
-
-def expand_image_paths(paths: Sequence[Union[str, Path]]) -> list[Path]:
-    """Files as given; folders replaced by their image files (recursively, sorted)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ImageReadError(f"{p}: folder holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def to_model_input(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """uint8 ``[N, C, H, W]`` face crops (any size, 1 or 3 channels) -> normalised float model input.
-
-    Gray <-> RGB uses ITU-R 601 luma (as OpenCV's RGB2GRAY) or channel replication; a size other
-    than ``prep.input_size`` is resized bilinearly with antialiasing (area-like when shrinking).
-    Crops that already match (the face pipeline makes them so) are only normalised.
-    """
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected uint8 [N, 1|3, H, W] images, got {tuple(images.shape)}")
-    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-    if prep.grayscale and x.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x * w).sum(1, keepdim=True)
-    elif not prep.grayscale and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    if tuple(x.shape[-2:]) != (prep.input_size, prep.input_size):
-        x = F.interpolate(x, size=(prep.input_size, prep.input_size), mode="bilinear", align_corners=False,
-                          antialias=True)
-    return prep.normalize(x)
-
-
-def crops_to_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
-    """``[H, W]`` / ``[H, W, C]`` uint8 crops of one size -> uint8 ``[N, C, H, W]``."""
-    arrs = [c[:, :, None] if c.ndim == 2 else c for c in crops]
-    return torch.from_numpy(np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2)))
 
 
 def merge_flip_outputs(out: ModelOutput, n: int) -> ModelOutput:
@@ -257,6 +212,21 @@ class ImageResult:
         return not self.faces
 
 
+@dataclass
+class ScoredFaces:
+    """A frame's faces scored by one :class:`Predictor` (:meth:`Predictor.score_faces`)."""
+
+    #: the faces after the face path's check (a re-detected face replaces its followed one)
+    faces: list[DetectedFace]
+    #: per preprocessing (the predictor's own, then the ``also`` ones), one model-input crop per face
+    crops: dict[Preprocessing, list[np.ndarray]]
+    #: class probabilities ``[F, K]`` (float64) and the identity feature ``[F, D]`` when the model has one
+    probs: np.ndarray
+    identity: Optional[np.ndarray]
+    #: indices of the faces that were detected again, aligned again and scored again
+    changed: list[int]
+
+
 class Predictor:
     """A model with its preprocessing and a face pipeline, ready for images or crops.
 
@@ -286,11 +256,11 @@ class Predictor:
                  tta: Optional[str] = None, threads: Optional[int] = 1, needs: Optional[Iterable[str]] = None,
                  calibration: Union[str, Path, None] = None):
         if engine not in ENGINES:
-            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+            raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         try:
             loaded = load_weights(weights, device)
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{weights}: cannot be read as ferkit weights or a training checkpoint "
+            raise UsageError(f"{weights}: cannot be read as ferkit weights or a training checkpoint "
                              f"({type(exc).__name__}: {exc})") from None
         #: the torch module (always loaded: training engine, gate maps, synthesis, the fallback)
         self.torch_model = loaded.model
@@ -306,7 +276,7 @@ class Predictor:
         self._pipeline = pipeline
         n_out = getattr(self.model, "num_classes", None)
         if n_out is not None and n_out != len(self.classes):
-            raise ValueError(f"{self.weights.source}: the model has {n_out} outputs but the card lists "
+            raise UsageError(f"{self.weights.source}: the model has {n_out} outputs but the card lists "
                              f"{len(self.classes)} classes")
         self.tta = check_tta(self.weights.tta if tta is None else tta)
         self.engine_requested = engine
@@ -335,7 +305,7 @@ class Predictor:
 
         source = self.weights.source
         if source is None:
-            raise ValueError("these weights have no file to export to ONNX")
+            raise UsageError("these weights have no file to export to ONNX")
         shipped = None
         if auto or (int8 and calibration is None):  # a shipped, validated int8 file first
             try:
@@ -406,8 +376,45 @@ class Predictor:
         return self.predict_tensor(batch).probabilities.double().cpu().numpy()
 
     # ---- images ----------------------------------------------------------------------------------
+    def score_faces(self, rgb: np.ndarray, faces: Sequence[DetectedFace], pipe: FacePath,
+                    also: Iterable[Preprocessing] = (), timings: Optional[dict[str, float]] = None) -> ScoredFaces:
+        """Score a frame's detected ``faces``: align, forward, and let ``pipe`` detect again the followed
+        faces whose label is ambiguous (:meth:`FacePath.check`), which are aligned and scored again.
+
+        The one frame-scoring loop: :meth:`predict_image`, the app's frame analyzer and ``ferkit bench
+        --only pipeline`` all call it, so the bench times what the app runs. ``also``: further
+        preprocessings to crop every face for (other models, the explainers), re-cropped with the rest.
+        ``timings`` (seconds) gets ``align``, ``infer`` and ``verify`` (the re-detection and re-scoring).
+        """
+        preps = [self.preprocessing] + [p for p in dict.fromkeys(also) if p != self.preprocessing]
+        t0 = time.perf_counter()
+        faces = list(faces)
+        crops = {p: [np.asarray(pipe.align(rgb, f, p)) for f in faces] for p in preps}
+        t1 = time.perf_counter()
+        probs = np.zeros((0, len(self.classes)))
+        ident: Optional[np.ndarray] = None
+        changed: list[int] = []
+        if faces:
+            out = self.predict_tensor(crops_to_tensor(crops[self.preprocessing]))
+            probs = out.probabilities.double().cpu().numpy()
+            ident = out.identity.float().cpu().numpy() if out.identity is not None else None
+        t2 = time.perf_counter()
+        if faces:
+            faces, changed = pipe.check(rgb, faces, probs)
+        if changed:
+            for i in changed:
+                for p in preps:
+                    crops[p][i] = np.asarray(pipe.align(rgb, faces[i], p))
+            again = self.predict_tensor(crops_to_tensor([crops[self.preprocessing][i] for i in changed]))
+            probs[changed] = again.probabilities.double().cpu().numpy()
+            if ident is not None and again.identity is not None:
+                ident[changed] = again.identity.float().cpu().numpy()
+        if timings is not None:
+            timings.update(align=t1 - t0, infer=t2 - t1, verify=time.perf_counter() - t2)
+        return ScoredFaces(faces, crops, probs, ident, changed)
+
     def predict_image(self, image: np.ndarray, whole_image: bool = False,
-                      fallback_whole_image: bool = False, pipeline: Any = None) -> ImageResult:
+                      fallback_whole_image: bool = False, pipeline: Optional[FacePath] = None) -> ImageResult:
         """Every face in ``image`` (RGB uint8 ``[H, W, 3]``, or gray ``[H, W]``) in one forward pass.
 
         ``whole_image=True`` scores the whole picture as one face (for pictures that already are
@@ -421,40 +428,26 @@ class Predictor:
 
         rgb = as_rgb(image)
         h, w = rgb.shape[:2]
-        prep = self.preprocessing
-        pipe = self.pipeline if pipeline is None and not whole_image else pipeline
-        aligned = []
         if not whole_image:
-            for face in pipe.detect(rgb)[: self.max_faces]:
-                aligned.append((face, pipe.align(rgb, face, prep), True))
-        if whole_image or (fallback_whole_image and not aligned):
-            wf = whole_image_face(rgb, prep.input_size, prep.grayscale)
-            aligned = [(wf.face, wf.crop, False)]
-        if not aligned:
-            return ImageResult(faces=[], image_size=(w, h), whole_image=whole_image)
-        out = self.predict_tensor(crops_to_tensor([c for _, c, _ in aligned]))
-        probs = out.probabilities.double().cpu().numpy()
+            pipe = self.pipeline if pipeline is None else pipeline
+            scored = self.score_faces(rgb, pipe.detect(rgb)[: self.max_faces], pipe)
+            if scored.faces or not fallback_whole_image:
+                return ImageResult(self._face_results(scored.faces, scored.crops[self.preprocessing], scored.probs,
+                                                      scored.identity, detected=True), image_size=(w, h))
+        wf = whole_image_face(rgb, self.preprocessing.input_size, self.preprocessing.grayscale)
+        out = self.predict_tensor(crops_to_tensor([wf.crop]))
         ident = out.identity.float().cpu().numpy() if out.identity is not None else None
-        check = getattr(pipe, "check", None) if not whole_image and aligned[0][2] else None
-        if check is not None:  # a followed face with an ambiguous label: detected again, scored again
-            faces, changed = check(rgb, [f for f, _, _ in aligned], probs)
-            if changed:
-                for i in changed:
-                    aligned[i] = (faces[i], pipe.align(rgb, faces[i], prep), True)
-                again = self.predict_tensor(crops_to_tensor([aligned[i][1] for i in changed]))
-                probs[changed] = again.probabilities.double().cpu().numpy()
-                if ident is not None and again.identity is not None:
-                    ident[changed] = again.identity.float().cpu().numpy()
-        faces = []
-        for i, (face, crop, detected) in enumerate(aligned):
-            p = probs[i]
-            faces.append(FaceResult(
-                box=tuple(int(v) for v in face.box),  # type: ignore[arg-type]
-                scores={c: float(p[j]) for j, c in enumerate(self.classes)},
-                label=self.classes[int(p.argmax())], detection_score=float(face.score), crop=crop,
-                identity=None if ident is None else ident[i], left_eye=face.left_eye, right_eye=face.right_eye,
-                detected=detected))
-        return ImageResult(faces=faces, image_size=(w, h), whole_image=whole_image)
+        return ImageResult(self._face_results([wf.face], [wf.crop], out.probabilities.double().cpu().numpy(), ident,
+                                              detected=False), image_size=(w, h), whole_image=whole_image)
+
+    def _face_results(self, faces: Sequence[DetectedFace], crops: Sequence[np.ndarray], probs: np.ndarray,
+                      ident: Optional[np.ndarray], detected: bool) -> list[FaceResult]:
+        return [FaceResult(box=tuple(int(v) for v in face.box),  # type: ignore[arg-type]
+                           scores={c: float(p[j]) for j, c in enumerate(self.classes)},
+                           label=self.classes[int(p.argmax())], detection_score=float(face.score), crop=crop,
+                           identity=None if ident is None else ident[i], left_eye=face.left_eye,
+                           right_eye=face.right_eye, detected=detected)
+                for i, (face, crop, p) in enumerate(zip(faces, crops, probs))]
 
     def predict_file(self, path: Union[str, Path], whole_image: bool = False,
                      fallback_whole_image: bool = False) -> ImageResult:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
+from ferkit.errors import NotFoundError, UsageError, UserError
+
 #: file endings ``ferkit predict`` treats as videos
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 #: a file shorter than its header's frame count by more than this many frames is reported damaged
@@ -27,8 +29,8 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 FRAME_COUNT_SLACK = 2
 
 
-class VideoOpenError(ValueError):
-    """The file is missing or no frame of it can be decoded."""
+class VideoOpenError(UserError, ValueError):
+    """The file is missing or no frame of it can be decoded (a :class:`~ferkit.errors.UserError`)."""
 
 
 @dataclass
@@ -108,10 +110,10 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
     from ferkit.face.tracking import FaceTracker
 
     if every < 1:
-        raise ValueError(f"--every must be at least 1, got {every}")
+        raise UsageError(f"--every must be at least 1, got {every}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such video file")
+        raise NotFoundError(f"{path}: no such video file")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise VideoOpenError(f"{path}: cannot be opened as a video (unknown format or damaged header)")
@@ -122,7 +124,7 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
     names = {c: canonical(c) for c in predictor.classes}
     result = VideoAnalysis(str(path), fps, 0, expected, every, list(names.values()))
     if detect_every < 1:
-        raise ValueError(f"--detect-every must be at least 1, got {detect_every}")
+        raise UsageError(f"--detect-every must be at least 1, got {detect_every}")
     tracker = FaceTracker(max_missed=max(2, 12 // every))
     followed = None
     if detect_every > 1 and not whole_image:

@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from ferkit.bench.training import NetSpec, bench_network  # noqa: E402
+from ferkit.bench.training import bench_network  # noqa: E402
 from ferkit.recipes.registry import get_recipe  # noqa: E402
 from ferkit.training.budget import fit_epochs  # noqa: E402
 from ferkit.training.engine import train  # noqa: E402
+from ferkit.training.recipe import NetSpec  # noqa: E402
 
 MAX_FILE = 16 * 2**20
 
@@ -46,41 +47,45 @@ class Stage:
     recipe: str
     data: str
     budget_s: float
-    probe: NetSpec
     options: dict[str, Any] = field(default_factory=dict)
     max_epochs: Optional[int] = None
     name: Optional[str] = None
+    #: how this run's network differs from the recipe's own (``Recipe.network``), which the throughput
+    #: probe measures: NetSpec fields, and ``cfg`` entries merged into the network's configuration
+    probe_changes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probe(self) -> NetSpec:
+        """The recipe's declared network with :attr:`probe_changes`: the configs are not restated here."""
+        network = get_recipe(self.recipe).network
+        changes = dict(self.probe_changes)
+        return replace(network, **{**changes, "cfg": {**network.cfg, **changes.get("cfg", {})}})
 
 
 #: the papers' settings where time allows (see each recipe's docstring); options may name an
 #: earlier stage's checkpoint as "{key}"
 STAGES: list[Stage] = [
     Stage("deepid", "tfe-jl/deepid-identity", "identity/celeba_subset", 30,
-          NetSpec("deepid", {"num_classes": 300}, 48, 128, True),
           {"extra_identity": ["{packs}/identity/orl_faces"]}, max_epochs=200, name="deepid"),
-    Stage("resnet18", "tfe-jl/resnet18-ferplus", "ferplus", 75,
-          NetSpec("resnet18_fer", {"num_classes": 8}, 48, 128, True), {"batch_size": 256, "lr": 0.2},
+    Stage("resnet18", "tfe-jl/resnet18-ferplus", "ferplus", 75, {"batch_size": 256, "lr": 0.2},
           max_epochs=200, name="resnet18-ferplus"),
     Stage("joint", "tfe-jl/joint-ferplus", "ferplus", 30,
-          NetSpec("tfe_jl", {"num_classes": 8, "emotion_depth": 18}, 48, 128, True),
           {"identity_checkpoint": "{deepid}", "emotion_checkpoint": "{resnet18}"}, max_epochs=100, name="tfe-jl"),
     Stage("lightcnn", "netb/lightcnn-identity", "identity", 45,
-          NetSpec("lightcnn9", {"num_classes": 300, "input_size": 128}, 128, 128, True),
-          {"input_size": 128, "width": 1.0}, max_epochs=80, name="lightcnn9-identity-128"),
+          {"input_size": 128, "width": 1.0}, max_epochs=80, name="lightcnn9-identity-128",
+          probe_changes={"cfg": {"num_classes": 300, "input_size": 128}}),
     Stage("netb", "netb/fer2013", "ferplus", 75,
-          NetSpec("netb", {"num_classes": 7, "head": "dal", "input_size": 128}, 128, 128, True),
-          {"identity_checkpoint": "{lightcnn}", "lr": 0.05}, max_epochs=60, name="netb-dal-mse-128"),
+          {"identity_checkpoint": "{lightcnn}", "lr": 0.05}, max_epochs=60, name="netb-dal-mse-128",
+          probe_changes={"cfg": {"input_size": 128}}),
     Stage("eifn", "eifn/ckplus", "ckplus48", 75,
-          NetSpec("eifn", {"num_classes": 7, "num_subjects": 106}, 64, 100),
           {"width": 1.0, "batch_norm": True, "lr": 0.01, "classifier_lr_mult": 20, "fold": 0}, max_epochs=100,
-          name="eifn-full"),
+          name="eifn-full", probe_changes={"cfg": {"num_subjects": 106}}),
     Stage("fersnet", "fersnet/ckplus", "ckplus48", 120,
-          NetSpec("fersnet", {"num_classes": 7}, 0, 64, synthesis=True),
-          {"arch": "fersnet", "fold": 0}, max_epochs=300, name="fersnet-paper"),
+          {"arch": "fersnet", "fold": 0}, max_epochs=300, name="fersnet-paper",
+          probe_changes={"architecture": "fersnet"}),
     Stage("eifn_efn", "eifn/ckplus", "ckplus48", 40,
-          NetSpec("eifn", {"num_classes": 7, "num_subjects": 106}, 64, 100),
           {"width": 1.0, "batch_norm": True, "lr": 0.01, "classifier_lr_mult": 20, "fold": 0, "mode": "efn"},
-          max_epochs=100),
+          max_epochs=100, probe_changes={"cfg": {"num_subjects": 106}}),
 ]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ferkit.data.pack import PARTS, write_synthetic_packs, write_training_packs  # noqa: E402
+from ferkit.data.packing import PARTS, write_synthetic_packs, write_training_packs  # noqa: E402
 from ferkit.paths import shared_data_dir  # noqa: E402
 
 #: what may travel to the GPU machine in one call, with the checkout (~15 MB) beside it

@@ -325,7 +325,7 @@ def test_synthesis_strip_with_fersnet(qtbot, window) -> None:
 
 def test_gates_and_synthesis_panels_say_so_without_fersnet(qtbot, window, classifier) -> None:
     w = window(weights=classifier)
-    w.explainers.explainer, w.explainers._fallback_read = "no-such-weights", False
+    w.explainers.explainer, w.explainers._fallback = "no-such-weights", {}
     w.explainers.on_models_loaded(w.state.loaded)
     for panel in (w.gates_panel, w.synth_panel):
         assert "No model here can show" in panel.notice.text()

@@ -171,10 +171,10 @@ def test_latest_slot_drops_stale_frames_and_never_grows() -> None:
 
 
 def test_export_csv_and_json(tmp_path: Path) -> None:
-    from app.core.analyzer import FaceResult, FrameResult, ModelScores
+    from app.core.analyzer import FrameResult, ModelScores, TrackedFace
     from app.core.export import result_records, save_records
 
-    face = FaceResult(0, 1, (1, 2, 3), (10, 20, 30, 40), 0.9)
+    face = TrackedFace(0, 1, (1, 2, 3), (10, 20, 30, 40), 0.9)
     face.scores["m"] = ModelScores("m", ["a", "b"], np.array([0.25, 0.75]), np.array([0.25, 0.75]))
     face.similarities = {"ada": 0.5}
     res = FrameResult(np.zeros((4, 4, 3), np.uint8), [face], "m", {})
@@ -414,11 +414,11 @@ def test_a_truncated_video_is_damaged_at_the_frame_it_ends(tmp_path: Path) -> No
 
 
 def test_export_has_the_identity_decision_not_the_nearest_name(tmp_path: Path) -> None:
-    from app.core.analyzer import FaceResult, FrameResult, ModelScores
+    from app.core.analyzer import FrameResult, ModelScores, TrackedFace
     from app.core.export import result_records, save_records
     from app.core.identity import IdentityChoice, decide
 
-    face = FaceResult(0, 1, (1, 2, 3), (10, 20, 30, 40), 0.9)
+    face = TrackedFace(0, 1, (1, 2, 3), (10, 20, 30, 40), 0.9)
     face.scores["m"] = ModelScores("m", ["happiness", "neutral"], np.array([0.75, 0.25]), np.array([0.75, 0.25]))
     face.similarities = {"ada": 0.4}
     face.match = decide(face.similarities, IdentityChoice(key="idnet", threshold=0.5))

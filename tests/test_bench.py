@@ -12,6 +12,7 @@ from ferkit.bench import training as bench_training
 from ferkit.bench.stats import environment, summary, time_calls
 from ferkit.cli.bench import format_tables
 from ferkit.paths import samples_dir
+from ferkit.training.recipe import NetSpec
 
 
 def test_summary_known_values() -> None:
@@ -35,16 +36,16 @@ def test_environment_records_versions_threads() -> None:
     assert env["versions"]["torch"] == torch.__version__ and "onnxruntime" in env["versions"]
 
 
-def test_every_recipe_has_a_training_network_spec() -> None:
-    from ferkit.recipes.registry import list_recipes
+def test_every_recipe_declares_its_training_network() -> None:
+    from ferkit.recipes.registry import get_recipe, list_recipes
 
     real = [r for r in list_recipes() if not r.startswith("test-")]
-    missing = [r for r in real if r not in bench_training.RECIPE_NETWORKS]
-    assert not missing, f"add these recipes to ferkit.bench.training.RECIPE_NETWORKS: {missing}"
+    missing = [r for r in real if get_recipe(r).network is None]
+    assert not missing, f"these recipes declare no network (Recipe.network): {missing}"
 
 
 def test_training_throughput_small(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = bench_training.NetSpec("resnet12_fer", {"num_classes": 7}, 48, 16, True)
+    spec = NetSpec("resnet12_fer", {"num_classes": 7}, 48, 16, True)
     row = bench_training.bench_network(spec, torch.device("cpu"), steps=2)
     assert row["img_per_s"]["n"] == 2 and row["img_per_s"]["median"] > 0
     assert row["input"] == [1, 48, 48] and row["channels_last"]

@@ -64,3 +64,19 @@ def test_large_weights_travel_as_int8_parts_and_merge_back(tmp_path: Path) -> No
     model.eval()
     ref, got = model(x).logits, loaded.model(x).logits
     assert float((ref - got).abs().max()) < 0.05 * float(ref.abs().max()) + 0.05  # int8 per-tensor rounding
+
+
+def test_stage_probes_are_the_recipes_networks_with_the_stages_changes() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gpu_campaign
+
+    from ferkit.models.registry import list_models
+    from ferkit.recipes.registry import get_recipe
+
+    for stage in gpu_campaign.STAGES:
+        probe, network = stage.probe, get_recipe(stage.recipe).network
+        assert probe.architecture in list_models(), stage.key
+        if not stage.probe_changes:  # nothing restated: the probe is what the recipe declares
+            assert probe == network, stage.key
+    lightcnn = next(s for s in gpu_campaign.STAGES if s.key == "lightcnn")
+    assert lightcnn.probe.cfg == {"num_classes": 300, "input_size": 128} and lightcnn.probe.input_size == 128

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ferkit.data.ferplus import load_ferplus
-from ferkit.inference import ImageReadError, Predictor, expand_image_paths, read_image, to_model_input
+from ferkit.data.images import expand_image_paths
+from ferkit.inference import ImageReadError, Predictor, read_image, to_model_input
 from ferkit.models.weights import Preprocessing, load_weights
 from ferkit.paths import samples_dir
 from ferkit.training.export import export_weights

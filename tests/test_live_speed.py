@@ -226,7 +226,7 @@ def test_export_cache_is_keyed_by_content(tmp_path: Path, cache: Path, monkeypat
     def no_export(*args: object, **kwargs: object) -> None:
         raise AssertionError("exported again although the weights did not change")
 
-    monkeypatch.setattr(onnx_export, "export_weights", no_export)
+    monkeypatch.setattr(onnx_export, "export_onnx", no_export)
     assert onnx_export.cached_export(b) == first  # same content elsewhere: the same file, no export
     monkeypatch.undo()
     monkeypatch.setenv("FERKIT_CACHE", str(cache.parent))
@@ -425,7 +425,9 @@ def test_predict_image_scores_checked_faces_again(tmp_path: Path) -> None:
             return [faces[0], face(100, "mesh")], [1]
 
     res = pred.predict_image(rgb, pipeline=Followed())
-    direct = pred.predict_image(rgb, pipeline=type("P", (Followed,), {"check": None})())
+    # an every-frame pipeline's check re-detects nothing (FacePipeline.check)
+    every_frame = type("P", (Followed,), {"check": lambda self, image, faces, probabilities: (faces, [])})
+    direct = pred.predict_image(rgb, pipeline=every_frame())
     assert Followed.seen == [(2, len(pred.classes))]
     assert res.faces[1].box == (100, 30, 50, 50) and res.faces[0].box == (10, 30, 50, 50)
     assert res.faces[0].scores == direct.faces[0].scores and res.faces[1].scores != direct.faces[1].scores

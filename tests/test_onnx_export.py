@@ -8,35 +8,20 @@ import pytest
 import torch
 
 from ferkit.export.onnx import (TOLERANCE, OnnxClassifier, OnnxModel, batchnorm_count, example_input, export_model,
-                                export_weights)
-from ferkit.models.registry import create_model, list_models
+                                export_onnx)
+from ferkit.models.registry import create_model, list_models, model_info, model_traits
 from ferkit.models.weights import Preprocessing, Weights, list_weights, load_weights
 
 pytest.importorskip("onnxruntime")
 
-#: small but structurally complete configurations (same layers as the paper sizes, fewer channels)
-FRESH: dict[str, tuple[dict, int]] = {
-    "resnet12_fer": ({}, 48),
-    "resnet18_fer": ({}, 32),
-    "resnet_live": ({}, 48),
-    "deepid": ({"num_classes": 20}, 48),
-    "identity_ensemble": ({"members": [{"architecture": "deepid", "model_cfg": {"num_classes": 20}}] * 2}, 48),
-    "tfe_jl": ({"emotion_depth": 12, "num_classes": 7}, 48),
-    "eifn": ({"width": 0.125, "num_subjects": 10}, 64),
-    "netb": ({"width": 0.25, "input_size": 64}, 64),
-    "lightcnn9": ({"width": 0.25, "input_size": 64, "num_classes": 10}, 64),
-    "fersnet_light": ({"width": 8, "input_size": 64}, 64),
-    "fersnet": ({"width": 8, "input_size": 64}, 64),
-}
-
-
-def test_every_registered_architecture_is_covered() -> None:
-    real = {n for n in list_models() if not n.startswith("test-")}
-    assert real <= set(FRESH), f"add a small config for {sorted(real - set(FRESH))}"
+#: every architecture ferkit ships (test modules register "test-*" ones of their own)
+ARCHITECTURES = [n for n in list_models() if not n.startswith("test-")]
 
 
 def _fresh(name: str) -> tuple[torch.nn.Module, Weights]:
-    cfg, size = FRESH[name]
+    """The registered small configuration of ``name`` (same layers as the paper size, fewer channels)."""
+    cfg = dict(model_info(name).small_cfg)
+    size = model_traits(name, cfg).input_size or 48
     torch.manual_seed(0)
     model = create_model(name, **cfg)
     for mod in model.modules():  # non-trivial BN statistics, so folding BN into convs is exercised
@@ -48,12 +33,10 @@ def _fresh(name: str) -> tuple[torch.nn.Module, Weights]:
     return model.eval(), weights
 
 
-@pytest.mark.parametrize("name", sorted(FRESH))
-def test_fresh_model_onnx_matches_torch(name: str, tmp_path: Path) -> None:
-    if name not in list_models():
-        pytest.skip(f"{name} is not registered")
+def check_fresh_export(name: str, out_dir: Path) -> None:
+    """Export the small build of ``name`` and check ONNX Runtime against torch (any registered architecture)."""
     model, weights = _fresh(name)
-    result = export_model(model, weights, tmp_path / f"{name}.onnx")
+    result = export_model(model, weights, out_dir / f"{name}.onnx")
     assert all(v <= TOLERANCE for v in result.max_abs_diff.values())
     assert batchnorm_count(result.path) == 0 and batchnorm_count(result.path, optimized=True) == 0  # BN folded
     onnx_model = OnnxModel(result.path, threads=1)
@@ -73,6 +56,11 @@ def test_fresh_model_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     # the weights card travels inside the file
     assert onnx_model.weights.classes == weights.classes
     assert onnx_model.preprocessing == weights.preprocessing
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_fresh_model_onnx_matches_torch(name: str, tmp_path: Path) -> None:
+    check_fresh_export(name, tmp_path)
 
 
 def test_onnx_classifier_predicts_from_uint8(tmp_path: Path) -> None:
@@ -125,7 +113,7 @@ def test_checkpoint_export_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_shipped_weights_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     if name == "<none shipped>":
         pytest.skip("no shipped weights in resources/weights yet")
-    result = export_weights(name, tmp_path / f"{name}.onnx")
+    result = export_onnx(name, tmp_path / f"{name}.onnx")
     assert all(v <= TOLERANCE for v in result.max_abs_diff.values()), result.max_abs_diff
     assert batchnorm_count(result.path, optimized=True) == 0  # BN folded (TFE-JL's heads included)
     loaded = load_weights(name, device="cpu")

@@ -11,8 +11,8 @@ from ferkit.data.ckplus import load_ckplus48
 from ferkit.data.fer2013 import load_fer2013
 from ferkit.data.ferplus import load_ferplus
 from ferkit.data.identity import list_identity_folders, load_identity_folders
-from ferkit.data.pack import (decode_images, encode_images, pack_dataset, pack_ferplus_split,
-                              write_synthetic_packs)
+from ferkit.data.pack import decode_images, encode_images
+from ferkit.data.packing import pack_dataset, pack_ferplus_split, write_synthetic_packs
 from ferkit.recipes.registry import get_recipe
 from tests.fixtures.datasets import make_ckplus48_tree, make_ferplus_tree, make_identity_tree
 from tests.fixtures.train_context import LocalContext

@@ -1,7 +1,8 @@
 """ConvFLU gates and expression synthesis of the shown face, on their own "latest wins" workers.
 
 Which weights explain is decided once per model change (the selected model if it can, else the
-shipped FERSNet, whose card is read once), never per frame. The compute is the
+first shipped weights whose model has what the panel shows — FERSNet today — found once per panel
+by what the models have, never by name), never per frame. The compute is the
 :mod:`app.core.explain` functions and the handle's own forward; the panels get plain dicts.
 """
 from __future__ import annotations
@@ -11,16 +12,14 @@ from typing import Any, Optional
 
 from PySide6.QtCore import QObject, Signal
 
-from ferkit.models.weights import Preprocessing, get_weights, list_weights
+from ferkit.models.weights import Preprocessing, get_weights, list_weights, weights_with
 
-from app.core.analyzer import FaceResult
+from app.core.analyzer import TrackedFace
 from app.core.explain import gate_maps
 from app.core.models import ModelCache
 from app.core.state import AppState, LoadedModels
 from app.workers import LatestWinsWorker
 
-#: shipped FERSNet weights used by the panels when the selected model has no gates / synthesis
-EXPLAINER = "fersnet"
 GATES, SYNTHESIS = "gates", "synthesis"
 _FEATURE = {GATES: ("has_gates", "ConvFLU gates"), SYNTHESIS: ("has_synthesis", "synthesised faces")}
 
@@ -53,9 +52,10 @@ class ExplainersController(QObject):
     def __init__(self, state: AppState, cache: ModelCache, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
         self.state = state
-        self.explainer = EXPLAINER
-        self._fallback: Optional[tuple[str, Preprocessing]] = None
-        self._fallback_read = False
+        #: weights both panels fall back on; None = per panel, the first shipped weights whose model can
+        self.explainer: Optional[str] = None
+        #: per panel, once looked up: (weights name, preprocessing) or None when nothing installed can
+        self._fallback: dict[str, Optional[tuple[str, Preprocessing]]] = {}
         #: per panel: (weights key, preprocessing) or None when nothing here can compute it
         self.sources: dict[str, Optional[tuple[str, Preprocessing]]] = {GATES: None, SYNTHESIS: None}
         self.workers = {GATES: LatestWinsWorker(lambda p: compute_gates(cache, p), state.explain_interval),
@@ -78,16 +78,17 @@ class ExplainersController(QObject):
         for w in self.workers.values():
             w.min_interval_s = seconds
 
-    def fallback(self) -> Optional[tuple[str, Preprocessing]]:
-        """The shipped FERSNet weights and their preprocessing, read once (None when not installed)."""
-        if not self._fallback_read:
-            self._fallback_read, self._fallback = True, None
-            if self.explainer in list_weights():
+    def fallback(self, panel: str) -> Optional[tuple[str, Preprocessing]]:
+        """The weights ``panel`` falls back on and their preprocessing, looked up once (None when none is installed)."""
+        if panel not in self._fallback:
+            self._fallback[panel] = None
+            found = [self.explainer] if self.explainer is not None else weights_with(panel)
+            if found and found[0] in list_weights():
                 try:
-                    self._fallback = (self.explainer, get_weights(self.explainer).preprocessing)
+                    self._fallback[panel] = (found[0], get_weights(found[0]).preprocessing)
                 except (OSError, ValueError):  # a damaged card is reported when the panel loads it
                     pass
-        return self._fallback
+        return self._fallback[panel]
 
     def on_models_loaded(self, loaded: LoadedModels) -> set[Preprocessing]:
         """Decide (once per model change) which weights explain and say so; returns the crops they need."""
@@ -97,17 +98,17 @@ class ExplainersController(QObject):
                 self.sources[panel] = (primary.key, primary.preprocessing)
                 self.notice.emit(panel, "")
                 continue
-            self.sources[panel] = self.fallback()
+            self.sources[panel] = self.fallback(panel)
             if self.sources[panel] is None:
-                self.notice.emit(panel, f"No model here can show {what}: the selected model has none and the FERSNet "
-                                        f"weights ('{self.explainer}') are not installed in resources/weights.")
+                self.notice.emit(panel, f"No model here can show {what}: the selected model has none and no weights "
+                                        "in resources/weights have them (FERSNet's do).")
             else:
                 name = primary.name if primary is not None else "(none)"
                 self.notice.emit(panel, f"The selected model '{name}' has no {what}; this panel uses the shipped "
-                                        f"FERSNet weights '{self.sources[panel][0]}' on the same face.")
+                                        f"weights '{self.sources[panel][0]}' on the same face.")
         return {s[1] for s in self.sources.values() if s is not None}
 
-    def submit(self, panel: str, face: Optional[FaceResult]) -> None:
+    def submit(self, panel: str, face: Optional[TrackedFace]) -> None:
         """Explain ``face`` in ``panel`` (the newest face wins; nothing when its crop is not aligned yet)."""
         source = self.sources.get(panel)
         if face is None or source is None:

@@ -47,7 +47,13 @@ class ModelScores:
 
 
 @dataclass
-class FaceResult:
+class TrackedFace:
+    """One followed face of an analysed frame: its track, every model's scores and the identity decision.
+
+    Not :class:`ferkit.inference.FaceResult` (one model's answer for one face): the app adds tracking,
+    several models and identity around the library's per-face result.
+    """
+
     index: int
     track_id: int
     colour: tuple[int, int, int]
@@ -70,7 +76,7 @@ class FaceResult:
 @dataclass
 class FrameResult:
     frame: np.ndarray  # RGB uint8 the results refer to
-    faces: list[FaceResult]
+    faces: list[TrackedFace]
     primary: Optional[str]
     timings_ms: dict[str, float]
     frame_index: int = -1
@@ -80,7 +86,7 @@ class FrameResult:
     identity: IdentityChoice = field(default_factory=IdentityChoice)
 
 
-def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[FaceResult]:
+def pick_face(result: Optional[FrameResult], selected_id: Optional[int]) -> Optional[TrackedFace]:
     """The selected track's face, else the largest face of the frame."""
     if result is None or not result.faces:
         return None
@@ -187,51 +193,51 @@ class FrameAnalyzer:
             tracks = self.tracker.update([d.box for d in detections])
         else:
             tracks = []
-        faces: list[FaceResult] = []
+        faces: list[TrackedFace] = []
         if whole:
             from ferkit.face.align import whole_image_face
 
             box = tuple(int(v) for v in whole_image_face(rgb, 8, True).face.box)
-            faces.append(FaceResult(0, 0, track_colour(0), box, float("nan"), whole_image=True))
+            faces.append(TrackedFace(0, 0, track_colour(0), box, float("nan"), whole_image=True))
         for i, det in enumerate(detections):
             tid = tracks[i].id if tracks else i + 1
             colour = tracks[i].colour if tracks else track_colour(i + 1)
-            faces.append(FaceResult(i, tid, colour, tuple(int(v) for v in det.box), float(det.score), detection=det))
-        # align once per distinct preprocessing
+            faces.append(TrackedFace(i, tid, colour, tuple(int(v) for v in det.box), float(det.score), detection=det))
+        # crops once per distinct preprocessing
         pps = {h.preprocessing for h in self.handles()} | set(self.extra_preprocessing)
         if self.identity_handle is not None:
             pps.add(self.identity_handle.preprocessing)
-        for face in faces:
-            for pp in pps:
-                if face.whole_image:
-                    face.crops[pp] = whole_image_crop(rgb, pp)
-                else:
-                    face.crops[pp] = np.asarray(pipe.align(rgb, face.detection, pp))
-        t2 = time.perf_counter()
-        timings["align"] = (t2 - t1) * 1e3
         primary_identity = None
-        first: Optional[ModelOutput] = None
-        check = getattr(pipe, "check", None) if track and not whole else None
-        if faces and check is not None and self.primary is not None:
-            # followed faces whose primary label is ambiguous are detected again on this frame, as on
-            # a detection frame (TrackedFacePipeline.check), and their crops made again
-            first = predict(self.primary, [f.crops[self.primary.preprocessing] for f in faces])
-            found, changed = check(rgb, [f.detection for f in faces], first.probabilities.double().cpu().numpy())
-            for i in changed:
-                faces[i].detection = found[i]
-                faces[i].box = tuple(int(v) for v in found[i].box)
-                faces[i].det_score = float(found[i].score)
+        scored = None
+        step: dict[str, float] = {}
+        if faces and not whole and self.primary is not None:
+            # the library's frame-scoring call (the one ferkit bench times): align for every model,
+            # score with the primary, detect again the followed faces whose label is ambiguous
+            scored = self.primary.predictor.score_faces(rgb, [f.detection for f in faces], pipe, also=pps,
+                                                        timings=step)
+            for i in scored.changed:
+                found = scored.faces[i]
+                faces[i].detection, faces[i].det_score = found, float(found.score)
+                faces[i].box = tuple(int(v) for v in found.box)
+            for k, face in enumerate(faces):
+                face.crops = {pp: scored.crops[pp][k] for pp in pps}
+            primary_identity = scored.identity
+        else:
+            for face in faces:
                 for pp in pps:
-                    faces[i].crops[pp] = np.asarray(pipe.align(rgb, found[i], pp))
-            if changed:
-                first = None
+                    face.crops[pp] = whole_image_crop(rgb, pp) if face.whole_image else \
+                        np.asarray(pipe.align(rgb, face.detection, pp))
+        t2 = time.perf_counter()
+        timings["align"] = step["align"] * 1e3 if scored is not None else (t2 - t1) * 1e3
         if faces:
             for handle in self.handles():
-                out = first if handle is self.primary and first is not None else \
-                    predict(handle, [f.crops[handle.preprocessing] for f in faces])
-                probs = out.probabilities.double().cpu().numpy()
-                if handle is self.primary and out.identity is not None:
-                    primary_identity = out.identity.float().cpu().numpy()
+                if handle is self.primary and scored is not None:
+                    probs = scored.probs
+                else:
+                    out = predict(handle, [f.crops[handle.preprocessing] for f in faces])
+                    probs = out.probabilities.double().cpu().numpy()
+                    if handle is self.primary and out.identity is not None:
+                        primary_identity = out.identity.float().cpu().numpy()
                 for k, face in enumerate(faces):
                     raw = probs[k]
                     smoothed = raw
@@ -239,7 +245,7 @@ class FrameAnalyzer:
                         smoothed = tracks[k].smooth(handle.key, raw, self.tracker.smoother)
                     face.scores[handle.name] = ModelScores(handle.name, handle.classes, raw, smoothed)
         t3 = time.perf_counter()
-        timings["infer"] = (t3 - t2) * 1e3
+        timings["infer"] = (t3 - t1) * 1e3 - timings["align"]
         if tracks:
             self._live_frames += 1
         self._identify([f for f in faces if not f.whole_image], primary_identity, reuse=bool(tracks))
@@ -247,7 +253,7 @@ class FrameAnalyzer:
         return FrameResult(rgb, faces, self.primary.name if self.primary else None, timings,
                            frame_index=frame_index, captured_at=captured_at, note=note, identity=self.identity)
 
-    def _identify(self, faces: list[FaceResult], primary_identity: Optional[np.ndarray], reuse: bool = False) -> None:
+    def _identify(self, faces: list[TrackedFace], primary_identity: Optional[np.ndarray], reuse: bool = False) -> None:
         """Identity feature of every detected face, its similarities and the decision.
 
         ``reuse`` (tracked live frames): a face whose track got its feature fewer than

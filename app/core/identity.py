@@ -112,7 +112,7 @@ def rematch(faces: Iterable[Any], gallery: Any, choice: Optional[IdentityChoice]
     Why: a result keeps the similarities of the moment it was analysed; after enrolling more
     pictures (or removing a name) the Inspect rows and the Identity table showed the old ones until
     the folder was opened again. Each face keeps its identity feature, so only cosines are redone
-    (no model runs). ``faces``: objects with ``identity``, ``similarities`` and ``match`` (FaceResult);
+    (no model runs). ``faces``: objects with ``identity``, ``similarities`` and ``match`` (TrackedFace);
     ``gallery``: an :class:`app.core.enrolment.EnrolmentStore`; ``choice``: the identity feature the
     faces were described with. Returns how many faces were re-matched.
     """

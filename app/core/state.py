@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from ferkit.face.tracking import Smoother
 
-from app.core.analyzer import FaceResult, FrameResult, pick_face
+from app.core.analyzer import FrameResult, TrackedFace, pick_face
 from app.core.enrolment import EnrolmentStore
 from app.core.identity import IdentityChoice, rematch
 
@@ -183,6 +183,6 @@ class AppState:
             results.append(self.last_result)
         return sum(rematch(r.faces, self.enrolments, r.identity) for r in results)
 
-    def selected_face(self) -> Optional[FaceResult]:
+    def selected_face(self) -> Optional[TrackedFace]:
         """The selected track's face, else the largest face of the shown frame (None without faces)."""
         return pick_face(self.last_result, self.selected_id)

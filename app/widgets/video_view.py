@@ -14,12 +14,12 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from app.core.analyzer import FaceResult, FrameResult
+from app.core.analyzer import FrameResult, TrackedFace
 from app.core.layout import place_labels
 from app.widgets.common import qcolour, to_qimage
 
 
-def face_label(face: FaceResult, primary: Optional[str], smoothed: bool = True) -> str:
+def face_label(face: TrackedFace, primary: Optional[str], smoothed: bool = True) -> str:
     """``#2  happiness 81%  = Ada 0.83`` / ``unknown``: the identity part only when a decision was made."""
     text = f"#{face.track_id}" if not face.whole_image else "whole image"
     if primary and primary in face.scores:

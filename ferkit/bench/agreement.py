@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 
 import cv2
 
+from ferkit.errors import NotFoundError, UsageError
 from ferkit.face.tracking import iou
 
 #: face paths measured, name -> (what it is, how to build it from (max_faces, detect_every))
@@ -72,7 +73,7 @@ def make_pipeline(mode: str, max_faces: int = 5, detect_every: int = 5) -> Any:
         return TrackedFacePipeline(max_faces=max_faces, detect_every=detect_every, keyframe_mesh=False)
     if mode == "reference_eye_jitter":
         return _JitteredEyes(FacePipeline(max_faces=max_faces, landmarks=True), JITTER)
-    raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    raise UsageError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
 
 
 class _JitteredEyes:
@@ -98,6 +99,9 @@ class _JitteredEyes:
     def align(self, image: Any, face: Any, preprocessing: Any) -> Any:
         return self.pipeline.align(image, face, preprocessing)
 
+    def check(self, image: Any, faces: list[Any], probabilities: Any) -> tuple[list[Any], list[int]]:
+        return self.pipeline.check(image, faces, probabilities)
+
     def close(self) -> None:
         self.pipeline.close()
 
@@ -117,7 +121,7 @@ def frame_labels(video: Path, predictor: Any, pipeline: Any, max_frames: Optiona
     tracker = FaceTracker(smoother=smoother)
     cap = cv2.VideoCapture(str(video))
     if not cap.isOpened():
-        raise FileNotFoundError(f"cannot open video {video}")
+        raise NotFoundError(f"cannot open video {video}")
     raw: Labels = []
     smoothed: Labels = []
     margins: list[float] = []
@@ -142,7 +146,7 @@ def frame_labels(video: Path, predictor: Any, pipeline: Any, max_frames: Optiona
     finally:
         cap.release()
     if not raw:
-        raise RuntimeError(f"{video}: no frames could be decoded")
+        raise UsageError(f"{video}: no frames could be decoded")
     return {"raw": raw, "smoothed": smoothed, "margins": margins}
 
 

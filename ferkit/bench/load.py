@@ -17,6 +17,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from ferkit.errors import UsageError
+
 #: the loop: spin, and every ~few ms check that the parent still exists and the time limit
 BUSY_LOOP = """
 import os, time
@@ -47,7 +49,7 @@ def background_load(cores: int = 1, limit_s: float = 1800.0, nice: int = 0) -> I
     Yields ``{"processes": pids, "cpus": pinned cores (None where pinning is unavailable)}``.
     """
     if cores < 1:
-        raise ValueError(f"cores must be at least 1, got {cores}")
+        raise UsageError(f"cores must be at least 1, got {cores}")
     cpus = _cpus()
     procs: list[subprocess.Popen] = []
     pinned: list[Any] = []

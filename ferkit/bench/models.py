@@ -35,9 +35,6 @@ LATENCY_MAX_S = 2.0
 THROUGHPUT_RUNS = 3
 THROUGHPUT_BATCH = 64
 THROUGHPUT_MAX_BATCH_S = 3.0
-#: paper-size networks meant for GPU training that ferkit does not ship; measured only when named
-#: (``--models fersnet``): one of them alone would take most of the 5-minute CPU budget
-ONLY_WHEN_NAMED = {"fersnet"}
 
 
 @dataclass
@@ -62,8 +59,12 @@ def _fresh(architecture: str) -> BenchModel:
 
 
 def bench_models_list(names: Optional[list[str]] = None) -> list[BenchModel]:
-    """Shipped weights (all, or ``names``), plus untrained builds of architectures nothing ships."""
-    from ferkit.models.registry import list_models
+    """Shipped weights (all, or ``names``), plus untrained builds of architectures nothing ships.
+
+    Paper-size networks meant for GPU training (registered with ``cpu_sized=False``) are measured only
+    when named (``--models fersnet``): one of them alone would take most of the 5-minute CPU budget.
+    """
+    from ferkit.models.registry import list_models, model_info
 
     out: list[BenchModel] = []
     shipped = list_weights()
@@ -76,7 +77,7 @@ def bench_models_list(names: Optional[list[str]] = None) -> list[BenchModel]:
     if names is None:
         covered = {m.architecture for m in out}
         for arch in list_models():
-            if arch not in covered and not arch.startswith("test-") and arch not in ONLY_WHEN_NAMED:
+            if arch not in covered and not arch.startswith("test-") and model_info(arch).cpu_sized:
                 out.append(_fresh(arch))
     return out
 

@@ -2,11 +2,12 @@
 
 This is the loop the live app runs per frame, without Qt (the library never imports it): OpenCV
 decodes the video at its native resolution (or a still image is "decoded" again every frame, for
-the 5-face ``multi_face.jpg`` looped as a video), the face path finds the faces, every face is
-aligned with the model's preprocessing, all faces go through :class:`~ferkit.inference.Predictor`
-in one batch (its engine, thread setting and the card's TTA: what the app and ``ferkit predict``
-run), optionally FERSNet re-synthesises every face in every expression, and the result is drawn
-onto the frame with OpenCV.
+the 5-face ``multi_face.jpg`` looped as a video), the face path finds the faces, and
+:meth:`~ferkit.inference.Predictor.score_faces` -- the very call the app's frame analyzer and
+``ferkit predict`` make -- aligns every face, scores all of them in one batch (the predictor's
+engine, thread setting and the card's TTA) and re-detects followed faces with an ambiguous label;
+optionally FERSNet re-synthesises every face in every expression, and the result is drawn onto
+the frame with OpenCV.
 
 Face paths (``faces``): ``tracked`` (:class:`~ferkit.face.pipeline.TrackedFacePipeline`:
 detector and face mesh every ``detect_every`` frames, optical flow between, and followed faces
@@ -37,13 +38,14 @@ import numpy as np
 import torch
 
 from ferkit.bench.stats import summary
+from ferkit.data.images import IMAGE_EXTENSIONS
+from ferkit.errors import NotFoundError, UnknownNameError, UsageError
 from ferkit.utils.io import atomic_torch_save
 
 #: set by main() (the child's flag), reported with the figures
 FLUSH_DENORMAL_STATE = {"on": False}
 STAGES = ("decode", "detect", "align", "infer", "verify", "synthesis", "draw")
 FACE_PATHS = ("tracked", "tracked-detector-eyes", "tracked-mesh", "mesh", "detector")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def _rss_mb() -> float:
@@ -77,7 +79,7 @@ def _weights_source(weights: str) -> tuple[str, bool]:
 
     arch = weights if weights in list_models() else weights.replace("-", "_")
     if arch not in list_models():
-        raise KeyError(f"{weights!r} is neither shipped weights nor an architecture ({', '.join(list_models())})")
+        raise UnknownNameError(f"{weights!r} is neither shipped weights nor an architecture ({', '.join(list_models())})")
     with torch.random.fork_rng():
         torch.manual_seed(0)
         bm = _fresh(arch)
@@ -97,7 +99,7 @@ def _synthesiser(weights: str, device: str) -> tuple[Any, Any, str]:
         bm = _fresh(weights if weights.startswith("fersnet") else weights.replace("-", "_"))
         model, w, label = bm.model.to(device).eval(), bm.weights, bm.label
     if not getattr(model, "has_synthesis", False):
-        raise ValueError(f"{weights} has no synthesis stream")
+        raise UsageError(f"{weights} has no synthesis stream")
     return model, w, label
 
 
@@ -109,7 +111,7 @@ def _face_path(faces: str, detect_every: int, max_faces: int = 5) -> Any:
                                    keyframe_mesh=faces != "tracked-detector-eyes")
     if faces in ("mesh", "detector"):
         return FacePipeline(max_faces=max_faces, landmarks=faces == "mesh")
-    raise ValueError(f"faces must be one of {', '.join(FACE_PATHS)}, not {faces!r}")
+    raise UsageError(f"faces must be one of {', '.join(FACE_PATHS)}, not {faces!r}")
 
 
 class _Frames:
@@ -119,14 +121,14 @@ class _Frames:
         self.source = source
         self.still: Optional[np.ndarray] = None
         self.cap = None
-        if source.suffix.lower() in IMAGE_SUFFIXES:
+        if source.suffix.lower() in IMAGE_EXTENSIONS:
             from ferkit.inference import read_image
 
             self.still = cv2.cvtColor(read_image(source), cv2.COLOR_RGB2BGR)
         else:
             self.cap = cv2.VideoCapture(str(source))
             if not self.cap.isOpened():
-                raise FileNotFoundError(f"cannot open video {source}")
+                raise NotFoundError(f"cannot open video {source}")
 
     def read(self) -> tuple[np.ndarray, bool]:
         """(BGR frame, whether the video restarted: a jump the face tracker must be told about)."""
@@ -138,7 +140,7 @@ class _Frames:
         self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
         ok, bgr = self.cap.read()
         if not ok:
-            raise RuntimeError(f"{self.source}: no frames could be decoded")
+            raise UsageError(f"{self.source}: no frames could be decoded")
         return bgr, True
 
     def close(self) -> None:
@@ -146,17 +148,54 @@ class _Frames:
             self.cap.release()
 
 
+def _frame(rgb: np.ndarray, pipeline: Any, predictor: Any, want_landmarks: bool, synth: Any, synth_w: Any,
+           dev: torch.device, times: dict[str, float]) -> int:
+    """One frame after decoding: detect, the app's scoring call, [synthesis,] draw; ``times`` gets each
+    stage (seconds). Returns the number of faces."""
+    from ferkit.models.weights import crops_to_tensor, to_model_input
+
+    t1 = time.perf_counter()
+    found = pipeline.detect(rgb, landmarks=True) if want_landmarks else pipeline.detect(rgb)
+    found = found[: predictor.max_faces]
+    t2 = time.perf_counter()
+    times["detect"] = t2 - t1
+    # the app's call: align (for the explainer too), score, re-detect ambiguous followed faces
+    scored = predictor.score_faces(rgb, found, pipeline, also=[synth_w.preprocessing] if synth is not None else [],
+                                   timings=times)
+    found = scored.faces
+    labels = [predictor.classes[int(i)] for i in scored.probs.argmax(1)] if found else []
+    t4 = time.perf_counter()
+    thumbs = None
+    if synth is not None and found:
+        xs = to_model_input(crops_to_tensor(scored.crops[synth_w.preprocessing]).to(dev), synth_w.preprocessing)
+        faces_all = synth.synthesize_all(xs)  # [B, E, C, H, W]
+        thumbs = (synth_w.preprocessing.denormalize(faces_all) * 255).to(torch.uint8).cpu().numpy()
+    t5 = time.perf_counter()
+    times["synthesis"] = t5 - t4
+    for f, lab in zip(found, labels):
+        x0, y0, bw, bh = f.box
+        cv2.rectangle(rgb, (x0, y0), (x0 + bw, y0 + bh), (0, 200, 255), 2)
+        cv2.putText(rgb, lab, (x0, max(12, y0 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 255), 1)
+    if thumbs is not None:  # a strip of every expression of the first face, top-left
+        strip = np.concatenate([t[0] for t in thumbs[0]], axis=1)
+        strip = cv2.cvtColor(strip, cv2.COLOR_GRAY2RGB) if strip.ndim == 2 else strip
+        h = min(strip.shape[0], rgb.shape[0])
+        wdt = min(strip.shape[1], rgb.shape[1])
+        rgb[:h, :wdt] = strip[:h, :wdt]
+    times["draw"] = time.perf_counter() - t5
+    return len(found)
+
+
 @torch.inference_mode()  # scoped, never a global switch: callers (and tests) may train afterwards
 def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: Optional[str] = None,
         frames: int = 120, passes: int = 3, faces: str = "tracked", device: str = "cpu",
         warmup_frames: int = 10, threads: Optional[int] = 1, detect_every: int = 5) -> dict[str, Any]:
     """Time the live loop on ``video`` (a video file, or an image repeated as one); see the module docstring."""
-    from ferkit.inference import Predictor, crops_to_tensor
+    from ferkit.inference import Predictor
 
     rss_start = _rss_mb()
     source, trained = _weights_source(weights)
     predictor = Predictor(source, device=device, engine=engine, threads=threads)
-    prep = predictor.preprocessing
     synth = synth_w = synth_label = None
     if synthesis:
         synth, synth_w, synth_label = _synthesiser(synthesis, device)
@@ -186,52 +225,8 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
                 size = (rgb.shape[1], rgb.shape[0])
                 t1 = time.perf_counter()
                 times["decode"] = t1 - t
-                found = pipeline.detect(rgb, landmarks=True) if want_landmarks else pipeline.detect(rgb)
-                found = found[: predictor.max_faces]
-                t2 = time.perf_counter()
-                times["detect"] = t2 - t1
-                crops = [pipeline.align(rgb, f, prep) for f in found]
-                synth_crops = [pipeline.align(rgb, f, synth_w.preprocessing) for f in found] if synth is not None else []
-                t3 = time.perf_counter()
-                times["align"] = t3 - t2
-                labels: list[str] = []
-                probs = None
-                if crops:
-                    probs = predictor.predict_tensor(crops_to_tensor(crops)).probabilities.cpu().numpy()
-                t3v = time.perf_counter()
-                times["infer"] = t3v - t3
-                check = getattr(pipeline, "check", None)
-                if check is not None and probs is not None:  # ambiguous followed faces: detected again
-                    found, changed = check(rgb, found, probs)
-                    if changed:
-                        again = [pipeline.align(rgb, found[i], prep) for i in changed]
-                        probs[changed] = predictor.predict_tensor(crops_to_tensor(again)).probabilities.cpu().numpy()
-                        for i in changed:
-                            if synth is not None:
-                                synth_crops[i] = pipeline.align(rgb, found[i], synth_w.preprocessing)
-                if probs is not None:
-                    labels = [predictor.classes[int(i)] for i in probs.argmax(1)]
-                t4 = time.perf_counter()
-                times["verify"] = t4 - t3v
-                thumbs = None
-                if synth is not None and synth_crops:
-                    xs = synth_w.preprocessing.normalize(crops_to_tensor(synth_crops).to(dev))
-                    faces_all = synth.synthesize_all(xs)  # [B, E, C, H, W]
-                    thumbs = (synth_w.preprocessing.denormalize(faces_all) * 255).to(torch.uint8).cpu().numpy()
-                t5 = time.perf_counter()
-                times["synthesis"] = t5 - t4
-                for f, lab in zip(found, labels):
-                    x0, y0, bw, bh = f.box
-                    cv2.rectangle(rgb, (x0, y0), (x0 + bw, y0 + bh), (0, 200, 255), 2)
-                    cv2.putText(rgb, lab, (x0, max(12, y0 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 255), 1)
-                if thumbs is not None:  # a strip of every expression of the first face, top-left
-                    strip = np.concatenate([t[0] for t in thumbs[0]], axis=1)
-                    strip = cv2.cvtColor(strip, cv2.COLOR_GRAY2RGB) if strip.ndim == 2 else strip
-                    h = min(strip.shape[0], rgb.shape[0])
-                    wdt = min(strip.shape[1], rgb.shape[1])
-                    rgb[:h, :wdt] = strip[:h, :wdt]
+                n_faces = _frame(rgb, pipeline, predictor, want_landmarks, synth, synth_w, dev, times)
                 t6 = time.perf_counter()
-                times["draw"] = t6 - t5
                 n_done += 1
                 if n_done == warmup_frames:
                     t_pass = time.perf_counter()
@@ -241,7 +236,7 @@ def run(video: Path, weights: str = "tfe-jl", engine: str = "auto", synthesis: O
                     for k, v in times.items():
                         per_stage[k].append(v * 1e3)
                     frame_ms.append((t6 - t) * 1e3)
-                    faces_seen.append(len(found))
+                    faces_seen.append(n_faces)
             fps.append(frames / (time.perf_counter() - t_pass))
     finally:
         frames_in.close()

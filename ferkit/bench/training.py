@@ -20,44 +20,13 @@ import contextlib
 import copy
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ferkit.bench.stats import summary
-
-
-@dataclass(frozen=True)
-class NetSpec:
-    architecture: str
-    cfg: dict[str, Any] = field(default_factory=dict)
-    input_size: int = 48
-    batch: int = 128
-    channels_last: bool = False
-    synthesis: bool = False
-
-
-#: each recipe's main network with the recipe's defaults (batch, input size, configuration)
-RECIPE_NETWORKS: dict[str, NetSpec] = {
-    "tfe-jl/resnet18-ferplus": NetSpec("resnet18_fer", {"num_classes": 8}, 48, 128, True),
-    "tfe-jl/resnet12-ckplus": NetSpec("resnet12_fer", {"num_classes": 7}, 48, 128, True),
-    "tfe-jl/deepid-identity": NetSpec("deepid", {"num_classes": 300}, 48, 128, True),
-    "tfe-jl/joint-ferplus": NetSpec("tfe_jl", {"num_classes": 8, "emotion_depth": 18}, 48, 128, True),
-    "tfe-jl/joint-ckplus": NetSpec("tfe_jl", {"num_classes": 7, "emotion_depth": 12}, 48, 128, True),
-    "eifn/ckplus": NetSpec("eifn", {"num_classes": 7, "num_subjects": 118}, 64, 100),
-    "eifn/ferplus-stage1": NetSpec("eifn", {"num_classes": 8, "num_subjects": 1, "mode": "efn"}, 64, 100),
-    "netb/lightcnn-identity": NetSpec("lightcnn9", {"num_classes": 338}, 128, 128, True),
-    "netb/fer2013": NetSpec("netb", {"num_classes": 7, "head": "dal"}, 128, 128, True),
-    "netb/ferplus": NetSpec("netb", {"num_classes": 8, "head": "dal"}, 128, 128, True),
-    "fersnet/ckplus": NetSpec("fersnet_light", {"num_classes": 7}, 0, 64, synthesis=True),
-    "fersnet/ferplus": NetSpec("fersnet_light", {"num_classes": 8}, 0, 64, synthesis=True),
-    # the CPU recipe of the shipped fersnet (48 px, 32 filters, resize-convolutions, batch 32)
-    "fersnet/ckplus (CPU: 48 px, width 32)": NetSpec("fersnet_light", {"num_classes": 7, "input_size": 48, "width": 32,
-                                                                     "upsample": "resize"}, 48, 32, synthesis=True),
-    "live/ferplus-distill": NetSpec("resnet_live", {"num_classes": 8}, 48, 128, True),
-}
+from ferkit.training.recipe import NetSpec
 
 MAX_STEP_TIME_S = 1.0
 PROBE_BATCH = 8
@@ -129,22 +98,33 @@ def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> di
     return row
 
 
+#: recipe settings other than a recipe's defaults that ship weights: measured beside the recipes
+CONFIGURATIONS: dict[str, NetSpec] = {
+    # the shipped fersnet's CPU recipe: 48 px, 32 filters, resize-convolutions, batch 32
+    "fersnet/ckplus (CPU recipe: 48 px, width 32)": NetSpec(
+        "fersnet_light", {"num_classes": 7, "input_size": 48, "width": 32, "upsample": "resize"}, 48, 32,
+        synthesis=True),
+}
+
+
 def bench_training(recipes: Optional[list[str]] = None, device: torch.device = torch.device("cpu")) -> list[dict]:
-    """One row per recipe; recipes sharing a network configuration are measured once."""
-    from ferkit.recipes.registry import list_recipes
+    """One row per recipe (its :attr:`~ferkit.training.recipe.Recipe.network`); recipes sharing a
+    network configuration are measured once."""
+    from ferkit.recipes.registry import get_recipe, list_recipes
 
     known = list_recipes()
-    # every recipe, then the named configurations of a recipe (e.g. FERSNet's CPU recipe), marked registered=False
-    names = recipes or known + [k for k in RECIPE_NETWORKS if k not in known]
+    # every recipe, then the named configurations of a recipe (FERSNet's CPU recipe), marked registered=False
+    names = recipes or known + list(CONFIGURATIONS)
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # as the training engine does
     done: dict[str, dict[str, Any]] = {}
     rows = []
     for name in names:
-        spec = RECIPE_NETWORKS.get(name)
+        spec = get_recipe(name).network if name in known else CONFIGURATIONS.get(name)
         if spec is None:
-            rows.append({"recipe": name, "error": "no network spec in ferkit.bench.training.RECIPE_NETWORKS"})
+            rows.append({"recipe": name, "error": "not a registered recipe" if name not in known
+                         else "the recipe declares no network (Recipe.network)"})
             continue
         key = repr(spec)  # dict fields make NetSpec unhashable; its repr identifies it
         if key not in done:
@@ -173,7 +153,9 @@ def train_rate(recipe: str = BUSY_CORE_RECIPE, threads: Any = "auto", seconds: f
     from ferkit.models.registry import create_model
     from ferkit.training.threads import ThreadGovernor, choose_threads
 
-    spec = RECIPE_NETWORKS[recipe]
+    from ferkit.recipes.registry import get_recipe
+
+    spec = get_recipe(recipe).network
     choice = choose_threads(threads)
     torch.set_num_threads(choice.threads)
     governor = ThreadGovernor(choice, torch.set_num_threads)

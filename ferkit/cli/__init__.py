@@ -1,7 +1,9 @@
 """`ferkit` command line. Each subcommand lives in its own module exposing ``register(subparsers)``.
 
-Errors the user can fix (bad paths, bad data, unknown names) are printed as one plain line and
-exit with status 2; tracebacks are reserved for bugs (or shown with ``FERKIT_DEBUG=1``).
+Errors the user can fix (bad paths, bad data, unknown names: :class:`ferkit.errors.UserError`) are
+printed as one plain line and exit with status 2, as argparse does for a bad command line. Any other
+exception is a bug and keeps its traceback, even a ``KeyError`` or ``ValueError``: a one-line message
+would hide where it came from. ``FERKIT_DEBUG=1`` shows the traceback of user errors too.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import importlib
 import os
 import sys
 from typing import Optional, Sequence
+
+from ferkit.errors import UserError
 
 # one entry per subcommand module in ferkit/cli/ (add yours here)
 COMMAND_MODULES: list[str] = [
@@ -26,9 +30,6 @@ COMMAND_MODULES: list[str] = [
     "synthesize",
     "eval_synthesis",
 ]
-
-#: exception types that mean "the user's input was wrong", not "ferkit has a bug"
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, KeyError, ValueError, RuntimeError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +48,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("ferkit: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as exc:
+    except UserError as exc:
         if os.environ.get("FERKIT_DEBUG"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"ferkit {args.command}: error: {message}", file=sys.stderr)
+        print(f"ferkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

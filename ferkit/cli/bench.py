@@ -30,7 +30,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from ferkit.errors import NotFoundError
 
 SECTIONS = ("models", "pipeline", "agreement", "training")
 
@@ -92,20 +94,15 @@ def _devices(spec: str) -> list[Any]:
 
 
 def _synthesis_default() -> str:
-    from ferkit.models.weights import get_weights, list_weights
+    """The first shipped weights with a synthesis stream, else the first CPU-sized architecture with one."""
+    from ferkit.models.registry import architectures_with
+    from ferkit.models.weights import weights_with
 
-    for name in list_weights():
-        try:
-            if get_weights(name).architecture.startswith("fersnet"):
-                return name
-        except Exception:  # noqa: BLE001 - a broken card is someone else's test failure
-            continue
-    return "fersnet_light"
+    return (weights_with("synthesis") or architectures_with("synthesis", cpu_sized=True))[0]
 
 
 def run(args: argparse.Namespace) -> int:
     from ferkit.bench.stats import environment, flush_denormals
-    from ferkit.paths import samples_dir
 
     if not args.keep_denormals:
         flush_denormals()
@@ -121,89 +118,19 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    def save_partial() -> None:  # a section's figures survive a later section failing or being stopped
-        if args.out:
-            from ferkit.utils.io import atomic_write_text
+    sections: dict[str, Callable[[], dict[str, Any]]] = {
+        "models": lambda: {"models": _models_section(args, devices, say)},
+        "pipeline": lambda: _pipeline_section(args, say),
+        "agreement": lambda: {"agreement": _agreement_section(args, say)},
+        "training": lambda: _training_section(args, devices, say),
+    }
+    for name, section in sections.items():
+        if name in args.only:
+            report.update(section())
+            if args.out and name != "training":  # a section's figures survive a later one failing or stopped
+                from ferkit.utils.io import atomic_write_text
 
-            atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
-
-    if "models" in args.only:
-        from ferkit.bench.models import bench_model, bench_models_list
-
-        from ferkit.export.onnx import default_calibration_dir
-
-        calibration = args.calibration or default_calibration_dir()
-        per_face_engines = ("torch", "onnx") + (() if args.no_int8 or not calibration.is_dir() else ("onnx-int8",))
-        rows = []
-        for bm in bench_models_list(args.models):
-            for dev in devices:
-                say(f"model {bm.label} on {dev}")
-                rows.append(bench_model(bm, dev, engines=("torch", "onnx"), threads=args.threads,
-                                        per_face_engines=per_face_engines, calibration=calibration))
-        report["models"] = rows
-        save_partial()
-    if "pipeline" in args.only:
-        from ferkit.bench.pipeline import load_ratio, run_in_child
-
-        video = args.video or samples_dir() / "expressions_pexels_640x360.mp4"
-        multi = args.multi_face or samples_dir() / "multi_face.jpg"
-        for path in (video, multi):
-            if not path.is_file():
-                raise FileNotFoundError(f"benchmark input {path} is missing")
-        synth = args.synthesis_weights or _synthesis_default()
-        live = {"engine": args.engine, "faces": "tracked", "synthesis": None}
-        configs: list[tuple[str, Path, dict[str, Any], int]] = [
-            ("1 face, live path", video, live, 0),
-            ("1 face, live path, under load", video, live, args.load_cores),
-            ("5 faces, live path", multi, live, 0),
-            ("5 faces, live path, under load", multi, live, args.load_cores),
-            ("1 face, live path, detector eyes (no mesh)", video, {**live, "faces": "tracked-detector-eyes"}, 0),
-            ("5 faces, live path, detector eyes (no mesh)", multi, {**live, "faces": "tracked-detector-eyes"}, 0),
-            ("1 face, landmarks panel open (mesh every frame)", video, {**live, "faces": "tracked-mesh"}, 0),
-            ("1 face, detector + mesh every frame (former live path)", video, {**live, "faces": "mesh"}, 0),
-            ("1 face, torch engine, live path", video, {**live, "engine": "torch"}, 0),
-            ("1 face, torch engine + synthesis", video, {"engine": "torch", "faces": "mesh", "synthesis": synth}, 0),
-        ]
-        rows = []
-        for name, source, cfg, load in configs:
-            if "under load" in name and load <= 0:
-                continue
-            say(f"pipeline: {name}")
-            row = run_in_child(video=source, weights=args.pipeline_weights, frames=args.frames, passes=args.passes,
-                               device="cpu", threads=args.threads, detect_every=args.detect_every,
-                               keep_denormals=args.keep_denormals, load_cores=load, **cfg)
-            rows.append({"name": name, **row})
-        report["pipeline"] = rows
-        by_name = {r["name"]: r for r in rows}
-        ratios = {}
-        for what in ("1 face", "5 faces"):
-            idle, loaded = by_name.get(f"{what}, live path"), by_name.get(f"{what}, live path, under load")
-            if idle and loaded and "error" not in idle and "error" not in loaded:
-                ratios[what] = load_ratio(idle, loaded)
-        report["pipeline_load_ratio"] = ratios
-        save_partial()
-    if "agreement" in args.only:
-        from ferkit.bench.agreement import run as run_agreement
-
-        video = args.video or samples_dir() / "expressions_pexels_640x360.mp4"
-        say("agreement of the fast face path with detection + mesh on every frame")
-        report["agreement"] = run_agreement(video, args.pipeline_weights, args.engine, args.detect_every,
-                                            max_frames=args.agreement_frames, say=say)
-        save_partial()
-    if "training" in args.only:
-        from ferkit.bench.training import bench_training
-
-        rows = []
-        for dev in devices:
-            say(f"training throughput on {dev}")
-            rows.extend(bench_training(args.recipes, dev))
-        report["training"] = rows
-        save_partial()
-        if args.load_cores > 0 and any(d.type == "cpu" for d in devices):
-            from ferkit.bench.training import busy_core_rows
-
-            say(f"training under {args.load_cores} busy core(s)")
-            report["training_busy_core"] = busy_core_rows(args.busy_seconds, args.load_cores, args.busy_repeats)
+                atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     report["goals"] = goals(report)
     report["environment_after"] = {"load_average_1_5_15": environment()["load_average_1_5_15"]}
     report["wall_time_s"] = round(time.perf_counter() - t_start, 1)
@@ -216,6 +143,88 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(text)
     return 0
+
+
+def _models_section(args: argparse.Namespace, devices: list[Any], say: Callable[[str], None]) -> list[dict[str, Any]]:
+    from ferkit.bench.models import bench_model, bench_models_list
+    from ferkit.export.onnx import default_calibration_dir
+
+    calibration = args.calibration or default_calibration_dir()
+    per_face_engines = ("torch", "onnx") + (() if args.no_int8 or not calibration.is_dir() else ("onnx-int8",))
+    rows = []
+    for bm in bench_models_list(args.models):
+        for dev in devices:
+            say(f"model {bm.label} on {dev}")
+            rows.append(bench_model(bm, dev, engines=("torch", "onnx"), threads=args.threads,
+                                    per_face_engines=per_face_engines, calibration=calibration))
+    return rows
+
+
+def _pipeline_section(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    """The ``pipeline`` rows and ``pipeline_load_ratio`` of the report."""
+    from ferkit.bench.pipeline import load_ratio, run_in_child
+    from ferkit.paths import samples_dir
+
+    video = args.video or samples_dir() / "expressions_pexels_640x360.mp4"
+    multi = args.multi_face or samples_dir() / "multi_face.jpg"
+    for path in (video, multi):
+        if not path.is_file():
+            raise NotFoundError(f"benchmark input {path} is missing")
+    synth = args.synthesis_weights or _synthesis_default()
+    live = {"engine": args.engine, "faces": "tracked", "synthesis": None}
+    configs: list[tuple[str, Path, dict[str, Any], int]] = [
+        ("1 face, live path", video, live, 0),
+        ("1 face, live path, under load", video, live, args.load_cores),
+        ("5 faces, live path", multi, live, 0),
+        ("5 faces, live path, under load", multi, live, args.load_cores),
+        ("1 face, live path, detector eyes (no mesh)", video, {**live, "faces": "tracked-detector-eyes"}, 0),
+        ("5 faces, live path, detector eyes (no mesh)", multi, {**live, "faces": "tracked-detector-eyes"}, 0),
+        ("1 face, landmarks panel open (mesh every frame)", video, {**live, "faces": "tracked-mesh"}, 0),
+        ("1 face, detector + mesh every frame (former live path)", video, {**live, "faces": "mesh"}, 0),
+        ("1 face, torch engine, live path", video, {**live, "engine": "torch"}, 0),
+        ("1 face, torch engine + synthesis", video, {"engine": "torch", "faces": "mesh", "synthesis": synth}, 0),
+    ]
+    rows = []
+    for name, source, cfg, load in configs:
+        if "under load" in name and load <= 0:
+            continue
+        say(f"pipeline: {name}")
+        row = run_in_child(video=source, weights=args.pipeline_weights, frames=args.frames, passes=args.passes,
+                           device="cpu", threads=args.threads, detect_every=args.detect_every,
+                           keep_denormals=args.keep_denormals, load_cores=load, **cfg)
+        rows.append({"name": name, **row})
+    by_name = {r["name"]: r for r in rows}
+    ratios = {}
+    for what in ("1 face", "5 faces"):
+        idle, loaded = by_name.get(f"{what}, live path"), by_name.get(f"{what}, live path, under load")
+        if idle and loaded and "error" not in idle and "error" not in loaded:
+            ratios[what] = load_ratio(idle, loaded)
+    return {"pipeline": rows, "pipeline_load_ratio": ratios}
+
+
+def _agreement_section(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    from ferkit.bench.agreement import run as run_agreement
+    from ferkit.paths import samples_dir
+
+    video = args.video or samples_dir() / "expressions_pexels_640x360.mp4"
+    say("agreement of the fast face path with detection + mesh on every frame")
+    return run_agreement(video, args.pipeline_weights, args.engine, args.detect_every,
+                         max_frames=args.agreement_frames, say=say)
+
+
+def _training_section(args: argparse.Namespace, devices: list[Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """Each recipe's training img/s, then (on CPU) the same network next to busy cores (issue 22)."""
+    from ferkit.bench.training import bench_training, busy_core_rows
+
+    rows = []
+    for dev in devices:
+        say(f"training throughput on {dev}")
+        rows.extend(bench_training(args.recipes, dev))
+    out: dict[str, Any] = {"training": rows}
+    if args.load_cores > 0 and any(d.type == "cpu" for d in devices):
+        say(f"training under {args.load_cores} busy core(s)")
+        out["training_busy_core"] = busy_core_rows(args.busy_seconds, args.load_cores, args.busy_repeats)
+    return out
 
 
 def goals(report: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +255,27 @@ def _fmt(s: Any, key: str = "median") -> str:
     return f"{s[key]:g} ({lo:g}-{hi:g})" if lo is not None else f"{s[key]:g}"
 
 
+def _per_face_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The per-face latency table of the models section (nothing when no row measured it)."""
+    if not rows:
+        return []
+    out = ["| per face (1 crop, 1 thread, preprocessing incl.) | torch ms | ONNX ms | ONNX int8 ms | "
+           "card TTA | torch ms (TTA) | ONNX ms (TTA) | int8 ms (TTA) |",
+           "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in rows:
+        pf = r["per_face_ms"]
+
+        def cell(engine: str, key: str = "ms", pf: dict[str, Any] = pf) -> str:
+            row = pf.get(engine, {"error": "not measured"})
+            return "-" if "error" in row else _fmt(row.get(key))
+
+        tta = next((v.get("tta_card") for v in pf.values() if "tta_card" in v), "-")
+        out.append(f"| {r['model']} | {cell('torch')} | {cell('onnx')} | {cell('onnx-int8')} | {tta} | "
+                   f"{cell('torch', 'ms_card_tta')} | {cell('onnx', 'ms_card_tta')} | "
+                   f"{cell('onnx-int8', 'ms_card_tta')} |")
+    return out + [""]
+
+
 def format_tables(report: dict[str, Any]) -> str:
     """Markdown tables of the report (what the README shows): median (min-max)."""
     env = report["environment"]
@@ -254,23 +284,7 @@ def format_tables(report: dict[str, Any]) -> str:
            f"{report.get('environment_after', {}).get('load_average_1_5_15')}; torch {env['versions']['torch']}, "
            f"onnxruntime {env['versions']['onnxruntime']}; wall {report.get('wall_time_s')} s", ""]
     if report.get("models"):
-        faces = [r for r in report["models"] if r.get("per_face_ms")]
-        if faces:
-            out += ["| per face (1 crop, 1 thread, preprocessing incl.) | torch ms | ONNX ms | ONNX int8 ms | "
-                    "card TTA | torch ms (TTA) | ONNX ms (TTA) | int8 ms (TTA) |",
-                    "|---|---:|---:|---:|---|---:|---:|---:|"]
-            for r in faces:
-                pf = r["per_face_ms"]
-
-                def cell(engine: str, key: str = "ms", pf: dict[str, Any] = pf) -> str:
-                    row = pf.get(engine, {"error": "not measured"})
-                    return "-" if "error" in row else _fmt(row.get(key))
-
-                tta = next((v.get("tta_card") for v in pf.values() if "tta_card" in v), "-")
-                out.append(f"| {r['model']} | {cell('torch')} | {cell('onnx')} | {cell('onnx-int8')} | {tta} | "
-                           f"{cell('torch', 'ms_card_tta')} | {cell('onnx', 'ms_card_tta')} | "
-                           f"{cell('onnx-int8', 'ms_card_tta')} |")
-            out.append("")
+        out += _per_face_table([r for r in report["models"] if r.get("per_face_ms")])
         out += ["| model | device | torch b1 ms | torch b1 p95 | ORT b1 ms | ORT b1 p95 | torch img/s | ORT img/s |",
                 "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in report["models"]:

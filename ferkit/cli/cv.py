@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 #: fold options that ``ferkit cv`` sets itself; a recipe's own definitions of them are skipped
 _CV_FLAGS = {"--folds", "--fold", "--split-seed", "--epochs", "--threads"}
 
@@ -84,13 +86,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.recipe:
         fold_capable = [n for n in list_recipes() if getattr(get_recipe(n), "supports_folds", False)]
-        raise ValueError("name a recipe: ferkit cv RECIPE --data DIR (fold-capable recipes: "
+        raise UsageError("name a recipe: ferkit cv RECIPE --data DIR (fold-capable recipes: "
                          f"{', '.join(fold_capable) or 'none'})")
     recipe_cls = get_recipe(args.recipe)
     parser, own = cv_parser(recipe_cls)
     opts = parser.parse_args(args.rest)
     if not opts.data.exists():
-        raise FileNotFoundError(f"--data {opts.data} does not exist")
+        raise NotFoundError(f"--data {opts.data} does not exist")
     out = opts.out or Path("runs") / "cv" / recipe_cls.name.replace("/", "_")
     stdout = sys.stdout
 

@@ -23,6 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("eval-synthesis", help="score synthesised faces (Table V accuracy, identity cosine)",
@@ -52,7 +54,7 @@ def _test_faces(args: argparse.Namespace, size: int, classes: list[str]):
     """(dataset of unseen faces, description)."""
     data = Path(args.data)
     if not data.exists():
-        raise FileNotFoundError(f"--data {data}: no such folder")
+        raise NotFoundError(f"--data {data}: no such folder")
     if (data / "label.csv").is_file() or (data / "FER2013Valid" / "label.csv").is_file():
         from ferkit.data.ferplus import load_ferplus
 
@@ -83,7 +85,7 @@ def _photo_faces(photos: list[Path], pre: Any):
         for photo in photos:
             faces = pipeline.process(read_image(photo), pre)
             if not faces:
-                raise ValueError(f"{photo}: no face found; --photos needs pictures with detectable faces")
+                raise UsageError(f"{photo}: no face found; --photos needs pictures with detectable faces")
             crops += [f.crop for f in faces]
             names.append(f"{photo.name} ({len(faces)})")
     images = crops_to_tensor(crops)
@@ -96,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
     from ferkit.models.weights import load_weights
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+        raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
     generator = load_weights(args.checkpoint or args.weights, device=args.device)
     if not getattr(generator.model, "has_synthesis", False):
-        raise ValueError(f"weights {generator.weights.name!r} have no synthesis stream")
+        raise UsageError(f"weights {generator.weights.name!r} have no synthesis stream")
     pre, classes = generator.weights.preprocessing, list(generator.weights.classes)
     if args.photos:
         images, labels, desc = _photo_faces(list(args.photos), pre)
@@ -107,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         ds, desc = _test_faces(args, pre.input_size, classes)
         if list(ds.classes) != classes:
-            raise ValueError(f"--data classes {ds.classes} differ from the weights' classes {classes}")
+            raise UsageError(f"--data classes {ds.classes} differ from the weights' classes {classes}")
         if pre.channels != ds.images.shape[1]:
-            raise ValueError(f"--data has {ds.images.shape[1]}-channel images, the weights expect {pre.channels}")
+            raise UsageError(f"--data has {ds.images.shape[1]}-channel images, the weights expect {pre.channels}")
         images, labels, subjects = ds.images, ds.labels, ds.subjects
     judge = Judge(load_weights(args.judge, device=generator.device), classes) if args.judge else None
     identity = FrozenIdentity.from_option(args.identity_weights, device=generator.device)

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("eval-verification", help="face verification accuracy / ROC of an identity feature",
@@ -113,8 +115,8 @@ def write_card(card: Path, updates: dict) -> None:
     from ferkit.utils.io import atomic_write_text
 
     if card.suffix != ".json" or not card.is_file():
-        raise FileNotFoundError(f"--write-card {card}: not an existing .json weights card (export the "
-                                "checkpoint with `ferkit export-weights` first)")
+        raise NotFoundError(f"--write-card {card}: not an existing .json weights card (export the "
+                            "checkpoint with `ferkit export-weights` first)")
     d = json.loads(card.read_text())
     d.update(updates["fields"])
     d["metrics"] = {**(d.get("metrics") or {}), **updates["metrics"]}
@@ -125,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
     from ferkit.evaluation.verification import run_verification
 
     if args.checkpoint is not None and not args.checkpoint.exists():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
+        raise NotFoundError(f"--checkpoint {args.checkpoint} does not exist")
     if not args.data.exists():
-        raise FileNotFoundError(f"--data {args.data} does not exist")
+        raise NotFoundError(f"--data {args.data} does not exist")
     if args.far is not None and not 0.0 <= args.far < 1.0:
-        raise ValueError(f"--far is a rate in [0, 1), e.g. 0.01; got {args.far}")
+        raise UsageError(f"--far is a rate in [0, 1), e.g. 0.01; got {args.far}")
     summary, result = run_verification(str(args.checkpoint or args.weights), args.data, pairs_file=args.pairs,
                                        n_pairs=args.n_pairs, seed=args.seed, identities=args.identities,
                                        device=args.device, n_folds=args.folds, align=args.align,

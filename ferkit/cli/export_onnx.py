@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("export-onnx", help="export a model to ONNX (checked against torch)",
@@ -48,23 +50,23 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferkit.export.onnx import export_weights
+    from ferkit.export.onnx import export_onnx
     from ferkit.models.weights import list_weights
 
     identity = False if args.no_identity else None
     if args.int8 and (args.calibration is None or not args.calibration.is_dir()):
-        raise FileNotFoundError(f"--int8 needs --calibration DIR with face crops (got {args.calibration})")
+        raise NotFoundError(f"--int8 needs --calibration DIR with face crops (got {args.calibration})")
     if (args.calibration is not None or args.validate is not None) and not args.int8:
-        raise ValueError("--calibration and --validate apply to --int8 only")
+        raise UsageError("--calibration and --validate apply to --int8 only")
     if args.all:
         names = list_weights()
         if not names:
-            raise FileNotFoundError("no shipped weights to export (resources/weights/ is empty)")
+            raise NotFoundError("no shipped weights to export (resources/weights/ is empty)")
         jobs = [(n, args.out / f"{n}.onnx") for n in names]
     else:
         source = str(args.checkpoint) if args.checkpoint else args.weights
         if args.checkpoint and not args.checkpoint.exists():
-            raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
+            raise NotFoundError(f"--checkpoint {args.checkpoint} does not exist")
         out = args.out if args.out.suffix == ".onnx" else args.out.with_suffix(".onnx")
         jobs = [(source, out)]
     results = []
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             out = out.with_name(f"{source}.int8.onnx")
         # the int8 model is quantised from a checked fp32 export, written beside it and removed after
         fp32_out = out.with_name(out.stem + ".fp32-tmp.onnx") if args.int8 else out
-        r = export_weights(source, fp32_out, opset=args.opset, identity=identity)
+        r = export_onnx(source, fp32_out, opset=args.opset, identity=identity)
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in r.max_abs_diff.items())
         entry = {"name": r.name, "architecture": r.architecture, "path": str(out), "outputs": r.outputs,
                  "input_shape": r.input_shape, "max_abs_diff": r.max_abs_diff, "size_bytes": r.size_bytes}

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import UsageError
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("export-weights", help="turn a training checkpoint into shipped weights",
@@ -40,7 +42,7 @@ def register(subparsers: Any) -> None:
 def _parse_metric(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise ValueError(f"--metric {text!r}: expected KEY=VALUE")
+        raise UsageError(f"--metric {text!r}: expected KEY=VALUE")
     try:
         return key, float(value)
     except ValueError:
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ferkit.training.export import export_ensemble, export_weights
 
     if len(args.checkpoint) > 1 and not args.ensemble:
-        raise ValueError(f"{len(args.checkpoint)} checkpoints given: pass --ensemble to combine identity nets, "
+        raise UsageError(f"{len(args.checkpoint)} checkpoints given: pass --ensemble to combine identity nets, "
                          "or give one checkpoint")
     metrics = dict(_parse_metric(m) for m in args.metric)
     if args.eval_json is not None:

@@ -17,6 +17,8 @@ import json
 import sys
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 
 def register(subparsers: Any) -> None:
     from ferkit.training.threads import threads_arg
@@ -75,14 +77,14 @@ def resolve_weights(args: argparse.Namespace) -> str:
         from pathlib import Path
 
         if not Path(args.checkpoint).is_file():
-            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+            raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
         return args.checkpoint
     if args.weights:
         return args.weights
     if DEFAULT_WEIGHTS not in list_weights():
         shipped = ", ".join(list_weights()) or "none"
-        raise FileNotFoundError(f"the default weights {DEFAULT_WEIGHTS!r} are not shipped in {weights_dir()} yet "
-                                f"(shipped: {shipped}); pass --weights NAME or --checkpoint PATH")
+        raise NotFoundError(f"the default weights {DEFAULT_WEIGHTS!r} are not shipped in {weights_dir()} yet "
+                            f"(shipped: {shipped}); pass --weights NAME or --checkpoint PATH")
     return DEFAULT_WEIGHTS
 
 
@@ -96,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ferkit.inference import ImageReadError, Predictor, expand_image_paths
+    from ferkit.data.images import ImageReadError, expand_image_paths
+    from ferkit.inference import Predictor
     from ferkit.video import is_video
 
     if args.threads == "auto":
@@ -105,14 +108,14 @@ def _run(args: argparse.Namespace) -> int:
         args.threads = choose_threads("auto").threads
     if any(is_video(p) for p in args.paths):
         if len(args.paths) != 1:
-            raise ValueError("give one video at a time (images and folders can be mixed, videos cannot)")
+            raise UsageError("give one video at a time (images and folders can be mixed, videos cannot)")
         return run_video(args)
     if args.csv or args.plot or args.enrol or args.every != 1 or args.detect_every != 1:
-        raise ValueError("--every, --detect-every, --csv, --plot and --enrol apply to a video; PATH is not one "
+        raise UsageError("--every, --detect-every, --csv, --plot and --enrol apply to a video; PATH is not one "
                          f"(video endings: {', '.join(sorted(_video_suffixes()))})")
     paths = expand_image_paths(args.paths)
     if len(paths) == 1 and not paths[0].exists():
-        raise FileNotFoundError(f"{paths[0]}: no such file")
+        raise NotFoundError(f"{paths[0]}: no such file")
     results: list[dict[str, Any]] = []
     failed = 0
     with Predictor(resolve_weights(args), device=args.device, max_faces=args.max_faces,
@@ -175,13 +178,13 @@ def _enrolment(predictor: Any, specs: list[str]) -> dict[str, Any]:
     for spec in specs:
         name, sep, image = spec.partition("=")
         if not sep or not name or not image:
-            raise ValueError(f"--enrol {spec!r}: expected NAME=IMAGE")
+            raise UsageError(f"--enrol {spec!r}: expected NAME=IMAGE")
         faces = predictor.predict_file(image).faces
         if not faces:
-            raise ValueError(f"--enrol {spec}: no face found in {image}")
+            raise UsageError(f"--enrol {spec}: no face found in {image}")
         face = max(faces, key=lambda f: f.box[2] * f.box[3])
         if face.identity is None:
-            raise ValueError(f"--enrol: {predictor.weights.name} has no identity feature; use weights with one "
+            raise UsageError(f"--enrol: {predictor.weights.name} has no identity feature; use weights with one "
                              "(tfe-jl, deepid, lightcnn9-identity, eifn)")
         enrolled[name] = face.identity
     return enrolled

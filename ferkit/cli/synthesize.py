@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 DEFAULT_SYNTHESIS_WEIGHTS = "fersnet"
 
 
@@ -54,28 +56,28 @@ def _run(args: argparse.Namespace) -> int:
     from ferkit.models.weights import load_weights
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+        raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
     from ferkit.evaluation.evaluate import canonical
 
     loaded = load_weights(args.checkpoint or args.weights or DEFAULT_SYNTHESIS_WEIGHTS, device=args.device)
     # labels in the one spelling the app and the other commands use ("happiness", not CK+'s "happy")
     model, pre, classes = loaded.model, loaded.weights.preprocessing, [canonical(c) for c in loaded.weights.classes]
     if not getattr(model, "has_synthesis", False):
-        raise ValueError(f"weights {loaded.weights.name!r} ({loaded.weights.architecture}) have no synthesis "
+        raise UsageError(f"weights {loaded.weights.name!r} ({loaded.weights.architecture}) have no synthesis "
                          "stream; use FERSNet weights (e.g. --weights fersnet)")
     if args.target == "all":
         targets = list(range(len(classes)))
     elif canonical(args.target) in classes:  # either spelling: happy / happiness
         targets = [classes.index(canonical(args.target))]
     else:
-        raise ValueError(f"--target {args.target!r} is not a class of {loaded.weights.name!r}; "
+        raise UsageError(f"--target {args.target!r} is not a class of {loaded.weights.name!r}; "
                          f"use one of {', '.join(classes)} or 'all'")
     crops, where = [], []
     with FacePipeline(max_faces=10) as pipeline:
         for image in args.images:
             faces = pipeline.process(read_image(image), pre, whole_image=args.whole_image)
             if not faces:
-                raise ValueError(f"{image}: no face found; pass --whole-image if the picture already is a face crop")
+                raise UsageError(f"{image}: no face found; pass --whole-image if the picture already is a face crop")
             if not args.all_faces:  # the largest face is the subject of the picture
                 faces = [max(faces, key=lambda f: f.face.box[2] * f.face.box[3])]
             faces.sort(key=lambda f: f.face.box[0])  # left to right, as the app numbers them

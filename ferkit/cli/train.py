@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ferkit.errors import NotFoundError, UsageError
+
 EXIT_INTERRUPTED = 130
 
 
@@ -86,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
         print(list_text())
         return 0
     if not args.recipe:
-        raise ValueError("name a recipe: ferkit train RECIPE --data DIR --out DIR (ferkit train --list shows them)")
+        raise UsageError("name a recipe: ferkit train RECIPE --data DIR --out DIR (ferkit train --list shows them)")
     recipe_cls = get_recipe(args.recipe)
     parser, own = recipe_parser(recipe_cls)
     opts = parser.parse_args(args.rest)
     if not opts.data.exists():
-        raise FileNotFoundError(f"--data {opts.data} does not exist")
+        raise NotFoundError(f"--data {opts.data} does not exist")
     # validate before anything else: a bad layout is a one-line error, not a traceback mid-setup
     recipe_cls.validate_data(opts.data)
     recipe = recipe_cls(opts.data, {k: getattr(opts, k) for k in sorted(own)})

@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
+
 
 def parse_augment(spec: str, allowed: Sequence[str]) -> set[str]:
     """The items of an ``--augment`` comma list ('none' or '' = none), refusing any not in ``allowed``."""
@@ -21,7 +23,7 @@ def parse_augment(spec: str, allowed: Sequence[str]) -> set[str]:
     parts = set() if spec in {"", "none"} else {a.strip() for a in spec.split(",")}
     unknown = parts - set(allowed)
     if unknown:
-        raise ValueError(f"--augment: unknown item(s) {sorted(unknown)}; use {', '.join(allowed)} or none")
+        raise UsageError(f"--augment: unknown item(s) {sorted(unknown)}; use {', '.join(allowed)} or none")
     return parts
 
 
@@ -75,7 +77,7 @@ def random_resized_crop(x: torch.Tensor, min_area: float, generator: Optional[to
     the image (no padding is ever sampled). Bilinear resampling back to the input size.
     """
     if not 0.0 < min_area <= 1.0:
-        raise ValueError(f"--crop-area must be in (0, 1], got {min_area}")
+        raise UsageError(f"--crop-area must be in (0, 1], got {min_area}")
     n = x.shape[0]
     side = torch.sqrt(torch.rand(n, generator=generator, device=x.device) * (1.0 - min_area) + min_area)
     room = 1.0 - side  # normalised coordinates span [-1, 1]: the centre may move by 1 - side

@@ -19,6 +19,7 @@ from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.images import IMAGE_EXTENSIONS
 from ferkit.data.index import DatasetIndex, Sample, load_index
+from ferkit.errors import UsageError
 
 CKPLUS_CODES = ["neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
 PROTOCOLS = ("last3", "last3+neutral")
@@ -50,7 +51,7 @@ def read_emotion_file(path: Path) -> int:
 
 def index_ckplus(root: Union[str, Path], protocol: str = "last3") -> DatasetIndex:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown CK+ protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        raise UsageError(f"unknown CK+ protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     root = Path(root)
     images_root = _find(root, "cohn-kanade-images")
     emotion_root = _find(root, "Emotion")

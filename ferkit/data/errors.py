@@ -1,11 +1,17 @@
-"""The one error type for bad datasets: it always names the file (and line) and what to do."""
+"""The one error type for bad datasets: it always names the file (and line) and what to do.
+
+A bad dataset is the user's to fix, so :class:`DataError` is a :class:`~ferkit.errors.UserError` (the
+command line prints it as one line); it stays a ``ValueError`` for callers that catch that.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional, Union
 
+from ferkit.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     def __init__(self, path: Union[str, Path], problem: str, line: Optional[int] = None, hint: str = ""):
         self.path = Path(path)
         self.line = line

@@ -24,6 +24,7 @@ from ferkit.data.cache import cached_dataset
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.images import read_images
+from ferkit.errors import UsageError
 
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -38,7 +39,7 @@ def _usages(usage: Union[None, str, Iterable[str]]) -> Optional[set[str]]:
     wanted = {usage} if isinstance(usage, str) else set(usage)
     bad = wanted - set(USAGES)
     if bad:
-        raise ValueError(f"unknown FER2013 usage {sorted(bad)}; use {', '.join(USAGES)}")
+        raise UsageError(f"unknown FER2013 usage {sorted(bad)}; use {', '.join(USAGES)}")
     return wanted
 
 

@@ -40,6 +40,7 @@ from ferkit.data.cache import cached_dataset
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.images import read_images
+from ferkit.errors import UsageError
 
 FERPLUS_CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
 #: all ten vote columns of label.csv, in order
@@ -89,7 +90,7 @@ def vote_label(votes: np.ndarray, vote: str) -> Optional[int]:
         return plurality_label(votes)
     if vote == "votes":
         return emotional_label(votes)
-    raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(TRAINING_VOTE_RULES)}")
+    raise UsageError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(TRAINING_VOTE_RULES)}")
 
 
 def read_label_csv(label_csv: Union[str, Path]) -> list[tuple[str, np.ndarray, int]]:
@@ -168,7 +169,7 @@ def load_ferplus(folder: Union[str, Path], vote: str = "majority", split: Option
     ``meta["dropped"]``. ``size`` resizes (None keeps 48x48); ``grayscale=False`` gives 3 channels.
     """
     if vote not in TRAINING_VOTE_RULES:
-        raise ValueError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(TRAINING_VOTE_RULES)}")
+        raise UsageError(f"unknown FER+ vote rule {vote!r}; use one of {', '.join(TRAINING_VOTE_RULES)}")
     from ferkit.data.prepared import is_prepared, load_prepared
 
     if split is None and is_prepared(folder):  # the output of `ferkit prepare ferplus ...`

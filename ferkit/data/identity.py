@@ -20,6 +20,7 @@ from ferkit.data.dataset import FaceDataset, concat
 from ferkit.data.errors import DataError
 from ferkit.data.pack import is_pack
 from ferkit.data.images import IMAGE_EXTENSIONS, read_images
+from ferkit.errors import UsageError
 
 
 def natural_key(name: str) -> list[Union[int, str]]:
@@ -157,16 +158,16 @@ def parse_holdout(spec: Union[int, str, None], set_names: list[str]) -> dict[str
     if isinstance(spec, int) or str(spec).strip().lstrip("-").isdigit():
         n = int(spec)
         if n < 0:
-            raise ValueError(f"--holdout-identities must be >= 0, got {n}")
+            raise UsageError(f"--holdout-identities must be >= 0, got {n}")
         return {set_names[0]: n} if n and set_names else {}
     out: dict[str, int] = {}
     for part in str(spec).split(","):
         name, sep, count = part.strip().partition("=")
         if not sep or not count.strip().isdigit():
-            raise ValueError(f"--holdout-identities {spec!r}: use N or set=N,set=N (e.g. celeba_subset=48,yalefaces=7)")
+            raise UsageError(f"--holdout-identities {spec!r}: use N or set=N,set=N (e.g. celeba_subset=48,yalefaces=7)")
         name = name.strip()
         if name not in set_names:
-            raise ValueError(f"--holdout-identities names {name!r}, which is not one of the identity sets "
+            raise UsageError(f"--holdout-identities names {name!r}, which is not one of the identity sets "
                              f"({', '.join(set_names)})")
         out[name] = int(count)
     return out
@@ -266,7 +267,7 @@ def load_identity_holdout_split(data_dir: Path, extra_roots: Sequence[Union[str,
         primary = _identities_with(primary, min_images)
     n_ids = len(primary.classes)
     if not 0 <= n_holdout < n_ids:
-        raise ValueError(f"--holdout-identities must be in 0..{n_ids - 1} ({data_dir} has {n_ids} identities)")
+        raise UsageError(f"--holdout-identities must be in 0..{n_ids - 1} ({data_dir} has {n_ids} identities)")
     rng = np.random.default_rng(seed)
     held = set(rng.choice(n_ids, size=n_holdout, replace=False).tolist()) if n_holdout else set()
     is_held = torch.tensor([int(s) in held for s in primary.subjects.tolist()])

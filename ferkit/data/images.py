@@ -15,11 +15,33 @@ import numpy as np
 import torch
 
 from ferkit.data.errors import DataError
+from ferkit.errors import UserError
 
 PathLike = Union[str, Path]
 
 #: file endings the folder readers treat as images
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+class ImageReadError(UserError, ValueError):
+    """A file that is missing, not an image, or cannot be decoded (message names the file).
+
+    A :class:`~ferkit.errors.UserError` (the user picked the file); still a ``ValueError`` for older callers.
+    """
+
+
+def expand_image_paths(paths: Sequence[Union[str, Path]]) -> list[Path]:
+    """Files as given; folders replaced by their image files (recursively, sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ImageReadError(f"{p}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
 
 
 def _read_with_pil(path: Path, grayscale: bool) -> Optional[np.ndarray]:

@@ -14,6 +14,7 @@ from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.images import IMAGE_EXTENSIONS
 from ferkit.data.index import DatasetIndex, Sample, load_index
+from ferkit.errors import UsageError
 
 OULU_CLASSES = ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
 VARIANTS = ("OriginalImg", "Aligned")
@@ -36,7 +37,7 @@ def index_oulu(root: Union[str, Path], variant: str = "OriginalImg", spectrum: s
                frames: int = 3) -> DatasetIndex:
     for val, allowed in ((variant, VARIANTS), (spectrum, SPECTRA), (light, LIGHTS)):
         if val not in allowed:
-            raise ValueError(f"{val!r} is not one of {', '.join(allowed)}")
+            raise UsageError(f"{val!r} is not one of {', '.join(allowed)}")
     folder = _resolve(Path(root), variant, spectrum, light)
     lower = {c.lower(): i for i, c in enumerate(OULU_CLASSES)}
     samples: list[Sample] = []

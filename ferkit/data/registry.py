@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Union
 
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.index import DatasetIndex
+from ferkit.errors import UnknownNameError, UsageError
 
 
 @dataclass(frozen=True)
@@ -29,14 +30,14 @@ class DatasetSpec:
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         unknown = {k for k, v in given.items() if v is not None} - set(self.options)
         if unknown:
-            raise ValueError(f"dataset {self.name!r} takes no option(s) {', '.join(sorted(unknown))}; "
+            raise UsageError(f"dataset {self.name!r} takes no option(s) {', '.join(sorted(unknown))}; "
                              f"it takes: {', '.join(sorted(self.options)) or 'none'}")
         out = {}
         for key, (default, allowed, _) in self.options.items():
             value = given.get(key)
             value = default if value is None else value
             if allowed is not None and value not in allowed:
-                raise ValueError(f"{self.name}: --{key} must be one of {', '.join(map(str, allowed))}, not {value!r}")
+                raise UsageError(f"{self.name}: --{key} must be one of {', '.join(map(str, allowed))}, not {value!r}")
             out[key] = value
         return out
 
@@ -113,14 +114,14 @@ def get_dataset(name: str) -> DatasetSpec:
     try:
         return _SPECS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}") from None
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}") from None
 
 
 def open_index(name: str, src: Union[str, Path], **options: Any) -> DatasetIndex:
     """The validated file index of dataset ``name`` at ``src`` (what ``ferkit prepare`` reads)."""
     spec = get_dataset(name)
     if spec.index is None:
-        raise ValueError(f"dataset {name!r} has no file index")
+        raise UsageError(f"dataset {name!r} has no file index")
     src = Path(src)
     if name == "lfw":
         from ferkit.data.lfw import find_images_root

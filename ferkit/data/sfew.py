@@ -13,6 +13,7 @@ from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.images import IMAGE_EXTENSIONS
 from ferkit.data.index import DatasetIndex, Sample, load_index
+from ferkit.errors import UsageError
 
 SFEW_CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
 SPLITS = ("Train", "Val")
@@ -22,7 +23,7 @@ def index_sfew(root: Union[str, Path], split: str = "Train") -> DatasetIndex:
     root = Path(root)
     folder = root / split if (root / split).is_dir() else root
     if split not in SPLITS:
-        raise ValueError(f"SFEW split must be one of {', '.join(SPLITS)}")
+        raise UsageError(f"SFEW split must be one of {', '.join(SPLITS)}")
     if not folder.is_dir():
         raise DataError(root / split, "SFEW split folder is missing", hint="expected Train|Val/<Emotion>/*")
     lower = {c.lower(): i for i, c in enumerate(SFEW_CLASSES)}

@@ -33,11 +33,11 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
+from ferkit.errors import UsageError
 from ferkit.evaluation.forward import class_probabilities
 from ferkit.evaluation.kfold import subject_kfold
 from ferkit.evaluation.metrics import confusion
-from ferkit.inference import to_model_input
-from ferkit.models.weights import Preprocessing, load_weights
+from ferkit.models.weights import Preprocessing, load_weights, to_model_input
 from ferkit.training.recipe import Recipe
 from ferkit.utils.io import atomic_write_text
 
@@ -103,6 +103,58 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _run_fold(recipe_cls: type[Recipe], data_dir: Path, dataset: Any, split: tuple[Any, Any], i: int, folds: int,
+              out_dir: Path, key: dict[str, Any], fold_options: dict[str, Any], emit: Emit, *, epochs: int,
+              device: str, seed: int, amp: bool, progress_interval: float,
+              threads: Union[int, str, None] = None, trained_threads: Optional[set[int]] = None) -> bool:
+    """Fold ``i``: its result reused when ``key`` matches, else trained (or resumed) and tested, the
+    result written to ``result.json``. False when the training was stopped (Ctrl-C / SIGTERM).
+    ``trained_threads`` collects the thread counts the engine reports while the fold trains."""
+    from ferkit.training.engine import train
+
+    train_idx, test_idx = split
+    fdir = fold_dir(out_dir, i)
+    result_path = fdir / "result.json"
+    cached = _read_result(result_path, key) if result_path.exists() else None
+    if cached is not None:
+        _stderr(f"fold {i + 1}/{folds}: reusing {result_path} (accuracy {cached.accuracy:.4f})")
+        emit({"event": "fold_end", "time": time.time(), "fold": i, "folds": folds, "reused": True,
+              "accuracy": cached.accuracy, "n_test": cached.n_test, "result": str(result_path)})
+        return True
+    ckpt = fdir / "checkpoint.pt"
+    done, partial = _checkpoint_progress(ckpt) if ckpt.exists() else (0, False)
+    emit({"event": "fold_start", "time": time.time(), "fold": i, "folds": folds, "n_train": len(train_idx),
+          "n_test": len(test_idx), "resume_from_epoch": done if ckpt.exists() else None})
+    train_time = None
+    if done < epochs or partial:
+        _stderr(f"fold {i + 1}/{folds}: training {recipe_cls.name} for {epochs} epochs "
+                f"({len(train_idx)} train / {len(test_idx)} test images)"
+                + (f", resuming after epoch {done}" if ckpt.exists() else ""))
+        recipe = recipe_cls(data_dir, fold_options)
+
+        def relay(event: dict[str, Any]) -> None:
+            if trained_threads is not None and isinstance(event.get("threads"), int):
+                trained_threads.add(int(event["threads"]))
+            emit({**event, "fold": i, "folds": folds})
+
+        end = train(recipe, fdir, epochs=epochs, device=device, resume=ckpt.exists(), seed=seed, amp=amp,
+                    progress_interval=progress_interval, on_event=relay, json_lines=False, validate=False,
+                    threads=threads)
+        if end["status"] != "completed":
+            return False
+        train_time = end.get("wall_time_s")
+    result = evaluate_fold(ckpt, dataset, train_idx, test_idx, i, device, key)
+    if train_time is not None:
+        result.train_wall_time_s = round(float(train_time), 1)
+    atomic_write_text(result_path, json.dumps(asdict(result), indent=2) + "\n")
+    _stderr(f"fold {i + 1}/{folds}: accuracy {result.accuracy:.4f} on {result.n_test} held-out images"
+            + (f" (recipe's own val_accuracy {result.recipe_val_accuracy:.4f})"
+               if result.recipe_val_accuracy is not None else ""))
+    emit({"event": "fold_end", "time": time.time(), "fold": i, "folds": folds, "reused": False,
+          "accuracy": result.accuracy, "n_test": result.n_test, "result": str(result_path)})
+    return True
+
+
 def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[str, Path], *, folds: int = 10,
            options: Optional[dict[str, Any]] = None, epochs: Optional[int] = None, device: str = "auto",
            seed: int = 0, split_seed: int = 0, amp: bool = True, progress_interval: float = 5.0,
@@ -115,10 +167,8 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
     have results in ``out_dir``. ``threads``: the engine's CPU thread setting of every fold
     (``"auto"``/None: the free cores, re-checked while it trains; see :mod:`ferkit.training.threads`).
     """
-    from ferkit.training.engine import train
-
     if not getattr(recipe_cls, "supports_folds", False):
-        raise ValueError(f"recipe {recipe_cls.name!r} has no subject-independent fold protocol "
+        raise UsageError(f"recipe {recipe_cls.name!r} has no subject-independent fold protocol "
                          "(Recipe.supports_folds is False); ferkit cv needs a recipe such as tfe-jl/resnet12-ckplus")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     emit = emit or (lambda event: None)
@@ -126,13 +176,13 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
     recipe_cls.validate_data(data_dir)
     dataset = recipe_cls.load_dataset(data_dir)
     if dataset.subjects is None:
-        raise ValueError(f"{data_dir}: the dataset has no subject ids, so no subject-independent split exists")
+        raise UsageError(f"{data_dir}: the dataset has no subject ids, so no subject-independent split exists")
     splits = subject_kfold(dataset.subjects, folds, split_seed)  # clear error when folds > subjects
     classes = list(dataset.classes)
     run_folds = list(range(folds)) if only_folds is None else sorted(set(only_folds))
     for f in run_folds:
         if not 0 <= f < folds:
-            raise ValueError(f"fold {f} is outside 0..{folds - 1}")
+            raise UsageError(f"fold {f} is outside 0..{folds - 1}")
     out_dir.mkdir(parents=True, exist_ok=True)
     base_options = dict(options or {})
     # options left at None (a recipe's "use my default") are not part of the identity of a result, so a
@@ -149,52 +199,15 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
           "subjects": int(torch.unique(dataset.subjects).numel()), "classes": classes})
 
     for i in run_folds:
-        train_idx, test_idx = splits[i]
-        fdir = fold_dir(out_dir, i)
-        key = {**key_base, "fold": i}
-        result_path = fdir / "result.json"
-        cached = _read_result(result_path, key) if result_path.exists() else None
-        if cached is not None:
-            _stderr(f"fold {i + 1}/{folds}: reusing {result_path} (accuracy {cached.accuracy:.4f})")
-            emit({"event": "fold_end", "time": time.time(), "fold": i, "folds": folds, "reused": True,
-                  "accuracy": cached.accuracy, "n_test": cached.n_test, "result": str(result_path)})
-            continue
-        ckpt = fdir / "checkpoint.pt"
-        done, partial = _checkpoint_progress(ckpt) if ckpt.exists() else (0, False)
-        emit({"event": "fold_start", "time": time.time(), "fold": i, "folds": folds, "n_train": len(train_idx),
-              "n_test": len(test_idx), "resume_from_epoch": done if ckpt.exists() else None})
         fold_options = {**base_options, "folds": folds, "fold": i, "split_seed": split_seed,
                         # recipes that size their LR schedule by the run length read "epochs"
                         "epochs": target_epochs}
-        train_time = None
-        if done < target_epochs or partial:
-            _stderr(f"fold {i + 1}/{folds}: training {recipe_cls.name} for {target_epochs} epochs "
-                    f"({len(train_idx)} train / {len(test_idx)} test images)"
-                    + (f", resuming after epoch {done}" if ckpt.exists() else ""))
-            recipe = recipe_cls(data_dir, fold_options)
-
-            def relay(event: dict[str, Any], _fold: int = i) -> None:
-                if isinstance(event.get("threads"), int):
-                    trained_threads.add(int(event["threads"]))
-                emit({**event, "fold": _fold, "folds": folds})
-
-            end = train(recipe, fdir, epochs=target_epochs, device=device, resume=ckpt.exists(), seed=seed,
-                        amp=amp, progress_interval=progress_interval, on_event=relay, json_lines=False,
-                        validate=False, threads=threads)
-            if end["status"] != "completed":
-                emit({"event": "cv_end", "time": time.time(), "status": "interrupted",
-                      "message": f"stopped during fold {i}; run the same command again to resume"})
-                return {"status": "interrupted", "fold": i}
-            train_time = end.get("wall_time_s")
-        result = evaluate_fold(ckpt, dataset, train_idx, test_idx, i, device, key)
-        if train_time is not None:
-            result.train_wall_time_s = round(float(train_time), 1)
-        atomic_write_text(result_path, json.dumps(asdict(result), indent=2) + "\n")
-        _stderr(f"fold {i + 1}/{folds}: accuracy {result.accuracy:.4f} on {result.n_test} held-out images"
-                + (f" (recipe's own val_accuracy {result.recipe_val_accuracy:.4f})"
-                   if result.recipe_val_accuracy is not None else ""))
-        emit({"event": "fold_end", "time": time.time(), "fold": i, "folds": folds, "reused": False,
-              "accuracy": result.accuracy, "n_test": result.n_test, "result": str(result_path)})
+        if not _run_fold(recipe_cls, data_dir, dataset, splits[i], i, folds, out_dir, {**key_base, "fold": i},
+                         fold_options, emit, epochs=target_epochs, device=device, seed=seed, amp=amp,
+                         progress_interval=progress_interval, threads=threads, trained_threads=trained_threads):
+            emit({"event": "cv_end", "time": time.time(), "status": "interrupted",
+                  "message": f"stopped during fold {i}; run the same command again to resume"})
+            return {"status": "interrupted", "fold": i}
         # keep cv.json / PNGs current after every fold: a stopped run still has a report of what is done
         write_report(out_dir, summarise(out_dir, folds, key_base, classes, dataset_desc=str(data_dir)))
 
@@ -228,7 +241,7 @@ def evaluate_fold(checkpoint: Path, dataset: Any, train_idx: np.ndarray, test_id
     weights = loaded.weights
     classes = list(dataset.classes)
     if list(weights.classes) != classes:
-        raise ValueError(f"{checkpoint}: the model's classes {weights.classes} differ from the dataset's {classes}")
+        raise UsageError(f"{checkpoint}: the model's classes {weights.classes} differ from the dataset's {classes}")
     test = torch.as_tensor(test_idx)
     labels = dataset.labels[test]
     preds = predict_labels(loaded.model, dataset.images[test], weights.preprocessing, loaded.device, weights.tta)

@@ -42,6 +42,7 @@ import torch
 
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
+from ferkit.errors import UsageError
 from ferkit.evaluation.metrics import accuracy, confusion, mean_class_accuracy, per_class
 from ferkit.utils.io import atomic_write_text
 
@@ -129,7 +130,7 @@ def shared_class_mapping(data_classes: list[str], model_classes: list[str]) -> t
     missing = [c for c, m in zip(data_classes, mapping) if m < 0]
     if len(missing) == len(data_classes):
         shown = ", ".join(model_classes[:10]) + (f", ... ({len(model_classes)} in all)" if len(model_classes) > 10 else "")
-        raise ValueError(f"the data has classes the model does not predict: {', '.join(missing)} "
+        raise UsageError(f"the data has classes the model does not predict: {', '.join(missing)} "
                          f"(model classes: {shown}); is this an expression model?")
     return mapping, missing
 
@@ -156,7 +157,7 @@ def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "maj
 
         model = OnnxModel(onnx_file, threads=torch.get_num_threads())
         if list(model.weights.classes) != predictor.classes or model.preprocessing != predictor.preprocessing:
-            raise ValueError(f"{onnx_file} was not exported from {weights} (other classes or preprocessing)")
+            raise UsageError(f"{onnx_file} was not exported from {weights} (other classes or preprocessing)")
         predictor.model, predictor.device = model, torch.device("cpu")
         predictor.engine = "onnx-int8" if model.quantized else "onnx"
     model_classes = predictor.classes

@@ -14,15 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-TTA_MODES = ("none", "flip")
+from ferkit.models.weights import check_tta
+
 DEFAULT_BATCH = 512
-
-
-def check_tta(tta: Optional[str]) -> str:
-    tta = "none" if tta in (None, "", "off") else str(tta)
-    if tta not in TTA_MODES:
-        raise ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    return tta
 
 
 @torch.no_grad()

@@ -17,13 +17,15 @@ from typing import Callable
 
 import torch
 
+from ferkit.errors import UsageError
+
 
 @torch.no_grad()
 def gate_spread(model: torch.nn.Module, images: torch.Tensor, to_input: Callable[[torch.Tensor], torch.Tensor],
                 batch_size: int = 64) -> dict[str, dict[str, float]]:
     """Per gate key, the statistics of the module docstring over the faces ``images`` (uint8 model size)."""
     if not getattr(model, "has_gates", False):
-        raise ValueError("this model has no ConvFLU gates (an ablation without them, or another architecture)")
+        raise UsageError("this model has no ConvFLU gates (an ablation without them, or another architecture)")
     model.eval()
     maps: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(images), batch_size):

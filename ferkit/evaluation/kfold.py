@@ -21,6 +21,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ferkit.errors import UsageError
+
 Split = tuple[np.ndarray, np.ndarray]
 
 
@@ -40,10 +42,10 @@ def subject_folds(subjects: Union[Sequence[int], torch.Tensor, np.ndarray], k: i
     """Fold number (0..k-1) of every image; all images of one subject share a fold."""
     arr = _as_int_array(subjects)
     if not isinstance(k, (int, np.integer)) or k < 2:
-        raise ValueError(f"k-fold cross-validation needs k >= 2 folds, got {k!r}")
+        raise UsageError(f"k-fold cross-validation needs k >= 2 folds, got {k!r}")
     ids, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
     if k > len(ids):
-        raise ValueError(f"cannot split {len(ids)} subject(s) into {k} subject-independent folds "
+        raise UsageError(f"cannot split {len(ids)} subject(s) into {k} subject-independent folds "
                          f"(every fold needs at least one subject); use --folds {max(2, len(ids))} or fewer")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ids))
@@ -74,7 +76,7 @@ def fold_indices(subjects: Union[Sequence[int], torch.Tensor, np.ndarray], k: in
                  seed: int = 0) -> Split:
     """The (train_idx, test_idx) of one fold, with a clear error for an out-of-range fold."""
     if not 0 <= fold < k:
-        raise ValueError(f"fold must be in 0..{k - 1} for {k} folds, got {fold}")
+        raise UsageError(f"fold must be in 0..{k - 1} for {k} folds, got {fold}")
     return subject_kfold(subjects, k, seed)[fold]
 
 
@@ -109,7 +111,7 @@ def option_fold_indices(subjects: Union[Sequence[int], torch.Tensor, np.ndarray]
     """:func:`fold_indices` with the range error worded for the ``--folds`` / ``--fold`` options."""
     folds, fold = int(folds), int(fold)
     if not 0 <= fold < folds:
-        raise ValueError(f"--fold must be in 0..{folds - 1} for --folds {folds}, got {fold}")
+        raise UsageError(f"--fold must be in 0..{folds - 1} for --folds {folds}, got {fold}")
     return subject_kfold(subjects, folds, int(seed))[fold]
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import NotFoundError, UsageError
 from ferkit.losses.gan import mean_squared_norm
 from ferkit.models.weights import LoadedModel, Preprocessing, list_weights, load_weights
 
@@ -75,7 +76,7 @@ def resolve_identity_weights(name: Optional[str]) -> str:
     for candidate in DEFAULT_IDENTITY_WEIGHTS:
         if candidate in shipped:
             return candidate
-    raise FileNotFoundError(
+    raise NotFoundError(
         "no identity network for L_idt / identity similarity: none of "
         f"{', '.join(DEFAULT_IDENTITY_WEIGHTS)} is shipped; pass --identity-weights NAME_OR_CHECKPOINT "
         "(a Light CNN or DeepID checkpoint) or --identity-weights none to leave L_idt out")
@@ -92,7 +93,7 @@ class FrozenIdentity(nn.Module):
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__()
         if not getattr(loaded.model, "has_identity", False):
-            raise ValueError(f"weights {loaded.weights.name!r} ({loaded.weights.architecture}) have no identity "
+            raise UsageError(f"weights {loaded.weights.name!r} ({loaded.weights.architecture}) have no identity "
                              "feature; pass a Light CNN or DeepID identity network")
         self.net = loaded.model.eval()
         self.preprocessing = loaded.weights.preprocessing
@@ -151,7 +152,7 @@ class Judge:
         #: generator classes the judge can recognise at all
         self.covered = [i for i, c in enumerate(wanted) if c in judge_classes]
         if not self.covered:
-            raise ValueError(f"judge {loaded.weights.name!r} classes {loaded.weights.classes} share no class "
+            raise UsageError(f"judge {loaded.weights.name!r} classes {loaded.weights.classes} share no class "
                              f"with {list(classes)}")
 
     @torch.no_grad()

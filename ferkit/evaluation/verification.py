@@ -24,11 +24,13 @@ folder into features and calls :func:`evaluate_pairs`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ferkit.errors import NotFoundError, UsageError
 
 ArrayLike = Union[np.ndarray, Sequence[float], torch.Tensor]
 
@@ -251,7 +253,7 @@ def threshold_at_far(scores: ArrayLike, same: ArrayLike, far: float = 0.01) -> t
     """
     s, y = _check(scores, same)
     if not 0.0 <= far < 1.0:
-        raise ValueError(f"--far must be in [0, 1), got {far}")
+        raise UsageError(f"--far must be in [0, 1), got {far}")
     neg = np.sort(s[~y])[::-1]
     k = int(np.floor(far * len(neg) + 1e-9))
     threshold = float(np.nextafter(neg[k], np.inf)) if k < len(neg) else float(neg[-1])
@@ -329,21 +331,21 @@ def draw_balanced_pairs(subjects: ArrayLike, n_pairs: int, seed: int = 0,
     """
     subj = _np(subjects, np.int64)
     if n_pairs < 2 * n_folds:
-        raise ValueError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
+        raise UsageError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
     rng = np.random.default_rng(seed)
     ids, inverse = np.unique(subj, return_inverse=True)
     members = [np.nonzero(inverse == k)[0] for k in range(len(ids))]
     if len(ids) < 2:
-        raise ValueError("verification needs at least two identities")
+        raise UsageError("verification needs at least two identities")
     multi = [m for m in members if len(m) >= 2]
     if not multi:
-        raise ValueError("no identity has two images, so no same-identity pair can be drawn")
+        raise UsageError("no identity has two images, so no same-identity pair can be drawn")
     available_same = sum(len(m) * (len(m) - 1) // 2 for m in multi)
     n = len(subj)
     available_diff = n * (n - 1) // 2 - sum(len(m) * (len(m) - 1) // 2 for m in members)
     half = min(n_pairs // 2, available_same, available_diff)
     if half < n_folds:
-        raise ValueError(f"only {available_same} distinct same-identity pairs exist; need at least {n_folds}")
+        raise UsageError(f"only {available_same} distinct same-identity pairs exist; need at least {n_folds}")
     # same pairs: identity uniform among those with >= 2 images (LFW-like, not image-weighted)
     same_pairs: set[tuple[int, int]] = set()
     if half * 2 > available_same:  # rejection sampling would crawl: enumerate and sample instead
@@ -389,7 +391,7 @@ def draw_cross_condition_pairs(subjects: ArrayLike, conditions: Sequence[str], n
     if cond.shape != subj.shape:
         raise ValueError(f"{len(cond)} conditions for {len(subj)} images")
     if n_pairs < 2 * n_folds:
-        raise ValueError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
+        raise UsageError(f"--n-pairs {n_pairs} is too small for {n_folds} folds (need at least {2 * n_folds})")
     rng = np.random.default_rng(seed)
     n = len(subj)
     i, j = np.triu_indices(n, k=1)
@@ -398,7 +400,7 @@ def draw_cross_condition_pairs(subjects: ArrayLike, conditions: Sequence[str], n
     diff_all = np.nonzero(differ & (subj[i] != subj[j]))[0]
     half = min(n_pairs // 2, len(same_all), len(diff_all))
     if half < n_folds:
-        raise ValueError(f"only {len(same_all)} same-person pairs across different conditions exist; "
+        raise UsageError(f"only {len(same_all)} same-person pairs across different conditions exist; "
                          f"need at least {n_folds}")
     pick_same = same_all[rng.choice(len(same_all), size=half, replace=False)]
     pick_diff = diff_all[rng.choice(len(diff_all), size=half, replace=False)]
@@ -423,8 +425,8 @@ def identity_features(model: torch.nn.Module, images: torch.Tensor, preprocessin
     calibrated on single-view features and applied to averaged ones (which score higher) accepts
     more strangers than its stated false-accept rate.
     """
-    from ferkit.evaluation.forward import batched_forward, check_tta
-    from ferkit.inference import to_model_input
+    from ferkit.evaluation.forward import batched_forward
+    from ferkit.models.weights import check_tta, to_model_input
 
     if check_tta(tta) == "flip":
         return 0.5 * (identity_features(model, images, preprocessing, device, batch)
@@ -432,7 +434,7 @@ def identity_features(model: torch.nn.Module, images: torch.Tensor, preprocessin
 
     def identity(out):
         if out.identity is None:
-            raise ValueError(f"{type(model).__name__} has no identity feature (ModelOutput.identity is None); "
+            raise UsageError(f"{type(model).__name__} has no identity feature (ModelOutput.identity is None); "
                              "verification needs an identity-capable model such as deepid, lightcnn9, eifn or tfe-jl")
         return out.identity
 
@@ -447,7 +449,7 @@ def parse_identities(spec: Optional[str], heldout: Optional[list[str]] = None) -
         return None
     if spec == "heldout":
         if not heldout:
-            raise ValueError("--identities heldout: the weights' card lists no held-out identities "
+            raise UsageError("--identities heldout: the weights' card lists no held-out identities "
                              "(heldout_identities); pass the names (a,b,c or @file)")
         names = list(heldout)
     elif spec.startswith("@"):
@@ -455,13 +457,13 @@ def parse_identities(spec: Optional[str], heldout: Optional[list[str]] = None) -
 
         path = Path(spec[1:])
         if not path.is_file():
-            raise FileNotFoundError(f"--identities {spec}: no such file")
+            raise NotFoundError(f"--identities {spec}: no such file")
         names = [ln.strip() for ln in path.read_text().splitlines()]
     else:
         names = [n.strip() for n in spec.split(",")]
     names = [n for n in names if n]
     if not names:
-        raise ValueError(f"--identities {spec!r} names no identity")
+        raise UsageError(f"--identities {spec!r} names no identity")
     return names
 
 
@@ -569,7 +571,7 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
         ds = load_identity_folders(data, size=size, grayscale=gray)
         desc = f"identity folders at {data}"
     if ds.subjects is None:
-        raise ValueError(f"{data}: the dataset has no identity labels")
+        raise UsageError(f"{data}: the dataset has no identity labels")
     if identities is not None:
         names = ds.subject_names or ds.classes
         index = {n: i for i, n in enumerate(names)}
@@ -580,10 +582,10 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
             # a card's held-out list spans several training sets; keep those of this dataset
             identities = [n for n in identities if n in index]
             if not identities:
-                raise ValueError(f"--identities heldout: none of the card's held-out identities is in {data}")
+                raise UsageError(f"--identities heldout: none of the card's held-out identities is in {data}")
             missing = []
         if missing:
-            raise ValueError(f"--identities: {len(missing)} name(s) not in {data}: {', '.join(missing[:5])}"
+            raise UsageError(f"--identities: {len(missing)} name(s) not in {data}: {', '.join(missing[:5])}"
                              + (" ..." if len(missing) > 5 else ""))
         keep = torch.isin(ds.subjects, torch.tensor([index[n] for n in identities]))
         ds = ds.subset(keep)
@@ -596,6 +598,80 @@ def load_verification_images(data, preprocessing, identities: Optional[list[str]
     else:
         desc += " (whole images resized)" if not is_prepared(data) else ""
     return ds, desc
+
+
+@dataclass
+class _Pairs:
+    """The images of a verification run and its pairs (indices into ``images``), with how they were made."""
+
+    images: torch.Tensor
+    first: np.ndarray
+    second: np.ndarray
+    same: np.ndarray
+    folds: np.ndarray
+    desc: str
+    protocol: str
+    n_images: int
+    n_ids: Optional[int]
+    across_expressions: bool
+
+
+def _pairs_from_file(pairs_file: Any, data: Any, prep: Any, align: bool, across_expressions: Optional[bool]) -> _Pairs:
+    """The pairs of an LFW-style ``pairs.txt`` and their images (whole, or detected and aligned)."""
+    from ferkit.data.images import read_images
+    from ferkit.data.lfw import find_images_root, read_pairs
+
+    if across_expressions:
+        raise UsageError("--across-expressions draws Yale A pairs; it does not apply to a --pairs file")
+    pairs = read_pairs(pairs_file, images_root=find_images_root(data))
+    paths = sorted({p for pair in pairs for p in (pair.first, pair.second)})
+    where = {p: i for i, p in enumerate(paths)}
+    if align:
+        images, missed = aligned_face_images(paths, prep)
+        framing = f"faces detected and aligned ({prep.alignment} crop style, {missed} of {len(paths)} without a face)"
+    else:
+        images = read_images(paths, grayscale=prep.grayscale, size=prep.input_size)
+        framing = "whole images resized"
+    folds = np.array([p.fold for p in pairs])
+    desc = (f"LFW pairs {pairs_file} ({len(set(folds.tolist()))} folds), images {find_images_root(data)}, "
+            f"{framing}")
+    protocol = ("pairs file: threshold chosen on the other folds, accuracy on each fold"
+                if len(set(folds.tolist())) > 1 else
+                "pairs file with one fold: accuracy at the best threshold on the same pairs (optimistic)")
+    return _Pairs(images, np.array([where[p.first] for p in pairs]), np.array([where[p.second] for p in pairs]),
+                  np.array([p.same for p in pairs]), folds, desc, protocol, len(paths), None, bool(across_expressions))
+
+
+def _drawn_pairs(data: Any, prep: Any, names: Any, heldout_subset: bool, align: bool,
+                 across_expressions: Optional[bool], n_pairs: int, seed: int, n_folds: int) -> _Pairs:
+    """Balanced pairs drawn from an identity folder (on Yale A by default across expression conditions)."""
+    ds, desc = load_verification_images(data, prep, names, align=align, heldout_subset=heldout_subset)
+    yale = _is_yale(data)
+    if across_expressions is None:
+        across_expressions = yale
+    conditions_note = None
+    if across_expressions:
+        from ferkit.data.yale import yale_conditions
+
+        if not yale:
+            raise UsageError("--across-expressions needs a Yale A folder (subjectNN.<condition> files): only "
+                             "there are the conditions known")
+        conds = yale_conditions(ds.paths)
+        keep = torch.tensor([c in YALE_EXPRESSIONS for c in conds])
+        ds = ds.subset(keep)
+        conds = [c for c in conds if c in YALE_EXPRESSIONS]
+        first, second, same, folds = draw_cross_condition_pairs(ds.subjects, conds, n_pairs, seed=seed,
+                                                                n_folds=n_folds)
+        conditions_note = ("across expressions: the two images of every pair show different conditions of "
+                           f"{', '.join(YALE_EXPRESSIONS)}")
+    else:
+        first, second, same, folds = draw_balanced_pairs(ds.subjects, n_pairs, seed=seed, n_folds=n_folds)
+    protocol = (f"balanced pairs drawn with seed {seed} ({n_folds} folds): threshold chosen on the other "
+                "folds, accuracy on each fold")
+    if conditions_note:
+        protocol += f"; {conditions_note}"
+    return _Pairs(ds.images, first, second, same, folds, desc, protocol, len(ds),
+                  int(torch.unique(ds.subjects).numel()), bool(across_expressions))
 
 
 def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: int = 0,
@@ -615,60 +691,14 @@ def run_verification(weights, data, pairs_file=None, n_pairs: int = 6000, seed: 
     # fail before reading any data when the model has no identity feature at all
     probe = torch.zeros(1, prep.channels, prep.input_size, prep.input_size, dtype=torch.uint8)
     identity_features(loaded.model, probe, prep, loaded.device)
-    conditions_note = None
     if pairs_file is not None:
-        from ferkit.data.images import read_images
-        from ferkit.data.lfw import find_images_root, read_pairs
-
-        if across_expressions:
-            raise ValueError("--across-expressions draws Yale A pairs; it does not apply to a --pairs file")
-        pairs = read_pairs(pairs_file, images_root=find_images_root(data))
-        paths = sorted({p for pair in pairs for p in (pair.first, pair.second)})
-        where = {p: i for i, p in enumerate(paths)}
-        if align:
-            images, missed = aligned_face_images(paths, prep)
-            framing = f"faces detected and aligned ({prep.alignment} crop style, {missed} of {len(paths)} without a face)"
-        else:
-            images = read_images(paths, grayscale=prep.grayscale, size=prep.input_size)
-            framing = "whole images resized"
-        first = np.array([where[p.first] for p in pairs])
-        second = np.array([where[p.second] for p in pairs])
-        same = np.array([p.same for p in pairs])
-        folds = np.array([p.fold for p in pairs])
-        desc = (f"LFW pairs {pairs_file} ({len(set(folds.tolist()))} folds), images {find_images_root(data)}, "
-                f"{framing}")
-        protocol = ("pairs file: threshold chosen on the other folds, accuracy on each fold"
-                    if len(set(folds.tolist())) > 1 else
-                    "pairs file with one fold: accuracy at the best threshold on the same pairs (optimistic)")
-        n_images, n_ids = len(paths), None
+        pairs = _pairs_from_file(pairs_file, data, prep, align, across_expressions)
     else:
-        names = parse_identities(identities, loaded.weights.heldout_identities)
-        ds, desc = load_verification_images(data, prep, names, align=align, heldout_subset=identities == "heldout")
-        yale = _is_yale(data)
-        if across_expressions is None:
-            across_expressions = yale
-        if across_expressions:
-            from ferkit.data.yale import yale_conditions
-
-            if not yale:
-                raise ValueError("--across-expressions needs a Yale A folder (subjectNN.<condition> files): only "
-                                 "there are the conditions known")
-            conds = yale_conditions(ds.paths)
-            keep = torch.tensor([c in YALE_EXPRESSIONS for c in conds])
-            ds = ds.subset(keep)
-            conds = [c for c in conds if c in YALE_EXPRESSIONS]
-            first, second, same, folds = draw_cross_condition_pairs(ds.subjects, conds, n_pairs, seed=seed,
-                                                                    n_folds=n_folds)
-            conditions_note = ("across expressions: the two images of every pair show different conditions of "
-                               f"{', '.join(YALE_EXPRESSIONS)}")
-        else:
-            first, second, same, folds = draw_balanced_pairs(ds.subjects, n_pairs, seed=seed, n_folds=n_folds)
-        protocol = (f"balanced pairs drawn with seed {seed} ({n_folds} folds): threshold chosen on the other "
-                    "folds, accuracy on each fold")
-        if conditions_note:
-            protocol += f"; {conditions_note}"
-        images = ds.images
-        n_images, n_ids = len(ds), int(torch.unique(ds.subjects).numel())
+        pairs = _drawn_pairs(data, prep, parse_identities(identities, loaded.weights.heldout_identities),
+                             identities == "heldout", align, across_expressions, n_pairs, seed, n_folds)
+    images, first, second, same, folds = pairs.images, pairs.first, pairs.second, pairs.same, pairs.folds
+    desc, protocol, n_images, n_ids = pairs.desc, pairs.protocol, pairs.n_images, pairs.n_ids
+    across_expressions = pairs.across_expressions
     tta = loaded.weights.tta
     feats = identity_features(loaded.model, images, prep, loaded.device, tta=tta)
     scores = pair_scores(feats, first, second)

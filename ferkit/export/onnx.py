@@ -48,8 +48,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ferkit.errors import NotFoundError, UnavailableError, UsageError
 from ferkit.models.outputs import ModelOutput
-from ferkit.models.weights import Preprocessing, Weights, get_weights, load_weights
+from ferkit.models.weights import Preprocessing, Weights, crops_to_tensor, get_weights, load_weights, to_model_input
 from ferkit.utils.io import atomic_write_bytes
 
 PathLike = Union[str, Path]
@@ -76,8 +77,8 @@ def _need_onnx() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as exc:  # both are in the 'onnx' extra
-        raise RuntimeError("ONNX export/inference needs the 'onnx' and 'onnxruntime' packages: "
-                           "pip install 'ferkit[onnx]'") from exc
+        raise UnavailableError("ONNX export/inference needs the 'onnx' and 'onnxruntime' packages: "
+                               "pip install 'ferkit[onnx]'") from exc
     return onnx, onnxruntime
 
 
@@ -127,7 +128,7 @@ def export_model(model: nn.Module, weights: Weights, out: PathLike, opset: int =
     if identity is None:
         identity = has_identity
     elif identity and not has_identity:
-        raise ValueError(f"{weights.name}: the model ({weights.architecture}) has no identity output to export")
+        raise UsageError(f"{weights.name}: the model ({weights.architecture}) has no identity output to export")
     wrapper = RecognitionPath(model, identity).eval()
     outputs = ["logits"] + (["identity"] if identity else [])
     buf = io.BytesIO()
@@ -161,9 +162,13 @@ def export_model(model: nn.Module, weights: Weights, out: PathLike, opset: int =
                         max_abs_diff=diffs, size_bytes=len(data))
 
 
-def export_weights(name_or_path: PathLike, out: PathLike, opset: int = DEFAULT_OPSET,
-                   identity: Optional[bool] = None, check: bool = True) -> ExportResult:
-    """Shipped weights name, card or training checkpoint -> ``out`` (.onnx)."""
+def export_onnx(name_or_path: PathLike, out: PathLike, opset: int = DEFAULT_OPSET,
+                identity: Optional[bool] = None, check: bool = True) -> ExportResult:
+    """Shipped weights name, card or training checkpoint -> ``out`` (.onnx).
+
+    Not :func:`ferkit.training.export.export_weights`, which turns a training checkpoint into shipped
+    weights (card + state dict); this one turns weights into an ONNX Runtime file.
+    """
     loaded = load_weights(name_or_path, device="cpu")
     return export_model(loaded.model, loaded.weights, out, opset=opset, identity=identity, check=check)
 
@@ -379,7 +384,7 @@ class OnnxModel:
         self._ort = ort
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no ONNX file at {self.path}; create one with ferkit export-onnx")
+            raise NotFoundError(f"no ONNX file at {self.path}; create one with ferkit export-onnx")
         self.threads = max(1, int(threads or 1))
         if providers is None:
             available = ort.get_available_providers()
@@ -390,7 +395,7 @@ class OnnxModel:
         self.session = self.session_for(self.threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
-            raise ValueError(f"{self.path} was not written by ferkit export-onnx (no '{METADATA_KEY}' metadata)")
+            raise UsageError(f"{self.path} was not written by ferkit export-onnx (no '{METADATA_KEY}' metadata)")
         card = json.loads(meta[METADATA_KEY])
         #: the exporter's notes (opset, BN folding, int8 quantisation settings)
         self.export_info: dict[str, Any] = dict(card.get("onnx") or {})
@@ -466,7 +471,7 @@ class OnnxClassifier:
         if batch_uint8.dim() != 4 or batch_uint8.shape[1:] != (prep.channels, prep.input_size, prep.input_size):
             raise ValueError(f"expected uint8 [N, {prep.channels}, {prep.input_size}, {prep.input_size}] crops, "
                              f"got {tuple(batch_uint8.shape)}")
-        return self.model(prep.normalize(batch_uint8))
+        return self.model(to_model_input(batch_uint8, prep))
 
     def predict_scores(self, batch_uint8: torch.Tensor) -> list[dict[str, float]]:
         probs = self.predict_tensor(batch_uint8).probabilities
@@ -509,7 +514,7 @@ def weights_digest(weights: Weights) -> str:
     src = Path(weights.source or "")
     blob = src.parent / weights.file if src.suffix == ".json" and weights.file else src
     if not blob.is_file():
-        raise FileNotFoundError(f"{weights.name}: weights file {blob} not found (nothing to export)")
+        raise NotFoundError(f"{weights.name}: weights file {blob} not found (nothing to export)")
     what = {"architecture": weights.architecture, "model_cfg": weights.model_cfg, "classes": list(weights.classes),
             "preprocessing": weights.to_dict().get("preprocessing")}
     h = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode())
@@ -555,7 +560,7 @@ def cached_export(name_or_path: PathLike, opset: int = DEFAULT_OPSET) -> Path:
     weights = get_weights(name_or_path)
     path = cache_root() / f"{weights.name}-{export_key(weights, opset)[:16]}.onnx"
     if not path.exists():
-        export_weights(name_or_path, path, opset=opset)
+        export_onnx(name_or_path, path, opset=opset)
     _touch_and_prune(path)
     return path
 
@@ -563,7 +568,7 @@ def cached_export(name_or_path: PathLike, opset: int = DEFAULT_OPSET) -> Path:
 # ---- int8 static quantisation ---------------------------------------------------------------------
 def calibration_files(folder: PathLike, n: int = CALIBRATION_SIZE, seed: int = 0) -> list[Path]:
     """``n`` image files of ``folder`` (recursively), a fixed random sample so a run can be repeated."""
-    from ferkit.inference import expand_image_paths
+    from ferkit.data.images import expand_image_paths
 
     files = expand_image_paths([folder])
     if n and len(files) > n:
@@ -574,11 +579,11 @@ def calibration_files(folder: PathLike, n: int = CALIBRATION_SIZE, seed: int = 0
 
 def calibration_inputs(files: Sequence[Path], prep: Preprocessing) -> np.ndarray:
     """Float32 model inputs ``[N, C, H, W]`` of face-crop images, fed exactly as ``ferkit eval`` feeds them."""
-    from ferkit.inference import crops_to_tensor, read_image, to_model_input
+    from ferkit.data.images import read_image
 
-    xs = [to_model_input(crops_to_tensor([read_image(f)]), prep) for f in files]
+    xs = [to_model_input(crops_to_tensor([read_image(f, grayscale=False)]), prep) for f in files]
     if not xs:
-        raise ValueError("no calibration images")
+        raise UsageError("no calibration images")
     return torch.cat(xs).numpy().astype(np.float32)
 
 
@@ -616,11 +621,11 @@ def quantize_int8(fp32_onnx: PathLike, out: PathLike, calibration: np.ndarray, m
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
-        raise ValueError(f"calibration method must be one of {', '.join(methods)}, not {method!r}")
+        raise UsageError(f"calibration method must be one of {', '.join(methods)}, not {method!r}")
     src = onnx.load(str(fp32_onnx))
     meta = {p.key: p.value for p in src.metadata_props}
     if METADATA_KEY not in meta:
-        raise ValueError(f"{fp32_onnx} was not written by ferkit export-onnx")
+        raise UsageError(f"{fp32_onnx} was not written by ferkit export-onnx")
     input_name = src.graph.input[0].name
 
     class Batches(CalibrationDataReader):
@@ -725,8 +730,8 @@ def cached_int8_export(name_or_path: PathLike, calibration: Optional[PathLike] =
     weights = get_weights(name_or_path)
     folder = Path(calibration) if calibration is not None else default_calibration_dir()
     if not folder.is_dir():
-        raise FileNotFoundError(f"int8 calibration folder {folder} not found (give face crops, e.g. "
-                                "ferplus/FER2013Valid)")
+        raise NotFoundError(f"int8 calibration folder {folder} not found (give face crops, e.g. "
+                            "ferplus/FER2013Valid)")
     files = calibration_files(folder, n, seed)
     _, ort = _need_onnx()
     h = hashlib.sha256(f"{export_key(weights)}:{fingerprint(files)}:{method}:{ort.__version__}:"
@@ -749,7 +754,7 @@ def use_onnx(predictor: Any, threads: Optional[int] = 1) -> Any:
     """
     source = predictor.weights.source
     if source is None:
-        raise ValueError("these weights have no file to export to ONNX")
+        raise UsageError("these weights have no file to export to ONNX")
     predictor.model = OnnxModel(cached_export(source), threads=threads)
     predictor.device = torch.device("cpu")
     predictor.engine = "onnx"

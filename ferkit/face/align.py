@@ -16,11 +16,11 @@ sample counts are in each style's ``note``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import cv2
 import numpy as np
 
+from ferkit.errors import UnknownNameError
 from ferkit.face.types import AlignedFace, DetectedFace
 
 
@@ -64,7 +64,7 @@ def get_crop_style(name: str) -> CropStyle:
     try:
         return CROP_STYLES[name]
     except KeyError:
-        raise KeyError(f"unknown crop style {name!r}; known: {', '.join(sorted(CROP_STYLES))}") from None
+        raise UnknownNameError(f"unknown crop style {name!r}; known: {', '.join(sorted(CROP_STYLES))}") from None
 
 
 def alignment_matrix(left_eye: tuple[float, float], right_eye: tuple[float, float], style: CropStyle,
@@ -172,9 +172,3 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float64) - 0.5
     return pts @ matrix[:, :2].T + matrix[:, 2] + 0.5
 
-
-def eye_points_in_crop(aligned: AlignedFace) -> Optional[np.ndarray]:
-    f = aligned.face
-    if aligned.matrix is None or f.left_eye is None or f.right_eye is None:
-        return None
-    return transform_points(aligned.matrix, np.array([f.left_eye, f.right_eye]))

@@ -27,6 +27,7 @@ from typing import Any, Optional, Union
 import cv2
 import numpy as np
 
+from ferkit.errors import UsageError
 from ferkit.face.align import align_face, whole_image_face
 from ferkit.face.types import AlignedFace, DetectedFace
 
@@ -77,7 +78,7 @@ class FacePipeline:
                  model_selection: Union[str, int] = "auto", landmarks: bool = True) -> None:
         sel = {"near": 0, "far": 1, "auto": None, 0: 0, 1: 1}
         if model_selection not in sel:
-            raise ValueError(f"model_selection must be auto, near or far, not {model_selection!r}")
+            raise UsageError(f"model_selection must be auto, near or far, not {model_selection!r}")
         self.max_faces = max_faces
         self.min_confidence = min_confidence
         self.ranges = [0, 1] if sel[model_selection] is None else [sel[model_selection]]
@@ -273,6 +274,12 @@ class FacePipeline:
         return align_face(as_rgb(image), face, preprocessing.input_size, preprocessing.grayscale,
                           preprocessing.alignment).crop
 
+    def check(self, image: np.ndarray, faces: list[DetectedFace],
+              probabilities: Any) -> tuple[list[DetectedFace], list[int]]:
+        """Nothing to detect again: this pipeline already detected every face on this frame
+        (:meth:`TrackedFacePipeline.check` is the one that re-detects followed faces)."""
+        return list(faces), []
+
     def process(self, image: np.ndarray, preprocessing, whole_image: bool = False) -> list[AlignedFace]:
         """Detect and crop every face; ``whole_image=True`` scores the image centre as one face
         instead (for pictures that already are face crops). No face -> empty list."""
@@ -343,7 +350,7 @@ class TrackedFacePipeline:
         from ferkit.face.tracking import FlowFollower
 
         if detect_every < 1:
-            raise ValueError(f"detect_every must be at least 1, got {detect_every}")
+            raise UsageError(f"detect_every must be at least 1, got {detect_every}")
         self.detect_every = int(detect_every)
         self.max_faces = max_faces
         self.detector = FacePipeline(max_faces=max_faces, min_confidence=min_confidence,
@@ -439,11 +446,3 @@ class TrackedFacePipeline:
         """The model-input crop of ``face``, exactly as :meth:`FacePipeline.align`."""
         return self.detector.align(image, face, preprocessing)
 
-
-def process_image(image: np.ndarray, preprocessing, pipeline: Optional[FacePipeline] = None,
-                  whole_image: bool = False) -> list[AlignedFace]:
-    """One-shot helper: the crops of all faces in ``image`` (makes and closes a pipeline if none given)."""
-    if pipeline is not None:
-        return pipeline.process(image, preprocessing, whole_image=whole_image)
-    with FacePipeline() as own:
-        return own.process(image, preprocessing, whole_image=whole_image)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
@@ -43,3 +43,20 @@ class AlignedFace:
     face: DetectedFace
     crop: np.ndarray
     matrix: Optional[np.ndarray] = field(default=None, repr=False)
+
+
+class FacePath(Protocol):
+    """What scores a frame's faces needs from a face pipeline; :meth:`ferkit.inference.Predictor.score_faces`
+    takes any of them (:class:`~ferkit.face.pipeline.FacePipeline`, its tracked variant, the bench's
+    jittered one), so the library, the app and the bench run one loop instead of three copies.
+    """
+
+    def detect(self, image: np.ndarray) -> list[DetectedFace]:
+        """The faces of ``image`` (RGB uint8), largest first or in the pipeline's own stable order."""
+
+    def align(self, image: np.ndarray, face: DetectedFace, preprocessing: Any) -> np.ndarray:
+        """The model-input crop (uint8 ``[H, W, C]``) of ``face`` per ``preprocessing``."""
+
+    def check(self, image: np.ndarray, faces: list[DetectedFace],
+              probabilities: np.ndarray) -> tuple[list[DetectedFace], list[int]]:
+        """After scoring ``faces``: (faces, indices of those detected again, to align and score again)."""

@@ -62,13 +62,3 @@ def median_negative_distance(features: torch.Tensor, labels: torch.Tensor) -> fl
     diff = labels[:, None] != labels[None, :]
     return float(d[diff].median()) if diff.any() else 1.0
 
-
-class VerificationLoss(torch.nn.Module):
-    """Module form of :func:`verification_loss` with a fixed margin ``m``."""
-
-    def __init__(self, margin: float = 1.0) -> None:
-        super().__init__()
-        self.margin = margin
-
-    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return verification_loss(features, labels, self.margin)

@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
+
 #: the classifier kinds an identity recipe accepts (``--margin-loss``)
 MARGIN_LOSSES = ("softmax", "cosface", "arcface")
 #: (scale s, margin m) used when the recipe options leave them unset
@@ -98,9 +100,9 @@ class MarginHead(nn.Module):
         self.scale = float(s_default if scale is None else scale)
         self.margin = float(m_default if margin is None else margin)
         if self.scale <= 0:
-            raise ValueError(f"--scale must be positive, got {self.scale}")
+            raise UsageError(f"--scale must be positive, got {self.scale}")
         if not 0.0 <= self.margin < (1.0 if kind == "cosface" else math.pi / 2):
-            raise ValueError(f"--margin {self.margin} is outside the usable range of {kind} "
+            raise UsageError(f"--margin {self.margin} is outside the usable range of {kind} "
                              f"({'0 <= m < 1' if kind == 'cosface' else '0 <= m < pi/2 radians'})")
         self.margin_scale = 1.0
         self.weight = nn.Parameter(torch.empty(num_classes, feature_dim))
@@ -148,7 +150,7 @@ def margin_warmup_fraction(step: int, warmup_steps: int) -> float:
 def resolve_margin_kind(kind: str, margin: Optional[float], scale: Optional[float]) -> str:
     """``--margin-loss`` checked against ``--margin`` / ``--scale`` (which only a margin head uses)."""
     if kind not in MARGIN_LOSSES:
-        raise ValueError(f"--margin-loss {kind!r}: use one of {', '.join(MARGIN_LOSSES)}")
+        raise UsageError(f"--margin-loss {kind!r}: use one of {', '.join(MARGIN_LOSSES)}")
     if kind == "softmax" and (margin is not None or scale is not None):
-        raise ValueError("--margin / --scale belong to --margin-loss cosface|arcface; with softmax they do nothing")
+        raise UsageError("--margin / --scale belong to --margin-loss cosface|arcface; with softmax they do nothing")
     return kind

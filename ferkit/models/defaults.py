@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 import torch
 
+#: the weights ``ferkit predict``, the library and the app use when none are named (and the machine is not weak)
+DEFAULT_WEIGHTS = "tfe-jl"
 #: the small distilled FER+ model (``resnet_live``, no TTA, int8 ONNX)
 LIVE_WEIGHTS = "ferkit-live"
 #: a machine without a CUDA GPU and with at most this many usable CPU cores counts as weak
@@ -47,7 +49,6 @@ def is_weak_machine(machine: Machine) -> bool:
 
 def live_default_weights(machine: Optional[Machine] = None, names: Optional[Sequence[str]] = None) -> str:
     """:data:`LIVE_WEIGHTS` on a weak machine when shipped, else the library's default (``tfe-jl``)."""
-    from ferkit.inference import DEFAULT_WEIGHTS
     from ferkit.models.weights import list_weights
 
     machine = this_machine() if machine is None else machine

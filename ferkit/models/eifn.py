@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
 from ferkit.losses.center import CenterLoss
 from ferkit.models.base import FerModel
 from ferkit.models.outputs import ModelOutput
@@ -84,7 +85,7 @@ class EIFN(FerModel):
                  sqrt_eps: float = 1e-8, batch_norm: bool = False) -> None:
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"unknown EIFN mode {mode!r}; choose one of {', '.join(MODES)}")
+            raise UsageError(f"unknown EIFN mode {mode!r}; choose one of {', '.join(MODES)}")
         if num_subjects < 1:
             raise ValueError(f"num_subjects must be >= 1, got {num_subjects}")
         self.num_classes = num_classes
@@ -98,7 +99,7 @@ class EIFN(FerModel):
         channels = self.identity_extractor.out_channels
         side = input_size >> count_pools(VGG16_CFG)
         if side < 1 or input_size % (1 << count_pools(VGG16_CFG)):
-            raise ValueError(f"input_size {input_size} must be a multiple of 32 (five 2x2 pools)")
+            raise UsageError(f"input_size {input_size} must be a multiple of 32 (five 2x2 pools)")
         self.map_size = side
         # identity branch: FC1 = identity feature (center loss), FC2 = softmax over subjects
         self.identity_fc = nn.Linear(channels * side * side, id_dim)
@@ -139,7 +140,7 @@ class EIFNLoss(nn.Module):
                  lambda3: float = 1.0, mode: str = "eifn", label_smoothing: float = 0.0) -> None:
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"unknown EIFN mode {mode!r}; choose one of {', '.join(MODES)}")
+            raise UsageError(f"unknown EIFN mode {mode!r}; choose one of {', '.join(MODES)}")
         self.center_loss = center_loss
         self.lambda1 = float(lambda1)
         self.lambda2 = 0.0 if mode == "efn" else float(lambda2)
@@ -168,8 +169,9 @@ class EIFNLoss(nn.Module):
         return total, parts
 
 
-@register_model("eifn", paper="Zhang, Su, Wang. Expression-Identity Fusion Network for Facial Expression "
-                              "Recognition. ICME 2019",
+@register_model("eifn", small_cfg={"width": 0.125, "num_subjects": 10},
+                paper="Zhang, Su, Wang. Expression-Identity Fusion Network for Facial Expression "
+                      "Recognition. ICME 2019",
                 description="EIFN: VGG-16 expression + identity extractors, bilinear fusion (modes eifn/eifn_star/efn)")
 def eifn(num_classes: int = 7, num_subjects: int = 118, in_channels: int = 1, input_size: int = 64,
          width: float = 1.0, id_dim: int = 512, mode: str = "eifn", sqrt_eps: float = 1e-8,

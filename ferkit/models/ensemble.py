@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
 from ferkit.models.base import FerModel
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.registry import create_model, register_model
@@ -55,10 +56,10 @@ class IdentityEnsemble(FerModel):
         nets = [create_model(s["architecture"], **s["model_cfg"]) for s in specs]
         for spec, net in zip(specs, nets):
             if not getattr(net, "has_identity", False):
-                raise ValueError(f"ensemble member {spec['architecture']!r} has no identity feature")
+                raise UsageError(f"ensemble member {spec['architecture']!r} has no identity feature")
         class_counts = {int(net.num_classes) for net in nets}
         if len(class_counts) != 1:
-            raise ValueError(f"ensemble members are trained on different identity sets (class counts "
+            raise UsageError(f"ensemble members are trained on different identity sets (class counts "
                              f"{sorted(class_counts)}); their logits cannot be averaged: train them on the same data")
         self.num_classes = class_counts.pop()
         self.members = nn.ModuleList(nets)
@@ -74,7 +75,8 @@ class IdentityEnsemble(FerModel):
         return ModelOutput(logits=logits, identity=identity, identity_logits=logits)
 
 
-@register_model("identity_ensemble", paper=PAPER)
+@register_model("identity_ensemble", paper=PAPER,
+                small_cfg={"members": [{"architecture": "deepid", "model_cfg": {"num_classes": 20}}] * 2})
 def identity_ensemble(members: Sequence[Mapping[str, Any]]) -> IdentityEnsemble:
     """Several identity nets on the same face; cosine of the feature = mean of the members' cosines."""
     return IdentityEnsemble(members)

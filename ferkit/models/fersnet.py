@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
 from ferkit.models.base import FerModel
 from ferkit.models.convflu import ConvFLU
 from ferkit.models.outputs import ModelOutput
@@ -127,7 +128,7 @@ class FERSNet(FerModel):
                  upsample: str = "transposed") -> None:
         super().__init__()
         if input_size % 16:
-            raise ValueError(f"FERSNet input_size must be a multiple of 16 (four 2x2 poolings), got {input_size}")
+            raise UsageError(f"FERSNet input_size must be a multiple of 16 (four 2x2 poolings), got {input_size}")
         self.num_classes, self.in_channels, self.input_size, self.width = num_classes, in_channels, input_size, width
         self.mtl = bool(mtl)
         self.convflu = bool(convflu) and self.mtl
@@ -236,7 +237,7 @@ class FERSNet(FerModel):
         return self.decode(feats, targets).view(b, e, *x.shape[1:])
 
 
-@register_model("fersnet", paper=PAPER,
+@register_model("fersnet", paper=PAPER, small_cfg={"width": 8, "input_size": 64}, cpu_sized=False,
                 description="FERSNet as published: 256 filters, 96x96 gray, ConvFLU + FES stream (GPU training)")
 def fersnet(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 256, fc_dim: int = 512,
             mtl: bool = True, convflu: bool = True, skips: bool = False, upsample: str = "transposed") -> FERSNet:
@@ -245,7 +246,7 @@ def fersnet(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, wi
                    mtl=mtl, convflu=convflu, skips=skips, upsample=upsample)
 
 
-@register_model("fersnet_light", paper=PAPER,
+@register_model("fersnet_light", paper=PAPER, small_cfg={"width": 8, "input_size": 64},
                 description="FERSNet for real-time CPU use: 96x96 gray input, 16 filters, FES skip connections")
 def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 16,
                   fc_dim: int = 128, mtl: bool = True, convflu: bool = True, skips: bool = True,

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
 from ferkit.models.base import FerModel
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.registry import register_model
@@ -160,9 +161,9 @@ class LightCNN9(FerModel):
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; use one of {', '.join(HEADS)}")
         if input_size < 16:
-            raise ValueError(f"input_size {input_size} is too small for four 2x2 poolings (need >= 16)")
+            raise UsageError(f"input_size {input_size} is too small for four 2x2 poolings (need >= 16)")
         if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
+            raise UsageError(f"width must be positive, got {width}")
         self.num_classes = int(num_classes)
         self.head = head
         self.input_size = int(input_size)
@@ -204,7 +205,7 @@ class LightCNN9(FerModel):
         return ModelOutput(logits=logits, identity=identity, embedding=embedding)
 
 
-@register_model("lightcnn9", paper=PAPER_LIGHTCNN,
+@register_model("lightcnn9", paper=PAPER_LIGHTCNN, small_cfg={"width": 0.25, "input_size": 64, "num_classes": 10},
                 description="Light CNN-9 face-identity net (MFM), 256-d identity feature")
 def lightcnn9(num_classes: int = 10575, input_size: int = 128, width: float = 1.0, in_channels: int = 1,
               feature_dim: int = 256, dropout: float = 0.5, **_ignored) -> LightCNN9:
@@ -213,7 +214,7 @@ def lightcnn9(num_classes: int = 10575, input_size: int = 128, width: float = 1.
                      feature_dim=feature_dim, dropout=dropout)
 
 
-@register_model("netb", paper=PAPER_NETB,
+@register_model("netb", paper=PAPER_NETB, small_cfg={"width": 0.25, "input_size": 64},
                 description="Net B (Light CNN-9) transferred to expressions; head fc (Net B) or dal (Net B_DAL)")
 def netb(num_classes: int = 7, head: str = "dal", input_size: int = 128, width: float = 1.0, in_channels: int = 1,
          feature_dim: int = 256, dropout: float = 0.5, **_ignored) -> LightCNN9:

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
 from ferkit.models.base import FerModel
 from ferkit.models.blocks import IdentityBlock, ProjectionBlock, conv_bn
 from ferkit.models.outputs import ModelOutput
@@ -125,7 +126,7 @@ class DeepId(FerModel):
         s3 = ((input_size - 3) // 2 - 2 - 1 - 2) // 2  # side of pool3 (8 on 48x48)
         s4 = s3 - 1                                       # side of conv4 (7)
         if s4 < 1:
-            raise ValueError(f"DeepID needs inputs of at least 31x31 pixels, got {input_size}")
+            raise UsageError(f"DeepID needs inputs of at least 31x31 pixels, got {input_size}")
         self.pool3_side, self.conv4_side = s3, s4
         self.fc_pool3 = nn.Linear(60 * s3 * s3, IDENTITY_DIM)
         self.fc_conv4 = nn.Linear(80 * s4 * s4, IDENTITY_DIM)
@@ -173,7 +174,7 @@ class TfeJl(FerModel):
                  input_size: int = 48, dropout: float = 0.4, feature_relu: bool = True) -> None:
         super().__init__()
         if emotion_depth not in RESNET_BLOCKS:
-            raise ValueError(f"emotion_depth must be one of {sorted(RESNET_BLOCKS)}, got {emotion_depth}")
+            raise UsageError(f"emotion_depth must be one of {sorted(RESNET_BLOCKS)}, got {emotion_depth}")
         self.num_classes = num_classes
         self.emotion_depth = emotion_depth
         self.identity_net = DeepId(num_classes=0, in_channels=in_channels, input_size=input_size,
@@ -250,7 +251,7 @@ def resnet12_fer(num_classes: int = 7, in_channels: int = 1) -> ResNetFer:
     return ResNetFer(RESNET_BLOCKS[12], num_classes=num_classes, in_channels=in_channels)
 
 
-@register_model("deepid", paper=PAPER)
+@register_model("deepid", paper=PAPER, small_cfg={"num_classes": 20})
 def deepid(num_classes: int = 10575, in_channels: int = 1, input_size: int = 48, dropout: float = 0.4,
            feature_relu: bool = True) -> DeepId:
     """DeepID2 ConvNet identity net: 48x48 gray -> 160-d identity feature, softmax over identities."""
@@ -258,7 +259,7 @@ def deepid(num_classes: int = 10575, in_channels: int = 1, input_size: int = 48,
                   dropout=dropout, feature_relu=feature_relu)
 
 
-@register_model("tfe_jl", paper=PAPER)
+@register_model("tfe_jl", paper=PAPER, small_cfg={"emotion_depth": 12, "num_classes": 7})
 def tfe_jl(num_classes: int = 8, in_channels: int = 1, emotion_depth: int = 18, input_size: int = 48,
            dropout: float = 0.4, feature_relu: bool = True) -> TfeJl:
     """TFE-JL joint model: BN(DeepID 160-d) ++ BN(ResNet 64-d) -> 224-d TFE feature -> FC."""

@@ -15,6 +15,8 @@ from typing import Sequence, Union
 
 import torch.nn as nn
 
+from ferkit.errors import UsageError
+
 #: VGG configuration "D" (VGG-16): channel counts of conv1_1..conv5_3, "M" = 2x2 max-pool stride 2
 VGG16_CFG: tuple[Union[int, str], ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -36,7 +38,7 @@ def vgg_features(in_channels: int, cfg: Sequence[Union[int, str]] = VGG16_CFG, w
     The result's ``out_channels`` attribute is the channel count of the last conv.
     """
     if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
+        raise UsageError(f"width must be > 0, got {width}")
     layers: list[nn.Module] = []
     channels = in_channels
     items = list(cfg)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from ferkit.errors import NotFoundError, UnavailableError, UnknownNameError, UsageError
 from ferkit.paths import weights_dir
 
 
@@ -47,10 +50,51 @@ class Preprocessing:
         return (x * self.std + self.mean).clamp(0.0, 1.0)
 
 
+def to_model_input(images: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` face crops (any size, 1 or 3 channels) -> normalised float model input.
+
+    Gray <-> RGB uses ITU-R 601 luma (as OpenCV's RGB2GRAY) or channel replication; a size other
+    than ``prep.input_size`` is resized bilinearly with antialiasing (area-like when shrinking).
+    Crops that already match (the face pipeline makes them so) are only normalised. It lives beside
+    :class:`Preprocessing`, not in :mod:`ferkit.inference`, so the export, the recipes and the evaluation
+    feed a model exactly as inference does without importing the layer above them.
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected uint8 [N, 1|3, H, W] images, got {tuple(images.shape)}")
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    if prep.grayscale and x.shape[1] == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = (x * w).sum(1, keepdim=True)
+    elif not prep.grayscale and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != (prep.input_size, prep.input_size):
+        x = F.interpolate(x, size=(prep.input_size, prep.input_size), mode="bilinear", align_corners=False,
+                          antialias=True)
+    return prep.normalize(x)
+
+
+def crops_to_tensor(crops: Sequence[np.ndarray]) -> torch.Tensor:
+    """``[H, W]`` / ``[H, W, C]`` uint8 crops of one size -> uint8 ``[N, C, H, W]``."""
+    arrs = [c[:, :, None] if c.ndim == 2 else c for c in crops]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2)))
+
+
 def measure_normalisation(images: torch.Tensor) -> tuple[float, float]:
     """Global mean and std of uint8 images in [0, 1] units (rounded: they are written into cards)."""
     x = images.float().div_(255.0)
     return round(float(x.mean()), 4), round(float(x.std()), 4)
+
+
+#: test-time augmentation modes: "flip" = mean of the softmax of the image and its mirror
+TTA_MODES = ("none", "flip")
+
+
+def check_tta(tta: Optional[str]) -> str:
+    """A TTA mode (None, "" and "off" mean "none"); a :class:`~ferkit.errors.UsageError` for any other."""
+    tta = "none" if tta in (None, "", "off") else str(tta)
+    if tta not in TTA_MODES:
+        raise UsageError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return tta
 
 
 @dataclass
@@ -127,11 +171,11 @@ class Weights:
 
     def state_dict(self, map_location: Union[str, torch.device] = "cpu") -> dict[str, torch.Tensor]:
         if self.source is None:
-            raise FileNotFoundError(f"weights {self.name!r} have no file to load")
+            raise NotFoundError(f"weights {self.name!r} have no file to load")
         src = Path(self.source)
         if src.suffix == ".json":
             if not self.file:
-                raise FileNotFoundError(f"card {src} names no weights file")
+                raise NotFoundError(f"card {src} names no weights file")
             blob = torch.load(src.parent / self.file, map_location=map_location, weights_only=True)
             return blob
         checkpoint = torch.load(src, map_location=map_location, weights_only=False)
@@ -165,12 +209,12 @@ def load_matching(model: nn.Module, source: Union[str, Path], architecture_prefi
     """
     weights = get_weights(source)
     if not weights.architecture.startswith(architecture_prefix):
-        raise ValueError(f"{option} {source} holds a {weights.architecture!r} model; it must be a {what}")
+        raise UsageError(f"{option} {source} holds a {weights.architecture!r} model; it must be a {what}")
     take = matching_tensors(model, weights.state_dict())
     own = model.state_dict()
     learned = [k for k, v in own.items() if v.is_floating_point()]
     if sum(k in take for k in learned) * 2 < len(learned):
-        raise ValueError(f"{option} {source}: no tensor matches this model's names and shapes for most layers; "
+        raise UsageError(f"{option} {source}: no tensor matches this model's names and shapes for most layers; "
                          "was it trained with another --width / --input-size?")
     model.load_state_dict(take, strict=False)
     return len(take), sorted(k for k in own if k not in take)
@@ -217,6 +261,27 @@ def list_weights() -> list[str]:
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
+def weights_with(*features: str) -> list[str]:
+    """Shipped weights whose model has every one of ``features`` (``"identity"``, ``"gates"``, ``"synthesis"``).
+
+    Read from the model each card builds (:func:`~ferkit.models.registry.model_traits`, no weights
+    loaded), so the app's explainers and the bench find a new paper's weights without a list of names.
+    A card that cannot be read is skipped here; it is reported where it is loaded.
+    """
+    from ferkit.models.registry import model_traits
+
+    found = []
+    for name in list_weights():
+        try:
+            w = get_weights(name)
+            traits = model_traits(w.architecture, w.model_cfg)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if all(traits.has(f) for f in features):
+            found.append(name)
+    return found
+
+
 #: the card metric that ranks identity features for enrolment (LFW View 2, 10-fold accuracy)
 IDENTITY_RANK_METRIC = "lfw_view2_accuracy"
 
@@ -248,15 +313,15 @@ def get_weights(name_or_path: Union[str, Path]) -> Weights:
     if path.suffix in {".pt", ".pth", ".ckpt"} and path.exists():
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         if "weights_meta" not in checkpoint:
-            raise ValueError(f"{path} is not a ferkit training checkpoint (no 'weights_meta' entry)")
+            raise UsageError(f"{path} is not a ferkit training checkpoint (no 'weights_meta' entry)")
         return Weights.from_dict(checkpoint["weights_meta"], source=str(path))
     if path.suffix == ".json" and path.exists():
         return Weights.from_dict(json.loads(path.read_text()), source=str(path))
     card = weights_dir() / f"{name_or_path}.json"
     if not card.exists():
         known = ", ".join(list_weights()) or "none"
-        raise KeyError(f"no weights named {str(name_or_path)!r} in {weights_dir()} (shipped: {known}); "
-                       "pass a shipped name, a .json card or a training checkpoint .pt")
+        raise UnknownNameError(f"no weights named {str(name_or_path)!r} in {weights_dir()} (shipped: {known}); "
+                               "pass a shipped name, a .json card or a training checkpoint .pt")
     return Weights.from_dict(json.loads(card.read_text()), source=str(card))
 
 
@@ -264,7 +329,7 @@ def get_weights_of(architecture: str, name_or_path: Union[str, Path], option: st
     """:func:`get_weights` of the option ``--<option>``, refused unless it holds an ``architecture`` model."""
     weights = get_weights(name_or_path)
     if weights.architecture != architecture:
-        raise ValueError(f"--{option} {name_or_path} holds a {weights.architecture!r} model; expected "
+        raise UsageError(f"--{option} {name_or_path} holds a {weights.architecture!r} model; expected "
                          f"{architecture!r}{hint}")
     return weights
 
@@ -282,7 +347,7 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        raise UnavailableError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     return dev
 
 

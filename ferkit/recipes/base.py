@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from ferkit.data.augment import augment_batch, parse_augment
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
-from ferkit.evaluation.forward import check_tta, class_probabilities
-from ferkit.inference import to_model_input
+from ferkit.errors import UsageError
+from ferkit.evaluation.forward import class_probabilities
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing, float_state, get_weights_of, measure_normalisation
+from ferkit.models.weights import (Preprocessing, check_tta, float_state, get_weights_of, measure_normalisation,
+                                   to_model_input)
 from ferkit.training.ema import WeightEMA
 from ferkit.training.precision import memory_format
 from ferkit.training.recipe import Recipe, StepResult, TrainContext
@@ -196,7 +197,7 @@ class ClassifierRecipe(Recipe):
         max_steps = option(o, "max_steps_per_epoch", None)
         if max_steps is not None:
             if int(max_steps) < 1:
-                raise ValueError(f"--max-steps-per-epoch must be at least 1, got {max_steps}")
+                raise UsageError(f"--max-steps-per-epoch must be at least 1, got {max_steps}")
             self.steps_per_epoch = min(self.steps_per_epoch, int(max_steps))
         epochs = int(option(o, "schedule_epochs", None) or getattr(ctx, "epochs", None)
                      or option(o, "epochs", None) or self.default_epochs)
@@ -245,11 +246,11 @@ class ClassifierRecipe(Recipe):
         cannot be stretched (torch's OneCycleLR keeps its total), and EMA changes what "model" is."""
         steps = state.get("schedule_steps")
         if steps is not None and int(steps) != self.schedule_steps:
-            raise ValueError(f"this run's {state.get('schedule')} schedule spans {steps} steps, the resumed one would "
+            raise UsageError(f"this run's {state.get('schedule')} schedule spans {steps} steps, the resumed one would "
                              f"span {self.schedule_steps}: resume with the same --epochs / --schedule-epochs, or "
                              "start a new run from it with --init-checkpoint")
         if "ema" in state and (state["ema"] or None) != (self.ema_decay or None):
-            raise ValueError(f"the checkpoint was trained with --ema {state['ema']}, this run has "
+            raise UsageError(f"the checkpoint was trained with --ema {state['ema']}, this run has "
                              f"--ema {self.ema_decay}; resume with the same --ema")
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:

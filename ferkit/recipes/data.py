@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.ferplus import load_ferplus, training_folder, validation_folder
+from ferkit.errors import UsageError
 from ferkit.evaluation.kfold import add_fold_arguments, heldout_subject_names, split_dataset_fold
 from ferkit.recipes.base import INPUT_SIZE, option
 
@@ -54,14 +55,14 @@ class FerplusData:
         self._soft_targets = target == "votes"
         train_dir = training_folder(self.data_dir)
         if self._soft_targets and (train_dir / "manifest.json").is_file():
-            raise ValueError(f"--target votes needs the vote counts of label.csv, and {train_dir} is a prepared "
+            raise UsageError(f"--target votes needs the vote counts of label.csv, and {train_dir} is a prepared "
                              "folder holding labels only: use --target majority, or point --data at the FER+ folder")
         train = load_ferplus(train_dir, vote="votes" if self._soft_targets else vote, size=size)
         valid_dir = self.options.get("valid")
         if valid_dir is None:
             valid_dir = validation_folder(train_dir)
         if valid_dir is not None and Path(valid_dir).resolve() == train_dir.resolve():
-            raise ValueError(f"the validation folder {valid_dir} is the training folder: point --data at the FER+ "
+            raise UsageError(f"the validation folder {valid_dir} is the training folder: point --data at the FER+ "
                              "root (FER2013Train + FER2013Valid) or pass another --valid")
         val = load_ferplus(valid_dir, vote=vote, size=size) if valid_dir is not None else None
         self._split_info = {"train": train_dir.name, "validation": Path(valid_dir).name if valid_dir else None,

@@ -43,7 +43,7 @@ from ferkit.models.weights import Preprocessing, load_matching
 from ferkit.recipes.base import ClassifierRecipe, option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
-from ferkit.training.recipe import TrainContext
+from ferkit.training.recipe import NetSpec, TrainContext
 
 #: the paper's rotation set (degrees); with horizontal flips the training set grows 14x
 PAPER_ANGLES = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)
@@ -180,6 +180,7 @@ class _EIFNRecipe(ClassifierRecipe):
 @register_recipe
 class EIFNCKPlus(CkplusData, _EIFNRecipe):
     name = "eifn/ckplus"
+    network = NetSpec("eifn", {"num_classes": 7, "num_subjects": 118}, 64, 100)
     description = ("EIFN (expression-identity fusion, bilinear) on CK+48, 7 classes, identity = CK+ subjects; "
                    "--mode eifn|eifn_star|efn for the ablations")
 
@@ -192,6 +193,7 @@ class EIFNFerplusStage1(FerplusData, _EIFNRecipe):
     ``eifn/ckplus --init`` takes both extractors and the identity FC; the heads do not match."""
 
     name = "eifn/ferplus-stage1"
+    network = NetSpec("eifn", {"num_classes": 8, "num_subjects": 1, "mode": "efn"}, 64, 100)
     description = ("EIFN stage 1 on FER+ (EFN mode: no identity labels there), majority labels; the --init of "
                    "eifn/ckplus")
     supports_vote_targets = False

@@ -73,6 +73,7 @@ from ferkit.data.augment import augment_batch
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.sampling import TargetSampler
+from ferkit.errors import UsageError
 from ferkit.evaluation.forward import check_tta, class_probabilities
 from ferkit.evaluation.synthesis import (FrozenIdentity, canonical_class, every_expression_set, grid_faces,
                                          training_sample_grid, write_png)
@@ -85,7 +86,7 @@ from ferkit.recipes.base import option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.precision import memory_format
-from ferkit.training.recipe import Recipe, StepResult, TrainContext
+from ferkit.training.recipe import NetSpec, Recipe, StepResult, TrainContext
 from ferkit.training.schedule import exponential_decay
 
 EVAL_BATCH = 256
@@ -198,24 +199,24 @@ class _FersnetRecipe(Recipe):
                                           cls_fake=float(option(o, "lambda_cls_fake", 0.0)))
         self.loss_norm = option(o, "loss_norm", "sum")
         if self.weights.cls_fake and not self.mtl:
-            raise ValueError("--lambda-cls-fake needs the FES stream; it cannot be combined with --no-mtl")
+            raise UsageError("--lambda-cls-fake needs the FES stream; it cannot be combined with --no-mtl")
         # the run's planned epochs (ctx.epochs, from --epochs or the paper's 500) unless given
         self.schedule_epochs = int(option(o, "schedule_epochs", getattr(ctx, "epochs", None) or self.default_epochs))
         self.target_draw = option(o, "target_draw", "subject" if train.subjects is not None else "uniform")
         if self.target_draw not in ("subject", "uniform"):
-            raise ValueError(f"--target-draw must be subject or uniform, got {self.target_draw!r}")
+            raise UsageError(f"--target-draw must be subject or uniform, got {self.target_draw!r}")
         if self.target_draw == "subject" and train.subjects is None:
-            raise ValueError("--target-draw subject needs subject ids; this dataset has none (use uniform)")
+            raise UsageError("--target-draw subject needs subject ids; this dataset has none (use uniform)")
         self.own_target_prob = float(option(o, "own_target_prob", 0.0))
         if not 0.0 <= self.own_target_prob <= 1.0:
-            raise ValueError(f"--own-target-prob must lie in [0, 1], got {self.own_target_prob}")
+            raise UsageError(f"--own-target-prob must lie in [0, 1], got {self.own_target_prob}")
         self.fes_da = int(option(o, "fes_da", 0))
         if self.fes_da and not self.mtl:
-            raise ValueError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
+            raise UsageError("--fes-da needs the FES stream; it cannot be combined with --no-mtl")
         # every epoch FES-DA is a fine-tuning of a trained FERSNet (--init); from scratch the
         # synthesis stream must train first
         if self.fes_da > self.schedule_epochs or (self.fes_da == self.schedule_epochs and not o.get("init")):
-            raise ValueError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs} "
+            raise UsageError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs} "
                              "(or equal to it when --init names a trained FERSNet to fine-tune)")
         lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -442,6 +443,7 @@ class FersnetCkplusRecipe(CkplusData, _FersnetRecipe):
     """CK+48, 7 classes, subject-independent folds; L_rec uses same-subject target faces."""
 
     name = "fersnet/ckplus"
+    network = NetSpec("fersnet_light", {"num_classes": 7}, 0, 64, synthesis=True)
     description = "FERSNet (eq. 10) on CK+48, 7 classes, subject-independent folds, with L_rec"
     default_alignment = "ckplus48"
 
@@ -451,6 +453,7 @@ class FersnetFerplusRecipe(FerplusData, _FersnetRecipe):
     """FER+ (majority vote, 8 classes): no subject ids, so L_rec is left out (but see --own-target-prob)."""
 
     name = "fersnet/ferplus"
+    network = NetSpec("fersnet_light", {"num_classes": 8}, 0, 64, synthesis=True)
     description = "FERSNet (eq. 10 without L_rec: no subject ids) on FER+ majority vote, 8 classes"
     default_alignment = "fer2013"
     supports_vote_targets = False

@@ -22,18 +22,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ferkit.errors import UsageError
 from ferkit.evaluation.forward import batched_forward
-from ferkit.inference import to_model_input
-from ferkit.models.weights import load_weights
+from ferkit.models.weights import load_weights, to_model_input
 from ferkit.recipes.base import EVAL_BATCH, ClassifierRecipe, option
 from ferkit.recipes.data import FerplusData
 from ferkit.recipes.registry import register_recipe
-from ferkit.training.recipe import TrainContext
+from ferkit.training.recipe import NetSpec, TrainContext
 
 
 @register_recipe
 class LiveDistillRecipe(FerplusData, ClassifierRecipe):
     name = "live/ferplus-distill"
+    network = NetSpec("resnet_live", {"num_classes": 8}, 48, 128, channels_last=True)
     description = "ferkit-live: small ResNet (resnet_live) distilled from a FER+ teacher's soft outputs"
     architecture = "resnet_live"
     default_epochs = 40
@@ -55,7 +56,7 @@ class LiveDistillRecipe(FerplusData, ClassifierRecipe):
         self.alpha = float(option(self.options, "alpha", 0.7))
         self.temperature = float(option(self.options, "temperature", 2.0))
         if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0:
-            raise ValueError(f"--alpha must be in [0, 1] and --temperature > 0; got {self.alpha}, {self.temperature}")
+            raise UsageError(f"--alpha must be in [0, 1] and --temperature > 0; got {self.alpha}, {self.temperature}")
         teacher_name = str(option(self.options, "teacher", "resnet18-ferplus"))
         self.teacher_logits = self._teacher_logits(teacher_name, ctx)
         self.settings.update({"teacher": teacher_name, "alpha": self.alpha, "temperature": self.temperature})
@@ -67,7 +68,7 @@ class LiveDistillRecipe(FerplusData, ClassifierRecipe):
     def _teacher_logits(self, teacher_name: str, ctx: TrainContext) -> torch.Tensor:
         teacher = load_weights(teacher_name, device=ctx.device)
         if list(teacher.weights.classes) != self.classes:
-            raise ValueError(f"--teacher {teacher_name} has classes {teacher.weights.classes}, the student "
+            raise UsageError(f"--teacher {teacher_name} has classes {teacher.weights.classes}, the student "
                              f"{self.classes}: pick a teacher trained on the same data")
         prep = teacher.weights.preprocessing
         model = teacher.model.eval()

@@ -31,6 +31,7 @@ import torch.nn as nn
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.identity import image_holdout_split, load_identity_training_data
+from ferkit.errors import UsageError
 from ferkit.losses.softmax_mse import SoftmaxMSE, expected_class_mse
 from ferkit.models.lightcnn import HEADS, transfer_identity_weights
 from ferkit.models.registry import create_model
@@ -39,7 +40,7 @@ from ferkit.recipes.base import ClassifierRecipe, option
 from ferkit.recipes.data import Fer2013Data, FerplusData
 from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
-from ferkit.training.recipe import TrainContext
+from ferkit.training.recipe import NetSpec, TrainContext
 
 LOSSES = ("softmax", "softmax-mse")
 DEFAULT_IDENTITY_SETS = "celeba_subset,orl_faces"
@@ -64,6 +65,7 @@ def _add_net_arguments(parser: argparse.ArgumentParser, size_default: Optional[i
 @register_recipe
 class LightCNNIdentity(IdentityTrainingMixin, ClassifierRecipe):
     name = "netb/lightcnn-identity"
+    network = NetSpec("lightcnn9", {"num_classes": 338}, 128, 128, channels_last=True)
     description = "Light CNN-9 (Net B) face-identity pretraining on identity folders (SGD 0.01, batch 128)"
     default_epochs = 30
     default_lr = 0.01
@@ -172,14 +174,14 @@ class _NetBTransfer(ClassifierRecipe):
         width = self.options.get("width") or id_cfg.get("width") or 1.0
         for key, value in (("input_size", size), ("width", width)):
             if id_cfg and key in id_cfg and float(id_cfg[key]) != float(value):
-                raise ValueError(f"--{key.replace('_', '-')} {value} differs from the identity net's {id_cfg[key]}; "
+                raise UsageError(f"--{key.replace('_', '-')} {value} differs from the identity net's {id_cfg[key]}; "
                                  "the transferred weights only fit a net of the same shape")
         self.input_size, self.width = int(size), float(width)
         self.feature_dim = id_cfg.get("feature_dim")
         self.head = option(self.options, "head", "dal")
         self.loss_name = option(self.options, "loss", "softmax-mse")
         if self.loss_name not in LOSSES:
-            raise ValueError(f"--loss {self.loss_name!r}: use one of {', '.join(LOSSES)}")
+            raise UsageError(f"--loss {self.loss_name!r}: use one of {', '.join(LOSSES)}")
         self._softmax_mse = SoftmaxMSE()
         super().setup(ctx)
         if self.identity_state is not None:
@@ -228,12 +230,14 @@ class _NetBTransfer(ClassifierRecipe):
 @register_recipe
 class NetBFer2013(Fer2013Data, _NetBTransfer):
     name = "netb/fer2013"
+    network = NetSpec("netb", {"num_classes": 7, "head": "dal"}, 128, 128, channels_last=True)
     description = "Net B / Net B_DAL / Net B_DAL_MSE transferred from the Light CNN face net to FER2013 (7 classes)"
 
 
 @register_recipe
 class NetBFerPlus(FerplusData, _NetBTransfer):
     name = "netb/ferplus"
+    network = NetSpec("netb", {"num_classes": 8, "head": "dal"}, 128, 128, channels_last=True)
     description = "Net B_DAL_MSE (and ablations) transferred from the Light CNN face net to FER+ (8 classes, --vote labels)"
     #: Softmax-MSE (eq. 3) is defined on a hard label, so FER+ is read with the --vote rule
     supports_vote_targets = False

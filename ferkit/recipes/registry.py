@@ -5,6 +5,7 @@ code: ``ferkit.training`` knows what a recipe is, ``ferkit.recipes`` knows which
 """
 from __future__ import annotations
 
+from ferkit.errors import UnknownNameError
 from ferkit.training.recipe import Recipe
 
 _RECIPES: dict[str, type[Recipe]] = {}
@@ -31,4 +32,4 @@ def get_recipe(name: str) -> type[Recipe]:
     try:
         return _RECIPES[name]
     except KeyError:
-        raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(_RECIPES))}") from None
+        raise UnknownNameError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(_RECIPES))}") from None

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from ferkit.data.dataset import FaceDataset
+from ferkit.errors import UsageError
 from ferkit.evaluation.forward import batched_forward
 from ferkit.evaluation.verification import all_pairs_accuracy
 from ferkit.losses.contrastive import median_negative_distance, verification_loss
@@ -48,7 +49,7 @@ from ferkit.recipes.base import EVAL_BATCH, INPUT_SIZE, ClassifierRecipe, option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
-from ferkit.training.recipe import TrainContext
+from ferkit.training.recipe import NetSpec, TrainContext
 
 
 # ---- stage 2: emotion ResNets -------------------------------------------------------------------
@@ -64,6 +65,7 @@ class _EmotionNetRecipe(ClassifierRecipe):
 @register_recipe
 class ResNet18FerplusRecipe(FerplusData, _EmotionNetRecipe):
     name = "tfe-jl/resnet18-ferplus"
+    network = NetSpec("resnet18_fer", {"num_classes": 8}, 48, 128, channels_last=True)
     description = "TFE-JL stage 2: ResNet18 emotion net on FER+ (vote-distribution targets by default), SGD lr 0.1"
     default_lr = 0.1
     architecture = "resnet18_fer"
@@ -73,6 +75,7 @@ class ResNet18FerplusRecipe(FerplusData, _EmotionNetRecipe):
 @register_recipe
 class ResNet12CkplusRecipe(CkplusData, _EmotionNetRecipe):
     name = "tfe-jl/resnet12-ckplus"
+    network = NetSpec("resnet12_fer", {"num_classes": 7}, 48, 128, channels_last=True)
     description = "TFE-JL stage 2 (CK+): ResNet12 emotion net on CK+48, SGD lr 0.16, subject-independent folds"
     default_lr = 0.16
     architecture = "resnet12_fer"
@@ -96,6 +99,7 @@ class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
     """
 
     name = "tfe-jl/deepid-identity"
+    network = NetSpec("deepid", {"num_classes": 300}, 48, 128, channels_last=True)
     description = "TFE-JL stage 1: DeepID2 identity net, softmax identification + contrastive verification"
     data_help = ("identity-folder root <identity>/<images> (CASIA-WebFace, VGGFace2, "
                  "e.g. ../shared/data/identity/celeba_subset); more roots with --extra-identity")
@@ -243,7 +247,7 @@ class _JointRecipe(ClassifierRecipe):
     def _branch_state(self, flag: str, architecture: str) -> tuple[dict[str, torch.Tensor], Any]:
         ref = self.options.get(flag.replace("-", "_"))
         if not ref:
-            raise ValueError(f"{self.name} needs --{flag} (the pretrained {architecture} of the earlier stage)")
+            raise UsageError(f"{self.name} needs --{flag} (the pretrained {architecture} of the earlier stage)")
         weights = get_weights_of(architecture, str(ref).replace("{fold}", str(option(self.options, "fold", 0))), flag)
         return weights.state_dict(), weights
 
@@ -262,7 +266,7 @@ class _JointRecipe(ClassifierRecipe):
         if option(self.options, "head_init", "emotion") == "emotion":
             fc = {k[3:]: v.float() for k, v in self.emotion_state.items() if k.startswith("fc.")}
             if set(fc) != {"weight", "bias"} or fc["weight"].shape[0] != len(train.classes):
-                raise ValueError(f"--head-init emotion needs the stage-2 net's {len(train.classes)}-class fc layer; "
+                raise UsageError(f"--head-init emotion needs the stage-2 net's {len(train.classes)}-class fc layer; "
                                  f"{self.emotion_weights.source} has {tuple(fc.get('weight', torch.empty(0)).shape)}; "
                                  "use --head-init random")
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:HEAD_INIT_IMAGES]
@@ -280,6 +284,7 @@ class _JointRecipe(ClassifierRecipe):
 @register_recipe
 class JointFerplusRecipe(FerplusData, _JointRecipe):
     name = "tfe-jl/joint-ferplus"
+    network = NetSpec("tfe_jl", {"num_classes": 8, "emotion_depth": 18}, 48, 128, channels_last=True)
     description = "TFE-JL stage 3: DeepID + ResNet18 joint fine-tuning on FER+ (lr 0.001)"
     default_lr = 0.001
     weights_name = "tfe-jl"
@@ -288,6 +293,7 @@ class JointFerplusRecipe(FerplusData, _JointRecipe):
 @register_recipe
 class JointCkplusRecipe(CkplusData, _JointRecipe):
     name = "tfe-jl/joint-ckplus"
+    network = NetSpec("tfe_jl", {"num_classes": 7, "emotion_depth": 12}, 48, 128, channels_last=True)
     description = "TFE-JL stage 3 (CK+): DeepID + ResNet12 joint fine-tuning on CK+48 folds"
     default_lr = 0.01
     emotion_architecture = "resnet12_fer"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from ferkit.errors import UsageError
+
 
 def fit_epochs(budget_s: float, images_per_epoch: int, img_per_s: float, *, overhead: float = 0.25,
                min_epochs: int = 1, max_epochs: int | None = None) -> int:
@@ -18,7 +20,7 @@ def fit_epochs(budget_s: float, images_per_epoch: int, img_per_s: float, *, over
     (evaluation, augmentation, checkpoints, start-up): 0.25 leaves a quarter spare.
     """
     if budget_s <= 0 or images_per_epoch <= 0 or img_per_s <= 0:
-        raise ValueError("budget, images per epoch and throughput must be positive")
+        raise UsageError("budget, images per epoch and throughput must be positive")
     epochs = math.floor(budget_s * (1.0 - overhead) * img_per_s / images_per_epoch)
     epochs = max(min_epochs, epochs)
     return min(epochs, max_epochs) if max_epochs is not None else epochs

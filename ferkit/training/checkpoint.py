@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ferkit.errors import NotFoundError, UsageError
 from ferkit.utils.io import atomic_torch_save
 
 FORMAT = "ferkit-checkpoint/1"
@@ -79,7 +80,7 @@ def state_dicts(objects: Mapping[str, Any]) -> dict[str, Any]:
 def load_state_dicts(objects: Mapping[str, Any], states: Mapping[str, Any], what: str, path: Path) -> None:
     missing = [k for k in objects if k not in states and hasattr(objects[k], "load_state_dict")]
     if missing:
-        raise ValueError(f"{path}: checkpoint has no {what} state for {missing} "
+        raise UsageError(f"{path}: checkpoint has no {what} state for {missing} "
                          f"(it holds {sorted(states)}); was it written by another recipe or options?")
     for name, obj in objects.items():
         if name not in states:
@@ -116,12 +117,12 @@ def load_checkpoint(path: Path, map_location: Optional[str | torch.device] = "cp
     """Read a checkpoint written by the engine; a clear error for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise NotFoundError(f"no checkpoint at {path}")
     try:
         # weights_only=False: RNG states hold numpy arrays and python tuples; only open your own files
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"{path} cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"{path} cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a ferkit training checkpoint (expected format {FORMAT!r})")
+        raise UsageError(f"{path} is not a ferkit training checkpoint (expected format {FORMAT!r})")
     return state

@@ -15,6 +15,7 @@ from typing import Union
 import torch
 import torch.distributed as dist
 
+from ferkit.errors import UnavailableError
 from ferkit.models.weights import resolve_device
 
 
@@ -50,8 +51,8 @@ def setup(device: Union[str, torch.device, None] = "auto") -> DistInfo:
         return DistInfo(0, 1, 0, dev)
     if dev.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA GPUs are visible; "
-                               "lower --nproc_per_node")
+            raise UnavailableError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA GPUs are visible; "
+                                   "lower --nproc_per_node")
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     else:
@@ -91,11 +92,3 @@ def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
 
-
-def broadcast_object(obj, info: DistInfo, src: int = 0):
-    """Rank ``src``'s Python object on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
+from ferkit.errors import UsageError
+
 
 class WeightEMA:
     """``model`` (a frozen copy of ``source``) := ``decay * model + (1 - decay) * source`` per update."""
@@ -28,7 +30,7 @@ class WeightEMA:
         if not value:
             return None
         if not 0.0 < float(value) < 1.0:
-            raise ValueError(f"--ema is a decay in (0, 1), e.g. 0.999; got {value}")
+            raise UsageError(f"--ema is a decay in (0, 1), e.g. 0.999; got {value}")
         return cls(source, float(value))
 
     @torch.no_grad()

@@ -81,6 +81,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ferkit.errors import NotFoundError, UsageError
 from ferkit.models.weights import Weights
 from ferkit.training import distributed
 from ferkit.training.checkpoint import (capture_rng, copy_checkpoint, load_checkpoint, load_state_dicts, restore_rng,
@@ -453,12 +454,12 @@ class _Run:
         state: Optional[dict[str, Any]] = None
         if resume:
             if not ckpt_path.exists():
-                raise FileNotFoundError(f"--resume: there is no checkpoint at {ckpt_path}; start without --resume")
+                raise NotFoundError(f"--resume: there is no checkpoint at {ckpt_path}; start without --resume")
             state = load_checkpoint(ckpt_path)
             if state.get("recipe") != recipe.name:
-                raise ValueError(f"{ckpt_path} was written by recipe {state.get('recipe')!r}, not {recipe.name!r}")
+                raise UsageError(f"{ckpt_path} was written by recipe {state.get('recipe')!r}, not {recipe.name!r}")
         elif ckpt_path.exists():
-            raise ValueError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
+            raise UsageError(f"{ckpt_path} already exists: pass --resume to continue it, or choose another --out")
         self.seed = int(state.get("seed", 0)) if (seed is None and state) else int(seed or 0)
         # Denormal flushing is process-wide state (load_weights turns it on for inference speed); fix it
         # here so a run's numbers never depend on what the process did before (resume in a new process
@@ -466,7 +467,7 @@ class _Run:
         _flush_denormals()
         self.total_epochs = int(epochs if epochs is not None else (state["epochs"] if state else recipe.default_epochs))
         if self.total_epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.total_epochs}")
+            raise UsageError(f"epochs must be at least 1, got {self.total_epochs}")
         if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from ferkit.errors import UsageError
 from ferkit.models.weights import Weights, load_weights
 from ferkit.paths import weights_dir
 from ferkit.training.checkpoint import load_checkpoint
@@ -114,7 +115,7 @@ def _write_entry(w: Weights, model: torch.nn.Module, state: dict[str, torch.Tens
 
 def _check_name(name: str) -> None:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
-        raise ValueError(f"invalid weights name {name!r}: use a plain file stem like 'tfe-jl'")
+        raise UsageError(f"invalid weights name {name!r}: use a plain file stem like 'tfe-jl'")
 
 
 def export_ensemble(checkpoint_paths: Sequence[Union[str, Path]], name: str, out_dir: Union[str, Path, None] = None,
@@ -132,7 +133,7 @@ def export_ensemble(checkpoint_paths: Sequence[Union[str, Path]], name: str, out
 
     _check_name(name)
     if len(checkpoint_paths) < MIN_MEMBERS:
-        raise ValueError(f"an ensemble needs at least {MIN_MEMBERS} checkpoints, got {len(checkpoint_paths)}")
+        raise UsageError(f"an ensemble needs at least {MIN_MEMBERS} checkpoints, got {len(checkpoint_paths)}")
     out = Path(out_dir) if out_dir is not None else weights_dir()
     ckpts = [load_checkpoint(Path(p)) for p in checkpoint_paths]
     metas = [Weights.from_dict(c["weights_meta"]) for c in ckpts]
@@ -140,7 +141,7 @@ def export_ensemble(checkpoint_paths: Sequence[Union[str, Path]], name: str, out
     for path, m in zip(checkpoint_paths[1:], metas[1:]):
         for field_name in ("preprocessing", "classes", "tta"):
             if getattr(m, field_name) != getattr(first, field_name):
-                raise ValueError(f"{path}: its {field_name} differs from {checkpoint_paths[0]}'s; ensemble members "
+                raise UsageError(f"{path}: its {field_name} differs from {checkpoint_paths[0]}'s; ensemble members "
                                  "must read the same faces, know the same identities and use the same TTA")
     heldout = [i for i in first.heldout_identities if all(i in m.heldout_identities for m in metas[1:])]
     members = [{"architecture": m.architecture, "model_cfg": dict(m.model_cfg)} for m in metas]

@@ -14,6 +14,8 @@ from typing import Any, ContextManager, Optional
 
 import torch
 
+from ferkit.errors import UsageError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -35,7 +37,7 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
     fallback, so a reported number never comes from a precision other than the one asked for.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     cuda = device.type == "cuda"
     if precision == "fp32":
         return None
@@ -45,10 +47,10 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
         return torch.bfloat16 if cpu_has_native_bf16() else None
     if precision == "fp16":
         if not cuda:
-            raise ValueError("--precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
+            raise UsageError("--precision fp16 needs a CUDA device; on a CPU use bf16 or fp32")
         return torch.float16
     if cuda and not torch.cuda.is_bf16_supported():
-        raise ValueError("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
+        raise UsageError("--precision bf16: this GPU has no bf16 support; use fp16 or auto")
     return torch.bfloat16
 
 

@@ -15,7 +15,7 @@ import abc
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Optional, Protocol
+from typing import Any, ClassVar, ContextManager, Iterator, Optional, Protocol
 
 import torch
 import torch.nn as nn
@@ -36,6 +36,22 @@ class StepResult:
     n: int = 0
     #: extra scalar losses worth seeing (e.g. {"L_cls": .., "L_GAN": ..})
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A recipe's main network at the recipe's defaults: what one training step of it costs is what
+    ``ferkit bench --only training`` measures (and ``scripts/gpu_campaign.py`` probes)."""
+
+    architecture: str
+    cfg: dict[str, Any] = field(default_factory=dict)
+    #: the recipe's input side; 0 = the model's own ``input_size``
+    input_size: int = 48
+    batch: int = 128
+    #: the recipe trains in channels_last on the CPU
+    channels_last: bool = False
+    #: a step also trains the synthesis stream (``model(x, target=y)``)
+    synthesis: bool = False
 
 
 class TrainContext(Protocol):
@@ -79,6 +95,8 @@ class Recipe(abc.ABC):
     default_epochs: int = 1
     #: what `--data` must point at, said in plain words for error messages and the app
     data_help: str = ""
+    #: the main network at this recipe's defaults, declared here so the training bench needs no table
+    network: ClassVar[Optional[NetSpec]] = None
 
     def __init__(self, data_dir: Path, options: argparse.Namespace | dict[str, Any] | None = None):
         self.data_dir = Path(data_dir)

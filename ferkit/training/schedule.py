@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ferkit.errors import UsageError
+
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 
 
@@ -33,7 +35,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
     if kind == "step":  # the paper's "divided by 10 every N epochs" (N * steps per epoch = step_size)
         size = max(1, int(step_size))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.1 ** (s // size))
-    raise ValueError(f"--schedule must be onecycle, cosine, step or constant, got {kind!r}")
+    raise UsageError(f"--schedule must be onecycle, cosine, step or constant, got {kind!r}")
 
 
 def cosine_warmup(step: int, total: int, warmup: int) -> float:
