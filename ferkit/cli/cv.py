@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 #: fold options that ``ferkit cv`` sets itself; a recipe's own definitions of them are skipped
-_CV_FLAGS = {"--folds", "--fold", "--split-seed", "--epochs"}
+_CV_FLAGS = {"--folds", "--fold", "--split-seed", "--epochs", "--threads"}
 
 
 def register(subparsers: Any) -> None:
@@ -25,7 +25,9 @@ def register(subparsers: Any) -> None:
         "cv", help="subject-independent k-fold cross-validation of a recipe",
         description="Cross-validate RECIPE by subject. Options after the name: --data DIR [--folds 10] "
                     "[--by subject] [--epochs N] [--out DIR] [--device auto|cpu|cuda] [--split-seed S] "
-                    "[--fold-only I ...] plus the recipe's own options (ferkit cv RECIPE --help).")
+                    "[--fold-only I ...] [--threads N] plus the recipe's own options (ferkit cv RECIPE --help). "
+                    "A recipe option value holding {fold} or {fold:02d} is formatted per fold, e.g. "
+                    "--emotion-checkpoint runs/cv_r12/fold-{fold:02d}/checkpoint.pt (the same fold's stage 2).")
     p.add_argument("recipe", nargs="?", help="a fold-capable recipe, e.g. tfe-jl/resnet12-ckplus")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -62,6 +64,8 @@ def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the subject fold assignment")
     parser.add_argument("--fold-only", type=int, nargs="+", default=None, metavar="I",
                         help="run only these folds (0-based); the report covers the folds finished so far")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per fold on CPU (default: every core)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     parser.add_argument("--progress-interval", type=float, default=5.0,
                         help="seconds between JSON 'step' events (default 5)")
@@ -98,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     summary = run_cv(recipe_cls, opts.data, out, folds=opts.folds,
                      options={k: getattr(opts, k) for k in sorted(own)}, epochs=opts.epochs, device=opts.device,
                      seed=opts.seed, split_seed=opts.split_seed, amp=opts.amp,
-                     progress_interval=opts.progress_interval, only_folds=opts.fold_only, emit=emit)
+                     progress_interval=opts.progress_interval, only_folds=opts.fold_only, emit=emit,
+                     threads=opts.threads)
     if summary.get("status") == "interrupted":
         return 130
     print(format_table(summary), file=sys.stderr)

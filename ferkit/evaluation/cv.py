@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ferkit.evaluation.forward import class_probabilities
-from ferkit.evaluation.kfold import subject_kfold
+from ferkit.evaluation.kfold import format_fold, subject_kfold
 from ferkit.evaluation.metrics import confusion
 from ferkit.inference import to_model_input
 from ferkit.models.weights import Preprocessing, load_weights
@@ -106,12 +106,16 @@ def _stderr(message: str) -> None:
 def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[str, Path], *, folds: int = 10,
            options: Optional[dict[str, Any]] = None, epochs: Optional[int] = None, device: str = "auto",
            seed: int = 0, split_seed: int = 0, amp: bool = True, progress_interval: float = 5.0,
-           only_folds: Optional[list[int]] = None, emit: Optional[Emit] = None) -> dict[str, Any]:
+           only_folds: Optional[list[int]] = None, emit: Optional[Emit] = None,
+           threads: Optional[int] = None) -> dict[str, Any]:
     """Train and test every fold (resumably); returns the ``cv.json`` summary dict.
 
     ``options`` are the recipe's own options (the fold options are added here). ``only_folds``
     runs a subset (e.g. to spread folds over machines); the summary then covers the folds that
-    have results in ``out_dir``.
+    have results in ``out_dir``. A string option holding ``{fold}`` (or ``{fold:02d}``) is formatted
+    with the fold number for that fold (:func:`~ferkit.evaluation.kfold.format_fold`: a later stage
+    starts from the same fold's earlier stage); the result key keeps the unformatted template.
+    ``threads`` is the engine's CPU thread count per fold (default: every core).
     """
     from ferkit.training.engine import train
 
@@ -159,7 +163,7 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
         done, partial = _checkpoint_progress(ckpt) if ckpt.exists() else (0, False)
         emit({"event": "fold_start", "time": time.time(), "fold": i, "folds": folds, "n_train": len(train_idx),
               "n_test": len(test_idx), "resume_from_epoch": done if ckpt.exists() else None})
-        fold_options = {**base_options, "folds": folds, "fold": i, "split_seed": split_seed,
+        fold_options = {**{k: format_fold(v, i) for k, v in base_options.items()}, "folds": folds, "fold": i, "split_seed": split_seed,
                         # recipes that size their LR schedule by the run length read "epochs"
                         "epochs": target_epochs}
         train_time = None
@@ -173,8 +177,8 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
                 emit({**event, "fold": _fold, "folds": folds})
 
             end = train(recipe, fdir, epochs=target_epochs, device=device, resume=ckpt.exists(), seed=seed,
-                        amp=amp, progress_interval=progress_interval, on_event=relay, json_lines=False,
-                        validate=False)
+                        amp=amp, threads=threads, progress_interval=progress_interval, on_event=relay,
+                        json_lines=False, validate=False)
             if end["status"] != "completed":
                 emit({"event": "cv_end", "time": time.time(), "status": "interrupted",
                       "message": f"stopped during fold {i}; run the same command again to resume"})
