@@ -94,7 +94,18 @@ class FlipFoldRecipe(TinyFoldRecipe):
         return {**super().weights_meta(), "tta": "flip"}
 
 
-for _cls in (TinyFoldRecipe, NoFoldRecipe, FlipFoldRecipe):
+class FoldRefRecipe(TinyFoldRecipe):
+    """Records the ``ref`` option each fold was built with (a later stage's per-fold checkpoint)."""
+
+    name = "test-cv/fold-ref"
+    seen: list[tuple[int, str]] = []
+
+    def setup(self, ctx: TrainContext) -> None:
+        FoldRefRecipe.seen.append((int(self.options["fold"]), str(self.options["ref"])))
+        super().setup(ctx)
+
+
+for _cls in (TinyFoldRecipe, NoFoldRecipe, FlipFoldRecipe, FoldRefRecipe):
     if _cls.name not in _RECIPES:
         register_recipe(_cls)
 
@@ -224,3 +235,19 @@ def test_cv_measures_each_fold_with_the_cards_tta(ck_tree: Path, tmp_path: Path)
     for r in summary["fold_results"]:
         assert r["tta"] == "flip" and r["accuracy"] == pytest.approx(r["recipe_val_accuracy"], abs=1e-6)
     assert "(flip)" in summary["protocol"]["evaluated"]
+
+
+def test_cv_formats_fold_placeholders_per_fold(ck_tree: Path, tmp_path: Path) -> None:
+    """A stage-3 option naming a per-fold stage-2 checkpoint gets each fold's own path (another fold's
+    checkpoint has trained on this fold's test subjects); the result key keeps the template."""
+    from ferkit.evaluation.cv import fold_dir
+    from ferkit.evaluation.kfold import format_fold
+
+    FoldRefRecipe.seen.clear()
+    template = str(tmp_path / "stage2" / "fold-{fold:02d}" / "checkpoint.pt")
+    summary = run_cv(FoldRefRecipe, ck_tree, tmp_path / "cv", folds=3, epochs=1, device="cpu",
+                     options={"ref": template}, threads=1)
+    assert FoldRefRecipe.seen == [(i, str(fold_dir(tmp_path / "stage2", i) / "checkpoint.pt")) for i in range(3)]
+    assert summary["options"] == {"ref": template}
+    assert format_fold("a/{fold}/{x}/b{fold:03d}", 7) == "a/7/{x}/b007"
+    assert format_fold(["f{fold}", 3], 1) == ["f1", 3] and format_fold(None, 2) is None

@@ -182,3 +182,25 @@ def test_init_checkpoint_starts_from_given_weights_and_checks_architecture(ferpl
     wrong = _write_card(tmp_path / "w", "id", "deepid", create_model("deepid", num_classes=3), ["a", "b", "c"])
     with pytest.raises(ValueError, match="resnet18_fer"):
         get_recipe("tfe-jl/resnet18-ferplus")(ferplus_root, {"init_checkpoint": str(wrong)}).setup(LocalContext(tmp_path))
+
+
+def test_resnet12_ckplus_init_warm_starts_from_a_ferplus_stage1(ferplus_root: Path, tmp_path: Path) -> None:
+    """`--init` copies every matching tensor of an 8-class FER+ ResNet12 into the 7-class CK+ net; the
+    classifier stays random; another architecture is refused."""
+    assert get_recipe("tfe-jl/resnet12-ferplus-stage1").architecture == "resnet12_fer"
+    stage1 = create_model("resnet12_fer", num_classes=8)
+    card = _write_card(tmp_path / "w", "s1", "resnet12_fer", stage1, FERPLUS_CLASSES)
+    make_ckplus48_tree(tmp_path / "ck", sequences=[("S010", 1, "anger"), ("S011", 2, "happy"), ("S012", 3, "anger")])
+    cls = get_recipe("tfe-jl/resnet12-ckplus")
+    recipe = cls(tmp_path / "ck", {"folds": 3, "fold": 0, "batch_size": 4, "init": str(card)})
+    recipe.setup(LocalContext(tmp_path))
+    own, start = recipe.model.state_dict(), stage1.state_dict()
+    for k in own:
+        if not k.startswith("fc."):
+            torch.testing.assert_close(own[k], start[k])
+    assert own["fc.weight"].shape[0] == len(recipe.classes) != 8
+    assert "init from" in recipe.weights_meta()["notes"]
+    wrong = _write_card(tmp_path / "w", "r18", "resnet18_fer", create_model("resnet18_fer", num_classes=8),
+                        FERPLUS_CLASSES)
+    with pytest.raises(ValueError, match="resnet12_fer"):
+        cls(tmp_path / "ck", {"folds": 3, "fold": 0, "init": str(wrong)}).setup(LocalContext(tmp_path))

@@ -27,7 +27,9 @@ def register(subparsers: Any) -> None:
         "cv", help="subject-independent k-fold cross-validation of a recipe",
         description="Cross-validate RECIPE by subject. Options after the name: --data DIR [--folds 10] "
                     "[--by subject] [--epochs N] [--out DIR] [--device auto|cpu|cuda] [--split-seed S] "
-                    "[--fold-only I ...] plus the recipe's own options (ferkit cv RECIPE --help).")
+                    "[--fold-only I ...] [--threads N] plus the recipe's own options (ferkit cv RECIPE --help). "
+                    "A recipe option value holding {fold} or {fold:02d} is formatted per fold, e.g. "
+                    "--emotion-checkpoint runs/cv_r12/fold-{fold:02d}/checkpoint.pt (the same fold's stage 2).")
     p.add_argument("recipe", nargs="?", help="a fold-capable recipe, e.g. tfe-jl/resnet12-ckplus")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=run)

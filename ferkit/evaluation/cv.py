@@ -35,7 +35,7 @@ import torch
 
 from ferkit.errors import UsageError
 from ferkit.evaluation.forward import class_probabilities
-from ferkit.evaluation.kfold import subject_kfold
+from ferkit.evaluation.kfold import format_fold, subject_kfold
 from ferkit.evaluation.metrics import confusion
 from ferkit.models.weights import Preprocessing, load_weights, to_model_input
 from ferkit.training.recipe import Recipe
@@ -164,7 +164,10 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
 
     ``options`` are the recipe's own options (the fold options are added here). ``only_folds``
     runs a subset (e.g. to spread folds over machines); the summary then covers the folds that
-    have results in ``out_dir``. ``threads``: the engine's CPU thread setting of every fold
+    have results in ``out_dir``. A string option holding ``{fold}`` (or ``{fold:02d}``) is formatted
+    with the fold number for that fold (:func:`~ferkit.evaluation.kfold.format_fold`: a later stage
+    starts from the same fold's earlier stage); the result key keeps the unformatted template.
+    ``threads``: the engine's CPU thread setting of every fold
     (``"auto"``/None: the free cores, re-checked while it trains; see :mod:`ferkit.training.threads`).
     """
     if not getattr(recipe_cls, "supports_folds", False):
@@ -199,7 +202,8 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
           "subjects": int(torch.unique(dataset.subjects).numel()), "classes": classes})
 
     for i in run_folds:
-        fold_options = {**base_options, "folds": folds, "fold": i, "split_seed": split_seed,
+        fold_options = {**{k: format_fold(v, i) for k, v in base_options.items()}, "folds": folds, "fold": i,
+                        "split_seed": split_seed,
                         # recipes that size their LR schedule by the run length read "epochs"
                         "epochs": target_epochs}
         if not _run_fold(recipe_cls, data_dir, dataset, splits[i], i, folds, out_dir, {**key_base, "fold": i},

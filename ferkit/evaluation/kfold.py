@@ -16,6 +16,7 @@ index lists around.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -24,6 +25,26 @@ import torch
 from ferkit.errors import UsageError
 
 Split = tuple[np.ndarray, np.ndarray]
+
+#: ``{fold}`` or ``{fold:SPEC}`` (a format spec such as ``02d``) inside an option value
+_FOLD_FIELD = re.compile(r"\{fold(?::([^{}]*))?\}")
+
+
+def format_fold(value: Any, fold: int) -> Any:
+    """``value`` with every ``{fold}`` / ``{fold:SPEC}`` replaced by ``fold`` formatted with SPEC.
+
+    Why: a later stage of a fold must start from the earlier stage of THE SAME fold (a checkpoint
+    trained on another fold's training set has seen this fold's test subjects), so ``ferkit cv``
+    formats per fold every option that names one, e.g.
+    ``--emotion-checkpoint runs/cv_r12/fold-{fold:02d}/checkpoint.pt`` (``ferkit cv`` names its
+    fold folders ``fold-XX``). Only the ``fold`` field is touched, so other braces in a path stay
+    as they are; non-strings (and lists of them, element-wise) come back formatted the same way.
+    """
+    if isinstance(value, str):
+        return _FOLD_FIELD.sub(lambda m: format(int(fold), m.group(1) or ""), value)
+    if isinstance(value, list):
+        return [format_fold(v, fold) for v in value]
+    return value
 
 
 def _as_int_array(subjects: Union[Sequence[int], torch.Tensor, np.ndarray]) -> np.ndarray:

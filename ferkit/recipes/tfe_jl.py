@@ -41,10 +41,11 @@ import torch.nn as nn
 from ferkit.data.dataset import FaceDataset
 from ferkit.errors import UsageError
 from ferkit.evaluation.forward import batched_forward
+from ferkit.evaluation.kfold import format_fold
 from ferkit.evaluation.verification import all_pairs_accuracy
 from ferkit.losses.contrastive import median_negative_distance, verification_loss
 from ferkit.models.registry import create_model
-from ferkit.models.weights import Preprocessing, get_weights_of
+from ferkit.models.weights import Preprocessing, get_weights_of, load_matching
 from ferkit.recipes.base import EVAL_BATCH, INPUT_SIZE, ClassifierRecipe, option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.identity import IdentityTrainingMixin
@@ -54,12 +55,38 @@ from ferkit.training.recipe import NetSpec, TrainContext
 
 # ---- stage 2: emotion ResNets -------------------------------------------------------------------
 class _EmotionNetRecipe(ClassifierRecipe):
-    """A stage-2 emotion ResNet: its weights card is ``weights_name`` with ``num_classes`` only."""
+    """A stage-2 emotion ResNet: its weights card is ``weights_name`` with ``num_classes`` only.
+
+    ``--init`` warm-starts from an emotion net of the same architecture trained on another data
+    set (the paper's ResNet12 starts CK+ from a stage on another expression set): every tensor
+    whose name and shape match is copied (:func:`~ferkit.models.weights.load_matching`, the rule
+    EIFN's and FERSNet's ``--init`` use), so FER+'s 8-class ``fc`` stays random for CK+'s 7
+    classes. ``--init-checkpoint`` stays the strict same-task warm restart.
+    """
 
     weights_name = ""
 
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--init", default=None,
+                            help=f"stage-1 {cls.architecture} (checkpoint .pt, card or shipped name, e.g. from "
+                                 "tfe-jl/resnet12-ferplus-stage1) to start from: matching tensors only, the "
+                                 "classifier of another class count stays random")
+
+    def _build_model(self, train: FaceDataset) -> nn.Module:
+        model = super()._build_model(train)
+        init = self.options.get("init")
+        if init:
+            if self.options.get("init_checkpoint"):
+                raise UsageError("--init and --init-checkpoint both name a start; pass one")
+            taken, left = load_matching(model, str(init), self.architecture, f"{self.architecture} model")
+            self.init_note = f"init from {init} ({taken} tensors; left random: {', '.join(left) or 'none'})"
+        return model
+
     def weights_meta(self) -> dict[str, Any]:
-        return self._meta(self.weights_name, self.architecture, {"num_classes": len(self.classes)}, self._data_desc)
+        return self._meta(self.weights_name, self.architecture, {"num_classes": len(self.classes)}, self._data_desc,
+                          getattr(self, "init_note", ""))
 
 
 @register_recipe
@@ -80,6 +107,26 @@ class ResNet12CkplusRecipe(CkplusData, _EmotionNetRecipe):
     default_lr = 0.16
     architecture = "resnet12_fer"
     weights_name = "resnet12-ckplus"
+
+
+@register_recipe
+class ResNet12FerplusStage1Recipe(FerplusData, _EmotionNetRecipe):
+    """ResNet12 on FER+, the ``--init`` of ``tfe-jl/resnet12-ckplus``.
+
+    The paper pre-trains its CK+ ResNet12 on another expression set before CK+ (a few hundred CK+
+    training images per fold are too few for a network from random weights); FER+ is the large
+    expression set here, as for EIFN (``eifn/ferplus-stage1``). The FER+ recipe defaults are
+    ResNet18's (vote-distribution targets, one-cycle to 0.1); the epoch default is small because
+    the stage is a start, not a shipped FER+ model.
+    """
+
+    name = "tfe-jl/resnet12-ferplus-stage1"
+    network = NetSpec("resnet12_fer", {"num_classes": 8}, 48, 128, channels_last=True)
+    description = "ResNet12 emotion net on FER+ (vote targets), the --init of tfe-jl/resnet12-ckplus"
+    default_lr = 0.1
+    default_epochs = 10
+    architecture = "resnet12_fer"
+    weights_name = "resnet12-ferplus"
 
 
 # ---- stage 1: DeepID identity net ---------------------------------------------------------------
@@ -239,7 +286,7 @@ class _JointRecipe(ClassifierRecipe):
                             help="stage-1 DeepID: a checkpoint .pt, a .json card or a shipped weights name")
         parser.add_argument("--emotion-checkpoint", required=False, default=None,
                             help=f"stage-2 {cls.emotion_architecture}: checkpoint .pt, card or shipped name "
-                                 "('{fold}' in the path is replaced by --fold)")
+                                 "('{fold}' or '{fold:02d}' in the path is replaced by --fold)")
         parser.add_argument("--head-init", choices=("emotion", "random"), default="emotion",
                             help="joint head start: 'emotion' = the model starts as the stage-2 emotion net "
                                  "(FC copied, identity half zero; default), 'random' = the paper's fresh head")
@@ -248,7 +295,7 @@ class _JointRecipe(ClassifierRecipe):
         ref = self.options.get(flag.replace("-", "_"))
         if not ref:
             raise UsageError(f"{self.name} needs --{flag} (the pretrained {architecture} of the earlier stage)")
-        weights = get_weights_of(architecture, str(ref).replace("{fold}", str(option(self.options, "fold", 0))), flag)
+        weights = get_weights_of(architecture, format_fold(str(ref), int(option(self.options, "fold", 0))), flag)
         return weights.state_dict(), weights
 
     def _preprocessing(self, train: FaceDataset) -> Preprocessing:
