@@ -123,13 +123,13 @@ def test_video_rows_use_the_canonical_spelling(tmp_path: Path) -> None:
 
 # ---- numbering and the plot ----------------------------------------------------------------------------
 def test_exported_faces_are_numbered_as_the_ui_shows_them() -> None:
-    from app.core.analyzer import FaceResult, FrameResult
+    from app.core.analyzer import FrameResult, TrackedFace
     from app.core.export import result_records
 
-    faces = [FaceResult(i, i + 1, (1, 2, 3), (10 * i, 0, 5, 5), 0.9) for i in range(3)]  # a still: #1, #2, #3
+    faces = [TrackedFace(i, i + 1, (1, 2, 3), (10 * i, 0, 5, 5), 0.9) for i in range(3)]  # a still: #1, #2, #3
     records = result_records("x.jpg", FrameResult(np.zeros((4, 4, 3), np.uint8), faces, None, {}))
     assert [r["face"] for r in records] == [1, 2, 3]
-    whole = FaceResult(0, 0, (1, 2, 3), (0, 0, 4, 4), float("nan"), whole_image=True)
+    whole = TrackedFace(0, 0, (1, 2, 3), (0, 0, 4, 4), float("nan"), whole_image=True)
     assert result_records("y.jpg", FrameResult(np.zeros((4, 4, 3), np.uint8), [whole], None, {}))[0]["face"] == 1
 
 
