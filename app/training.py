@@ -301,7 +301,9 @@ class JobManager(QObject):
             job.state.log.append("stopping: the checkpoint is saved after the current step…")
             job.process.terminate()
             proc = job.process
-            QTimer.singleShot(self.kill_after_ms, lambda: proc.kill()
+            # the process is the timer's context: when a resume deletes the finished QProcess before
+            # the timer fires, Qt drops the timer instead of calling into a deleted C++ object
+            QTimer.singleShot(self.kill_after_ms, proc, lambda: proc.kill()
                               if proc.state() != QProcess.ProcessState.NotRunning else None)
             self.job_updated.emit(index)
 

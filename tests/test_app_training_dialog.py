@@ -371,3 +371,29 @@ def test_resuming_a_run_from_an_earlier_session_reads_curves_csv(dialog, tmp_pat
     dialog.curves.plot(job.state, force=True)
     labels = [line.get_label() for line in dialog.curves.ax_acc.lines]
     assert "earlier epochs (curves.csv)" in labels and "earlier validation" in labels
+
+
+def test_a_resume_before_the_kill_timer_fires_does_not_touch_the_deleted_process(qtbot, tmp_path: Path) -> None:
+    """cancel -> the process ends at once -> resume deletes it -> the cancel's kill timer must not call into it.
+
+    (The old timer fired a minute later into whichever test ran then: "Internal C++ object
+    (PySide6.QtCore.QProcess) already deleted".)"""
+    from PySide6.QtCore import QProcess
+
+    from app.training import Job, JobManager
+
+    manager = JobManager()
+    manager.kill_after_ms = 200
+    job = Job("tfe-jl/resnet12-ckplus", tmp_path, tmp_path / "run", 1, "cpu")
+    job.state.status = "running"
+    manager.jobs.append(job)
+    proc = QProcess(manager)
+    proc.start("sleep", ["30"])
+    assert proc.waitForStarted(5000)
+    job.process = proc
+    manager.cancel(0)  # SIGTERM: sleep ends at once; the kill timer is armed
+    assert proc.waitForFinished(5000)
+    job.state.status = "interrupted"
+    job.process.deleteLater()  # what resume() does with the finished process
+    job.process = None
+    qtbot.wait(500)  # past kill_after_ms: pytest-qt fails the test on an exception in the event loop
