@@ -157,6 +157,29 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
     raise ImageReadError(f"{path}: {kind}")
 
 
+def faces_in_photos(paths: Sequence[Union[str, Path]], preprocessing: Preprocessing, *, all_faces: bool = True,
+                    whole_image: bool = False, no_face_hint: str = "", max_faces: int = 10) -> list[list[Any]]:
+    """The aligned faces of each photo, cut in ``preprocessing``'s crop style, left to right.
+
+    One door for the commands that take photos rather than a stream (``ferkit synthesize``,
+    ``ferkit eval-synthesis --photos``): one face pipeline for all photos; ``all_faces=False`` keeps
+    the largest face, the subject of the picture. A photo without a face is a
+    :class:`~ferkit.errors.UsageError` naming it, followed by ``no_face_hint``.
+    """
+    from ferkit.face.pipeline import FacePipeline
+
+    out: list[list[Any]] = []
+    with FacePipeline(max_faces=max_faces) as pipeline:
+        for path in paths:
+            faces = pipeline.process(read_image(path), preprocessing, whole_image=whole_image)
+            if not faces:
+                raise UsageError(f"{path}: no face found" + (f"; {no_face_hint}" if no_face_hint else ""))
+            if not all_faces:
+                faces = [max(faces, key=lambda f: f.face.box[2] * f.face.box[3])]
+            out.append(sorted(faces, key=lambda f: f.face.box[0]))  # left to right, as the app numbers them
+    return out
+
+
 def merge_flip_outputs(out: ModelOutput, n: int) -> ModelOutput:
     """One result per crop from a batch of ``n`` crops followed by their ``n`` mirrors.
 

@@ -77,20 +77,13 @@ def _photo_faces(photos: list[Path], pre: Any):
     """uint8 ``[N, C, S, S]`` crops of every face in ``photos`` (the live pipeline, the weights' crop style)."""
     import torch
 
-    from ferkit.face.pipeline import FacePipeline
-    from ferkit.inference import crops_to_tensor, read_image
+    from ferkit.inference import crops_to_tensor, faces_in_photos
 
-    crops, names = [], []
-    with FacePipeline(max_faces=10) as pipeline:
-        for photo in photos:
-            faces = pipeline.process(read_image(photo), pre)
-            if not faces:
-                raise UsageError(f"{photo}: no face found; --photos needs pictures with detectable faces")
-            crops += [f.crop for f in faces]
-            names.append(f"{photo.name} ({len(faces)})")
-    images = crops_to_tensor(crops)
+    per_photo = faces_in_photos(photos, pre, no_face_hint="--photos needs pictures with detectable faces")
+    crops = [f.crop for faces in per_photo for f in faces]
+    names = [f"{photo.name} ({len(faces)})" for photo, faces in zip(photos, per_photo)]
     labels = torch.full((len(crops),), -1, dtype=torch.long)  # photos carry no expression label
-    return images, labels, f"photos {', '.join(names)}: {len(crops)} faces"
+    return crops_to_tensor(crops), labels, f"photos {', '.join(names)}: {len(crops)} faces"
 
 
 def run(args: argparse.Namespace) -> int:

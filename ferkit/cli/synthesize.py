@@ -51,8 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from ferkit.evaluation.synthesis import synthesis_grid, write_png
-    from ferkit.face.pipeline import FacePipeline
-    from ferkit.inference import crops_to_tensor, read_image, to_model_input
+    from ferkit.inference import crops_to_tensor, faces_in_photos, to_model_input
     from ferkit.models.weights import load_weights
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
@@ -72,17 +71,12 @@ def _run(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"--target {args.target!r} is not a class of {loaded.weights.name!r}; "
                          f"use one of {', '.join(classes)} or 'all'")
-    crops, where = [], []
-    with FacePipeline(max_faces=10) as pipeline:
-        for image in args.images:
-            faces = pipeline.process(read_image(image), pre, whole_image=args.whole_image)
-            if not faces:
-                raise UsageError(f"{image}: no face found; pass --whole-image if the picture already is a face crop")
-            if not args.all_faces:  # the largest face is the subject of the picture
-                faces = [max(faces, key=lambda f: f.face.box[2] * f.face.box[3])]
-            faces.sort(key=lambda f: f.face.box[0])  # left to right, as the app numbers them
-            crops += [f.crop for f in faces]
-            where += ["whole image" if args.whole_image else f"face box {list(f.face.box)}" for f in faces]
+    faces = [f for per_photo in faces_in_photos(args.images, pre, all_faces=args.all_faces,
+                                                whole_image=args.whole_image,
+                                                no_face_hint="pass --whole-image if the picture already is a face crop")
+             for f in per_photo]
+    crops = [f.crop for f in faces]
+    where = ["whole image" if args.whole_image else f"face box {list(f.face.box)}" for f in faces]
     x = to_model_input(crops_to_tensor(crops), pre).to(loaded.device)
     with torch.no_grad():
         syn = model.synthesize_all(x)[:, targets]  # [N, T, C, H, W]

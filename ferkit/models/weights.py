@@ -244,14 +244,15 @@ def transfer_class_slots(module: nn.Module, state: Any, class_pairs: list[tuple[
         if len(dims) != 1 or src.shape[dims[0]] - dst.shape[dims[0]] != source_classes - own_classes:
             continue
         d = dims[0]
-        src_base, own_base = src.shape[d] - source_classes, dst.shape[d] - own_classes
-        if src_base != own_base or src_base < 0:
+        # entries in front of the class slots (e.g. image channels); the same count in both, since
+        # the dimensions differ by exactly the class counts
+        base = dst.shape[d] - own_classes
+        if base < 0:
             continue
-        # the non-class entries in front (e.g. image channels) are shared as they are
-        if own_base:
-            dst.narrow(d, 0, own_base).copy_(src.narrow(d, 0, src_base).to(dst.dtype))
+        if base:
+            dst.narrow(d, 0, base).copy_(src.narrow(d, 0, base).to(dst.dtype))
         for s_idx, o_idx in class_pairs:
-            dst.narrow(d, own_base + o_idx, 1).copy_(src.narrow(d, src_base + s_idx, 1).to(dst.dtype))
+            dst.narrow(d, base + o_idx, 1).copy_(src.narrow(d, base + s_idx, 1).to(dst.dtype))
         done.append(name)
     return done
 

@@ -394,12 +394,16 @@ class _FersnetRecipe(Recipe):
         if self.val_set is None or len(self.val_set) == 0:
             return {}
         to_input = lambda x: self.preprocessing.normalize(x.to(self.device))  # noqa: E731
-        probs = class_probabilities(self.model, self.val_set.images, to_input, tta=self.tta, batch_size=EVAL_BATCH)
+        # the plain pass once: it is both the no-TTA number and half of the flip average
+        plain = class_probabilities(self.model, self.val_set.images, to_input, batch_size=EVAL_BATCH)
+        probs = plain
+        if self.tta == "flip":
+            probs = 0.5 * (plain + class_probabilities(self.model, self.val_set.images,
+                                                       lambda x: to_input(x.flip(-1)), batch_size=EVAL_BATCH))
         y = self.val_set.labels.to(probs.device)
         metrics = {"val_accuracy": float((probs.argmax(1) == y).float().mean()),
                    "val_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), y))}
         if self.tta != "none":
-            plain = class_probabilities(self.model, self.val_set.images, to_input, batch_size=EVAL_BATCH)
             metrics["val_accuracy_no_tta"] = float((plain.argmax(1) == y).float().mean())
         return metrics
 
