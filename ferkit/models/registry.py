@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from ferkit.errors import UnknownNameError
 from ferkit.utils.discovery import import_submodules
@@ -131,11 +132,30 @@ def model_traits(name: str, cfg: Optional[Mapping[str, Any]] = None) -> ModelTra
     return _traits(name, json.dumps(dict(cfg or {}), sort_keys=True, default=str))
 
 
+class _SkipRandomFills(TorchFunctionMode):
+    """Skips in-place random fills (``normal_``, ``uniform_``, ...) while a model is built on ``meta``.
+
+    A meta tensor has no values to fill, and ``Tensor.normal_`` on meta runs a decomposition that
+    imports ``torch._dynamo`` (1-3 CPU s, measured by the app's startup probe) just to compute
+    nothing. Torch-function modes are per thread, so a model built at the same time in a worker
+    thread keeps its real initialisation.
+    """
+
+    FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.bernoulli_,
+                       torch.Tensor.exponential_, torch.Tensor.log_normal_, torch.Tensor.cauchy_,
+                       torch.Tensor.geometric_, torch.Tensor.random_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.FILLS:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 @functools.lru_cache(maxsize=256)
 def _traits(name: str, cfg_json: str) -> ModelTraits:
     cfg = json.loads(cfg_json)
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipRandomFills():
             model = create_model(name, **cfg)
     except (RuntimeError, NotImplementedError):  # a constructor that computes with tensor values needs real ones
         model = create_model(name, **cfg)
