@@ -64,7 +64,6 @@ def toy_gated(num_classes: int = 7, in_channels: int = 1, width: int = 8) -> Toy
 class ToyRecipe(CkplusData, ClassifierRecipe):
     name = "test-toy/ckplus"
     description = "toy gated net on CK+48"
-    architecture = "test-toy-gated"
     network = NetSpec("test-toy-gated", {"num_classes": 7}, 32, 16)
 
     def weights_meta(self) -> dict[str, Any]:

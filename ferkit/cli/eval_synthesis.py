@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ferkit.cli.options import add_model_source
 from ferkit.errors import NotFoundError, UsageError
 
 
@@ -30,9 +31,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("eval-synthesis", help="score synthesised faces (Table V accuracy, identity cosine)",
                               description="Expression accuracy of a judge classifier on faces synthesised from "
                                           "unseen test faces, and identity similarity to the source faces.")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--weights", default=None, metavar="NAME", help="shipped FERSNet weights")
-    g.add_argument("--checkpoint", default=None, metavar="PATH", help="a FERSNet training checkpoint")
+    add_model_source(p, weights_help="shipped FERSNet weights", checkpoint_help="a FERSNet training checkpoint")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="CK+48 folder or FER+ folder")
     src.add_argument("--photos", type=Path, nargs="+", metavar="IMAGE",

@@ -22,15 +22,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ferkit.cli.options import add_model_source
 from ferkit.errors import NotFoundError, UsageError
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("eval-verification", help="face verification accuracy / ROC of an identity feature",
                               description=__doc__.splitlines()[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="shipped weights name or .json card")
-    src.add_argument("--checkpoint", type=Path, help="a training checkpoint .pt")
+    add_model_source(p, weights_help="shipped weights name or .json card", checkpoint_help="a training checkpoint .pt")
     p.add_argument("--data", required=True, type=Path,
                    help="identity folders (<id>/<images>), a Yale folder, a `ferkit prepare` folder, or the LFW root")
     p.add_argument("--pairs", type=Path, default=None, help="LFW pairs.txt / pairsDevTest.txt (10-fold protocol)")
@@ -126,7 +125,7 @@ def write_card(card: Path, updates: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     from ferkit.evaluation.verification import run_verification
 
-    if args.checkpoint is not None and not args.checkpoint.exists():
+    if args.checkpoint is not None and not Path(args.checkpoint).exists():
         raise NotFoundError(f"--checkpoint {args.checkpoint} does not exist")
     if not args.data.exists():
         raise NotFoundError(f"--data {args.data} does not exist")

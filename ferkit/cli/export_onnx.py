@@ -22,15 +22,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ferkit.cli.options import add_model_source
 from ferkit.errors import NotFoundError, UsageError
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("export-onnx", help="export a model to ONNX (checked against torch)",
                               description=__doc__.splitlines()[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--weights", help="shipped weights name or .json card (ferkit models lists them)")
-    src.add_argument("--checkpoint", type=Path, help="a training checkpoint .pt")
+    src = add_model_source(p, weights_help="shipped weights name or .json card (ferkit models lists them)",
+                           checkpoint_help="a training checkpoint .pt")
     src.add_argument("--all", action="store_true", help="every shipped weights entry into the --out folder")
     p.add_argument("--out", required=True, type=Path, help="output .onnx file (a folder with --all)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         jobs = [(n, args.out / f"{n}.onnx") for n in names]
     else:
         source = str(args.checkpoint) if args.checkpoint else args.weights
-        if args.checkpoint and not args.checkpoint.exists():
+        if args.checkpoint and not Path(args.checkpoint).exists():
             raise NotFoundError(f"--checkpoint {args.checkpoint} does not exist")
         out = args.out if args.out.suffix == ".onnx" else args.out.with_suffix(".onnx")
         jobs = [(source, out)]

@@ -17,6 +17,7 @@ import json
 import sys
 from typing import Any
 
+from ferkit.cli.options import add_model_source, add_verbose, run_quietly
 from ferkit.errors import NotFoundError, UsageError
 
 
@@ -43,9 +44,7 @@ def register(subparsers: Any) -> None:
                         "more, and on a busy machine more threads spin-wait; measured 258 ms instead of 5 ms "
                         "per face); auto: the cores not busy with other programs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--verbose", action="store_true",
-                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default; "
-                        "use it when chasing a crash: stderr then goes straight to the terminal)")
+    add_verbose(p)
     v = p.add_argument_group("videos (one video file as PATH)")
     v.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default 1)")
     v.add_argument("--detect-every", type=int, default=1, metavar="N",
@@ -61,10 +60,8 @@ def register(subparsers: Any) -> None:
 def add_weights_arguments(p: argparse.ArgumentParser, default_shipped: bool = True) -> None:
     from ferkit.inference import DEFAULT_WEIGHTS
 
-    g = p.add_mutually_exclusive_group(required=not default_shipped)
-    g.add_argument("--weights", default=None, metavar="NAME",
-                   help=f"shipped weights name{f' (default {DEFAULT_WEIGHTS})' if default_shipped else ''}")
-    g.add_argument("--checkpoint", default=None, metavar="PATH", help="a training checkpoint (.pt) instead")
+    add_model_source(p, weights_help=f"shipped weights name{f' (default {DEFAULT_WEIGHTS})' if default_shipped else ''}",
+                     checkpoint_help="a training checkpoint (.pt) instead", required=not default_shipped)
 
 
 def resolve_weights(args: argparse.Namespace) -> str:
@@ -89,12 +86,7 @@ def resolve_weights(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferkit.cli.quiet import native_stderr_filtered, quiet_native_libraries
-
-    if not args.verbose:
-        quiet_native_libraries()  # before mediapipe is imported
-    with native_stderr_filtered(not args.verbose):
-        return _run(args)
+    return run_quietly(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ferkit.cli.options import add_model_source, add_verbose, run_quietly
 from ferkit.errors import NotFoundError, UsageError
 
 DEFAULT_SYNTHESIS_WEIGHTS = "fersnet"
@@ -22,29 +23,20 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("synthesize", help="re-express a face with FERSNet (expression synthesis)",
                               description="Detect, align and re-express the largest face of an image.")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="photos (or face crops with --whole-image)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--weights", default=None, metavar="NAME",
-                   help=f"shipped weights with a synthesis stream (default {DEFAULT_SYNTHESIS_WEIGHTS})")
-    g.add_argument("--checkpoint", default=None, metavar="PATH", help="a FERSNet training checkpoint instead")
+    add_model_source(p, weights_help=f"shipped weights with a synthesis stream (default {DEFAULT_SYNTHESIS_WEIGHTS})",
+                     checkpoint_help="a FERSNet training checkpoint instead", required=False)
     p.add_argument("--target", default="all", help="expression label of the weights, or 'all' (default)")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--whole-image", action="store_true", help="use the whole image as the face (no detection)")
     p.add_argument("--all-faces", action="store_true", help="one row per detected face (default: the largest face)")
     p.add_argument("--scale", type=int, default=3, help="enlarge each face tile this many times (default 3)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--verbose", action="store_true",
-                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default; "
-                        "use it when chasing a crash: stderr then goes straight to the terminal)")
+    add_verbose(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferkit.cli.quiet import native_stderr_filtered, quiet_native_libraries
-
-    if not args.verbose:
-        quiet_native_libraries()  # before mediapipe is imported
-    with native_stderr_filtered(not args.verbose):
-        return _run(args)
+    return run_quietly(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

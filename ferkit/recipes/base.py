@@ -69,8 +69,19 @@ class ClassifierRecipe(Recipe):
     default_schedule = "onecycle"
     #: hard-label data (CK+, identities) gets 0.1; FER+ vote distributions need none
     default_label_smoothing = 0.1
-    #: registered architecture this recipe trains (``modules()["model"]``)
+    #: registered architecture this recipe trains (``modules()["model"]``): the one its
+    #: ``network`` names, set by ``__init_subclass__`` so that one line of a recipe says it
     architecture = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        network = getattr(cls, "network", None)
+        if network is None:
+            return
+        own = cls.__dict__.get("architecture")
+        if own is not None and own != network.architecture:
+            raise TypeError(f"{cls.__name__}: architecture {own!r} differs from its network {network.architecture!r}")
+        cls.architecture = network.architecture
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -70,7 +70,6 @@ class _EIFNRecipe(ClassifierRecipe):
     default_batch_size = 100
     default_augment = "paper"
     augment_items = ClassifierRecipe.augment_items + ("paper",)
-    architecture = "eifn"
     default_mode = "eifn"
     weights_name = "eifn"
     #: what the model reads (the same for every data set, so a stage-1 model can initialise the next)

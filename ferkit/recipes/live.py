@@ -36,7 +36,6 @@ class LiveDistillRecipe(FerplusData, ClassifierRecipe):
     name = "live/ferplus-distill"
     network = NetSpec("resnet_live", {"num_classes": 8}, 48, 128, channels_last=True)
     description = "ferkit-live: small ResNet (resnet_live) distilled from a FER+ teacher's soft outputs"
-    architecture = "resnet_live"
     default_epochs = 40
     default_lr = 0.1
 

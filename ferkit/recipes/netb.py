@@ -73,7 +73,6 @@ class LightCNNIdentity(IdentityTrainingMixin, ClassifierRecipe):
     # Light CNN trains on random 128 crops of 144 faces (+-6 % shifts) with horizontal flips
     default_augment = "flip,shift"
     default_max_shift = 0.06
-    architecture = "lightcnn9"
     data_help = ("a folder holding identity sets (default celeba_subset and orl_faces, each "
                  "<set>/<identity>/<images>; a Yale A folder or a `ferkit prepare` folder also counts as a set), "
                  "e.g. ../shared/data/identity")
@@ -147,7 +146,6 @@ class _NetBTransfer(ClassifierRecipe):
     """Net B: the identity net's trunk and fc1 loaded, a new classifier, then the shared loop."""
 
     default_epochs = 20
-    architecture = "netb"
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -95,7 +95,6 @@ class ResNet18FerplusRecipe(FerplusData, _EmotionNetRecipe):
     network = NetSpec("resnet18_fer", {"num_classes": 8}, 48, 128, channels_last=True)
     description = "TFE-JL stage 2: ResNet18 emotion net on FER+ (vote-distribution targets by default), SGD lr 0.1"
     default_lr = 0.1
-    architecture = "resnet18_fer"
     weights_name = "resnet18-ferplus"
 
 
@@ -105,7 +104,6 @@ class ResNet12CkplusRecipe(CkplusData, _EmotionNetRecipe):
     network = NetSpec("resnet12_fer", {"num_classes": 7}, 48, 128, channels_last=True)
     description = "TFE-JL stage 2 (CK+): ResNet12 emotion net on CK+48, SGD lr 0.16, subject-independent folds"
     default_lr = 0.16
-    architecture = "resnet12_fer"
     weights_name = "resnet12-ckplus"
 
 
@@ -125,7 +123,6 @@ class ResNet12FerplusStage1Recipe(FerplusData, _EmotionNetRecipe):
     description = "ResNet12 emotion net on FER+ (vote targets), the --init of tfe-jl/resnet12-ckplus"
     default_lr = 0.1
     default_epochs = 10
-    architecture = "resnet12_fer"
     weights_name = "resnet12-ferplus"
 
 
@@ -153,7 +150,6 @@ class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
     default_lr = 0.01
     default_epochs = 200
     default_augment = "flip"
-    architecture = "deepid"
     classifier_attr = "classifier"
 
     @classmethod
@@ -274,7 +270,6 @@ class _JointRecipe(ClassifierRecipe):
     default_epochs = 100
     #: fine-tuning from two converged branches: cosine from the paper's small rate, no new peak
     default_schedule = "cosine"
-    architecture = "tfe_jl"
     emotion_architecture = "resnet18_fer"
     emotion_depth = 18
     weights_name = ""

@@ -1,0 +1,31 @@
+"""Options several commands share, declared once so their spelling and help agree everywhere."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+
+def add_model_source(p: argparse.ArgumentParser, *, weights_help: str, checkpoint_help: str = "a training checkpoint (.pt)",
+                     required: bool = True) -> Any:
+    """``--weights NAME`` | ``--checkpoint PATH``, one of them; returns the group for a third choice (``--all``)."""
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--weights", default=None, metavar="NAME", help=weights_help)
+    group.add_argument("--checkpoint", default=None, metavar="PATH", help=checkpoint_help)
+    return group
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    """``--verbose``, for the commands that load mediapipe (see :mod:`ferkit.cli.quiet`)."""
+    p.add_argument("--verbose", action="store_true",
+                   help="keep mediapipe's and TensorFlow Lite's own INFO/WARNING lines on stderr (hidden by default; "
+                        "use it when chasing a crash: stderr then goes straight to the terminal)")
+
+
+def run_quietly(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``run(args)`` with the native libraries' INFO/WARNING lines kept off stderr unless ``--verbose``."""
+    from ferkit.cli.quiet import native_stderr_filtered, quiet_native_libraries
+
+    if not args.verbose:
+        quiet_native_libraries()  # before mediapipe is imported
+    with native_stderr_filtered(not args.verbose):
+        return run(args)
