@@ -418,6 +418,12 @@ def batchnorm_count(path_or_proto: Any, optimized: bool = False) -> int:
 class OnnxModel:
     """An exported ``.onnx`` file that is called like a ferkit model: ``model(x) -> ModelOutput``.
 
+    The engine behind :class:`ferkit.inference.Predictor` (``engine="onnx"`` / ``"onnx-int8"`` /
+    ``"auto"``), which is the one door for predicting with ONNX Runtime: it picks the file (export
+    cache, shipped int8), feeds uint8 crops through the weights' preprocessing and falls back to
+    torch. Used on its own only where a given file's forward is what is measured (``ferkit eval``
+    of an ``.onnx`` file, the bench).
+
     ``x`` is the normalised float input (what the torch model takes); the output carries
     ``logits`` and, when exported, ``identity``. ``weights`` is the embedded card (classes,
     preprocessing).
@@ -499,35 +505,6 @@ class OnnxModel:
 
     def eval(self) -> "OnnxModel":  # lets callers treat it like an nn.Module in inference code
         return self
-
-
-class OnnxClassifier:
-    """Predict on uint8 face crops with an ONNX model: same ``predict_tensor`` as the torch Predictor.
-
-    Built from an ``.onnx`` path, or from a weights name / card / checkpoint (exported once into
-    the cache folder, keyed by the weights file's content hash, then reused).
-    """
-
-    def __init__(self, source: PathLike, threads: Optional[int] = 1):
-        path = Path(source)
-        if path.suffix != ".onnx":
-            path = cached_export(source)
-        self.model = OnnxModel(path, threads=threads)
-        self.weights = self.model.weights
-        self.classes = list(self.weights.classes)
-        self.preprocessing = self.weights.preprocessing
-
-    def predict_tensor(self, batch_uint8: torch.Tensor) -> ModelOutput:
-        """uint8 ``[N, C, H, W]`` crops already at the input size and channel count -> ModelOutput."""
-        prep = self.preprocessing
-        if batch_uint8.dim() != 4 or batch_uint8.shape[1:] != (prep.channels, prep.input_size, prep.input_size):
-            raise ValueError(f"expected uint8 [N, {prep.channels}, {prep.input_size}, {prep.input_size}] crops, "
-                             f"got {tuple(batch_uint8.shape)}")
-        return self.model(to_model_input(batch_uint8, prep))
-
-    def predict_scores(self, batch_uint8: torch.Tensor) -> list[dict[str, float]]:
-        probs = self.predict_tensor(batch_uint8).probabilities
-        return [{c: float(p) for c, p in zip(self.classes, row)} for row in probs]
 
 
 # ---- the export cache ---------------------------------------------------------------------------------
@@ -795,19 +772,3 @@ def cached_int8_export(name_or_path: PathLike, calibration: Optional[PathLike] =
                       note=f"{len(files)} crops of {folder} (seed {seed})", source_digest=weights_digest(weights))
     _touch_and_prune(path)
     return path
-
-
-def use_onnx(predictor: Any, threads: Optional[int] = 1) -> Any:
-    """Switch a :class:`ferkit.inference.Predictor` to ONNX Runtime in place (``--engine onnx``).
-
-    The predictor keeps its weights card, preprocessing, face pipeline and torch model (gate maps
-    and synthesis still run there); only the recognition forward changes (exported once into the
-    cache, then reused). ONNX Runtime runs on the CPU here, so the predictor's device becomes CPU.
-    """
-    source = predictor.weights.source
-    if source is None:
-        raise UsageError("these weights have no file to export to ONNX")
-    predictor.model = OnnxModel(cached_export(source), threads=threads)
-    predictor.device = torch.device("cpu")
-    predictor.engine = "onnx"
-    return predictor
