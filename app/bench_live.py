@@ -22,7 +22,7 @@ import sys
 import time
 
 
-def main(argv=None) -> int:
+def _parse_args(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m app.bench_live")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=20)
@@ -31,59 +31,49 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=None, help="gates/synthesis refresh interval (s)")
     ap.add_argument("--realtime", action="store_true")
     ap.add_argument("--device", default="auto")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtWidgets import QApplication
+    return ap.parse_args(argv)
 
-    app = QApplication.instance() or QApplication([sys.argv[0]])
+
+class _FrameLog:
+    """What each displayed frame reports, kept from the first frame after the warm-up on.
+
+    Connected to the window's ``result_shown``: timings are taken where the user sees the frame.
+    """
+
+    def __init__(self, window, warmup: int, frames: int) -> None:
+        self.window = window
+        self.warmup = warmup
+        self.total = frames + warmup
+        self.times: list[float] = []
+        self.stages: dict[str, list[float]] = {}
+        self.faces: list[int] = []
+        #: process CPU time at the first measured frame and at the last one
+        self.cpu_at: list[float] = []
+
+    def record(self, r) -> None:
+        self.times.append(time.perf_counter())
+        if len(self.times) == self.warmup + 1 or len(self.times) == self.total:
+            self.cpu_at.append(time.process_time())
+        if len(self.times) > self.warmup:
+            for k, v in {**r.timings_ms, "draw": self.window.view.draw_ms}.items():
+                self.stages.setdefault(k, []).append(v)
+            self.stages.setdefault("latency", []).append((time.perf_counter() - r.captured_at) * 1e3)
+            self.faces.append(len(r.faces))
+
+    @property
+    def measured(self) -> list[float]:
+        return self.times[self.warmup:]
+
+
+def _report(args: argparse.Namespace, w, log: _FrameLog, explainer, ok: bool) -> dict:
+    """The JSON summary: fps, per-stage times, the explainer's work, dropped frames and CPU cost."""
     import numpy as np
-
-    from app.core.sources import sample_video
-    from app.main_window import MainWindow
-    from app.screenshots import wait_until
-
-    w = MainWindow(device=args.device, weights=args.weights)
-    w.resize(1280, 760)
-    w.show()
-    if not wait_until(app, lambda: w.handles.get("primary") is not None, 180):
-        print(json.dumps({"error": f"weights {args.weights!r} could not be loaded"}))
-        return 1
-    if args.interval is not None:
-        w.live_panel.interval.setValue(args.interval)
-    panel = {"synthesis": w.synth_panel, "gates": w.gates_panel, "scores": w.scores_panel}[args.panel]
-    w.tabs.setCurrentWidget(panel)
-    w.play_video(sample_video(), realtime=args.realtime)
-    if not args.realtime:
-        w.sources.capture.backpressure = w.worker.idle
-    times: list[float] = []
-    stages: dict[str, list[float]] = {}
-    faces: list[int] = []
-
-    cpu_at: list[float] = []
-
-    def on_result(r) -> None:
-        times.append(time.perf_counter())
-        if len(times) == args.warmup + 1 or len(times) == total:
-            cpu_at.append(time.process_time())
-        if len(times) > args.warmup:
-            for k, v in {**r.timings_ms, "draw": w.view.draw_ms}.items():
-                stages.setdefault(k, []).append(v)
-            stages.setdefault("latency", []).append((time.perf_counter() - r.captured_at) * 1e3)
-            faces.append(len(r.faces))
-
-    w.result_shown.connect(on_result)
-    explainer = w.explainers.workers["synthesis" if args.panel == "synthesis" else "gates"]
-    runs0 = None
-    dropped0 = None
-    total = args.frames + args.warmup
-    ok = wait_until(app, lambda: len(times) >= total, 1800)
-    t = times[args.warmup:]
-    if runs0 is None:
-        runs0 = 0
-    fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else 0.0
     import torch
 
-    out = {
+    t = log.measured
+    fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else 0.0
+    cpu_at, stages, faces = log.cpu_at, log.stages, log.faces
+    return {
         "mode": "realtime" if args.realtime else "throughput",
         "weights": args.weights, "panel": args.panel, "device": str(w.handles["primary"].device),
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -102,6 +92,36 @@ def main(argv=None) -> int:
         "cpu_ms_per_frame": round((cpu_at[-1] - cpu_at[0]) * 1e3 / max(1, len(t) - 1), 2) if len(cpu_at) >= 2 else None,
         "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    from app.core.sources import sample_video
+    from app.main_window import MainWindow
+    from app.screenshots import wait_until
+
+    w = MainWindow(device=args.device, weights=args.weights)
+    w.resize(1280, 760)
+    w.show()
+    if not wait_until(app, lambda: w.handles.get("primary") is not None, 180):
+        print(json.dumps({"error": f"weights {args.weights!r} could not be loaded"}))
+        return 1
+    if args.interval is not None:
+        w.live_panel.interval.setValue(args.interval)
+    panel = {"synthesis": w.synth_panel, "gates": w.gates_panel, "scores": w.scores_panel}[args.panel]
+    w.tabs.setCurrentWidget(panel)
+    w.play_video(sample_video(), realtime=args.realtime)
+    if not args.realtime:
+        w.sources.capture.backpressure = w.worker.idle
+    log = _FrameLog(w, args.warmup, args.frames)
+    w.result_shown.connect(log.record)
+    explainer = w.explainers.workers["synthesis" if args.panel == "synthesis" else "gates"]
+    ok = wait_until(app, lambda: len(log.times) >= log.total, 1800)
+    out = _report(args, w, log, explainer, ok)
     w.shutdown()
     print(json.dumps(out, indent=1))
     return 0 if ok else 1

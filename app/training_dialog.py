@@ -235,8 +235,32 @@ class TrainingDialog(QDialog):
         outer = QVBoxLayout(self)
         split = QSplitter(Qt.Orientation.Horizontal)
         outer.addWidget(split, 1)
+        split.addWidget(self._build_form(devices))
+        split.addWidget(self._build_jobs_view())
+        split.setSizes([330, 570])
+        self._start_timers()
 
-        # -- new job form --
+        self.recipe.currentTextChanged.connect(self._recipe_changed)
+        manager.job_added.connect(self._job_added)
+        manager.job_updated.connect(self._job_updated)
+        self._load_recipes()
+        for i in range(len(manager.jobs)):
+            self._job_added(i)
+        self._update_buttons()
+        self._refresh_threads_note()
+
+    # ---- layout --------------------------------------------------------------------------------
+    def _folder_row(self, field: QLineEdit, title: str) -> QHBoxLayout:
+        """``field`` with a Browse… button beside it that opens a folder picker titled ``title``."""
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(lambda: self._browse(field, title))
+        row = QHBoxLayout()
+        row.addWidget(field, 1)
+        row.addWidget(browse)
+        return row
+
+    def _build_form(self, devices: list[str]) -> QGroupBox:
+        """The new-job form: recipe and its help, dataset, device, threads, epochs, output, options, start."""
         form_box = QGroupBox("New job")
         form = QFormLayout(form_box)
         self.recipe = QComboBox()
@@ -249,17 +273,34 @@ class TrainingDialog(QDialog):
         #: the folder last filled in for the recipe (saved or suggested); replaced on a recipe change
         #: while the field still holds it
         self._auto_data = ""
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(lambda: self._browse(self.data, "Dataset folder"))
-        row = QHBoxLayout()
-        row.addWidget(self.data, 1)
-        row.addWidget(browse)
-        form.addRow("Dataset folder", row)
+        form.addRow("Dataset folder", self._folder_row(self.data, "Dataset folder"))
         self.device = QComboBox()
         for text, value in device_choices(devices):
             self.device.addItem(text, value)
         self.device.setToolTip("auto trains on a CUDA GPU when torch finds one, else on the CPU")
         form.addRow("Device", self.device)
+        form.addRow("CPU threads", self._build_threads_row())
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 10000)
+        form.addRow("Epochs", self.epochs)
+        self.out = QLineEdit()
+        #: the folder last filled in from the recipe; while the field still holds it, the user
+        #: has not chosen one and it follows the recipe
+        self._auto_out = ""
+        form.addRow("Output folder", self._folder_row(self.out, "Output folder"))
+        self.extra = QLineEdit()
+        self.extra.setPlaceholderText("recipe options, e.g. --batch-size 64 (ferkit train RECIPE --help)")
+        form.addRow("Extra options", self.extra)
+        self.start_button = QPushButton("Validate data and start")
+        self.start_button.clicked.connect(self.start_job)
+        form.addRow(self.start_button)
+        self.message = Notice()
+        self.message.setTextFormat(Qt.TextFormat.PlainText)  # quotes recipe data_help (<class>...)
+        form.addRow(self.message)
+        return form_box
+
+    def _build_threads_row(self) -> QHBoxLayout:
+        """The thread count (0 = auto) and a note saying what auto would pick now; needs :attr:`device`."""
         self.threads = QSpinBox()
         self.threads.setRange(0, max(1, os.cpu_count() or 1))
         self.threads.setSpecialValueText("auto")  # 0: the free cores, re-checked while it trains
@@ -271,34 +312,12 @@ class TrainingDialog(QDialog):
         row_t = QHBoxLayout()
         row_t.addWidget(self.threads)
         row_t.addWidget(self.threads_note, 1)
-        form.addRow("CPU threads", row_t)
         self.device.currentIndexChanged.connect(lambda _i: self._refresh_threads_note())
         self.threads.valueChanged.connect(lambda _v: self._refresh_threads_note())
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 10000)
-        form.addRow("Epochs", self.epochs)
-        self.out = QLineEdit()
-        #: the folder last filled in from the recipe; while the field still holds it, the user
-        #: has not chosen one and it follows the recipe
-        self._auto_out = ""
-        browse2 = QPushButton("Browse…")
-        browse2.clicked.connect(lambda: self._browse(self.out, "Output folder"))
-        row2 = QHBoxLayout()
-        row2.addWidget(self.out, 1)
-        row2.addWidget(browse2)
-        form.addRow("Output folder", row2)
-        self.extra = QLineEdit()
-        self.extra.setPlaceholderText("recipe options, e.g. --batch-size 64 (ferkit train RECIPE --help)")
-        form.addRow("Extra options", self.extra)
-        self.start_button = QPushButton("Validate data and start")
-        self.start_button.clicked.connect(self.start_job)
-        form.addRow(self.start_button)
-        self.message = Notice()
-        self.message.setTextFormat(Qt.TextFormat.PlainText)  # quotes recipe data_help (<class>...)
-        form.addRow(self.message)
-        split.addWidget(form_box)
+        return row_t
 
-        # -- jobs --
+    def _build_jobs_view(self) -> QWidget:
+        """The job queue with its progress, status lines, cancel / resume, curves and log."""
         jobs_box = QWidget()
         jl = QVBoxLayout(jobs_box)
         jl.addWidget(QLabel("Jobs (run one after another; they keep running when this dialog is closed):"))
@@ -328,14 +347,14 @@ class TrainingDialog(QDialog):
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(2000)
         jl.addWidget(self.log_view, 1)
-        split.addWidget(jobs_box)
-        split.setSizes([330, 570])
+        return jobs_box
 
-        # the ETA counts down between events (none come while the engine evaluates)
+    def _start_timers(self) -> None:
+        """The ETA tick (it counts down between events; none come while the engine evaluates) and the
+        free-core probe behind the threads note (other programs' CPU use since the last look, non-blocking)."""
         self._tick = QTimer(self)
         self._tick.setInterval(1000)
         self._tick.timeout.connect(self._refresh_status)
-        # what "auto" would choose now: other programs' CPU use since the last look (non-blocking)
         from ferkit.training.threads import CoreProbe
 
         self._probe = CoreProbe(count_own=True)  # the app's own work competes with a training job too
@@ -345,15 +364,6 @@ class TrainingDialog(QDialog):
         self._cores_timer.timeout.connect(self._measure_cores)
         self._cores_timer.start()
         QTimer.singleShot(300, self, self._measure_cores)  # a first figure soon after it opens
-
-        self.recipe.currentTextChanged.connect(self._recipe_changed)
-        manager.job_added.connect(self._job_added)
-        manager.job_updated.connect(self._job_updated)
-        self._load_recipes()
-        for i in range(len(manager.jobs)):
-            self._job_added(i)
-        self._update_buttons()
-        self._refresh_threads_note()
 
     # ---- threads -------------------------------------------------------------------------------
     @property

@@ -27,11 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
-import cv2
 import numpy as np
 import torch
 
-from ferkit.data.images import ImageReadError
+from ferkit.data.images import ImageReadError, read_image  # noqa: F401 - ImageReadError: what predict_file raises
 from ferkit.errors import UsageError
 from ferkit.face.types import DetectedFace, FacePath
 from ferkit.models.defaults import DEFAULT_WEIGHTS
@@ -122,39 +121,6 @@ def choose_engine(requested: str, model: Any, device: torch.device,
     if missing:
         return "torch", missing
     return "onnx", None
-
-
-def read_image(path: Union[str, Path]) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` from any common image file (EXIF orientation applied by OpenCV).
-
-    Gray, 16-bit and RGBA files are converted; GIF (OpenCV cannot read it) goes through Pillow.
-    Raises :class:`ImageReadError` naming the file when it is missing, a folder, or not an image.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageReadError(f"{path}: is a folder, not an image")
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII paths
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is not None:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    try:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:
-                im.seek(0)
-                return np.asarray(im.convert("RGB")).copy()
-        except (UnidentifiedImageError, OSError, ValueError):
-            pass
-    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
-        pass
-    kind = "empty file" if data.size == 0 else "not an image, or an unsupported / corrupt image format"
-    raise ImageReadError(f"{path}: {kind}")
 
 
 def faces_in_photos(paths: Sequence[Union[str, Path]], preprocessing: Preprocessing, *, all_faces: bool = True,

@@ -11,7 +11,7 @@ import pytest
 from ferkit.cli import main
 from ferkit.data.errors import DataError
 from ferkit.errors import NotFoundError, UnavailableError, UnknownNameError, UsageError, UserError
-from ferkit.inference import ImageReadError
+from ferkit.data.images import ImageReadError
 from ferkit.models.registry import create_model, model_info
 from ferkit.models.weights import get_weights
 from ferkit.recipes.registry import get_recipe

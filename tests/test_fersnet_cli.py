@@ -150,7 +150,8 @@ def test_shipped_fersnet_keeps_the_person_and_changes_the_expression() -> None:
     """
     from ferkit.evaluation.synthesis import FrozenIdentity
     from ferkit.face.pipeline import FacePipeline
-    from ferkit.inference import crops_to_tensor, read_image, to_model_input
+    from ferkit.data.images import read_image
+    from ferkit.inference import crops_to_tensor, to_model_input
     from ferkit.models.weights import list_weights
 
     if "fersnet" not in list_weights():

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ferkit.data.ferplus import load_ferplus
-from ferkit.data.images import expand_image_paths
-from ferkit.inference import ImageReadError, Predictor, read_image, to_model_input
+from ferkit.data.images import ImageReadError, expand_image_paths, read_image
+from ferkit.inference import Predictor, to_model_input
 from ferkit.models.weights import Preprocessing, load_weights
 from ferkit.paths import samples_dir
 from ferkit.training.export import export_weights
@@ -45,6 +45,23 @@ def test_read_image_rgb_gray_and_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="folder holds no image"):
         expand_image_paths([tmp_path / "sub"])
     assert expand_image_paths([tmp_path]) == sorted([tmp_path / "empty.png", tmp_path / "g.png", tmp_path / "notes.jpg"])
+    with pytest.raises(ImageReadError, match="sub: is a folder, not an image"):
+        read_image(tmp_path / "sub")
+    assert (read_image(tmp_path / "g.png", grayscale=True) == gray).all()
+
+
+def test_one_image_reader_for_datasets_too(tmp_path: Path) -> None:
+    """Dataset readers decode with the same read_image: a bad file is a DataError naming it, with what to do."""
+    import pickle
+
+    from ferkit.data.errors import DataError
+    from ferkit.data.images import DATASET_FILE_HINT, read_images
+
+    with pytest.raises(DataError, match=r"missing\.png: no such file \(restore or re-extract") as err:
+        read_images([tmp_path / "missing.png"], grayscale=True)
+    assert isinstance(err.value, ImageReadError) and err.value.hint == DATASET_FILE_HINT
+    again = pickle.loads(pickle.dumps(err.value))  # arrives whole from a worker process
+    assert type(again) is ImageReadError and str(again) == str(err.value)
 
 
 def test_to_model_input_converts_channels_and_size() -> None:

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import Optional
 
 import pytest
 import torch
@@ -132,3 +133,36 @@ def test_the_explainers_find_its_weights(paper: ModuleType, tmp_path: Path, monk
     controller = SimpleNamespace(explainer=None, _fallback={})
     assert ExplainersController.fallback(controller, GATES) == ("toy", card.preprocessing)
     assert ExplainersController.fallback(controller, SYNTHESIS) is None
+
+
+def test_the_default_identity_net_is_read_from_the_cards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Synthesis's identity net (L_idt, identity similarity) comes from what the shipped cards say, not a name list."""
+    from ferkit.errors import NotFoundError
+    from ferkit.evaluation.synthesis import default_identity_weights, resolve_identity_weights
+    from ferkit.models.weights import list_weights
+
+    if "lightcnn9-identity" in list_weights():  # today's shipped weights: the same choice as the old name list
+        assert default_identity_weights() == "lightcnn9-identity"
+    weights_dir = tmp_path / "resources" / "weights"
+    weights_dir.mkdir(parents=True)
+    monkeypatch.setenv("FERKIT_RESOURCES", str(tmp_path / "resources"))
+
+    def ship(name: str, architecture: str, lfw: Optional[float], calibrated: bool = True) -> None:
+        card = Weights(name=name, architecture=architecture, classes=[f"id{i}" for i in range(10)],
+                       preprocessing=Preprocessing(input_size=48), model_cfg={"num_classes": 10},
+                       metrics={} if lfw is None else {"lfw_view2_accuracy": lfw},
+                       identity_threshold=0.7 if calibrated else None, identity_far=0.01 if calibrated else None)
+        (weights_dir / f"{name}.json").write_text(json.dumps(card.to_dict()))
+
+    assert default_identity_weights() is None
+    with pytest.raises(NotFoundError, match="no shipped weights have an identity feature"):
+        resolve_identity_weights(None)
+    ship("expression-net", "resnet12_fer", None, calibrated=False)  # no identity feature: never a candidate
+    ship("branch", "deepid", 0.9, calibrated=False)
+    assert resolve_identity_weights(None) == "branch"  # an unmeasured identity branch, as a last resort
+    ship("deepid-a", "deepid", 0.80)
+    ship("deepid-b", "deepid", 0.85)
+    assert default_identity_weights() == "deepid-b"  # calibrated ones first, the best on LFW among them
+    ship("lightcnn-new", "lightcnn9", 0.75)
+    assert default_identity_weights() == "lightcnn-new"  # the paper's architecture before a better DeepID
+    assert resolve_identity_weights("deepid-a") == "deepid-a"  # a named net is taken as named

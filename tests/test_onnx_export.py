@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ferkit.export.onnx import (TOLERANCE, OnnxClassifier, OnnxModel, batchnorm_count, example_input, export_model,
-                                export_onnx)
+from ferkit.export.onnx import TOLERANCE, OnnxModel, batchnorm_count, example_input, export_model, export_onnx
 from ferkit.models.registry import create_model, list_models, model_info, model_traits
 from ferkit.models.weights import Preprocessing, Weights, list_weights, load_weights
 
@@ -63,21 +62,29 @@ def test_fresh_model_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     check_fresh_export(name, tmp_path)
 
 
-def test_onnx_classifier_predicts_from_uint8(tmp_path: Path) -> None:
-    model, weights = _fresh("resnet12_fer")
-    path = export_model(model, weights, tmp_path / "r12.onnx").path
-    clf = OnnxClassifier(path, threads=1)
+def _checkpoint(tmp_path: Path, name: str) -> tuple[Path, torch.nn.Module, Weights]:
+    """A training checkpoint of the small build of ``name``: weights with a file, as Predictor takes them."""
+    model, weights = _fresh(name)
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
+    return ckpt, model, weights
+
+
+def test_onnx_engine_predicts_from_uint8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uint8 crops through `Predictor(engine="onnx")`, the one door to ONNX Runtime, give torch's numbers."""
+    from ferkit.inference import Predictor
+
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+    ckpt, model, weights = _checkpoint(tmp_path, "resnet12_fer")
+    predictor = Predictor(str(ckpt), device="cpu", engine="onnx", tta="none", threads=1)
+    assert isinstance(predictor.model, OnnxModel) and predictor.engine == "onnx"
     crops = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
     with torch.no_grad():
         ref = model(weights.preprocessing.normalize(crops)).probabilities
-    out = clf.predict_tensor(crops)
-    assert torch.allclose(out.probabilities, ref, atol=1e-5)
-    scores = clf.predict_scores(crops)
-    assert list(scores[0]) == weights.classes and abs(sum(scores[0].values()) - 1) < 1e-5
-    with pytest.raises(ValueError, match=r"expected uint8 \[N, 1, 48, 48\]"):
-        clf.predict_tensor(torch.zeros(1, 3, 48, 48, dtype=torch.uint8))
+    assert torch.allclose(predictor.predict_tensor(crops).probabilities, ref, atol=1e-5)
+    assert predictor.classes == weights.classes
     with pytest.raises(NotImplementedError, match="gate"):
-        clf.model(torch.zeros(1, 1, 48, 48), return_gates=True)
+        predictor.model(torch.zeros(1, 1, 48, 48), return_gates=True)
 
 
 def test_identity_export_refused_without_identity(tmp_path: Path) -> None:
@@ -98,9 +105,7 @@ def test_foreign_onnx_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_checkpoint_export_via_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ferkit.cli import main
 
-    model, weights = _fresh("deepid")
-    ckpt = tmp_path / "checkpoint.pt"
-    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
+    ckpt, _, _ = _checkpoint(tmp_path, "deepid")
     out = tmp_path / "deepid.onnx"
     assert main(["export-onnx", "--checkpoint", str(ckpt), "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -124,37 +129,19 @@ def test_shipped_weights_onnx_matches_torch(name: str, tmp_path: Path) -> None:
     assert (got.logits - ref.logits).abs().max() <= TOLERANCE
 
 
-def test_use_onnx_switches_a_predictor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ferkit.export.onnx import use_onnx
-    from ferkit.inference import Predictor
-
-    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
-    model, weights = _fresh("tfe_jl")
-    ckpt = tmp_path / "checkpoint.pt"
-    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
-    predictor = Predictor(str(ckpt), device="cpu", engine="torch")
-    crops = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
-    ref = predictor.predict_tensor(crops)
-    use_onnx(predictor, threads=1)
-    got = predictor.predict_tensor(crops)
-    assert isinstance(predictor.model, OnnxModel) and predictor.engine == "onnx"
-    assert (got.logits - ref.logits).abs().max() <= TOLERANCE
-    assert (got.identity - ref.identity).abs().max() <= TOLERANCE
-    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once into the cache
-
-
 def test_predictor_engine_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`Predictor(engine="onnx")` (what `ferkit predict --engine onnx` uses) gives torch's numbers."""
     from ferkit.inference import Predictor
 
     monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
-    model, weights = _fresh("tfe_jl")
-    ckpt = tmp_path / "checkpoint.pt"
-    torch.save({"weights_meta": weights.to_dict(), "modules": {"model": model.state_dict()}}, ckpt)
-    crops = torch.randint(0, 256, (2, 1, 48, 48), dtype=torch.uint8)
+    ckpt, _, _ = _checkpoint(tmp_path, "tfe_jl")
+    crops = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
     ref = Predictor(str(ckpt), device="cpu", engine="torch").predict_tensor(crops)
-    onnx_predictor = Predictor(str(ckpt), device="cpu", engine="onnx")
-    assert isinstance(onnx_predictor.model, OnnxModel)
-    assert (onnx_predictor.predict_tensor(crops).logits - ref.logits).abs().max() <= TOLERANCE
+    onnx_predictor = Predictor(str(ckpt), device="cpu", engine="onnx", threads=1)
+    assert isinstance(onnx_predictor.model, OnnxModel) and onnx_predictor.engine == "onnx"
+    got = onnx_predictor.predict_tensor(crops)
+    assert (got.logits - ref.logits).abs().max() <= TOLERANCE
+    assert (got.identity - ref.identity).abs().max() <= TOLERANCE
+    assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once into the cache
     with pytest.raises(ValueError, match="engine"):
         Predictor(str(ckpt), device="cpu", engine="tensorrt")

@@ -122,7 +122,7 @@ class _Frames:
         self.still: Optional[np.ndarray] = None
         self.cap = None
         if source.suffix.lower() in IMAGE_EXTENSIONS:
-            from ferkit.inference import read_image
+            from ferkit.data.images import read_image
 
             self.still = cv2.cvtColor(read_image(source), cv2.COLOR_RGB2BGR)
         else:

@@ -42,7 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--judge", default=None, metavar="NAME_OR_CHECKPOINT",
                    help="independently trained expression classifier (without it: identity numbers only)")
     p.add_argument("--identity-weights", default=None, metavar="NAME_OR_CHECKPOINT",
-                   help="identity net (Light CNN / DeepID); default: the first shipped one; 'none' skips it")
+                   help="identity net (Light CNN / DeepID); 'none' skips it; default, read from the shipped "
+                        "cards: the calibrated Light CNN (the paper's), else the calibrated identity net best on "
+                        "LFW, else any with an identity feature")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -2,7 +2,7 @@
 
 The file takes the normalised input ``[batch, C, H, W]`` (any batch size) and returns ``logits``
 (and ``identity`` for identity-capable models); the weights card is embedded as metadata, so
-``OnnxClassifier(FILE)`` / ``--engine onnx`` need nothing else. Each export is checked against
+``--engine onnx`` (``Predictor(engine="onnx")``) needs nothing else. Each export is checked against
 torch in ONNX Runtime (max abs difference <= 1e-4) and the check is printed. BatchNorm is folded away.
 
 ``--int8 --calibration DIR`` writes a statically quantised int8 model instead (ONNX Runtime's

@@ -19,3 +19,8 @@ class DataError(UserError, ValueError):
         self.hint = hint
         where = f"{self.path}" + (f", line {line}" if line is not None else "")
         super().__init__(f"{where}: {problem}" + (f" ({hint})" if hint else ""))
+
+    def __reduce__(self):  # type: ignore[override]
+        # pickled with the constructor's arguments, not the message: errors raised in a worker
+        # process (data preparation, a process pool) must arrive whole in the parent
+        return (type(self), (self.path, self.problem, self.line, self.hint))

@@ -1,8 +1,11 @@
 """Decode image files (PNG/JPEG/PGM/BMP via OpenCV, GIF via Pillow) into uint8 arrays.
 
-OpenCV cannot read GIF (Yale Face Database A is distributed as GIFs without a file extension),
-so Pillow (installed with matplotlib) is the fallback. Every failure is a :class:`DataError`
-naming the file, because a silently skipped image would change a paper's protocol counts.
+:func:`read_image` is ferkit's one image reader: ``ferkit predict``, the app, the dataset readers,
+calibration and the bench all decode through it, so a file reads the same everywhere and fails
+with the same words. OpenCV cannot read GIF (Yale Face Database A is distributed as GIFs without
+a file extension), so Pillow (installed with matplotlib) is the fallback. Every failure is an
+:class:`ImageReadError` (a :class:`DataError`) naming the file, because a silently skipped image
+would change a paper's protocol counts.
 """
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import numpy as np
 import torch
 
 from ferkit.data.errors import DataError
-from ferkit.errors import UserError
 
 PathLike = Union[str, Path]
 
@@ -23,10 +25,16 @@ PathLike = Union[str, Path]
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
 
-class ImageReadError(UserError, ValueError):
-    """A file that is missing, not an image, or cannot be decoded (message names the file).
+#: what a dataset reader adds to an unreadable file's error: the file came with the dataset
+DATASET_FILE_HINT = "restore or re-extract the dataset, or remove the file from its label list"
 
-    A :class:`~ferkit.errors.UserError` (the user picked the file); still a ``ValueError`` for older callers.
+
+class ImageReadError(DataError):
+    """A file that is missing, a folder, empty, or not an image (the message names the file).
+
+    A :class:`DataError`, so a dataset reader's callers catch it with the rest of a bad dataset;
+    like every DataError a :class:`~ferkit.errors.UserError` (the user picked the file or the
+    folder) and still a ``ValueError`` for older callers.
     """
 
 
@@ -37,7 +45,7 @@ def expand_image_paths(paths: Sequence[Union[str, Path]]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise ImageReadError(f"{p}: folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise ImageReadError(p, f"folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             out.extend(found)
         else:
             out.append(p)
@@ -52,25 +60,36 @@ def _read_with_pil(path: Path, grayscale: bool) -> Optional[np.ndarray]:
     try:
         with Image.open(path) as im:
             im.seek(0)
-            return np.asarray(im.convert("L" if grayscale else "RGB"))
-    except Exception:
+            return np.array(im.convert("L" if grayscale else "RGB"))
+    except Exception:  # noqa: BLE001 - any decoder failure means the same to the caller: not an image
         return None
 
 
-def read_image(path: PathLike, grayscale: bool) -> np.ndarray:
-    """``[H, W]`` uint8 (gray) or ``[H, W, 3]`` uint8 RGB; DataError if missing or unreadable."""
+def read_image(path: PathLike, grayscale: bool = False, hint: str = "") -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]``, or gray ``[H, W]`` with ``grayscale``, from any common image file.
+
+    OpenCV decodes (EXIF orientation applied; gray, 16-bit and RGBA files converted; the bytes are
+    read by numpy, so non-ASCII paths work too); GIF, which OpenCV cannot read, goes through Pillow.
+    Raises :class:`ImageReadError` naming the file when it is missing, a folder, empty, unreadable
+    or not an image; ``hint`` says what to do about it (dataset readers pass :data:`DATASET_FILE_HINT`).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "image file is missing", hint="restore the file or remove it from the label list")
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
+    if not path.exists():
+        raise ImageReadError(path, "no such file", hint=hint)
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not an image", hint=hint)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot be read ({exc.strerror or exc})", hint=hint) from None
+    image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         image = _read_with_pil(path, grayscale)
-        if image is None:
-            raise DataError(path, "cannot decode this image (corrupt or unsupported format)",
-                            hint="re-extract the dataset archive")
-        return image
-    if not grayscale:
+    elif not grayscale:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image is None:
+        problem = "empty file" if data.size == 0 else "not an image, or an unsupported / corrupt image format"
+        raise ImageReadError(path, problem, hint=hint)
     return image
 
 
@@ -94,7 +113,7 @@ def read_images(paths: Sequence[PathLike], grayscale: bool, size: Optional[int] 
     different size is reported, since silently resizing would hide a wrong folder.
     """
     def load(p: PathLike) -> np.ndarray:
-        return to_chw(resize_square(read_image(p, grayscale), size))
+        return to_chw(resize_square(read_image(p, grayscale, hint=DATASET_FILE_HINT), size))
 
     if not paths:
         c = 1 if grayscale else 3

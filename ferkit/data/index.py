@@ -19,7 +19,7 @@ import torch
 from ferkit.data.cache import cached_dataset
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
-from ferkit.data.images import read_image, to_chw
+from ferkit.data.images import DATASET_FILE_HINT, read_image, to_chw
 
 
 @dataclass
@@ -80,7 +80,7 @@ def load_index(index: DatasetIndex, size: int = 48, grayscale: bool = True, use_
         c = 1 if grayscale else 3
         images = np.empty((len(files), c, size, size), np.uint8)
         for i, f in enumerate(files):
-            images[i] = to_chw(center_square(read_image(f, grayscale), size))
+            images[i] = to_chw(center_square(read_image(f, grayscale, hint=DATASET_FILE_HINT), size))
         subjects = None
         if names is not None:
             pos = {n: i for i, n in enumerate(names)}

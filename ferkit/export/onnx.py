@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -206,61 +207,81 @@ def fold_batch_norms(proto: Any) -> int:
     constant ``Mul`` + ``Add`` (when the input rank is known). A BN none of these fits is left as
     it is (never seen in ferkit's architectures; the export test checks none remain).
     """
-    from onnx import helper, numpy_helper, shape_inference
+    return _BatchNormFolder(proto).run()
 
-    graph = proto.graph
-    inits = {t.name: t for t in graph.initializer}
-    graph_outputs = {o.name for o in graph.output}
 
-    def const(name: str) -> Optional[np.ndarray]:
-        t = inits.get(name)
+class _BatchNormFolder:
+    """One graph's BatchNorm folding (:func:`fold_batch_norms`): the graph lookups every way of
+    folding needs, kept in one place, and one method per way, so each can be read on its own."""
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.graph = proto.graph
+        self.inits = {t.name: t for t in self.graph.initializer}
+        self.graph_outputs = {o.name for o in self.graph.output}
+        self._counter = itertools.count()
+
+    # -- graph lookups --
+    def const(self, name: str) -> Optional[np.ndarray]:
+        """The initializer ``name`` as float64, or None when the tensor is computed (not a constant)."""
+        from onnx import numpy_helper
+
+        t = self.inits.get(name)
         return None if t is None else numpy_helper.to_array(t).astype(np.float64)
 
-    def consumers(tensor: str) -> list[Any]:
-        return [n for n in graph.node if tensor in n.input]
+    def consumers(self, tensor: str) -> list[Any]:
+        return [n for n in self.graph.node if tensor in n.input]
 
-    def producer(tensor: str) -> Optional[Any]:
-        return next((n for n in graph.node if tensor in n.output), None)
+    def producer(self, tensor: str) -> Optional[Any]:
+        return next((n for n in self.graph.node if tensor in n.output), None)
 
-    counter = iter(range(10 ** 9))
+    def new_init(self, base: str, value: np.ndarray) -> str:
+        """Add ``value`` (as float32) as a new initializer named after ``base``; returns its name.
 
-    def new_init(base: str, value: np.ndarray) -> str:
-        name = f"{base}_bnfold{next(counter)}"
+        New names, never overwritten ones: a weight may be shared by several nodes."""
+        from onnx import numpy_helper
+
+        name = f"{base}_bnfold{next(self._counter)}"
         t = numpy_helper.from_array(value.astype(np.float32), name)
-        graph.initializer.append(t)
-        inits[name] = t
+        self.graph.initializer.append(t)
+        self.inits[name] = t
         return name
 
-    def affine(bn: Any) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        params = [const(n) for n in bn.input[1:5]]
+    def affine(self, bn: Any) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """``(a, b)`` of the per-channel map ``y = a * x + b`` a BN computes; None unless its parameters are constant."""
+        params = [self.const(n) for n in bn.input[1:5]]
         if len(bn.output) != 1 or any(p is None for p in params):
             return None
         scale, bias, mean, var = params  # type: ignore[misc]
         a = scale / np.sqrt(var + float(_attr(bn, "epsilon", 1e-5)))
         return a, bias - mean * a
 
-    def gemm_ok(g: Any) -> bool:
+    def gemm_ok(self, g: Any) -> bool:
+        """A plain ``x @ W (+ c)`` Gemm with constant weights: the only kind whose weights can absorb a BN."""
         return (g.op_type == "Gemm" and _attr(g, "transA", 0) == 0 and float(_attr(g, "alpha", 1.0)) == 1.0
-                and float(_attr(g, "beta", 1.0)) == 1.0 and const(g.input[1]) is not None
-                and (len(g.input) < 3 or not g.input[2] or const(g.input[2]) is not None))
+                and float(_attr(g, "beta", 1.0)) == 1.0 and self.const(g.input[1]) is not None
+                and (len(g.input) < 3 or not g.input[2] or self.const(g.input[2]) is not None))
 
-    def fold_into_producer(bn: Any, a: np.ndarray, b: np.ndarray) -> bool:
-        src = producer(bn.input[0])
-        if src is None or bn.input[0] in graph_outputs or len(consumers(bn.input[0])) != 1:
+    # -- (1) into the layer before --
+    def fold_into_producer(self, bn: Any, a: np.ndarray, b: np.ndarray) -> bool:
+        """Scale the output channels of the Conv / Gemm that feeds ``bn`` (when ``bn`` is its only reader)."""
+        src = self.producer(bn.input[0])
+        if src is None or bn.input[0] in self.graph_outputs or len(self.consumers(bn.input[0])) != 1:
             return False
-        if src.op_type == "Conv" and const(src.input[1]) is not None:
-            w = const(src.input[1])
-            c = const(src.input[2]) if len(src.input) > 2 and src.input[2] else np.zeros(w.shape[0])
+        if src.op_type == "Conv" and self.const(src.input[1]) is not None:
+            w = self.const(src.input[1])
+            c = self.const(src.input[2]) if len(src.input) > 2 and src.input[2] else np.zeros(w.shape[0])
             if c is None or w.shape[0] != a.size:
                 return False
             w2 = w * a.reshape(-1, *([1] * (w.ndim - 1)))
-            names = [new_init(src.input[1], w2), new_init(src.name or "conv_bias", c * a + b)]
-        elif gemm_ok(src):
-            w = const(src.input[1])
+            names = [self.new_init(src.input[1], w2), self.new_init(src.name or "conv_bias", c * a + b)]
+        elif self.gemm_ok(src):
+            w = self.const(src.input[1])
             trans_b = _attr(src, "transB", 0)
-            c = const(src.input[2]) if len(src.input) > 2 and src.input[2] else np.zeros(a.size)
+            c = self.const(src.input[2]) if len(src.input) > 2 and src.input[2] else np.zeros(a.size)
             w2 = w * (a[:, None] if trans_b else a[None, :])
-            names = [new_init(src.input[1], w2), new_init(src.name or "gemm_bias", np.broadcast_to(c, a.shape) * a + b)]
+            names = [self.new_init(src.input[1], w2),
+                     self.new_init(src.name or "gemm_bias", np.broadcast_to(c, a.shape) * a + b)]
         else:
             return False
         del src.input[1:]
@@ -268,65 +289,73 @@ def fold_batch_norms(proto: Any) -> int:
         src.output[0] = bn.output[0]
         return True
 
-    def fold_into_gemm(bns: list[Any], gemm: Any, feeds: str) -> bool:
-        pieces = [affine(bn) for bn in bns]
-        if any(p is None for p in pieces) or not gemm_ok(gemm) or gemm.input[0] != feeds:
+    # -- (2) into the Gemm after --
+    def fold_into_gemm(self, bns: list[Any], gemm: Any, feeds: str) -> bool:
+        """Absorb ``bns`` (their channels concatenated, in order) into the input rows of ``gemm``, which reads ``feeds``."""
+        pieces = [self.affine(bn) for bn in bns]
+        if any(p is None for p in pieces) or not self.gemm_ok(gemm) or gemm.input[0] != feeds:
             return False
         a = np.concatenate([p[0] for p in pieces])  # type: ignore[index]
         b = np.concatenate([p[1] for p in pieces])  # type: ignore[index]
-        w = const(gemm.input[1])
+        w = self.const(gemm.input[1])
         trans_b = _attr(gemm, "transB", 0)
         if (w.shape[1] if trans_b else w.shape[0]) != a.size:
             return False
         n_out = w.shape[0] if trans_b else w.shape[1]
-        c = const(gemm.input[2]) if len(gemm.input) > 2 and gemm.input[2] else np.zeros(n_out)
+        c = self.const(gemm.input[2]) if len(gemm.input) > 2 and gemm.input[2] else np.zeros(n_out)
         shift = w @ b if trans_b else b @ w
         w2 = w * (a[None, :] if trans_b else a[:, None])
-        names = [new_init(gemm.input[1], w2), new_init(gemm.name or "gemm_bias", np.broadcast_to(c, (n_out,)) + shift)]
+        names = [self.new_init(gemm.input[1], w2),
+                 self.new_init(gemm.name or "gemm_bias", np.broadcast_to(c, (n_out,)) + shift)]
         del gemm.input[1:]
         gemm.input.extend(names)
         return True
 
-    folded = 0
-    for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
-        if bn not in graph.node:  # removed already as part of a Concat group
-            continue
-        ab = affine(bn)
-        if ab is None:
-            continue
-        if fold_into_producer(bn, *ab):
-            graph.node.remove(bn)
-            folded += 1
-            continue
-        users = consumers(bn.output[0])
-        if len(users) == 1 and bn.output[0] not in graph_outputs:
-            user = users[0]
-            if user.op_type == "Gemm" and fold_into_gemm([bn], user, bn.output[0]):
-                user.input[0] = bn.input[0]
-                graph.node.remove(bn)
-                folded += 1
-                continue
-            if user.op_type == "Concat" and _attr(user, "axis", 0) in (1, -1):
-                group = [producer(t) for t in user.input]
-                after = consumers(user.output[0])
-                if (all(g is not None and g.op_type == "BatchNormalization" and len(consumers(g.output[0])) == 1
-                        and g.output[0] not in graph_outputs for g in group)
-                        and len(after) == 1 and user.output[0] not in graph_outputs
-                        and fold_into_gemm(group, after[0], user.output[0])):
-                    for i, g in enumerate(group):
-                        user.input[i] = g.input[0]
-                        graph.node.remove(g)
-                    folded += len(group)
-                    continue
-    left = [n for n in graph.node if n.op_type == "BatchNormalization"]
-    if left:  # (3) a constant per-channel Mul + Add
+    def fold_into_reader(self, bn: Any) -> int:
+        """Fold ``bn`` into the Gemm reading its output, directly or through a channel Concat; BNs removed."""
+        users = self.consumers(bn.output[0])
+        if len(users) != 1 or bn.output[0] in self.graph_outputs:
+            return 0
+        user = users[0]
+        if user.op_type == "Gemm" and self.fold_into_gemm([bn], user, bn.output[0]):
+            user.input[0] = bn.input[0]
+            self.graph.node.remove(bn)
+            return 1
+        if user.op_type == "Concat" and _attr(user, "axis", 0) in (1, -1):
+            return self.fold_concat_group(user)
+        return 0
+
+    def fold_concat_group(self, concat: Any) -> int:
+        """Fold every BN feeding a channel ``concat`` into the one Gemm after it (TFE-JL's two heads).
+
+        All or none: the Gemm's input rows are the concatenated channels, so one BN left in front
+        of the Concat would leave the others' rows wrongly scaled."""
+        group = [self.producer(t) for t in concat.input]
+        after = self.consumers(concat.output[0])
+        if not (all(g is not None and g.op_type == "BatchNormalization" and len(self.consumers(g.output[0])) == 1
+                    and g.output[0] not in self.graph_outputs for g in group)
+                and len(after) == 1 and concat.output[0] not in self.graph_outputs
+                and self.fold_into_gemm(group, after[0], concat.output[0])):
+            return 0
+        for i, g in enumerate(group):
+            concat.input[i] = g.input[0]
+            self.graph.node.remove(g)
+        return len(group)
+
+    # -- (3) a constant Mul + Add --
+    def replace_with_mul_add(self, left: list[Any]) -> int:
+        """Replace each BN of ``left`` whose input rank shape inference knows by ``x * a + b``; how many."""
+        from onnx import helper, shape_inference
+
+        graph = self.graph
         ranks: dict[str, int] = {}
-        inferred = shape_inference.infer_shapes(proto)
+        inferred = shape_inference.infer_shapes(self.proto)
         for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
             if vi.type.tensor_type.HasField("shape"):
                 ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+        replaced = 0
         for bn in left:
-            ab = affine(bn)
+            ab = self.affine(bn)
             rank = ranks.get(bn.input[0])
             if ab is None or rank is None or rank < 2:
                 continue
@@ -335,15 +364,38 @@ def fold_batch_norms(proto: Any) -> int:
             mid = f"{bn.output[0]}_bnscaled"
             i = list(graph.node).index(bn)
             graph.node.remove(bn)
-            graph.node.insert(i, helper.make_node("Add", [mid, new_init(bn.name or "bn", b)], [bn.output[0]],
+            graph.node.insert(i, helper.make_node("Add", [mid, self.new_init(bn.name or "bn", b)], [bn.output[0]],
                                                   name=f"{bn.name}_add"))
-            graph.node.insert(i, helper.make_node("Mul", [bn.input[0], new_init(bn.name or "bn", a)], [mid],
+            graph.node.insert(i, helper.make_node("Mul", [bn.input[0], self.new_init(bn.name or "bn", a)], [mid],
                                                   name=f"{bn.name}_mul"))
-            folded += 1
-    used = {i for n in graph.node for i in n.input}
-    for t in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(t)
-    return folded
+            replaced += 1
+        return replaced
+
+    def drop_unused_initializers(self) -> None:
+        """Delete the weights no node reads any more (the BN parameters and the pre-fold weights)."""
+        used = {i for n in self.graph.node for i in n.input}
+        for t in [t for t in self.graph.initializer if t.name not in used]:
+            self.graph.initializer.remove(t)
+
+    def run(self) -> int:
+        """Fold every BN by the first way that fits (see :func:`fold_batch_norms`); how many went."""
+        folded = 0
+        for bn in [n for n in self.graph.node if n.op_type == "BatchNormalization"]:
+            if bn not in self.graph.node:  # removed already as part of a Concat group
+                continue
+            ab = self.affine(bn)
+            if ab is None:
+                continue
+            if self.fold_into_producer(bn, *ab):
+                self.graph.node.remove(bn)
+                folded += 1
+                continue
+            folded += self.fold_into_reader(bn)
+        left = [n for n in self.graph.node if n.op_type == "BatchNormalization"]
+        if left:
+            folded += self.replace_with_mul_add(left)
+        self.drop_unused_initializers()
+        return folded
 
 
 def batchnorm_count(path_or_proto: Any, optimized: bool = False) -> int:
@@ -365,6 +417,12 @@ def batchnorm_count(path_or_proto: Any, optimized: bool = False) -> int:
 # ---- runtime ----------------------------------------------------------------------------------------
 class OnnxModel:
     """An exported ``.onnx`` file that is called like a ferkit model: ``model(x) -> ModelOutput``.
+
+    The engine behind :class:`ferkit.inference.Predictor` (``engine="onnx"`` / ``"onnx-int8"`` /
+    ``"auto"``), which is the one door for predicting with ONNX Runtime: it picks the file (export
+    cache, shipped int8), feeds uint8 crops through the weights' preprocessing and falls back to
+    torch. Used on its own only where a given file's forward is what is measured (``ferkit eval``
+    of an ``.onnx`` file, the bench).
 
     ``x`` is the normalised float input (what the torch model takes); the output carries
     ``logits`` and, when exported, ``identity``. ``weights`` is the embedded card (classes,
@@ -447,35 +505,6 @@ class OnnxModel:
 
     def eval(self) -> "OnnxModel":  # lets callers treat it like an nn.Module in inference code
         return self
-
-
-class OnnxClassifier:
-    """Predict on uint8 face crops with an ONNX model: same ``predict_tensor`` as the torch Predictor.
-
-    Built from an ``.onnx`` path, or from a weights name / card / checkpoint (exported once into
-    the cache folder, keyed by the weights file's content hash, then reused).
-    """
-
-    def __init__(self, source: PathLike, threads: Optional[int] = 1):
-        path = Path(source)
-        if path.suffix != ".onnx":
-            path = cached_export(source)
-        self.model = OnnxModel(path, threads=threads)
-        self.weights = self.model.weights
-        self.classes = list(self.weights.classes)
-        self.preprocessing = self.weights.preprocessing
-
-    def predict_tensor(self, batch_uint8: torch.Tensor) -> ModelOutput:
-        """uint8 ``[N, C, H, W]`` crops already at the input size and channel count -> ModelOutput."""
-        prep = self.preprocessing
-        if batch_uint8.dim() != 4 or batch_uint8.shape[1:] != (prep.channels, prep.input_size, prep.input_size):
-            raise ValueError(f"expected uint8 [N, {prep.channels}, {prep.input_size}, {prep.input_size}] crops, "
-                             f"got {tuple(batch_uint8.shape)}")
-        return self.model(to_model_input(batch_uint8, prep))
-
-    def predict_scores(self, batch_uint8: torch.Tensor) -> list[dict[str, float]]:
-        probs = self.predict_tensor(batch_uint8).probabilities
-        return [{c: float(p) for c, p in zip(self.classes, row)} for row in probs]
 
 
 # ---- the export cache ---------------------------------------------------------------------------------
@@ -743,19 +772,3 @@ def cached_int8_export(name_or_path: PathLike, calibration: Optional[PathLike] =
                       note=f"{len(files)} crops of {folder} (seed {seed})", source_digest=weights_digest(weights))
     _touch_and_prune(path)
     return path
-
-
-def use_onnx(predictor: Any, threads: Optional[int] = 1) -> Any:
-    """Switch a :class:`ferkit.inference.Predictor` to ONNX Runtime in place (``--engine onnx``).
-
-    The predictor keeps its weights card, preprocessing, face pipeline and torch model (gate maps
-    and synthesis still run there); only the recognition forward changes (exported once into the
-    cache, then reused). ONNX Runtime runs on the CPU here, so the predictor's device becomes CPU.
-    """
-    source = predictor.weights.source
-    if source is None:
-        raise UsageError("these weights have no file to export to ONNX")
-    predictor.model = OnnxModel(cached_export(source), threads=threads)
-    predictor.device = torch.device("cpu")
-    predictor.engine = "onnx"
-    return predictor

@@ -51,8 +51,10 @@ shipped model's card has the full commands: a FER+ stage without subject ids (un
 L_rec), then CK+ with ``--init`` (shared classes carried over by name) and same-subject L_rec.
 
 L_idt's identity network is named by ``--identity-weights`` (a shipped name or a checkpoint of a
-Light CNN / DeepID; default: the first shipped of :data:`DEFAULT_IDENTITY_WEIGHTS`); faces are
-converted to that network's own preprocessing, and ``none`` leaves the term out.
+Light CNN / DeepID; default: what the shipped cards say, see
+:func:`~ferkit.evaluation.synthesis.default_identity_weights`: the calibrated Light CNN, as the
+paper uses, else the calibrated identity net best on LFW, else any with an identity feature);
+faces are converted to that network's own preprocessing, and ``none`` leaves the term out.
 
 Checkpoints hold G ("model"), D ("discriminator") and both Adam states. Every epoch writes a
 sample grid (held-out faces x target expressions) to ``<out>/samples/``.
@@ -138,7 +140,9 @@ class _FersnetRecipe(Recipe):
                             help="start G from this FERSNet checkpoint / card / shipped name (tensors of "
                                  "matching name and shape; class-count-dependent layers stay random)")
         parser.add_argument("--identity-weights", default=None,
-                            help="identity net for L_idt: shipped name or checkpoint (Light CNN / DeepID), or none")
+                            help="identity net for L_idt: shipped name or checkpoint (Light CNN / DeepID), or none; "
+                                 "default, read from the shipped cards: the calibrated Light CNN (the paper's), else "
+                                 "the calibrated identity net best on LFW, else any with an identity feature")
         parser.add_argument("--no-mtl", action="store_true", help="ablation: FERSNet w/o MTL (FER stream only)")
         parser.add_argument("--no-convflu", action="store_true", help="ablation: w/o ConvFLU (hard sharing)")
         parser.add_argument("--fes-da", type=int, default=0, metavar="K",
