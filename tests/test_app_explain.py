@@ -294,3 +294,40 @@ def test_shipped_fersnet_card_accuracy_is_what_the_panel_says() -> None:
         assert all(f"{v * 100:.1f} %" in info["text"] for _l, v in measured)
     else:
         assert "not measured" in info["text"]
+
+
+def test_the_card_s_selective_channel_is_shown_by_default_and_the_mean_on_request(qtbot) -> None:
+    """Single channels show face parts; the panel shows the card's channel and says which it is."""
+    from app.widgets.explain_panels import GatesPanel
+
+    panel = GatesPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    keys = model_gate_keys()
+    mean_maps = narrow_maps(keys)
+    channel_maps = {k: np.broadcast_to(np.linspace(0.05, 0.95, m.shape[0])[:, None], m.shape).astype(np.float32)
+                    for k, m in mean_maps.items()}
+    panel.set_data({"model": "fersnet", "track_id": 1, "crop": face(), "maps": mean_maps,
+                    "channel_maps": channel_maps, "channels": {k: (6, 32) for k in keys},
+                    "weights": {"text": "Weights: <b>test</b>"}})
+    assert panel.channel_view() == "channel" and panel.view.isEnabled()
+    assert "channel 7 of 32" in panel.map_title.text() and "strong" in panel.map_title.text()
+    assert "most selective channel" in panel.info.text()
+    panel.set_channel_view("mean")
+    assert "mean of all channels" in panel.map_title.text() and "strong" not in panel.map_title.text()
+    # weights without selective channels: the mean, and the choice is greyed out
+    panel.set_channel_view("channel")
+    panel.set_data({"model": "fersnet", "track_id": 2, "crop": face(), "maps": mean_maps,
+                    "weights": {"text": "Weights: <b>old</b>"}})
+    assert panel.channel_view() == "mean" and not panel.view.isEnabled()
+    assert "mean of all channels" in panel.map_title.text()
+
+
+def test_gate_maps_take_the_named_channel() -> None:
+    from app.core.explain import gate_maps
+
+    gate = np.random.default_rng(0).random((1, 4, 6, 6)).astype(np.float32)
+    maps = gate_maps({"z/fes<-fer/1": gate, "r/fes<-fer/1": gate}, channels={"z/fes<-fer/1": 2})
+    assert list(maps) == ["z/fes<-fer/1"]
+    np.testing.assert_allclose(maps["z/fes<-fer/1"], gate[0, 2])
+    np.testing.assert_allclose(gate_maps({"z/fes<-fer/1": gate})["z/fes<-fer/1"], gate[0].mean(axis=0), rtol=1e-6)

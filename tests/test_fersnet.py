@@ -474,3 +474,43 @@ def test_flip_tta_is_validated_and_recorded_in_the_card(tmp_path: Path) -> None:
     plain = _recipe(tmp_path / "p", identity_weights="none", folds=2)
     plain.setup(LocalContext(tmp_path / "p" / "run"))
     assert "val_accuracy_no_tta" not in plain.evaluate(ctx, 0) and plain.weights_meta()["tta"] == "none"
+
+
+def test_gate_spread_names_the_channel_that_varies_most_over_a_face() -> None:
+    """The channel mean cancels; the card stores, per gate, the channel whose map moves most over faces."""
+    from ferkit.evaluation.gates import gate_channels_from, gate_spread
+
+    model = _tiny().eval()
+    images = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    to_input = lambda x: x.float() / 127.5 - 1  # noqa: E731
+    stats = gate_spread(model, images, to_input, batch_size=4)
+    gates = model(to_input(images), return_gates=True).gates
+    for key, st in stats.items():
+        flat = gates[key].float().flatten(2)
+        ranges = (flat.quantile(0.95, dim=2) - flat.quantile(0.05, dim=2)).mean(dim=0)
+        assert st["channels"] == gates[key].shape[1]
+        assert st["selective_channel"] == int(ranges.argmax())
+        assert st["selective_channel_range"] == pytest.approx(float(ranges.max()), abs=1e-5)
+        assert st["selective_channel_range"] >= st["spatial_range"] - 1e-6 or st["spatial_range"] < 0.05
+    assert gate_channels_from(stats) == {k: s["selective_channel"] for k, s in stats.items()}
+
+
+def test_export_writes_gate_channels_into_the_card_and_refuses_impossible_ones(tmp_path: Path) -> None:
+    from ferkit.errors import UsageError
+    from ferkit.models.weights import Weights
+    from ferkit.training.checkpoint import save_checkpoint
+    from ferkit.training.export import export_weights
+
+    recipe = _recipe(tmp_path, identity_weights="none", folds=2)
+    ctx = LocalContext(tmp_path / "run")
+    recipe.setup(ctx)
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint({"modules": {"model": recipe.model.state_dict()}, "weights_meta": recipe.weights_meta()}, ckpt)
+    key = gate_key("z", DIRECTIONS[1], 2)
+    export_weights(ckpt, "gated", out_dir=tmp_path / "w", gate_channels={key: 3})
+    card = Weights.from_dict(json.loads((tmp_path / "w" / "gated.json").read_text()))
+    assert card.gate_channels == {key: 3}
+    with pytest.raises(UsageError, match="channels"):
+        export_weights(ckpt, "bad", out_dir=tmp_path / "w", gate_channels={key: 10_000})
+    with pytest.raises(UsageError, match="no gate"):
+        export_weights(ckpt, "bad", out_dir=tmp_path / "w", gate_channels={"q/x<-y/9": 0})

@@ -29,8 +29,10 @@ def compute_gates(cache: ModelCache, p: dict[str, Any]) -> dict[str, Any]:
     out = handle.forward_gates([p["crop"]])
     if not out.gates:
         raise RuntimeError(f"{handle.name} returned no gate maps")
+    channels = handle.weights.gate_channels or {}
     return {"model": handle.name, "key": handle.key, "track_id": p["track_id"], "crop": p["crop"],
-            "maps": gate_maps(out.gates)}
+            "maps": gate_maps(out.gates), "channel_maps": gate_maps(out.gates, channels=channels) if channels else {},
+            "channels": {k: (c, int(out.gates[k].shape[1])) for k, c in channels.items() if k in out.gates}}
 
 
 def compute_synthesis(cache: ModelCache, p: dict[str, Any]) -> dict[str, Any]:

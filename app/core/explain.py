@@ -2,7 +2,10 @@
 
 FERSNet (papers/fersnet_*) exchanges features between its recognition (FER) and synthesis (FES)
 streams through ConvFLU units; each has a leaky gate r and a memory gate z per level and
-direction, maps in (0, 1). We show the channel mean of a gate over the aligned face the model saw.
+direction, maps in (0, 1). We show one channel of a gate over the aligned face the model saw: the
+one the weights card names as the most selective over held-out faces (``gate_channels``), because
+single channels open over eyes or mouth and close elsewhere while their mean over channels cancels
+to a nearly flat map; the channel mean stays available.
 
 Why a per-map colour range: trained gates sit in a narrow band (about 0.36-0.54 for the shipped
 FERSNet), so on a fixed 0..1 scale every map is one flat tint. The panel therefore stretches each
@@ -208,13 +211,21 @@ def render_gate(face: np.ndarray, heat: np.ndarray, mode: str = "robust", *, alp
             "min": float(h.min()), "mean": float(h.mean()), "max": float(h.max())}
 
 
-def gate_maps(gates: Mapping[str, "object"], index: int = 0) -> dict[str, np.ndarray]:
-    """Every gate of face ``index`` of a ModelOutput's ``gates`` as an ``[H, W]`` map."""
+def gate_maps(gates: Mapping[str, "object"], index: int = 0,
+              channels: Optional[Mapping[str, int]] = None) -> dict[str, np.ndarray]:
+    """Every gate of face ``index`` of a ModelOutput's ``gates`` as an ``[H, W]`` map.
+
+    The channel mean by default; with ``channels`` (a card's ``gate_channels``), the named channel
+    of each gate that has one (gates without an entry are left out).
+    """
     out = {}
     for key, tensor in gates.items():
         t = tensor[index]
         arr = t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-        out[key] = gate_map(arr)
+        if channels is None:
+            out[key] = gate_map(arr)
+        elif key in channels and arr.ndim == 3 and 0 <= channels[key] < arr.shape[0]:
+            out[key] = gate_map(arr[channels[key]])
     return out
 
 

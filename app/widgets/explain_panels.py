@@ -166,6 +166,8 @@ class PixelImage(QWidget):
 
 #: the gate selector's words (the key part stays the item's data)
 GATE_CHOICES = {"r": "how much flows in (r)", "z": "how much is replaced (z)"}
+#: what a map shows: the weights card's most selective channel of the gate, or the mean of all channels
+CHANNEL_VIEWS = {"channel": "most selective channel (weights card)", "mean": "mean of all channels"}
 
 
 class GatesPanel(QWidget):
@@ -188,6 +190,12 @@ class GatesPanel(QWidget):
         self.direction = QComboBox()
         self.level = QComboBox()
         self.contrast = QComboBox()
+        self.view = QComboBox()
+        for view, words in CHANNEL_VIEWS.items():
+            self.view.addItem(words, view)
+        self.view.setToolTip("A gate has one map per channel. Single channels open over the eyes, brows or mouth "
+                             "and close elsewhere; their mean over all channels cancels to a nearly flat map. The "
+                             "weights card names, per gate, the channel that varies most over held-out faces.")
         for mode, words in CONTRAST_MODES.items():
             self.contrast.addItem(words, mode)
         self.contrast.setToolTip("How values map to colours. Gates sit in a narrow band around 0.4–0.5, so a "
@@ -198,8 +206,8 @@ class GatesPanel(QWidget):
         self.opacity.setToolTip("Opacity of the gate map over the aligned face")
         # row, column, column span: the short gate / level names share a row, the long ones get one each
         for label, widget, r, c, span in (("Gate", self.gate, 0, 0, 1), ("Level", self.level, 0, 2, 1),
-                                          ("Direction", self.direction, 1, 0, 3), ("Colours", self.contrast, 2, 0, 3),
-                                          ("Map opacity", self.opacity, 3, 0, 3)):
+                                          ("Direction", self.direction, 1, 0, 3), ("Show", self.view, 2, 0, 3),
+                                          ("Colours", self.contrast, 3, 0, 3), ("Map opacity", self.opacity, 4, 0, 3)):
             pick.addWidget(QLabel(label), r, c)
             pick.addWidget(widget, r, c + 1, 1, span)
             if isinstance(widget, QComboBox):
@@ -254,6 +262,24 @@ class GatesPanel(QWidget):
     def alpha(self) -> float:
         return self.opacity.value() / 100.0
 
+    def channel_view(self) -> str:
+        """``"channel"`` when the weights name selective channels and that view is chosen, else ``"mean"``."""
+        has_channels = bool(self.data and self.data.get("channel_maps"))
+        return "channel" if has_channels and self.view.currentData() == "channel" else "mean"
+
+    def set_channel_view(self, view: str) -> None:
+        """Select a view of :data:`CHANNEL_VIEWS` (``channel``, ``mean``)."""
+        i = self.view.findData(view)
+        if i < 0:
+            raise ValueError(f"unknown gate view {view!r}; one of {list(CHANNEL_VIEWS)}")
+        self.view.setCurrentIndex(i)
+
+    def shown_maps(self) -> dict[str, np.ndarray]:
+        """The maps of the current view (see :meth:`channel_view`)."""
+        if self.data is None:
+            return {}
+        return self.data["channel_maps"] if self.channel_view() == "channel" else self.data.get("maps") or {}
+
     def select(self, gate: Optional[str] = None, direction: Optional[str] = None, level: Optional[str] = None) -> None:
         """Pick a map by its key parts (e.g. ``select("z", "fes<-fer", "2")``); ``None`` keeps a part."""
         for combo, value in ((self.gate, gate), (self.direction, direction), (self.level, level)):
@@ -264,7 +290,9 @@ class GatesPanel(QWidget):
 
     # ---- data ---------------------------------------------------------------------------
     def set_data(self, data: Optional[dict[str, Any]]) -> None:
-        """``{"model", "track_id", "crop", "maps": {key: [H,W]}}`` from the gates worker.
+        """``{"model", "track_id", "crop", "maps": {key: [H,W]}}`` from the gates worker, with
+        ``"channel_maps"`` (same keys, one channel each) and ``"channels"`` (``{key: (channel, count)}``)
+        when the weights card names selective channels.
 
         Optional ``"key"`` (weights name or checkpoint path) and ``"weights"`` (a
         :func:`app.core.explain.weights_info` dict) say which weights made the maps; without them
@@ -276,7 +304,13 @@ class GatesPanel(QWidget):
         keys = parse_gate_keys(list(data["maps"]))
         if [k.key for k in keys] != [k.key for k in self._keys]:
             self._rebuild(keys, data["maps"])
-        self.info.setText(f"{data['model']} on face #{data['track_id']}: ConvFLU gates (channel mean) over the aligned "
+        self.view.setEnabled(bool(data.get("channel_maps")))
+        self.view.setToolTip(self.view.toolTip() if data.get("channel_maps") else
+                             "These weights name no selective channels (an older card or a checkpoint): the "
+                             "mean of all channels is shown.")
+        what = ("the most selective channel of each gate" if self.channel_view() == "channel"
+                else "the mean of each gate's channels")
+        self.info.setText(f"{data['model']} on face #{data['track_id']}: ConvFLU gates ({what}) over the aligned "
                           "face the model saw. r = leaky gate (how much of the other stream leaks in), z = memory gate "
                           "(how much of this stream's features is replaced).")
         self.weights_label.setText(_weights_for(self, data)["text"])
@@ -319,9 +353,11 @@ class GatesPanel(QWidget):
     def _render_all(self) -> None:
         if self.data is None or not self.data.get("maps") or not self._keys:
             return
-        mode, alpha = self.contrast_mode(), self.alpha()
+        mode, alpha, maps = self.contrast_mode(), self.alpha(), self.shown_maps()
         for k in self._keys:
-            r = render_gate(self.data["crop"], self.data["maps"][k.key], mode, alpha=alpha, size=96)
+            if k.key not in maps:
+                continue
+            r = render_gate(self.data["crop"], maps[k.key], mode, alpha=alpha, size=96)
             self.thumbs[k.key].set_array(r["rgb"])
             self.thumbs[k.key].setToolTip(f"{k.words(self._levels)} — {range_words(r['min'], r['max'])}")
         self.grid_title.setText("All gates (click one): " + ("one 0–1 scale for all." if mode == "fixed" else
@@ -330,9 +366,10 @@ class GatesPanel(QWidget):
 
     def _redraw(self) -> None:
         key = self.current_key()
-        if self.data is None or key is None:
+        maps = self.shown_maps()
+        if self.data is None or key is None or key not in maps:
             return
-        heat = self.data["maps"][key]
+        heat = maps[key]
         r = render_gate(self.data["crop"], heat, self.contrast_mode(), alpha=self.alpha(), size=192)
         self.rendered = r
         self.image.set_array(r["rgb"])
@@ -340,7 +377,10 @@ class GatesPanel(QWidget):
         words = gate_key.words(self._levels)
         self.colour_bar.set_range(r["lo"], r["hi"], extent=(r["min"], r["max"]), lut=colormap_lut(r["cmap"]),
                                   caption="gate value")
-        self.map_title.setText(f"{html.escape(words[:1].upper() + words[1:], quote=False)}: "
+        channel = (self.data.get("channels") or {}).get(key)
+        which = (f" (channel {channel[0] + 1} of {channel[1]})" if self.channel_view() == "channel" and channel
+                 else " (mean of all channels)")
+        self.map_title.setText(f"{html.escape(words[:1].upper() + words[1:], quote=False)}{which}: "
                                f"<b>{range_words(r['min'], r['max'])}</b>")
         where = {"robust": "2nd–98th percentile of this map", "centred": "0.5 ± this map's 98th-percentile distance",
                  "fixed": "the whole 0–1 range"}[r["mode"]]

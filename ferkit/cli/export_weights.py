@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ferkit.errors import UsageError
 
@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-json", type=Path, default=None, metavar="FILE",
                    help="output of `ferkit eval --json`: records <data folder>_accuracy_<vote>")
     p.add_argument("--card", type=Path, default=None, metavar="FILE.md", help="human model card to ship")
+    p.add_argument("--gate-channels", type=Path, default=None, metavar="EVAL.json",
+                   help="ConvFLU models: `ferkit eval-synthesis --json` output whose gate_spread names each "
+                        "gate's most selective channel (what the app's Gates panel shows)")
     p.add_argument("--notes", default=None, help="notes for the JSON card")
     p.add_argument("--fp32", action="store_true", help="keep fp32 parameters")
     p.add_argument("--drop-training-metrics", action="store_true",
@@ -56,6 +59,22 @@ def metrics_from_eval(path: Path) -> dict[str, Any]:
     return {f"{stem}_accuracy{suffix}": result["accuracy"], f"{stem}_n{suffix}": result["n"]}
 
 
+def _gate_channels(path: Optional[Path]) -> Optional[dict[str, int]]:
+    if path is None:
+        return None
+    from ferkit.evaluation.gates import gate_channels_from
+
+    try:
+        spread = json.loads(path.read_text()).get("gate_spread") or {}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--gate-channels {path}: cannot read it as JSON ({e})") from e
+    channels = gate_channels_from(spread)
+    if not channels:
+        raise UsageError(f"--gate-channels {path}: no gate_spread with selective_channel in it "
+                         "(write it with `ferkit eval-synthesis ... --json` of this version)")
+    return channels
+
+
 def run(args: argparse.Namespace) -> int:
     from ferkit.training.export import export_ensemble, export_weights
 
@@ -73,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = export_weights(args.checkpoint[0], args.name, out_dir=args.out, metrics=metrics,
                                 fp16=not args.fp32, card_md=card, notes=args.notes,
-                                keep_training_metrics=not args.drop_training_metrics)
+                                keep_training_metrics=not args.drop_training_metrics,
+                                gate_channels=_gate_channels(args.gate_channels))
     print(json.dumps(result, indent=2))
     return 0

@@ -128,6 +128,10 @@ class Weights:
     tta: str = "none"
     #: the recipe options of the run (target, schedule, augmentation...), so a card says how it was made
     training_options: dict[str, Any] = field(default_factory=dict)
+    #: ConvFLU models: per gate key, the channel whose map varies most over held-out faces
+    #: (``ferkit eval-synthesis`` -> ``ferkit export-weights --gate-channels``); the app's Gates panel
+    #: shows that channel, because the mean over channels cancels to a nearly flat map
+    gate_channels: dict[str, int] = field(default_factory=dict)
     #: identities / subjects never trained on (held out for verification or a test fold); what
     #: ``ferkit eval-verification --identities heldout`` evaluates on
     heldout_identities: list[str] = field(default_factory=list)

@@ -57,7 +57,8 @@ def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def export_weights(checkpoint_path: Union[str, Path], name: str, out_dir: Union[str, Path, None] = None,
                    metrics: Optional[dict[str, Any]] = None, fp16: bool = True, card_md: Optional[str] = None,
-                   notes: Optional[str] = None, keep_training_metrics: bool = True) -> dict[str, Any]:
+                   notes: Optional[str] = None, keep_training_metrics: bool = True,
+                   gate_channels: Optional[dict[str, int]] = None) -> dict[str, Any]:
     """Write ``out_dir/<name>.pt`` and ``<name>.json`` (and ``<name>.md``); return paths + check.
 
     ``metrics`` (e.g. ``{"fer2013valid_accuracy_majority": 0.843}`` from ``ferkit eval``) are merged
@@ -74,12 +75,33 @@ def export_weights(checkpoint_path: Union[str, Path], name: str, out_dir: Union[
     meta["metrics"] = {**(meta.get("metrics") or {} if keep_training_metrics else {}), **(metrics or {})}
     if notes is not None:
         meta["notes"] = notes
+    if gate_channels is not None:
+        meta["gate_channels"] = dict(gate_channels)
     w = Weights.from_dict(meta)
 
     model = w.build_model()
     state = ckpt["modules"]["model"]
     model.load_state_dict(state)
+    if w.gate_channels:
+        _check_gate_channels(model, w.gate_channels)
     return _write_entry(w, model, state, out, fp16, card_md)
+
+
+@torch.no_grad()
+def _check_gate_channels(model: torch.nn.Module, channels: dict[str, int]) -> None:
+    """Every ``gate key -> channel`` names a gate this model has and a channel inside it."""
+    if not getattr(model, "has_gates", False):
+        raise UsageError("--gate-channels: this model has no ConvFLU gates")
+    size = int(getattr(model, "input_size", 48))
+    was_training = model.training
+    model.eval()
+    gates = model(torch.zeros(1, int(getattr(model, "in_channels", 1) or 1), size, size), return_gates=True).gates
+    model.train(was_training)
+    for key, channel in channels.items():
+        if key not in gates:
+            raise UsageError(f"--gate-channels: the model has no gate {key!r} (it has {sorted(gates)})")
+        if not 0 <= int(channel) < gates[key].shape[1]:
+            raise UsageError(f"--gate-channels: gate {key!r} has {gates[key].shape[1]} channels, not {channel + 1}")
 
 
 def _write_entry(w: Weights, model: torch.nn.Module, state: dict[str, torch.Tensor], out: Path, fp16: bool,
