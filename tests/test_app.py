@@ -292,13 +292,20 @@ def test_enrol_same_face_above_threshold_other_faces_below(qtbot, window, name: 
 
 
 # ---------------------------------------------------------------------------------------- FERSNet panels
-def test_gates_panel_with_fersnet(qtbot, window) -> None:
+def _photo_in_panel(qtbot, window, panel_name: str):
+    """The main window with the sample photo inspected and ``panel_name``'s tab filled from it."""
     need("fersnet")
     w = window(weights=real_classifier())
-    w.tabs.setCurrentWidget(w.gates_panel)
+    panel = getattr(w, panel_name)
+    w.tabs.setCurrentWidget(panel)
     inspect_and_wait(qtbot, w, [PHOTO])
     w.show_inspected(str(PHOTO))
-    qtbot.waitUntil(lambda: w.gates_panel.data is not None, timeout=120000)
+    qtbot.waitUntil(lambda: panel.data is not None, timeout=120000)
+    return w
+
+
+def test_gates_panel_with_fersnet(qtbot, window) -> None:
+    w = _photo_in_panel(qtbot, window, "gates_panel")
     maps = w.gates_panel.data["maps"]
     gates = {k.split("/")[0] for k in maps}
     dirs = {k.split("/")[1] for k in maps}
@@ -306,15 +313,13 @@ def test_gates_panel_with_fersnet(qtbot, window) -> None:
     assert all(0.0 <= m.min() and m.max() <= 1.0 for m in maps.values())
     assert w.gates_panel.current_key() in maps
     assert w.gates_panel.image.pixmap() is not None and not w.gates_panel.image.pixmap().isNull()
+    # the shipped card names each gate's most selective channel, and the panel shows and names it
+    assert set(w.gates_panel.data["channel_maps"]) == set(maps)
+    assert w.gates_panel.channel_view() == "channel" and " of " in w.gates_panel.map_title.text()
 
 
 def test_synthesis_strip_with_fersnet(qtbot, window) -> None:
-    need("fersnet")
-    w = window(weights=real_classifier())
-    w.tabs.setCurrentWidget(w.synth_panel)
-    inspect_and_wait(qtbot, w, [PHOTO])
-    w.show_inspected(str(PHOTO))
-    qtbot.waitUntil(lambda: w.synth_panel.data is not None, timeout=120000)
+    w = _photo_in_panel(qtbot, window, "synth_panel")
     d = w.synth_panel.data
     assert len(d["images"]) == len(d["classes"]) and d["images"].dtype == np.uint8
     # different targets give different faces

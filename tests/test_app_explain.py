@@ -59,14 +59,20 @@ def face(side: int = 96) -> np.ndarray:
     return rng.integers(40, 200, size=(side, side, 1), dtype=np.uint8)
 
 
+def shown(qtbot, panel_class: str, width: int, height: int):
+    """A panel of :mod:`app.widgets.explain_panels`, sized and shown."""
+    import app.widgets.explain_panels as panels
+
+    panel = getattr(panels, panel_class)()
+    qtbot.addWidget(panel)
+    panel.resize(width, height)
+    panel.show()
+    return panel
+
+
 @pytest.fixture()
 def gates_panel(qtbot):
-    from app.widgets.explain_panels import GatesPanel
-
-    panel = GatesPanel()
-    qtbot.addWidget(panel)
-    panel.resize(460, 760)
-    panel.show()
+    panel = shown(qtbot, "GatesPanel", 460, 760)
     maps = narrow_maps(model_gate_keys())
     panel.set_data({"model": "fersnet", "track_id": 1, "crop": face(), "maps": maps,
                     "weights": {"text": "Weights: <b>test</b>"}})
@@ -188,12 +194,7 @@ def synth_data(change: int = 6) -> dict:
 
 @pytest.fixture()
 def synth_panel(qtbot):
-    from app.widgets.explain_panels import SynthesisPanel
-
-    panel = SynthesisPanel()
-    qtbot.addWidget(panel)
-    panel.resize(560, 560)
-    panel.show()
+    panel = shown(qtbot, "SynthesisPanel", 560, 560)
     data = synth_data()
     panel.set_data(data)
     qtbot.waitExposed(panel)
@@ -298,11 +299,7 @@ def test_shipped_fersnet_card_accuracy_is_what_the_panel_says() -> None:
 
 def test_the_card_s_selective_channel_is_shown_by_default_and_the_mean_on_request(qtbot) -> None:
     """Single channels show face parts; the panel shows the card's channel and says which it is."""
-    from app.widgets.explain_panels import GatesPanel
-
-    panel = GatesPanel()
-    qtbot.addWidget(panel)
-    panel.show()
+    panel = shown(qtbot, "GatesPanel", 460, 760)
     keys = model_gate_keys()
     mean_maps = narrow_maps(keys)
     channel_maps = {k: np.broadcast_to(np.linspace(0.05, 0.95, m.shape[0])[:, None], m.shape).astype(np.float32)

@@ -164,6 +164,15 @@ class PixelImage(QWidget):
         super().mousePressEvent(event)
 
 
+def _weights_line(outer: QVBoxLayout) -> QLabel:
+    """The line under a panel's header that names the weights which made what the panel shows."""
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setTextFormat(Qt.TextFormat.RichText)
+    outer.addWidget(label)
+    return label
+
+
 #: the gate selector's words (the key part stays the item's data)
 GATE_CHOICES = {"r": "how much flows in (r)", "z": "how much is replaced (z)"}
 #: what a map shows: the weights card's most selective channel of the gate, or the mean of all channels
@@ -181,10 +190,7 @@ class GatesPanel(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         outer, self.notice, self.info = panel_header(self)
-        self.weights_label = QLabel("")
-        self.weights_label.setWordWrap(True)
-        self.weights_label.setTextFormat(Qt.TextFormat.RichText)
-        outer.addWidget(self.weights_label)
+        self.weights_label = _weights_line(outer)
         pick = QGridLayout()
         self.gate = QComboBox()
         self.direction = QComboBox()
@@ -414,10 +420,7 @@ class SynthesisPanel(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         outer, self.notice, self.info = panel_header(self)
-        self.weights_label = QLabel("")
-        self.weights_label.setWordWrap(True)
-        self.weights_label.setTextFormat(Qt.TextFormat.RichText)
-        outer.addWidget(self.weights_label)
+        self.weights_label = _weights_line(outer)
         self.show_diff = QCheckBox("Show difference |synthesised − input| (one colour scale for all tiles)")
         self.show_diff.setToolTip("Weak changes (a few grey levels) are invisible side by side; the difference "
                                   "shows where each target expression changes the face.")

@@ -355,9 +355,3 @@ def format_tables(report: dict[str, Any]) -> str:
         out.append(f"\nidle / busy img/s with the default settings: {busy['idle_over_busy']} (busy loop at equal "
                    f"priority), {busy.get('idle_over_busy_low_priority')} (nice 19 busy loop); goal {busy['goal']}")
     return "\n".join(out)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ferkit.cli import main
-
-    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -125,9 +125,3 @@ def format_table(summary: dict[str, Any]) -> str:
     rows.append(f"| **mean ± std** | {sum(r['n_test'] for r in summary['fold_results'])} | "
                 f"**{100 * summary['mean_accuracy']:.2f}% ± {100 * summary['std_accuracy']:.2f}** |")
     return "\n".join(rows)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ferkit.cli import main
-
-    sys.exit(main(["cv", *sys.argv[1:]]))

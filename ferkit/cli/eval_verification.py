@@ -162,9 +162,3 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ferkit.cli import main
-
-    sys.exit(main(["eval-verification", *sys.argv[1:]]))

@@ -121,9 +121,3 @@ def validate_int8(source: str, int8_file: Path, data: Path, vote: str) -> dict[s
     print(f"  validation on {data} ({got['n']} images, tta {got['tta']}): float {ref['accuracy']:.4f}, "
           f"int8 {got['accuracy']:.4f}, drop {validation['drop_points']:.2f} points", file=sys.stderr)
     return validation
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ferkit.cli import main
-
-    sys.exit(main(["export-onnx", *sys.argv[1:]]))

@@ -12,7 +12,6 @@ stderr), 130 stopped by Ctrl-C / SIGTERM after saving a checkpoint.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +101,3 @@ def run(args: argparse.Namespace) -> int:
                 progress_interval=opts.progress_interval, deterministic=opts.deterministic,
                 validate=False)
     return EXIT_INTERRUPTED if end["status"] == "interrupted" else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ferkit.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))
