@@ -229,7 +229,7 @@ class GatesPanel(QWidget):
         self.map_title.setTextFormat(Qt.TextFormat.RichText)
         outer.addWidget(self.map_title)
         row = QHBoxLayout()
-        self.image = ImageLabel(size=200)
+        self.image = ImageLabel(size=150)  # a minimum: the map grows with the room the tab has
         row.addWidget(self.image, 1)
         self.colour_bar = RangeColourBar(colormap_lut(CMAP_SEQUENTIAL), 0.0, 1.0, caption="gate")
         row.addWidget(self.colour_bar)
