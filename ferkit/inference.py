@@ -238,12 +238,14 @@ class Predictor:
     ``tta``: ``"flip"`` scores each crop and its mirror in one batch and averages the class
     probabilities; ``None`` (default) uses the weights' card (the setting its metrics were
     measured with), ``"none"`` switches it off.
+    ``onnx_file``: an exported file of these weights to run instead of choosing an engine (how
+    ``ferkit eval --onnx`` judges an int8 file); its classes and preprocessing must be the card's.
     """
 
     def __init__(self, weights: Union[str, Path] = DEFAULT_WEIGHTS, device: Union[str, torch.device] = "auto",
                  max_faces: int = 5, min_confidence: float = 0.5, pipeline: Any = None, engine: str = "auto",
                  tta: Optional[str] = None, threads: Optional[int] = 1, needs: Optional[Iterable[str]] = None,
-                 calibration: Union[str, Path, None] = None):
+                 calibration: Union[str, Path, None] = None, onnx_file: Union[str, Path, None] = None):
         if engine not in ENGINES:
             raise UsageError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         try:
@@ -275,7 +277,9 @@ class Predictor:
         self.engine_reason: Optional[str] = reason
         #: what the engine runs, in words (e.g. which int8 file and what it costs in accuracy)
         self.engine_note: Optional[str] = None
-        if chosen in ("onnx", "onnx-int8"):
+        if onnx_file is not None:
+            self._use_onnx_file(onnx_file)
+        elif chosen in ("onnx", "onnx-int8"):
             try:
                 self._use_onnx(int8=chosen == "onnx-int8", calibration=calibration, auto=engine == "auto")
             except Exception as exc:  # noqa: BLE001 - auto falls back; an explicit request reports the failure
@@ -313,6 +317,19 @@ class Predictor:
         self.model = OnnxModel(path, threads=self.threads or torch.get_num_threads())
         self.device = torch.device("cpu")
         self.engine = "onnx-int8" if int8 else "onnx"
+
+    def _use_onnx_file(self, path: Union[str, Path]) -> None:
+        """Run the recognition path from an exported file of these weights (e.g. an int8 file being
+        judged by ``ferkit eval``); refused when its classes or preprocessing are not the card's."""
+        from ferkit.export.onnx import OnnxModel  # lazy: optional
+
+        # a file under evaluation scores whole batches: every thread the caller allows
+        model = OnnxModel(path, threads=torch.get_num_threads())
+        if list(model.weights.classes) != self.classes or model.preprocessing != self.preprocessing:
+            raise UsageError(f"{path} was not exported from {self.weights.name} (other classes or preprocessing)")
+        self.model, self.device = model, torch.device("cpu")
+        self.engine = "onnx-int8" if model.quantized else "onnx"
+        self.engine_reason = None
 
     @property
     def pipeline(self) -> Any:

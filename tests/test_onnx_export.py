@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from ferkit.errors import UsageError
 from ferkit.export.onnx import TOLERANCE, OnnxModel, batchnorm_count, example_input, export_model, export_onnx
 from ferkit.models.registry import create_model, list_models, model_info, model_traits
 from ferkit.models.weights import Preprocessing, Weights, list_weights, load_weights
@@ -145,3 +147,24 @@ def test_predictor_engine_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert list((tmp_path / "cache" / "onnx").glob("*.onnx"))  # exported once into the cache
     with pytest.raises(ValueError, match="engine"):
         Predictor(str(ckpt), device="cpu", engine="tensorrt")
+
+
+def test_predictor_runs_a_given_onnx_file_of_its_weights_and_refuses_another(tmp_path: Path) -> None:
+    """``ferkit eval --onnx FILE`` judges an exported file through the one Predictor door."""
+    from ferkit.cli import main
+    from ferkit.inference import Predictor
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    ckpt, _, _ = _checkpoint(tmp_path / "a", "deepid")
+    other, _, _ = _checkpoint(tmp_path / "b", "resnet12_fer")
+    mine, foreign = tmp_path / "mine.onnx", tmp_path / "foreign.onnx"
+    assert main(["export-onnx", "--checkpoint", str(ckpt), "--out", str(mine)]) == 0
+    assert main(["export-onnx", "--checkpoint", str(other), "--out", str(foreign)]) == 0
+    p = Predictor(str(ckpt), engine="torch", onnx_file=mine)
+    assert p.engine == "onnx" and p.engine_reason is None
+    crops = torch.randint(0, 256, (2, 1, 48, 48), dtype=torch.uint8)
+    np.testing.assert_allclose(p.probabilities(crops), Predictor(str(ckpt), engine="torch").probabilities(crops),
+                               atol=1e-4)
+    with pytest.raises(UsageError, match="was not exported from"):
+        Predictor(str(ckpt), engine="torch", onnx_file=foreign)

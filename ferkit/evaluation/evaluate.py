@@ -151,15 +151,7 @@ def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "maj
     if len(dataset) == 0:
         raise DataError(Path(data), "no labelled images to evaluate (all rows dropped by the vote rule?)")
     predictor = Predictor(weights, device=device, tta=tta, engine="torch" if onnx_file else engine,
-                          calibration=calibration)
-    if onnx_file is not None:
-        from ferkit.export.onnx import OnnxModel
-
-        model = OnnxModel(onnx_file, threads=torch.get_num_threads())
-        if list(model.weights.classes) != predictor.classes or model.preprocessing != predictor.preprocessing:
-            raise UsageError(f"{onnx_file} was not exported from {weights} (other classes or preprocessing)")
-        predictor.model, predictor.device = model, torch.device("cpu")
-        predictor.engine = "onnx-int8" if model.quantized else "onnx"
+                          calibration=calibration, onnx_file=onnx_file)
     model_classes = predictor.classes
     mapping_list, missing = shared_class_mapping(list(dataset.classes), model_classes)
     mapping = torch.tensor(mapping_list)
