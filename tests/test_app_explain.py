@@ -312,6 +312,7 @@ def test_the_card_s_selective_channel_is_shown_by_default_and_the_mean_on_reques
     assert "most selective channel" in panel.info.text()
     panel.set_channel_view("mean")
     assert "mean of all channels" in panel.map_title.text() and "strong" not in panel.map_title.text()
+    assert "mean of each gate's channels" in panel.info.text()
     # weights without selective channels: the mean, and the choice is greyed out
     panel.set_channel_view("channel")
     panel.set_data({"model": "fersnet", "track_id": 2, "crop": face(), "maps": mean_maps,

@@ -314,13 +314,16 @@ class GatesPanel(QWidget):
         self.view.setToolTip(self.view.toolTip() if data.get("channel_maps") else
                              "These weights name no selective channels (an older card or a checkpoint): the "
                              "mean of all channels is shown.")
-        what = ("the most selective channel of each gate" if self.channel_view() == "channel"
-                else "the mean of each gate's channels")
-        self.info.setText(f"{data['model']} on face #{data['track_id']}: ConvFLU gates ({what}) over the aligned "
-                          "face the model saw. r = leaky gate (how much of the other stream leaks in), z = memory gate "
-                          "(how much of this stream's features is replaced).")
         self.weights_label.setText(_weights_for(self, data)["text"])
         self._render_all()
+
+    def _describe(self) -> None:
+        """The info line: which face, which model, and what the maps are (it follows the Show choice)."""
+        what = ("the most selective channel of each gate" if self.channel_view() == "channel"
+                else "the mean of each gate's channels")
+        self.info.setText(f"{self.data['model']} on face #{self.data['track_id']}: ConvFLU gates ({what}) over the "
+                          "aligned face the model saw. r = leaky gate (how much of the other stream leaks in), "
+                          "z = memory gate (how much of this stream's features is replaced).")
 
     def _rebuild(self, keys: list, maps: dict[str, np.ndarray]) -> None:
         self._keys = keys
@@ -359,6 +362,7 @@ class GatesPanel(QWidget):
     def _render_all(self) -> None:
         if self.data is None or not self.data.get("maps") or not self._keys:
             return
+        self._describe()
         mode, alpha, maps = self.contrast_mode(), self.alpha(), self.shown_maps()
         for k in self._keys:
             if k.key not in maps:
