@@ -150,7 +150,7 @@ def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "maj
     dataset, layout = load_eval_data(data, vote=vote, split=split)
     if len(dataset) == 0:
         raise DataError(Path(data), "no labelled images to evaluate (all rows dropped by the vote rule?)")
-    predictor = Predictor(weights, device=device, tta=tta, engine="torch" if onnx_file else engine,
+    predictor = Predictor(weights, device=device, tta=tta, engine=engine,
                           calibration=calibration, onnx_file=onnx_file)
     model_classes = predictor.classes
     mapping_list, missing = shared_class_mapping(list(dataset.classes), model_classes)

@@ -49,10 +49,9 @@ def gate_spread(model: torch.nn.Module, images: torch.Tensor, to_input: Callable
     for key in sorted(maps):
         m = torch.cat(maps[key])  # [N, H, W]
         flat = m.flatten(1)
-        q = torch.quantile(flat, torch.tensor([0.05, 0.95]), dim=1)  # [2, N]
         per_channel = torch.cat(channel_ranges[key]).mean(dim=0)  # [C]
         stats[key] = {"mean": float(flat.mean()),
-                      "spatial_range": float((q[1] - q[0]).mean()),
+                      "spatial_range": float(_spatial_range(flat).mean()),
                       "spatial_std": float(flat.std(dim=1).mean()) if flat.shape[1] > 1 else 0.0,
                       "across_faces_std": float(m.std(dim=0).mean()) if m.shape[0] > 1 else 0.0,
                       "selective_channel": int(per_channel.argmax()),

@@ -79,7 +79,9 @@ from ferkit.errors import UsageError
 from ferkit.evaluation.forward import check_tta, class_probabilities
 from ferkit.evaluation.synthesis import (FrozenIdentity, canonical_class, every_expression_set, grid_faces,
                                          training_sample_grid, write_png)
-from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
+from ferkit.losses.gan import (LOSS_NORMS, FersnetLossWeights, discriminator_loss, generator_adversarial_loss,
+                              mean_squared_norm)
+from ferkit.models.fersnet import UPSAMPLING
 from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
 from ferkit.models.weights import (Preprocessing, get_weights, load_matching, matching_tensors,
@@ -124,10 +126,10 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--lambda-cls-fake", type=float, default=0.0,
                             help="weight of classifying each synthesised face as its target expression by the "
                                  "recognition stream, frozen for this term (StarGAN's L_cls^f; not in the paper: 0)")
-        parser.add_argument("--loss-norm", choices=["sum", "mean"], default="sum",
+        parser.add_argument("--loss-norm", choices=LOSS_NORMS, default="sum",
                             help="L_rec / L_cyc / L_idt per sample: sum of squared differences (the equations, "
                                  "default) or their mean (per-pixel MSE; scale the lambdas up to match)")
-        parser.add_argument("--upsample", choices=["transposed", "resize"], default="transposed",
+        parser.add_argument("--upsample", choices=UPSAMPLING, default="transposed",
                             help="decoder upsampling: 2x2 stride-2 transposed conv (paper) or nearest x2 + 3x3 conv "
                                  "(no checkerboard artefacts)")
         parser.add_argument("--target-draw", choices=["subject", "uniform"], default=None,
@@ -257,15 +259,16 @@ class _FersnetRecipe(Recipe):
         training checkpoint, the discriminator's label planes: a FER+ pre-training then starts the
         CK+ stage with every expression it already knows how to recognise and to synthesise.
         """
-        taken, skipped = load_matching(self.model, source, "fersnet", "FERSNet")
         source_weights = get_weights(source)
+        source_state = source_weights.state_dict()
+        taken, skipped = load_matching(self.model, source, "fersnet", "FERSNet", loaded=(source_weights, source_state))
         own = [canonical_class(c) for c in self.classes]
         theirs = [canonical_class(c) for c in source_weights.classes]
         pairs = [(theirs.index(c), i) for i, c in enumerate(own) if c in theirs]
-        mapped = transfer_class_slots(self.model, source_weights.state_dict(), pairs, len(theirs), len(own))
+        mapped = transfer_class_slots(self.model, source_state, pairs, len(theirs), len(own))
         note = ""
         if self.discriminator is not None:
-            # a training checkpoint (get_weights read it already) also holds the discriminator
+            # a training checkpoint also holds the discriminator (read once more: Weights keeps the model only)
             blob = torch.load(source, map_location="cpu", weights_only=False) if str(source).endswith(".pt") else None
             d_state = blob.get("modules", {}).get("discriminator") if isinstance(blob, dict) else None
             if d_state is not None:
