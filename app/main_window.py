@@ -222,8 +222,7 @@ class MainWindow(QMainWindow, MainWindowUi):
         self.show_live_stats(self.state.source.live)  # fps and latency mean nothing for still images
         self.enrolment.stop_capture()  # pictures of the last source's face stay theirs
         if self.state.source.live:
-            # a new source numbers its faces from #1 again (queued before its first frame is analysed)
-            self.worker.submit(lambda analyzer: analyzer.reset_tracking(), lambda _none: None)
+            self.worker.new_source()
             self.inspect_panel.show_result("", None)  # the Inspect tab's notice and rows were about an image
 
     def _on_source_fell_back(self, message: str) -> None:

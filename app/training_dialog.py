@@ -351,7 +351,8 @@ class TrainingDialog(QDialog):
 
     def _start_timers(self) -> None:
         """The ETA tick (it counts down between events; none come while the engine evaluates) and the
-        free-core probe behind the threads note (other programs' CPU use since the last look, non-blocking)."""
+        free-core probe behind the threads note (other programs' CPU use since the last look, non-blocking;
+        it runs while the dialog is shown: closing only hides the dialog, and nobody reads the note then)."""
         self._tick = QTimer(self)
         self._tick.setInterval(1000)
         self._tick.timeout.connect(self._refresh_status)
@@ -362,8 +363,15 @@ class TrainingDialog(QDialog):
         self._cores_timer = QTimer(self)
         self._cores_timer.setInterval(2000)
         self._cores_timer.timeout.connect(self._measure_cores)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
         self._cores_timer.start()
         QTimer.singleShot(300, self, self._measure_cores)  # a first figure soon after it opens
+
+    def hideEvent(self, event) -> None:
+        self._cores_timer.stop()
+        super().hideEvent(event)
 
     # ---- threads -------------------------------------------------------------------------------
     @property

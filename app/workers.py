@@ -237,6 +237,15 @@ class InferenceWorker(StoppableThread):
         """
         self._jobs.put(Job(fn, on_done, on_failed))
 
+    def new_source(self) -> None:
+        """A new source numbers its faces from #1 and counts its skipped frames from 0 (queued, so it
+        happens in this thread before the new source's first frame is analysed)."""
+        self.submit(self._start_source_count, lambda _none: None)
+
+    def _start_source_count(self, analyzer: FrameAnalyzer) -> None:
+        analyzer.reset_tracking()
+        self.skipped, self._last_index = 0, None
+
     def _deliver_done(self, job: Job, out: Any) -> None:
         job.on_done(out)
 

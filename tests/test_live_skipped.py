@@ -80,6 +80,10 @@ def test_skipped_counts_only_frames_that_were_due(qtbot, monkeypatch) -> None:
         wait(lambda: an.entered[-1] == 13)
         assert worker.skipped == 2  # no gap
         assert slot.dropped == 4 + 2 + 3  # the slot still counts every replaced frame (what the worker did not see)
+        an.reset_tracking = lambda: None
+        worker.new_source()  # another video or the camera: its own count, from 0
+        an.gate.release()  # frame 13 done; the worker turns to the new source's reset
+        wait(lambda: worker.skipped == 0)
     finally:
         worker.request_stop()
         slot.close()

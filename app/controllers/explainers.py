@@ -15,7 +15,7 @@ from PySide6.QtCore import QObject, Signal
 from ferkit.models.weights import Preprocessing, get_weights, list_weights, weights_with
 
 from app.core.analyzer import TrackedFace
-from app.core.explain import gate_maps
+from app.core.explain import gate_arrays, gate_maps
 from app.core.models import ModelCache
 from app.core.state import AppState, LoadedModels
 from app.workers import LatestWinsWorker
@@ -30,9 +30,11 @@ def compute_gates(cache: ModelCache, p: dict[str, Any]) -> dict[str, Any]:
     if not out.gates:
         raise RuntimeError(f"{handle.name} returned no gate maps")
     channels = handle.weights.gate_channels or {}
+    arrays = gate_arrays(out.gates)
     return {"model": handle.name, "key": handle.key, "track_id": p["track_id"], "crop": p["crop"],
-            "maps": gate_maps(out.gates), "channel_maps": gate_maps(out.gates, channels=channels) if channels else {},
-            "channels": {k: (c, int(out.gates[k].shape[1])) for k, c in channels.items() if k in out.gates}}
+            "maps": gate_maps(arrays, None),
+            "channel_maps": gate_maps(arrays, None, channels=channels) if channels else {},
+            "channels": {k: (c, int(arrays[k].shape[0])) for k, c in channels.items() if k in arrays}}
 
 
 def compute_synthesis(cache: ModelCache, p: dict[str, Any]) -> dict[str, Any]:

@@ -211,17 +211,25 @@ def render_gate(face: np.ndarray, heat: np.ndarray, mode: str = "robust", *, alp
             "min": float(h.min()), "mean": float(h.mean()), "max": float(h.max())}
 
 
+def gate_arrays(gates: Mapping[str, "object"], index: int = 0) -> dict[str, np.ndarray]:
+    """Face ``index`` of a ModelOutput's ``gates`` as float32 numpy ``[C, H, W]`` arrays (one copy off the device)."""
+    out = {}
+    for key, tensor in gates.items():
+        t = tensor[index]
+        out[key] = t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, dtype=np.float32)
+    return out
+
+
 def gate_maps(gates: Mapping[str, "object"], index: int = 0,
               channels: Optional[Mapping[str, int]] = None) -> dict[str, np.ndarray]:
     """Every gate of face ``index`` of a ModelOutput's ``gates`` as an ``[H, W]`` map.
 
     The channel mean by default; with ``channels`` (a card's ``gate_channels``), the named channel
-    of each gate that has one (gates without an entry are left out).
+    of each gate that has one (gates without an entry are left out). ``gates`` may also be the
+    result of :func:`gate_arrays` with ``index=None``, so both views share one conversion.
     """
     out = {}
-    for key, tensor in gates.items():
-        t = tensor[index]
-        arr = t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+    for key, arr in (gates.items() if index is None else gate_arrays(gates, index).items()):
         if channels is None:
             out[key] = gate_map(arr)
         elif key in channels and arr.ndim == 3 and 0 <= channels[key] < arr.shape[0]:

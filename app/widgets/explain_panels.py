@@ -177,6 +177,12 @@ def _weights_line(outer: QVBoxLayout) -> QLabel:
 GATE_CHOICES = {"r": "how much flows in (r)", "z": "how much is replaced (z)"}
 #: what a map shows: the weights card's most selective channel of the gate, or the mean of all channels
 CHANNEL_VIEWS = {"channel": "most selective channel (weights card)", "mean": "mean of all channels"}
+#: the Show box's tooltip, and the one it gets for weights that name no selective channels
+CHANNEL_VIEW_TIP = ("A gate has one map per channel. Single channels open over the eyes, brows or mouth and close "
+                    "elsewhere; their mean over all channels cancels to a nearly flat map. The weights card names, "
+                    "per gate, the channel that varies most over held-out faces.")
+NO_CHANNELS_TIP = ("These weights name no selective channels (an older card or a checkpoint): the mean of all "
+                   "channels is shown.")
 
 
 class GatesPanel(QWidget):
@@ -199,9 +205,7 @@ class GatesPanel(QWidget):
         self.view = QComboBox()
         for view, words in CHANNEL_VIEWS.items():
             self.view.addItem(words, view)
-        self.view.setToolTip("A gate has one map per channel. Single channels open over the eyes, brows or mouth "
-                             "and close elsewhere; their mean over all channels cancels to a nearly flat map. The "
-                             "weights card names, per gate, the channel that varies most over held-out faces.")
+        self.view.setToolTip(CHANNEL_VIEW_TIP)
         for mode, words in CONTRAST_MODES.items():
             self.contrast.addItem(words, mode)
         self.contrast.setToolTip("How values map to colours. Gates sit in a narrow band around 0.4–0.5, so a "
@@ -311,9 +315,7 @@ class GatesPanel(QWidget):
         if [k.key for k in keys] != [k.key for k in self._keys]:
             self._rebuild(keys, data["maps"])
         self.view.setEnabled(bool(data.get("channel_maps")))
-        self.view.setToolTip(self.view.toolTip() if data.get("channel_maps") else
-                             "These weights name no selective channels (an older card or a checkpoint): the "
-                             "mean of all channels is shown.")
+        self.view.setToolTip(CHANNEL_VIEW_TIP if data.get("channel_maps") else NO_CHANNELS_TIP)
         self.weights_label.setText(_weights_for(self, data)["text"])
         self._render_all()
 
