@@ -105,7 +105,7 @@ def analyse_video(path: Union[str, Path], predictor: Any, every: int = 1,
     """
     import cv2
 
-    from ferkit.evaluation.evaluate import canonical
+    from ferkit.data.classes import canonical
     from ferkit.evaluation.verification import cosine_similarity
     from ferkit.face.tracking import FaceTracker
 

@@ -1,6 +1,6 @@
 """Expression names across datasets: FER+ says "happiness", FER2013 "happy", CK+ "happy"/"anger".
 
-One canonical display name per class (the library's :func:`ferkit.evaluation.evaluate.canonical`,
+One canonical display name per class (the library's :func:`ferkit.data.classes.canonical`,
 the same mapping ``ferkit eval`` matches datasets with), so bars, box labels, comparison, CSV
 and JSON name a class the same way whichever model produced it.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ferkit.evaluation.evaluate import canonical as _library_canonical
+from ferkit.data.classes import canonical as _library_canonical
 
 #: the expression classes any shipped or trainable model predicts (canonical spelling)
 EXPRESSIONS = frozenset({"neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"})

@@ -13,7 +13,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     from ferkit.cli.predict import add_weights_arguments
-    from ferkit.training.threads import threads_arg
+    from ferkit.cli.options import add_batch_threads
 
     p = subparsers.add_parser("eval", help="accuracy of weights on a labelled folder of face crops",
                               description="Evaluate weights on a FER+ split folder, CK+48 or a prepared dataset.")
@@ -35,9 +35,7 @@ def register(subparsers: Any) -> None:
                    help="score with this exported .onnx file (e.g. from export-onnx --int8) instead of the weights")
     p.add_argument("--report", default=None, metavar="DIR", help="write confusion.png, per_class.csv, eval.json here")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--threads", type=threads_arg, default=None, metavar="auto|N",
-                   help="torch threads of the evaluation batches (default auto: the cores not busy with other "
-                        "programs; more threads than free cores make every batch wait for a descheduled one)")
+    add_batch_threads(p, "the evaluation batches")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -45,14 +43,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    import torch
-
+    from ferkit.cli.options import use_batch_threads
     from ferkit.cli.predict import resolve_weights
     from ferkit.evaluation.evaluate import evaluate, format_table
-    from ferkit.training.threads import choose_threads
 
-    choice = choose_threads(args.threads)
-    torch.set_num_threads(choice.threads)
+    choice = use_batch_threads(args)
     result = evaluate(resolve_weights(args), args.data, vote=args.vote, device=args.device, report_dir=args.report,
                       split=args.split, tta=args.tta, engine=args.engine, calibration=args.calibration,
                       onnx_file=args.onnx)

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ferkit.cli.options import add_model_source
+from ferkit.cli.options import add_batch_threads, add_model_source, use_batch_threads
 from ferkit.errors import NotFoundError, UsageError
 
 
@@ -47,6 +47,7 @@ def register(subparsers: Any) -> None:
                         "LFW, else any with an identity feature")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    add_batch_threads(p, "the synthesis and judging batches")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+    use_batch_threads(args)
     generator = load_weights(args.checkpoint or args.weights, device=args.device)
     if not getattr(generator.model, "has_synthesis", False):
         raise UsageError(f"weights {generator.weights.name!r} have no synthesis stream")

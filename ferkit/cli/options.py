@@ -14,6 +14,26 @@ def add_model_source(p: argparse.ArgumentParser, *, weights_help: str, checkpoin
     return group
 
 
+def add_batch_threads(p: argparse.ArgumentParser, what: str) -> None:
+    """``--threads auto|N`` of a command that scores batches (eval, eval-synthesis): auto by default, as training."""
+    from ferkit.training.threads import threads_arg
+
+    p.add_argument("--threads", type=threads_arg, default=None, metavar="auto|N",
+                   help=f"torch threads of {what} (default auto: the cores not busy with other programs; more "
+                        "threads than free cores make every batch wait for a descheduled one)")
+
+
+def use_batch_threads(args: argparse.Namespace) -> Any:
+    """Set torch's thread count from ``--threads``; returns the :class:`~ferkit.training.threads.ThreadChoice`."""
+    import torch
+
+    from ferkit.training.threads import choose_threads
+
+    choice = choose_threads(args.threads)
+    torch.set_num_threads(choice.threads)
+    return choice
+
+
 def add_verbose(p: argparse.ArgumentParser) -> None:
     """``--verbose``, for the commands that load mediapipe (see :mod:`ferkit.cli.quiet`)."""
     p.add_argument("--verbose", action="store_true",

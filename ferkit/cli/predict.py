@@ -136,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
 def canonical_face(face: dict[str, Any]) -> dict[str, Any]:
     """A face's JSON with class names in the one spelling the app, ``eval`` and video CSVs use
     ("happy" from CK+ weights reads "happiness")."""
-    from ferkit.evaluation.evaluate import canonical
+    from ferkit.data.classes import canonical
 
     face = dict(face)
     if isinstance(face.get("label"), str):

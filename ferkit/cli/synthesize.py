@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-    from ferkit.evaluation.evaluate import canonical
+    from ferkit.data.classes import canonical
 
     loaded = load_weights(args.checkpoint or args.weights or DEFAULT_SYNTHESIS_WEIGHTS, device=args.device)
     # labels in the one spelling the app and the other commands use ("happiness", not CK+'s "happy")

@@ -42,21 +42,12 @@ import torch
 
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
+from ferkit.data.classes import canonical
 from ferkit.errors import UsageError
 from ferkit.evaluation.metrics import accuracy, confusion, mean_class_accuracy, per_class
 from ferkit.utils.io import atomic_write_text
 
-#: dataset spellings -> canonical class names (FER+ / TFE-JL names)
-SYNONYMS = {"happy": "happiness", "angry": "anger", "sad": "sadness", "surprised": "surprise",
-            "fearful": "fear", "disgusted": "disgust", "neutrality": "neutral", "scared": "fear",
-            "contemptuous": "contempt"}
-
 EVAL_BATCH = 256
-
-
-def canonical(name: str) -> str:
-    n = name.strip().lower()
-    return SYNONYMS.get(n, n)
 
 
 FER2013_SPLITS = ("Training", "PublicTest", "PrivateTest")

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ferkit.data.classes import canonical
 from ferkit.errors import NotFoundError, UsageError
 from ferkit.losses.gan import mean_squared_norm
 from ferkit.models.weights import (IDENTITY_RANK_METRIC, LoadedModel, Preprocessing, get_weights, load_weights,
@@ -34,17 +35,6 @@ from ferkit.models.weights import (IDENTITY_RANK_METRIC, LoadedModel, Preprocess
 #: the identity architecture FERSNet's paper computes L_idt with (Light CNN-9): its shipped weights
 #: come first among the calibrated ones when none is named (:func:`default_identity_weights`)
 PAPER_IDENTITY_ARCHITECTURE = "lightcnn9"
-
-#: class-name spellings used by the datasets ferkit reads, mapped to one canonical name
-_CANONICAL = {"happy": "happiness", "happiness": "happiness", "sad": "sadness", "sadness": "sadness",
-              "angry": "anger", "anger": "anger", "surprised": "surprise", "surprise": "surprise",
-              "fearful": "fear", "fear": "fear", "disgusted": "disgust", "disgust": "disgust",
-              "contempt": "contempt", "neutral": "neutral"}
-
-
-def canonical_class(name: str) -> str:
-    return _CANONICAL.get(name.strip().lower(), name.strip().lower())
-
 
 def convert_images(x01: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """[0, 1] images ``[N, C, H, W]`` -> the normalised input of a model with ``preprocessing``.
@@ -169,8 +159,8 @@ class Judge:
         self.loaded = loaded
         self.model = loaded.model.eval()
         self.preprocessing = loaded.weights.preprocessing
-        judge_classes = [canonical_class(c) for c in loaded.weights.classes]
-        wanted = [canonical_class(c) for c in classes]
+        judge_classes = [canonical(c) for c in loaded.weights.classes]
+        wanted = [canonical(c) for c in classes]
         #: judge class index -> index in ``classes`` (or -1 when the generator has no such class)
         self.to_generator = torch.tensor([wanted.index(c) if c in wanted else -1 for c in judge_classes])
         #: generator classes the judge can recognise at all
@@ -258,7 +248,7 @@ def evaluate_synthesis(generator: LoadedModel, images: torch.Tensor, labels: tor
         metrics["synthesis_accuracy"] = float(hits[covered].sum() / counts[covered].sum())
         metrics["judge_accuracy_on_real_test_faces"] = real_hits / real_count if real_count else None
         metrics["judge"] = _describe(judge.loaded.weights.name, judge.loaded.weights.source)
-        per_target = {classes[t]: float(hits[t] / counts[t]) for t in judge.covered}
+        per_target = {canonical(classes[t]): float(hits[t] / counts[t]) for t in judge.covered}
     if identity is not None:
         metrics["identity_cosine_source_vs_synthesised"] = cos_sum / max(1, cos_n)
         metrics["identity_net"] = _describe(identity.name, identity.source)

@@ -72,12 +72,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ferkit.data.augment import augment_batch
+from ferkit.data.classes import canonical
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.sampling import TargetSampler
 from ferkit.errors import UsageError
 from ferkit.evaluation.forward import check_tta, class_probabilities
-from ferkit.evaluation.synthesis import (FrozenIdentity, canonical_class, every_expression_set, grid_faces,
+from ferkit.evaluation.synthesis import (FrozenIdentity, every_expression_set, grid_faces,
                                          training_sample_grid, write_png)
 from ferkit.losses.gan import (LOSS_NORMS, FersnetLossWeights, discriminator_loss, generator_adversarial_loss,
                               mean_squared_norm)
@@ -262,8 +263,8 @@ class _FersnetRecipe(Recipe):
         source_weights = get_weights(source)
         source_state = source_weights.state_dict()
         taken, skipped = load_matching(self.model, source, "fersnet", "FERSNet", loaded=(source_weights, source_state))
-        own = [canonical_class(c) for c in self.classes]
-        theirs = [canonical_class(c) for c in source_weights.classes]
+        own = [canonical(c) for c in self.classes]
+        theirs = [canonical(c) for c in source_weights.classes]
         pairs = [(theirs.index(c), i) for i, c in enumerate(own) if c in theirs]
         mapped = transfer_class_slots(self.model, source_state, pairs, len(theirs), len(own))
         note = ""
