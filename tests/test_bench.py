@@ -146,3 +146,18 @@ def test_tables_and_goals_from_a_report() -> None:
     g = goals(report)
     assert g["fps_1_face_median >= 60"] == 80.0 and g["load_ratio_1_face <= 1.5"] == 1.1
     assert g["agreement_tracked >= 0.98"] == 0.99 and g["fps_5_faces_median >= 30"] is None
+
+
+def test_child_rows_carry_their_load_and_errors_stay_rows() -> None:
+    import sys
+
+    from ferkit.bench.load import json_row_in_child
+
+    ok = json_row_in_child([sys.executable, "-c", "print('noise'); print('{\"rate\": 3}')"], timeout_s=60)
+    assert ok == {"rate": 3, "background_load_cores": 0, "background_load_cpus": None, "background_load_nice": None}
+    loaded = json_row_in_child([sys.executable, "-c", "print('{\"rate\": 1}')"], timeout_s=60, load_cores=1, load_nice=5)
+    assert loaded["rate"] == 1 and loaded["background_load_nice"] == 5 and len(loaded["background_load_cpus"]) == 1
+    failed = json_row_in_child([sys.executable, "-c", "import sys; sys.exit('broken child')"], timeout_s=60)
+    assert failed["error"] == "broken child" and failed["background_load_cores"] == 0
+    slow = json_row_in_child([sys.executable, "-c", "import time; time.sleep(5)"], timeout_s=0.5)
+    assert slow["error"].startswith("timed out")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ferkit.data.augment import augment_batch
 from ferkit.data.ferplus import emotional_label, load_ferplus
-from ferkit.evaluation.forward import class_probabilities
+from ferkit.evaluation.forward import class_probabilities, validation_metrics
 from ferkit.inference import Predictor, merge_flip_outputs
 from ferkit.losses.softmax_mse import softmax_mse
 from ferkit.models.outputs import ModelOutput
@@ -204,6 +204,29 @@ def test_flip_tta_averages_the_probabilities_of_both_views() -> None:
     both = ModelOutput(logits=model(to_input(torch.cat([images, images.flip(-1)]))))
     torch.testing.assert_close(merge_flip_outputs(both, 5).probabilities, 0.5 * (plain + mirrored))
 
+
+
+def test_validation_metrics_score_the_flip_mean_and_keep_the_plain_pass() -> None:
+    """Faces whose mirror reads otherwise: TTA and no-TTA accuracy differ exactly as computed by hand."""
+    images = torch.zeros(4, 1, 2, 2)
+    images[:2, :, :, 0] = 1.0  # left column bright
+    images[2:, :, :, 1] = 1.0  # right column bright
+    calls = []
+
+    def predict(x: torch.Tensor) -> torch.Tensor:  # left bright (0.9, 0.1, 0), else (0.3, 0.6, 0.1)
+        calls.append(x)
+        left = x[:, 0, :, 0].mean(1)
+        return torch.stack([0.3 + 0.6 * left, 0.6 - 0.5 * left, 0.1 - 0.1 * left], 1)
+
+    labels = torch.tensor([0, 0, 1, 1])
+    m = validation_metrics(predict, images, labels, "flip")
+    # every flip mean is (0.6, 0.35, 0.05): class 0; the plain pass is right on all four
+    assert m["val_accuracy"] == 0.5 and m["val_accuracy_no_tta"] == 1.0 and len(calls) == 2
+    assert m["val_loss"] == pytest.approx(-(2 * math.log(0.6) + 2 * math.log(0.35)) / 4, rel=1e-5)
+    plain = validation_metrics(predict, images, labels, "none")
+    assert set(plain) == {"val_accuracy", "val_loss"} and plain["val_accuracy"] == 1.0 and len(calls) == 3
+    with pytest.raises(Exception, match="tta"):
+        validation_metrics(predict, images, labels, "rotate")
 
 def test_predictor_tta_defaults_to_the_card_and_can_be_switched_off() -> None:
     crops = torch.randint(0, 255, (3, 1, 48, 48), dtype=torch.uint8)

@@ -10,14 +10,16 @@ is gone within milliseconds and exits, and it never outlives ``limit_s``.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from ferkit.errors import UsageError
+from ferkit.training.threads import allowed_cpus
 
 #: the loop: spin, and every ~few ms check that the parent still exists and the time limit
 BUSY_LOOP = """
@@ -32,13 +34,6 @@ while True:
 """
 
 
-def _cpus() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux: no pinning, the OS places the loops
-        return list(range(os.cpu_count() or 1))
-
-
 @contextmanager
 def background_load(cores: int = 1, limit_s: float = 1800.0, nice: int = 0) -> Iterator[dict[str, Any]]:
     """Keep ``cores`` CPU cores busy (the last ones this process may use) for the ``with`` block.
@@ -50,7 +45,7 @@ def background_load(cores: int = 1, limit_s: float = 1800.0, nice: int = 0) -> I
     """
     if cores < 1:
         raise UsageError(f"cores must be at least 1, got {cores}")
-    cpus = _cpus()
+    cpus = allowed_cpus()  # not on Linux: every core, unpinned; the OS places the loops
     procs: list[subprocess.Popen] = []
     pinned: list[Any] = []
     try:
@@ -79,3 +74,31 @@ def background_load(cores: int = 1, limit_s: float = 1800.0, nice: int = 0) -> I
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def json_row_in_child(cmd: list[str], *, timeout_s: float, load_cores: int = 0, load_nice: int = 0,
+                      env: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Run a benchmark child (``cmd`` prints one JSON row as its last stdout line) next to
+    ``load_cores`` busy loops; returns that row with the load it ran beside.
+
+    A fresh interpreter per row gives each row its own OpenMP runtime (thread count, wait policy)
+    and its own memory figure. A child that fails or times out gives a row with ``error``, so one
+    bad row does not lose a whole benchmark table.
+    """
+    load: dict[str, Any] = {"cpus": []}
+    try:
+        if load_cores > 0:
+            with background_load(load_cores, nice=load_nice) as load:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        else:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout_s:.0f} s (machine busy? try a shorter run)",
+                "background_load_cores": load_cores}
+    if proc.returncode != 0:
+        return {"error": " | ".join(proc.stderr.strip().splitlines()[-3:]) or f"exit {proc.returncode}",
+                "background_load_cores": load_cores}
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row.update(background_load_cores=load_cores, background_load_cpus=load["cpus"] if load_cores else None,
+               background_load_nice=load_nice if load_cores else None)
+    return row

@@ -263,9 +263,7 @@ def run_in_child(timeout_s: float = 600, load_cores: int = 0, **kwargs: Any) -> 
     ``load_cores`` > 0 keeps that many cores busy (:func:`ferkit.bench.load.background_load`)
     while the child runs; the load is stopped whatever happens.
     """
-    import subprocess
-
-    from ferkit.bench.load import background_load
+    from ferkit.bench.load import json_row_in_child
 
     args = [sys.executable, "-m", "ferkit.bench.pipeline", "--video", str(kwargs.pop("video"))]
     for k, v in kwargs.items():
@@ -273,24 +271,12 @@ def run_in_child(timeout_s: float = 600, load_cores: int = 0, **kwargs: Any) -> 
             continue
         flag = "--" + k.replace("_", "-")
         args += [flag] if v is True else [flag, str(v)]
-    load_info: Optional[dict[str, Any]] = None
-    try:
-        if load_cores > 0:
-            with background_load(load_cores) as load_info:
-                proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
-        else:
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f} s (machine busy? try fewer --frames/--passes)",
-                "background_load_cores": load_cores, **{k: str(v) for k, v in kwargs.items()}}
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-3:]
-        return {"error": " | ".join(tail) or f"exit {proc.returncode}", "background_load_cores": load_cores,
-                **{k: str(v) for k, v in kwargs.items()}}
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    row["background_load_cores"] = load_cores
-    if load_info is not None:
-        row["background_load_cpus"] = load_info["cpus"]
+    row = json_row_in_child(args, timeout_s=timeout_s, load_cores=load_cores)
+    if "error" in row:
+        row.update({k: str(v) for k, v in kwargs.items()})
+    row.pop("background_load_nice", None)
+    if not load_cores:
+        row.pop("background_load_cpus", None)
     return row
 
 

@@ -192,34 +192,16 @@ def _rate_in_child(threads: Any, seconds: float, load_cores: int, env: Optional[
                    recipe: str = BUSY_CORE_RECIPE, load_nice: int = 0) -> dict[str, Any]:
     """:func:`train_rate` in a fresh interpreter (its own OpenMP runtime and wait policy), next to
     ``load_cores`` busy loops."""
-    import json
-    import subprocess
     import sys
 
-    from ferkit.bench.load import background_load
+    from ferkit.bench.load import json_row_in_child
 
     code = ("import json, sys; from ferkit.bench.training import train_rate; "
             f"print(json.dumps(train_rate({recipe!r}, {threads!r}, {float(seconds)!r})))")
     child_env = {**os.environ, **(env or {})}
     child_env.pop("FERKIT_TRAIN_THREADS", None)  # the row's setting, not the caller's default
-    cmd = [sys.executable, "-c", code]
-    try:
-        if load_cores > 0:
-            with background_load(load_cores, nice=load_nice) as load:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, env=child_env)
-        else:
-            load = {"cpus": []}
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, env=child_env)
-    except subprocess.TimeoutExpired:
-        return {"error": "timed out", "background_load_cores": load_cores}
-    if proc.returncode != 0:
-        return {"error": " | ".join(proc.stderr.strip().splitlines()[-3:]) or f"exit {proc.returncode}",
-                "background_load_cores": load_cores}
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
-    row["background_load_cores"] = load_cores
-    row["background_load_cpus"] = load.get("cpus")
-    row["background_load_nice"] = load_nice if load_cores else None
-    return row
+    return json_row_in_child([sys.executable, "-c", code], timeout_s=seconds + 120, load_cores=load_cores,
+                             load_nice=load_nice, env=child_env)
 
 
 def busy_core_rows(seconds: float = 6.0, load_cores: int = 1, repeats: int = 2) -> dict[str, Any]:

@@ -62,3 +62,23 @@ def class_probabilities(model: nn.Module, images: torch.Tensor, to_input: Callab
     if tta == "flip":
         probs = 0.5 * (probs + F.softmax(batched_forward(model, images, lambda x: to_input(x.flip(-1)), **kw), dim=1))
     return probs
+
+
+def validation_metrics(predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                       labels: torch.Tensor, tta: str) -> dict[str, float]:
+    """A training run's validation figures: ``val_accuracy`` and ``val_loss`` with the run's TTA, and
+    ``val_accuracy_no_tta`` beside them when TTA is on.
+
+    ``predict`` gives class probabilities without TTA. The plain pass runs once: it is both the
+    no-TTA figure and half of the flip mean, so a flip-TTA validation costs two passes, not three.
+    Every recipe reports through here, so the figures mean the same in every card and curve.
+    """
+    tta = check_tta(tta)
+    plain = predict(images)
+    probs = 0.5 * (plain + predict(images.flip(-1))) if tta == "flip" else plain
+    y = labels.to(probs.device)
+    metrics = {"val_accuracy": float((probs.argmax(1) == y).float().mean()),
+               "val_loss": float(F.nll_loss(probs.clamp_min(1e-8).log(), y))}
+    if tta != "none":
+        metrics["val_accuracy_no_tta"] = float((plain.argmax(1) == y).float().mean())
+    return metrics

@@ -25,7 +25,7 @@ from ferkit.data.augment import augment_batch, parse_augment
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.errors import UsageError
-from ferkit.evaluation.forward import class_probabilities
+from ferkit.evaluation.forward import class_probabilities, validation_metrics
 from ferkit.models.registry import create_model
 from ferkit.models.weights import (Preprocessing, check_tta, float_state, get_weights_of, measure_normalisation,
                                    to_model_input)
@@ -321,15 +321,7 @@ class ClassifierRecipe(Recipe):
         if self.x_val is None:
             return {}
         self._settle_ema_statistics()
-        plain = self.predict_probabilities(self.x_val, tta="none")
-        probs = plain
-        if self.tta == "flip":
-            probs = 0.5 * (plain + self.predict_probabilities(self.x_val.flip(-1), tta="none"))
-        metrics = {"val_accuracy": float((probs.argmax(1) == self.y_val).float().mean()),
-                   "val_loss": float(F.nll_loss(probs.clamp_min(1e-8).log(), self.y_val))}
-        if self.tta != "none":
-            metrics["val_accuracy_no_tta"] = float((plain.argmax(1) == self.y_val).float().mean())
-        return metrics
+        return validation_metrics(lambda x: self.predict_probabilities(x, tta="none"), self.x_val, self.y_val, self.tta)
 
     def _meta(self, name: str, architecture: str, model_cfg: dict[str, Any], data: str, notes: str = "") -> dict[str, Any]:
         return {"name": name, "architecture": architecture, "classes": list(self.classes),

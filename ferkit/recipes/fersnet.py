@@ -77,7 +77,7 @@ from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
 from ferkit.data.sampling import TargetSampler
 from ferkit.errors import UsageError
-from ferkit.evaluation.forward import check_tta, class_probabilities
+from ferkit.evaluation.forward import check_tta, class_probabilities, validation_metrics
 from ferkit.evaluation.synthesis import (FrozenIdentity, every_expression_set, grid_faces,
                                          training_sample_grid, write_png)
 from ferkit.losses.gan import (LOSS_NORMS, FersnetLossWeights, discriminator_loss, generator_adversarial_loss,
@@ -402,18 +402,8 @@ class _FersnetRecipe(Recipe):
         if self.val_set is None or len(self.val_set) == 0:
             return {}
         to_input = lambda x: self.preprocessing.normalize(x.to(self.device))  # noqa: E731
-        # the plain pass once: it is both the no-TTA number and half of the flip average
-        plain = class_probabilities(self.model, self.val_set.images, to_input, batch_size=EVAL_BATCH)
-        probs = plain
-        if self.tta == "flip":
-            probs = 0.5 * (plain + class_probabilities(self.model, self.val_set.images,
-                                                       lambda x: to_input(x.flip(-1)), batch_size=EVAL_BATCH))
-        y = self.val_set.labels.to(probs.device)
-        metrics = {"val_accuracy": float((probs.argmax(1) == y).float().mean()),
-                   "val_loss": float(F.nll_loss(probs.clamp_min(1e-12).log(), y))}
-        if self.tta != "none":
-            metrics["val_accuracy_no_tta"] = float((plain.argmax(1) == y).float().mean())
-        return metrics
+        return validation_metrics(lambda x: class_probabilities(self.model, x, to_input, batch_size=EVAL_BATCH),
+                                  self.val_set.images, self.val_set.labels, self.tta)
 
     def end_epoch(self, ctx: TrainContext, epoch: int) -> None:
         super().end_epoch(ctx, epoch)
