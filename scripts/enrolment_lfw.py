@@ -42,17 +42,14 @@ def _largest_identity(result) -> Optional[np.ndarray]:
 def write_card(name: str, rows: list[dict], people: int) -> Path:
     """The rates of a one-person gallery into the metrics of the card of ``name`` (other keys kept)."""
     from app.core.identity import ENROLMENT_RATE_METRIC
-    from ferkit.models.weights import get_weights
-    from ferkit.utils.io import atomic_write_text
+    from ferkit.models.weights import Weights, get_weights
 
     card = Path(get_weights(name).source)
-    data = json.loads(card.read_text())
-    metrics = data.setdefault("metrics", {})
+    metrics: dict[str, float] = {"lfw_enrolment_people": people}
     for r in rows:
         metrics[f"{ENROLMENT_RATE_METRIC}{r['pictures']}"] = round(r["named_right"], 4)
         metrics[f"lfw_enrolment_strangers_named_{r['pictures']}"] = round(r["strangers_named"], 4)
-    metrics["lfw_enrolment_people"] = people
-    atomic_write_text(card, json.dumps(data, indent=2) + "\n")
+    Weights.update_card(card, metrics=metrics)
     return card
 
 

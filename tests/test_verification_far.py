@@ -148,6 +148,19 @@ def test_lfw_view2_far_card_fields_rank_for_enrolment(tmp_path: Path, capsys: py
     assert "lfw_view2_tar_at_far0.25" in w.metrics
 
 
+
+def test_update_card_merges_and_keeps_what_it_is_not_told(tmp_path: Path) -> None:
+    """Each measuring command adds its keys; an earlier command's keys (known or not) survive."""
+    from ferkit.models.weights import Weights
+
+    card = tmp_path / "c.json"
+    card.write_text(json.dumps({"name": "x", "metrics": {"a": 1, "b": 2}, "future_key": [1, 2]}))
+    Weights.update_card(card, {"identity_far": 0.01}, {"b": 3, "c": 4})
+    Weights.update_card(card, metrics={"d": 5})
+    assert json.loads(card.read_text()) == {"name": "x", "metrics": {"a": 1, "b": 3, "c": 4, "d": 5},
+                                            "future_key": [1, 2], "identity_far": 0.01}
+    assert not list(tmp_path.glob("*.tmp*"))  # the atomic write leaves no temporary file behind
+
 def test_write_card_refuses_a_missing_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _yale_tree(tmp_path / "yale", subjects=3)
     card = _card(tmp_path / "w")

@@ -111,15 +111,12 @@ def card_updates(summary: dict, data: Path, pairs: Path | None, prefix: str | No
 
 def write_card(card: Path, updates: dict) -> None:
     """Merge ``updates`` into the JSON weights card at ``card`` (atomic replace, other keys kept)."""
-    from ferkit.utils.io import atomic_write_text
+    from ferkit.models.weights import Weights
 
     if card.suffix != ".json" or not card.is_file():
         raise NotFoundError(f"--write-card {card}: not an existing .json weights card (export the "
                             "checkpoint with `ferkit export-weights` first)")
-    d = json.loads(card.read_text())
-    d.update(updates["fields"])
-    d["metrics"] = {**(d.get("metrics") or {}), **updates["metrics"]}
-    atomic_write_text(card, json.dumps(d, indent=2) + "\n")
+    Weights.update_card(card, updates["fields"], updates["metrics"])
 
 
 def run(args: argparse.Namespace) -> int:

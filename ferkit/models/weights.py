@@ -167,6 +167,22 @@ class Weights:
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
+    @staticmethod
+    def update_card(path: Path, fields: Optional[dict[str, Any]] = None,
+                    metrics: Optional[dict[str, Any]] = None) -> None:
+        """Merge measured ``fields`` and ``metrics`` into the JSON card at ``path`` (atomic replace).
+
+        Keys the caller does not name stay as they were, including ones this version of ferkit does
+        not know, so a measurement added later (a calibration, an enrolment rate) never drops
+        what an earlier command wrote.
+        """
+        from ferkit.utils.io import atomic_write_text
+
+        data = json.loads(Path(path).read_text())
+        data.update(fields or {})
+        data["metrics"] = {**(data.get("metrics") or {}), **(metrics or {})}
+        atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
+
     # ---- model construction ------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from ferkit.models.registry import create_model
