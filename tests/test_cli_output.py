@@ -71,6 +71,19 @@ def test_predict_stderr_is_quiet_unless_verbose() -> None:
     assert bad.returncode == 2 and "missing.jpg" in bad.stderr and not NATIVE.search(bad.stderr)
 
 
+
+@pytest.mark.parametrize("command", [
+    ("eval-synthesis", "--weights", "fersnet", "--identity-weights", "none", "--json", "--photos",
+     str(SAMPLES / "single_face.jpg")),
+    ("synthesize", str(SAMPLES / "single_face.jpg"), "--weights", "fersnet", "--target", "happiness")])
+def test_every_command_that_detects_faces_is_quiet(command: tuple[str, ...], tmp_path: Path) -> None:
+    """Not only predict: the synthesis commands run mediapipe too (prepare and eval-verification
+    --align share the same run_quietly wrapper)."""
+    extra = ("--out", str(tmp_path / "grid.png")) if command[0] == "synthesize" else ()
+    run = ferkit(*command, *extra, "--threads", "1") if command[0] == "eval-synthesis" else ferkit(*command, *extra)
+    assert run.returncode == 0, run.stderr
+    assert not NATIVE.search(run.stderr), run.stderr
+
 # ---- one spelling -----------------------------------------------------------------------------------
 def test_synthesize_labels_and_target_use_the_canonical_spelling(monkeypatch, tmp_path: Path) -> None:
     """FERSNet's card says "happy" (CK+); the grid says "happiness" like the app, and both spellings

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ferkit.cli.options import add_batch_threads, add_model_source, use_batch_threads
+from ferkit.cli.options import add_batch_threads, add_model_source, add_verbose, run_quietly, use_batch_threads
 from ferkit.errors import NotFoundError, UsageError
 
 
@@ -49,6 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     add_batch_threads(p, "the synthesis and judging batches")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_verbose(p)
     p.set_defaults(func=run)
 
 
@@ -89,6 +90,10 @@ def _photo_faces(photos: list[Path], pre: Any):
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_quietly(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ferkit.evaluation.synthesis import FrozenIdentity, Judge, evaluate_synthesis
     from ferkit.models.weights import load_weights
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ferkit.cli.options import add_model_source
+from ferkit.cli.options import add_model_source, add_verbose, run_quietly
 from ferkit.errors import NotFoundError, UsageError
 
 
@@ -57,6 +57,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--report", type=Path, default=None, help="folder for verification.json and roc.png")
+    add_verbose(p)
     p.set_defaults(func=run)
 
 
@@ -120,6 +121,10 @@ def write_card(card: Path, updates: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_quietly(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ferkit.evaluation.verification import run_verification
 
     if args.checkpoint is not None and not Path(args.checkpoint).exists():

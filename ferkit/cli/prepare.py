@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ferkit.cli.options import add_verbose, run_quietly
+
 #: dataset options the CLI knows; each dataset takes the subset listed in its registry entry
 _DATASET_OPTIONS = {
     "vote": "FER+ vote rule: majority (papers) or plurality",
@@ -55,10 +57,15 @@ def register(subparsers: Any) -> None:
     for name, help_text in _DATASET_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
                        type=int if name == "min_images" else str, help=help_text)
+    add_verbose(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_quietly(_run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ferkit.data.prepared import prepare_dataset
     from ferkit.data.registry import get_dataset, open_index
     from ferkit.face.align import get_crop_style
