@@ -12,7 +12,9 @@ the same run, steps alternating between them, so the ratios are not skewed by ot
 shared machine. Where the recipe uses channels_last, a third variant is plain fp32 in the default
 contiguous layout (what a training loop gets without the fast path), so the table shows both
 ratios: bf16 / fp32 at the recipe's layout (what bf16 alone buys) and the whole fast path (bf16 +
-channels_last) against plain fp32. Threads: every core, as the training engine uses.
+channels_last) against plain fp32. Threads: the training engine's default (the cores not busy with
+other programs, :func:`ferkit.training.threads.choose_threads`; ``FERKIT_TRAIN_THREADS`` pins it);
+each row records the count it ran with.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import contextlib
 import copy
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,28 +35,20 @@ PROBE_BATCH = 8
 STEPS = 3
 
 
-def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> dict[str, Any]:
-    """fp32 and bf16 training img/s of one network, measured side by side."""
-    from ferkit.models.registry import create_model
+def training_step(spec: NetSpec, net: torch.nn.Module, device: torch.device,
+                  layout: torch.memory_format = torch.contiguous_format,
+                  precision: str = "fp32") -> Callable[[int], float]:
+    """One SGD step of ``net`` (``spec``'s network) on a random batch, as a function of the batch
+    size returning its seconds: the unit every training row times, so the recipe table and the
+    busy-core rows measure the same work. FERSNet-like networks (``spec.synthesis``) add the
+    synthesis reconstruction to the classification loss."""
     from ferkit.training.precision import autocast
 
-    torch.manual_seed(0)
-    model = create_model(spec.architecture, **spec.cfg).to(device).train()
-    size = spec.input_size or int(getattr(model, "input_size", 48))
-    channels = int(getattr(model, "in_channels", None) or 1)
-    fmt = torch.channels_last if spec.channels_last and device.type == "cpu" else torch.contiguous_format
-    # variant -> (model, optimiser, memory format, precision); the plain one only where the layout differs
-    layouts = {"fp32": fmt, "bf16": fmt}
-    if fmt == torch.channels_last:
-        layouts["fp32_plain"] = torch.contiguous_format
-    variants = {}
-    for name, layout in layouts.items():
-        net = copy.deepcopy(model).to(memory_format=layout)
-        variants[name] = (net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9), layout,
-                          "bf16" if name == "bf16" else "fp32")
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    size = spec.input_size or int(getattr(net, "input_size", 48))
+    channels = int(getattr(net, "in_channels", None) or 1)
 
-    def step(batch: int, variant: str = "fp32") -> float:
-        net, opt, layout, precision = variants[variant]
+    def step(batch: int) -> float:
         x = torch.randn(batch, channels, size, size, device=device).contiguous(memory_format=layout)
         y = torch.randint(0, net.num_classes, (batch,), device=device)
         cast = autocast(device, torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
@@ -71,6 +65,29 @@ def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> di
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t
+
+    return step
+
+
+def bench_network(spec: NetSpec, device: torch.device, steps: int = STEPS) -> dict[str, Any]:
+    """fp32 and bf16 training img/s of one network, measured side by side."""
+    from ferkit.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model(spec.architecture, **spec.cfg).to(device).train()
+    size = spec.input_size or int(getattr(model, "input_size", 48))
+    channels = int(getattr(model, "in_channels", None) or 1)
+    fmt = torch.channels_last if spec.channels_last and device.type == "cpu" else torch.contiguous_format
+    # variant -> its step: fp32 and bf16 at the recipe's layout, plain fp32 only where the layout differs
+    layouts = {"fp32": fmt, "bf16": fmt}
+    if fmt == torch.channels_last:
+        layouts["fp32_plain"] = torch.contiguous_format
+    variants = {name: training_step(spec, copy.deepcopy(model).to(memory_format=layout), device, layout,
+                                    "bf16" if name == "bf16" else "fp32")
+                for name, layout in layouts.items()}
+
+    def step(batch: int, variant: str = "fp32") -> float:
+        return variants[variant](batch)
 
     # probe a small batch first: a heavy network (VGG-16 / Light CNN at 128 px on a 2-core CPU) is
     # measured at the batch that fits MAX_STEP_TIME_S instead of taking minutes per step
@@ -115,9 +132,11 @@ def bench_training(recipes: Optional[list[str]] = None, device: torch.device = t
     known = list_recipes()
     # every recipe, then the named configurations of a recipe (FERSNet's CPU recipe), marked registered=False
     names = recipes or known + list(CONFIGURATIONS)
+    from ferkit.training.threads import choose_threads
+
     threads = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)  # as the training engine does
+        torch.set_num_threads(choose_threads(None).threads)  # the engine's default: the free cores
     done: dict[str, dict[str, Any]] = {}
     rows = []
     for name in names:
@@ -162,22 +181,11 @@ def train_rate(recipe: str = BUSY_CORE_RECIPE, threads: Any = "auto", seconds: f
     torch.manual_seed(0)
     fmt = torch.channels_last if spec.channels_last else torch.contiguous_format
     net = create_model(spec.architecture, **spec.cfg).to(memory_format=fmt).train()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    size = spec.input_size or int(getattr(net, "input_size", 48))
-    channels = int(getattr(net, "in_channels", None) or 1)
-
-    def step() -> None:
-        x = torch.randn(spec.batch, channels, size, size).contiguous(memory_format=fmt)
-        y = torch.randint(0, net.num_classes, (spec.batch,))
-        loss = F.cross_entropy(net(x).logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()  # warm-up (allocation, kernel selection)
+    step = training_step(spec, net, torch.device("cpu"), fmt)
+    step(spec.batch)  # warm-up (allocation, kernel selection)
     images, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        step()
+        step(spec.batch)
         images += spec.batch
         governor.step_done(spec.batch)
     elapsed = time.perf_counter() - t0
