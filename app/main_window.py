@@ -373,8 +373,8 @@ class MainWindow(QMainWindow, MainWindowUi):
             paths, _ = QFileDialog.getOpenFileNames(self, f"Pictures of {name} (several: different days and poses)",
                                                     str(Path.home()),
                                                     "Images (*.png *.jpg *.jpeg *.bmp *.webp *.tif *.tiff)")
-        for p in paths if name else []:
-            self.enrolment.enrol_picture(name, p)
+        if name and paths:
+            self.enrolment.enrol_pictures(name, paths)
 
     def _on_gallery_changed(self) -> None:
         """Enrolments added or removed: every shown similarity and decision is recomputed now (boxes,

@@ -170,8 +170,6 @@ class AnalyzerConfig:
     detector: str = "near"
     smoother: Smoother = field(default_factory=Smoother)
     extra_preprocessing: set = field(default_factory=set)
-    #: forget every track (a new source starts new ids)
-    reset_tracks: bool = False
 
 
 @dataclass
@@ -272,8 +270,6 @@ class InferenceWorker(StoppableThread):
         if cfg is None:
             return analyzer
         self._warm = self._steady = False  # models (re)loaded: the next frame warms up, nothing was due
-        if cfg.reset_tracks:
-            self.skipped, self._last_index = 0, None
         if analyzer is None or cfg.max_faces != self.config.max_faces or cfg.detector != analyzer.detector:
             if analyzer is not None:
                 analyzer.close()
@@ -281,8 +277,6 @@ class InferenceWorker(StoppableThread):
             analyzer.enrolments = self.enrolments
         analyzer.device = cfg.device
         analyzer.extra_preprocessing = set(cfg.extra_preprocessing)
-        if cfg.reset_tracks:
-            analyzer.reset_tracking()
         if cfg.smoother != analyzer.tracker.smoother:
             analyzer.set_smoother(cfg.smoother)
         primary_changed = cfg.primary != self.config.primary or cfg.device != self.config.device \

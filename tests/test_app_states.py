@@ -83,8 +83,9 @@ def test_long_error_is_elided_with_the_whole_text_in_the_tooltip(qtbot, window, 
     w.notify(message, error=True)
     label = w.message_label
     assert label.toolTip() == message
-    assert label.fontMetrics().horizontalAdvance(label.text()) <= label.width()
-    assert label.text() == message or label.text().endswith("…")
+    assert label.text() == message  # the whole text; shown_text() is what fits
+    assert label.fontMetrics().horizontalAdvance(label.shown_text()) <= label.width()
+    assert label.shown_text().endswith("…") and label.shown_text().startswith("The video could not")
     right = label.mapTo(w, label.rect().topRight()).x()
     assert right <= w.fps_label.mapTo(w, w.fps_label.rect().topLeft()).x()  # never under the fps widgets
 
@@ -279,7 +280,7 @@ def test_enrolling_on_live_video_takes_several_pictures_and_the_panel_says_what_
 
 
 def test_from_images_enrols_every_picked_photo_of_the_person(qtbot, window, classifier, calibrated_identity,
-                                                              monkeypatch) -> None:
+                                                              monkeypatch, tmp_path) -> None:
     from PySide6.QtWidgets import QFileDialog
 
     calibrated_identity(0.6)
@@ -287,10 +288,29 @@ def test_from_images_enrols_every_picked_photo_of_the_person(qtbot, window, clas
     qtbot.waitUntil(lambda: w.state.loaded.identity.active, timeout=60000)
     astronaut = PHOTO.parent / "astronaut.png"
     monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([str(PHOTO), str(astronaut)], ""))
+    saves, messages = [], []
+    real_save = w.state.enrolments.save
+    monkeypatch.setattr(w.state.enrolments, "save", lambda folder: (saves.append(folder), real_save(folder)))
+    w.enrolment.message.connect(lambda text, error: messages.append((text, error)))
     w.enrol_from_image("ada")
     qtbot.waitUntil(lambda: dict(w.state.enrolments.counts()).get("ada") == 2, timeout=60000)
     assert "2 pictures" in w.identity_panel.enrolled.item(0).text()
     assert "only one picture" not in w.identity_panel.advice.text()
+    assert len(saves) == 1 and [m for m in messages if not m[1]][0][0].startswith("Enrolled ada (2 pictures)")
+    # a file without a face among good ones: named in the error, the others still enrolled, one save
+    blank = tmp_path / "wall.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(blank), np.full((120, 120, 3), 200, np.uint8))
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([str(blank), str(PHOTO)], ""))
+    saves.clear()
+    messages.clear()
+    w.enrol_from_image("ada")
+    qtbot.waitUntil(lambda: dict(w.state.enrolments.counts()).get("ada") == 3, timeout=60000)
+    qtbot.waitUntil(lambda: any(e for _t, e in messages), timeout=10000)
+    error = [t for t, e in messages if e][0]
+    assert "wall.png" in error and "other 1 picture was enrolled" in error and len(saves) == 1
 
 
 def test_without_a_calibrated_identity_feature_no_face_is_ever_named(qtbot, window, classifier,

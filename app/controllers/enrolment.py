@@ -20,7 +20,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.core.analyzer import FrameResult, face_picture
 from app.core.enrolment import GUIDED_PICTURES, EnrolmentStore, GuidedCapture, picture_enrolment
-from app.core.sources import load_image
+from app.core.sources import SourceError, load_image
 from app.core.state import AppState
 from app.errors import plain_message
 from app.workers import InferenceWorker
@@ -69,14 +69,15 @@ class EnrolmentController(QObject):
             if self.capture is not None:
                 self.capture_progress.emit(self.capture.progress())
             return True
-        picture, key, feature = self._picture_of(self.state.last_result, face)
-        self.add(name, picture, key, feature)
+        key, feature = self._identity_of(face)
+        self.add(name, face_picture(self.state.last_result.frame, face.box), key, feature)
         return True
 
-    def _picture_of(self, result: FrameResult, face: Any) -> tuple[np.ndarray, Optional[str], Optional[np.ndarray]]:
+    def _identity_of(self, face: Any) -> tuple[Optional[str], Optional[np.ndarray]]:
+        """(identity weights key, feature) of a shown face; (None, None) without an active identity feature."""
         identity = self.state.loaded.identity
         key = identity.key if identity.active and face.identity is not None else None
-        return face_picture(result.frame, face.box), key, face.identity if key else None
+        return key, face.identity if key else None
 
     # ---- guided live capture -------------------------------------------------------------------
     def feed(self, result: Optional[FrameResult]) -> None:
@@ -87,8 +88,8 @@ class EnrolmentController(QObject):
             return
         now = self.clock()
         face = next((f for f in result.faces if f.track_id == cap.track_id and not f.whole_image), None)
-        if face is not None:
-            _pic, key, feature = self._picture_of(result, face)
+        if face is not None:  # the picture is cut only when the capture takes one, not on every frame
+            key, feature = self._identity_of(face)
             if cap.offer(lambda: face_picture(result.frame, face.box), key, feature, now):
                 self.capture_progress.emit(cap.progress())
         if cap.finished(now):
@@ -109,10 +110,32 @@ class EnrolmentController(QObject):
         return len(cap.pictures)
 
     # ---- still pictures ------------------------------------------------------------------------
-    def enrol_picture(self, name: str, path: str) -> None:
-        """The largest face of an image file (found and described in the worker)."""
-        self.worker.submit(lambda analyzer: picture_enrolment(analyzer, load_image(Path(path)), Path(path).name),
-                           lambda out: self.add(name, *out), lambda message: self.message.emit(message, True))
+    def enrol_pictures(self, name: str, paths: list[str]) -> None:
+        """The largest face of each image file, found and described in the worker as one job; then one
+        save and one message. A file without a face (or not an image) is named, the others are kept."""
+        paths = [Path(p) for p in paths]
+
+        def describe(analyzer: Any) -> tuple[list[tuple], list[str]]:
+            taken, refused = [], []
+            for path in paths:
+                try:
+                    taken.append(picture_enrolment(analyzer, load_image(path), path.name))
+                except SourceError as exc:
+                    refused.append(str(exc))
+            return taken, refused
+
+        self.worker.submit(describe, lambda out: self._add_pictures(name, *out),
+                           lambda message: self.message.emit(message, True))
+
+    def _add_pictures(self, name: str, taken: list[tuple], refused: list[str]) -> None:
+        for picture, key, feature in taken:
+            self.store.add(name, picture, key, feature)
+        if taken:
+            self._saved_and_said(name, len(taken), any(f is None for _p, _k, f in taken))
+        if refused:
+            n = len(taken)
+            kept = f" The other {n} picture{'s were' if n != 1 else ' was'} enrolled." if n else ""
+            self.message.emit(" ".join(refused) + kept, True)
 
     def add(self, name: str, picture: np.ndarray, key: Optional[str], feature: Optional[np.ndarray]) -> None:
         self.store.add(name, picture, key, feature)

@@ -132,13 +132,13 @@ class ModelsController(QObject):
         self.push()
         return True
 
-    def push(self, reset_tracks: bool = False) -> None:
+    def push(self) -> None:
         """Hand the current choices to the inference worker (it loads models in its own thread)."""
         live = self.state.live
         self.worker.configure(AnalyzerConfig(
             primary=self.state.model, comparison=list(self.state.comparison), device=live.device,
             max_faces=live.max_faces, smoother=live.smoother, detector=live.detector,
-            extra_preprocessing=set(self.extra_preprocessing), reset_tracks=reset_tracks))
+            extra_preprocessing=set(self.extra_preprocessing)))
 
     def _on_loaded(self, info: dict) -> None:
         self.state.loaded = LoadedModels(info.get("primary"), list(info.get("comparison", [])),

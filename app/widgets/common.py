@@ -205,48 +205,6 @@ def panel_header(panel: QWidget) -> tuple[QVBoxLayout, "Notice", QLabel]:
     return outer, notice, info
 
 
-class MessageLabel(QLabel):
-    """The status-bar message: elided to the room left beside the fps widgets, full text as tooltip.
-
-    Why not ``QStatusBar.showMessage``: its text is cut off silently where the permanent widgets
-    begin, so a long error lost its end. Here the text ends in "…" when it does not fit, the
-    tooltip holds all of it, and errors are red.
-    """
-
-    def __init__(self, parent=None) -> None:
-        super().__init__(parent)
-        self.full_text = ""
-        self.error = False
-        # Preferred with the text's width as its hint (up to HINT_MAX): a message competes fairly with
-        # the permanent labels when the bar is narrow, instead of getting only what they leave
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
-        self.setMinimumWidth(120)
-
-    HINT_MAX = 420
-
-    def sizeHint(self) -> QSize:
-        width = self.fontMetrics().horizontalAdvance(self.full_text) + 8
-        return QSize(max(120, min(width, self.HINT_MAX)), super().sizeHint().height())
-
-    def minimumSizeHint(self) -> QSize:
-        return QSize(120, super().minimumSizeHint().height())
-
-    def show_message(self, text: str, error: bool = False) -> None:
-        self.full_text = text
-        self.error = error
-        self.setToolTip(text)
-        self.setStyleSheet("color: #b00020; font-weight: bold;" if error else "")
-        self.updateGeometry()
-        self._elide()
-
-    def resizeEvent(self, event) -> None:
-        super().resizeEvent(event)
-        self._elide()
-
-    def _elide(self) -> None:
-        self.setText(self.fontMetrics().elidedText(self.full_text, Qt.TextElideMode.ElideRight, max(40, self.width() - 4)))
-
-
 class Banner(QWidget):
     """A dismissable notice *above* the video (never over the picture), fading out after a while.
 
@@ -354,3 +312,35 @@ class ElidedLabel(QLabel):
 
     def _elide(self) -> None:
         super().setText(self.fontMetrics().elidedText(self.full_text, self.mode, max(10, self.width() - 4)))
+
+
+class MessageLabel(ElidedLabel):
+    """The status-bar message: an :class:`ElidedLabel` that competes fairly for room and turns red on errors.
+
+    Why not ``QStatusBar.showMessage``: its text is cut off silently where the permanent widgets
+    begin, so a long error lost its end. Here the text ends in "…" when it does not fit, the
+    tooltip holds all of it, and errors are red.
+    """
+
+    #: the most the message asks for, so the permanent labels keep their room on a narrow bar
+    HINT_MAX = 420
+
+    def __init__(self, parent=None) -> None:
+        super().__init__("", min_width=120, max_width=self.HINT_MAX, parent=parent)
+        self.error = False
+        # Preferred with the text's width as its hint: a message competes fairly with the permanent
+        # labels when the bar is narrow, instead of getting only what they leave
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        return QSize(max(self.min_width, hint.width()), hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(self.min_width, super().minimumSizeHint().height())
+
+    def show_message(self, text: str, error: bool = False) -> None:
+        self.error = error
+        self.setStyleSheet("color: #b00020; font-weight: bold;" if error else "")
+        self.setToolTip("")  # the whole message is the tooltip
+        self.setText(text)
