@@ -26,7 +26,7 @@ from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing
 
 from app.core.enrolment import EnrolmentStore
-from app.core.identity import IdentityChoice, IdentityMatch, decide
+from app.core.identity import IdentityChoice, IdentityMatch, rematch
 from app.core.models import ModelCache, ModelHandle
 
 
@@ -279,9 +279,8 @@ class FrameAnalyzer:
                 self._track_identity = {f.track_id: recent[f.track_id] for f in faces}
         for face, feature in zip(faces, features):
             face.identity = feature
-            if self.enrolments is not None:
-                face.similarities = self.enrolments.similarities(feature, handle.key)
-            face.match = decide(face.similarities, self.identity)
+        if self.enrolments is not None:  # the same matching a gallery change redoes (rematch)
+            rematch(faces, self.enrolments, self.identity)
 
     def reset_tracking(self) -> None:
         """A new source or a seek: forget track ids and followed faces (the next frame is detected)."""
