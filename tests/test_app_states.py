@@ -309,8 +309,26 @@ def test_from_images_enrols_every_picked_photo_of_the_person(qtbot, window, clas
     w.enrol_from_image("ada")
     qtbot.waitUntil(lambda: dict(w.state.enrolments.counts()).get("ada") == 3, timeout=60000)
     qtbot.waitUntil(lambda: any(e for _t, e in messages), timeout=10000)
-    error = [t for t, e in messages if e][0]
-    assert "wall.png" in error and "other 1 picture was enrolled" in error and len(saves) == 1
+    assert len(messages) == 1 and messages[0][1]  # one message: the refused file, then what was enrolled
+    error = messages[0][0]
+    assert "wall.png" in error and "Enrolled ada (1 picture, 3 in all)" in error and len(saves) == 1
+    # an unexpected failure on one file names it and keeps the others
+    import app.controllers.enrolment as enrolment_module
+
+    real = enrolment_module.picture_enrolment
+
+    def flaky(analyzer, picture, what):
+        if what == "astronaut.png":
+            raise RuntimeError("identity model crashed")
+        return real(analyzer, picture, what)
+
+    monkeypatch.setattr(enrolment_module, "picture_enrolment", flaky)
+    monkeypatch.setattr(QFileDialog, "getOpenFileNames", lambda *a, **k: ([str(astronaut), str(PHOTO)], ""))
+    messages.clear()
+    w.enrol_from_image("ada")
+    qtbot.waitUntil(lambda: dict(w.state.enrolments.counts()).get("ada") == 4, timeout=60000)
+    qtbot.waitUntil(lambda: bool(messages), timeout=10000)
+    assert "astronaut.png could not be enrolled" in messages[0][0] and messages[0][1]
 
 
 def test_without_a_calibrated_identity_feature_no_face_is_ever_named(qtbot, window, classifier,

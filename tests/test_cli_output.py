@@ -71,7 +71,6 @@ def test_predict_stderr_is_quiet_unless_verbose() -> None:
     assert bad.returncode == 2 and "missing.jpg" in bad.stderr and not NATIVE.search(bad.stderr)
 
 
-
 @pytest.mark.parametrize("command", [
     ("eval-synthesis", "--weights", "fersnet", "--identity-weights", "none", "--json", "--photos",
      str(SAMPLES / "single_face.jpg")),

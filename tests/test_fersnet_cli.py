@@ -82,7 +82,9 @@ def test_eval_synthesis_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         assert torch.get_num_threads() == 1  # --threads reached torch, as for eval, train and cv
     finally:
         torch.set_num_threads(before)
-    res = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    res = json.loads(out.out)
+    assert res["threads"] == 1 and "threads:" in out.err
     assert res["faces"] == 12 and res["targets"] == len(CLASSES)
     assert 0.0 <= res["synthesis_accuracy"] <= 1.0
     assert set(res["per_target_accuracy"]) == {canonical(c) for c in CLASSES}  # "happiness", not CK+'s "happy"

@@ -161,6 +161,7 @@ def test_update_card_merges_and_keeps_what_it_is_not_told(tmp_path: Path) -> Non
                                             "future_key": [1, 2], "identity_far": 0.01}
     assert not list(tmp_path.glob("*.tmp*"))  # the atomic write leaves no temporary file behind
 
+
 def test_write_card_refuses_a_missing_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _yale_tree(tmp_path / "yale", subjects=3)
     card = _card(tmp_path / "w")

@@ -11,6 +11,7 @@ far more with five). A paused frame or a still image gives one picture, and the 
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,6 +25,8 @@ from app.core.sources import SourceError, load_image
 from app.core.state import AppState
 from app.errors import plain_message
 from app.workers import InferenceWorker
+
+log = logging.getLogger(__name__)
 
 
 def load_store(folder: Path) -> tuple[EnrolmentStore, str]:
@@ -120,41 +123,47 @@ class EnrolmentController(QObject):
             for path in paths:
                 try:
                     taken.append(picture_enrolment(analyzer, load_image(path), path.name))
-                except SourceError as exc:
+                except SourceError as exc:  # no face, not an image: the user's to fix, in words
                     refused.append(str(exc))
+                except Exception as exc:  # noqa: BLE001 - one broken file must not lose the others
+                    log.exception("enrolling %s failed", path)
+                    refused.append(plain_message(exc, f"{path.name} could not be enrolled"))
             return taken, refused
 
         self.worker.submit(describe, lambda out: self._add_pictures(name, *out),
                            lambda message: self.message.emit(message, True))
 
     def _add_pictures(self, name: str, taken: list[tuple], refused: list[str]) -> None:
+        """One message for the whole batch: the refused files first (as an error), then what was enrolled."""
         for picture, key, feature in taken:
             self.store.add(name, picture, key, feature)
-        if taken:
-            self._saved_and_said(name, len(taken), any(f is None for _p, _k, f in taken))
+        said = self._saved_and_said(name, len(taken), any(f is None for _p, _k, f in taken), emit=not refused) \
+            if taken else ""
         if refused:
-            n = len(taken)
-            kept = f" The other {n} picture{'s were' if n != 1 else ' was'} enrolled." if n else ""
-            self.message.emit(" ".join(refused) + kept, True)
+            self.message.emit(" ".join(refused + ([said] if said else [])), True)
 
     def add(self, name: str, picture: np.ndarray, key: Optional[str], feature: Optional[np.ndarray]) -> None:
         self.store.add(name, picture, key, feature)
         self._saved_and_said(name, 1, feature is None)
 
-    def _saved_and_said(self, name: str, added: int, without_feature: bool) -> None:
+    def _saved_and_said(self, name: str, added: int, without_feature: bool, emit: bool = True) -> str:
+        """Save, publish and say what was enrolled (returns the words; ``emit=False`` leaves saying them
+        to the caller, which adds them to an error about the files that were refused)."""
         self._save()
         self.publish()
         total = dict(self.store.counts()).get(name, added)
         pictures = f"{added} picture{'s' if added != 1 else ''}" + (f", {total} in all" if total != added else "")
         if without_feature:
-            self.message.emit(f"Enrolled {name} ({pictures} kept). There is no calibrated identity feature, so "
-                              "faces are not compared with it yet.", False)
+            text = (f"Enrolled {name} ({pictures} kept). There is no calibrated identity feature, so "
+                    "faces are not compared with it yet.")
         elif total == 1:
-            self.message.emit(f"Enrolled {name} from one picture: enrol a few more (different moments, poses) "
-                              "so more of their photos are recognised — see the Identity tab.", False)
+            text = (f"Enrolled {name} from one picture: enrol a few more (different moments, poses) "
+                    "so more of their photos are recognised — see the Identity tab.")
         else:
-            self.message.emit(f"Enrolled {name} ({pictures}). Identity decisions appear in the Identity tab and "
-                              "on the boxes.", False)
+            text = f"Enrolled {name} ({pictures}). Identity decisions appear in the Identity tab and on the boxes."
+        if emit:
+            self.message.emit(text, False)
+        return text
 
     def remove(self, name: str) -> None:
         self.store.remove(name)

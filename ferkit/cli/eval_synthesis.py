@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-    use_batch_threads(args)
+    choice = use_batch_threads(args)
     generator = load_weights(args.checkpoint or args.weights, device=args.device)
     if not getattr(generator.model, "has_synthesis", False):
         raise UsageError(f"weights {generator.weights.name!r} have no synthesis stream")
@@ -119,12 +120,13 @@ def _run(args: argparse.Namespace) -> int:
     report = evaluate_synthesis(generator, images, labels, subjects, judge=judge, identity=identity,
                                 batch_size=args.batch_size)
     result = {"weights": generator.weights.name, "source": generator.weights.source, "data": desc,
-              **report.metrics, "per_target_accuracy": report.per_target_accuracy}
+              **report.metrics, "per_target_accuracy": report.per_target_accuracy, "threads": choice.threads}
     if getattr(generator.model, "has_gates", False):
         from ferkit.evaluation.gates import gate_spread
 
         result["gate_spread"] = gate_spread(generator.model, images, lambda x: pre.normalize(x.to(generator.device)),
                                             batch_size=args.batch_size)
+    print(f"threads: {choice.reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -19,8 +19,9 @@ def add_batch_threads(p: argparse.ArgumentParser, what: str) -> None:
     from ferkit.training.threads import threads_arg
 
     p.add_argument("--threads", type=threads_arg, default=None, metavar="auto|N",
-                   help=f"torch threads of {what} (default auto: the cores not busy with other programs; more "
-                        "threads than free cores make every batch wait for a descheduled one)")
+                   help=f"torch threads of {what} (default auto: the cores not busy with other programs, or "
+                        "$FERKIT_TRAIN_THREADS; more threads than free cores make every batch wait for a "
+                        "descheduled one)")
 
 
 def use_batch_threads(args: argparse.Namespace) -> Any:

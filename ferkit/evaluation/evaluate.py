@@ -40,9 +40,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from ferkit.data.classes import canonical
 from ferkit.data.dataset import FaceDataset
 from ferkit.data.errors import DataError
-from ferkit.data.classes import canonical
 from ferkit.errors import UsageError
 from ferkit.evaluation.metrics import accuracy, confusion, mean_class_accuracy, per_class
 from ferkit.utils.io import atomic_write_text
