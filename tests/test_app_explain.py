@@ -295,6 +295,9 @@ def test_shipped_fersnet_card_accuracy_is_what_the_panel_says() -> None:
         assert all(f"{v * 100:.1f} %" in info["text"] for _l, v in measured)
     else:
         assert "not measured" in info["text"]
+    labels = dict(synthesis_accuracies({"photos_synthesis_accuracy_judge_netb_dal_mse": 0.6,
+                                        "ckplus48_fold0of10_synthesis_accuracy": 0.8}))
+    assert labels == {"judge netb-dal-mse on photos": 0.6, "CK+48 fold 0 of 10": 0.8}  # names as users type them
 
 
 def test_the_card_s_selective_channel_is_shown_by_default_and_the_mean_on_request(qtbot) -> None:

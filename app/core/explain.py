@@ -285,6 +285,16 @@ def _words(text: str) -> str:
     return text.replace("_", " ").strip()
 
 
+def _weights_names(text: str) -> str:
+    """Shipped weights names written with underscores in a metric key (``netb_dal_mse``) as users
+    know them (``netb-dal-mse``)."""
+    from ferkit.models.weights import list_weights
+
+    for name in sorted(list_weights(), key=len, reverse=True):
+        text = text.replace(name.replace("-", "_"), name)
+    return text
+
+
 def synthesis_accuracies(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
     """The card's measured synthesis accuracies (not the paper's), in card order, with readable labels.
 
@@ -295,7 +305,7 @@ def synthesis_accuracies(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
         if "synthesis_accuracy" not in key or key.startswith("paper_") or not isinstance(value, (int, float)):
             continue
         data, _, judge = key.partition("synthesis_accuracy")
-        label = " on ".join(p for p in (_words(judge), _words(data)) if p)
+        label = " on ".join(p for p in (_words(_weights_names(judge)), _words(data)) if p)
         out.append((label, float(value)))
     return out
 
