@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import torch
 
+from ferkit.errors import UsageError
 from ferkit.losses.gan import FersnetLossWeights, discriminator_loss, generator_adversarial_loss, mean_squared_norm
 from ferkit.models.fersnet import DIRECTIONS, FERSNet, gate_key
 from ferkit.models.patchgan import PatchDiscriminator
@@ -259,6 +260,27 @@ def test_schedule_spans_the_runs_planned_epochs_unless_given(tmp_path: Path) -> 
     paper.setup(LocalContext(tmp_path / "c" / "run"))  # a context without epochs: the paper's 500
     assert paper.schedule_epochs == 500
 
+
+
+def test_recognition_lr_mult_gives_the_recognition_stream_its_own_rate(tmp_path: Path) -> None:
+    """Every G parameter in exactly one group; encoder, gates into it and classifier at lr x M, the
+    rest at lr; the one schedule decays both alike; a non-positive M is a user error."""
+    recipe = _recipe(tmp_path / "a", identity_weights="none", lr=2e-4, lr_end=2e-5, recognition_lr_mult=5)
+    recipe.setup(LocalContext(tmp_path / "a" / "run", epochs=3))
+    groups = {g["name"]: g for g in recipe.opt_g.param_groups}
+    assert groups["recognition"]["lr"] == pytest.approx(1e-3) and groups["synthesis"]["lr"] == pytest.approx(2e-4)
+    names = {id(p): n for n, p in recipe.model.named_parameters()}
+    rec = {names[id(p)].split(".")[0] for p in groups["recognition"]["params"]}
+    assert rec == {"fer_blocks", "flu_fer", "classifier"}
+    assert sum(len(g["params"]) for g in groups.values()) == len(names)  # each parameter once
+    recipe.sched_g.step()
+    assert recipe.opt_g.param_groups[0]["lr"] / recipe.opt_g.param_groups[1]["lr"] == pytest.approx(5)
+    plain = _recipe(tmp_path / "b", identity_weights="none")
+    plain.setup(LocalContext(tmp_path / "b" / "run", epochs=3))
+    assert {g["lr"] for g in plain.opt_g.param_groups} == {1e-3}  # default: one rate, the paper
+    with pytest.raises(UsageError, match="recognition-lr-mult"):
+        _recipe(tmp_path / "c", identity_weights="none", recognition_lr_mult=0).setup(
+            LocalContext(tmp_path / "c" / "run", epochs=3))
 
 def test_own_target_prob_uses_the_source_as_its_own_target(tmp_path: Path) -> None:
     """--own-target-prob 1: every target is the source's expression and L_rec compares with the source."""

@@ -116,6 +116,10 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (paper: 64)")
         parser.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (paper: 1e-3)")
         parser.add_argument("--lr-end", type=float, default=1e-5, help="final learning rate (paper: 1e-5)")
+        parser.add_argument("--recognition-lr-mult", type=float, default=1.0, metavar="M",
+                            help="learning rate of the recognition stream (its encoder, the gates into it, the "
+                                 "classifier) as a multiple of --lr; the synthesis stream keeps --lr (default 1: "
+                                 "one rate, the paper)")
         parser.add_argument("--schedule-epochs", type=int, default=None,
                             help="epochs the lr decay and the l4 ramp span (default: the run's --epochs, "
                                  "paper's 500)")
@@ -226,7 +230,10 @@ class _FersnetRecipe(Recipe):
             raise UsageError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs} "
                              "(or equal to it when --init names a trained FERSNet to fine-tune)")
         lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.5, 0.999))
+        self.recognition_lr_mult = float(option(o, "recognition_lr_mult", 1.0))
+        if self.recognition_lr_mult <= 0:
+            raise UsageError(f"--recognition-lr-mult must be positive, got {self.recognition_lr_mult}")
+        self.opt_g = torch.optim.Adam(self._generator_groups(lr), lr=lr, betas=(0.5, 0.999))
         self.sched_g = exponential_decay(self.opt_g, lr, lr_end, self.schedule_epochs)
         self.discriminator: Optional[nn.Module] = None
         self.identity: Optional[FrozenIdentity] = None
@@ -251,6 +258,23 @@ class _FersnetRecipe(Recipe):
         ctx.log(f"{self.name}: {arch} {self.model_cfg}; {self._data_desc}; identity net for L_idt: "
                 f"{self.identity.name if self.identity else 'none'}; lr {lr} -> {lr_end} over "
                 f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else ""))
+
+    #: parameter-name prefixes of the recognition stream: its encoder, the ConvFLU gates writing into
+    #: it (FER <- FES) and the classifier
+    RECOGNITION_PARTS = ("fer_blocks.", "flu_fer.", "classifier.")
+
+    def _generator_groups(self, lr: float) -> list[dict[str, Any]]:
+        """G's Adam parameter groups: the recognition stream at ``lr * --recognition-lr-mult``, the rest at ``lr``.
+
+        Why: the FER stream alone (w/o MTL) learned CK+ better at 5x the GAN's rate (92.59 % against
+        90.84 % over 10 folds at 1e-3 vs 2e-4), a rate the synthesis stream and its adversary are
+        not tuned for; one multiple lets both run at their own pace under the one schedule.
+        """
+        recognition, synthesis = [], []
+        for name, param in self.model.named_parameters():
+            (recognition if name.startswith(self.RECOGNITION_PARTS) else synthesis).append(param)
+        groups = [{"params": recognition, "lr": lr * self.recognition_lr_mult, "name": "recognition"}]
+        return groups + ([{"params": synthesis, "lr": lr, "name": "synthesis"}] if synthesis else [])
 
     def _load_init(self, source: str) -> str:
         """Copy the tensors of ``source`` whose name and shape match this model; say what was kept.
