@@ -325,10 +325,11 @@ def test_the_card_s_selective_channel_is_shown_by_default_and_the_mean_on_reques
 
 
 def test_gate_maps_take_the_named_channel() -> None:
-    from app.core.explain import gate_maps
+    from app.core.explain import gate_arrays, gate_maps
 
     gate = np.random.default_rng(0).random((1, 4, 6, 6)).astype(np.float32)
-    maps = gate_maps({"z/fes<-fer/1": gate, "r/fes<-fer/1": gate}, channels={"z/fes<-fer/1": 2})
+    maps = gate_maps(gate_arrays({"z/fes<-fer/1": gate, "r/fes<-fer/1": gate}), channels={"z/fes<-fer/1": 2})
     assert list(maps) == ["z/fes<-fer/1"]
     np.testing.assert_allclose(maps["z/fes<-fer/1"], gate[0, 2])
-    np.testing.assert_allclose(gate_maps({"z/fes<-fer/1": gate})["z/fes<-fer/1"], gate[0].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(gate_maps(gate_arrays({"z/fes<-fer/1": gate}))["z/fes<-fer/1"], gate[0].mean(axis=0),
+                               rtol=1e-6)

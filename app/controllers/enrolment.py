@@ -137,10 +137,12 @@ class EnrolmentController(QObject):
         """One message for the whole batch: the refused files first (as an error), then what was enrolled."""
         for picture, key, feature in taken:
             self.store.add(name, picture, key, feature)
-        said = self._saved_and_said(name, len(taken), any(f is None for _p, _k, f in taken), emit=not refused) \
-            if taken else ""
+        said = []
+        if taken:
+            said.append(self._saved_and_said(name, len(taken), any(f is None for _p, _k, f in taken),
+                                             emit=not refused))
         if refused:
-            self.message.emit(" ".join(refused + ([said] if said else [])), True)
+            self.message.emit(" ".join(refused + said), True)
 
     def add(self, name: str, picture: np.ndarray, key: Optional[str], feature: Optional[np.ndarray]) -> None:
         self.store.add(name, picture, key, feature)

@@ -32,8 +32,8 @@ def compute_gates(cache: ModelCache, p: dict[str, Any]) -> dict[str, Any]:
     channels = handle.weights.gate_channels or {}
     arrays = gate_arrays(out.gates)
     return {"model": handle.name, "key": handle.key, "track_id": p["track_id"], "crop": p["crop"],
-            "maps": gate_maps(arrays, None),
-            "channel_maps": gate_maps(arrays, None, channels=channels) if channels else {},
+            "maps": gate_maps(arrays),
+            "channel_maps": gate_maps(arrays, channels=channels) if channels else {},
             "channels": {k: (c, int(arrays[k].shape[0])) for k, c in channels.items() if k in arrays}}
 
 

@@ -220,16 +220,16 @@ def gate_arrays(gates: Mapping[str, "object"], index: int = 0) -> dict[str, np.n
     return out
 
 
-def gate_maps(gates: Mapping[str, "object"], index: int = 0,
+def gate_maps(arrays: Mapping[str, np.ndarray],
               channels: Optional[Mapping[str, int]] = None) -> dict[str, np.ndarray]:
-    """Every gate of face ``index`` of a ModelOutput's ``gates`` as an ``[H, W]`` map.
+    """Every gate of one face (the ``[C, H, W]`` arrays of :func:`gate_arrays`) as an ``[H, W]`` map.
 
     The channel mean by default; with ``channels`` (a card's ``gate_channels``), the named channel
-    of each gate that has one (gates without an entry are left out). ``gates`` may also be the
-    result of :func:`gate_arrays` with ``index=None``, so both views share one conversion.
+    of each gate that has one (gates without an entry are left out). Both views take the arrays of
+    one :func:`gate_arrays` call, so the gates leave the device once.
     """
     out = {}
-    for key, arr in (gates.items() if index is None else gate_arrays(gates, index).items()):
+    for key, arr in arrays.items():
         if channels is None:
             out[key] = gate_map(arr)
         elif key in channels and arr.ndim == 3 and 0 <= channels[key] < arr.shape[0]:

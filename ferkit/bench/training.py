@@ -128,12 +128,11 @@ def bench_training(recipes: Optional[list[str]] = None, device: torch.device = t
     """One row per recipe (its :attr:`~ferkit.training.recipe.Recipe.network`); recipes sharing a
     network configuration are measured once."""
     from ferkit.recipes.registry import get_recipe, list_recipes
+    from ferkit.training.threads import choose_threads
 
     known = list_recipes()
     # every recipe, then the named configurations of a recipe (FERSNet's CPU recipe), marked registered=False
     names = recipes or known + list(CONFIGURATIONS)
-    from ferkit.training.threads import choose_threads
-
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(choose_threads(None).threads)  # the engine's default: the free cores
