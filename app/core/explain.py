@@ -285,12 +285,10 @@ def _words(text: str) -> str:
     return text.replace("_", " ").strip()
 
 
-def _weights_names(text: str) -> str:
+def _weights_names(text: str, names: Sequence[str]) -> str:
     """Shipped weights names written with underscores in a metric key (``netb_dal_mse``) as users
-    know them (``netb-dal-mse``)."""
-    from ferkit.models.weights import list_weights
-
-    for name in sorted(list_weights(), key=len, reverse=True):
+    know them (``netb-dal-mse``); ``names`` longest first, so ``netb_dal_mse`` is not read as ``netb``."""
+    for name in names:
         text = text.replace(name.replace("-", "_"), name)
     return text
 
@@ -300,12 +298,15 @@ def synthesis_accuracies(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
 
     Keys look like ``<data>_synthesis_accuracy[_<judge>]``; the label is "<judge> on <data>".
     """
+    from ferkit.models.weights import list_weights
+
+    names = sorted(list_weights(), key=len, reverse=True)  # one scan of the weights folder per card
     out = []
     for key, value in metrics.items():
         if "synthesis_accuracy" not in key or key.startswith("paper_") or not isinstance(value, (int, float)):
             continue
         data, _, judge = key.partition("synthesis_accuracy")
-        label = " on ".join(p for p in (_words(_weights_names(judge)), _words(data)) if p)
+        label = " on ".join(p for p in (_words(_weights_names(judge, names)), _words(data)) if p)
         out.append((label, float(value)))
     return out
 

@@ -99,6 +99,7 @@ def json_row_in_child(cmd: list[str], *, timeout_s: float, load_cores: int = 0, 
         return {"error": " | ".join(proc.stderr.strip().splitlines()[-3:]) or f"exit {proc.returncode}",
                 "background_load_cores": load_cores}
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    row.update(background_load_cores=load_cores, background_load_cpus=load["cpus"] if load_cores else None,
-               background_load_nice=load_nice if load_cores else None)
+    row["background_load_cores"] = load_cores
+    if load_cores:  # an idle row says only that it ran without load
+        row.update(background_load_cpus=load["cpus"], background_load_nice=load_nice)
     return row

@@ -274,9 +274,6 @@ def run_in_child(timeout_s: float = 600, load_cores: int = 0, **kwargs: Any) -> 
     row = json_row_in_child(args, timeout_s=timeout_s, load_cores=load_cores)
     if "error" in row:
         row.update({k: str(v) for k, v in kwargs.items()})
-    row.pop("background_load_nice", None)
-    if not load_cores:
-        row.pop("background_load_cpus", None)
     return row
 
 
