@@ -264,6 +264,16 @@ def test_labels_cover_no_other_face_in_the_group_photo() -> None:
         assert not [(i, j) for i, r in enumerate(rects) for j, b in enumerate(boxes) if overlaps(r, b)]
 
 
+def test_labels_larger_than_the_picture_still_get_a_place() -> None:
+    from app.core.layout import place_labels
+
+    # more text than picture: no free place exists, so each label takes its best place (above its
+    # box, clamped into the picture) and overlaps rather than vanishing
+    boxes = [(10, 10, 20, 20), (40, 10, 20, 20)]
+    rects = place_labels(boxes, [(100.0, 60.0)] * 2, (0.0, 0.0, 100.0, 60.0))
+    assert rects == [(0.0, 0.0, 100.0, 60.0), (0.0, 0.0, 100.0, 60.0)]
+
+
 def test_rematch_follows_the_gallery_and_guided_capture_keeps_distinct_moments() -> None:
     from types import SimpleNamespace
 

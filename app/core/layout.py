@@ -11,7 +11,7 @@ while any free place is left.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 #: x, y, width, height
 Rect = tuple[float, float, float, float]
@@ -27,24 +27,25 @@ def _clamp(x: float, y: float, w: float, h: float, bounds: Rect) -> Rect:
     return (max(bx, min(x, bx + bw - w)), max(by, min(y, by + bh - h)), w, h)
 
 
-def _candidates(box: Rect, size: tuple[float, float], bounds: Rect) -> list[Rect]:
+def _candidates(box: Rect, size: tuple[float, float], bounds: Rect) -> Iterator[Rect]:
+    """Places for one label, best first; lazy, because on a live frame the first few usually win
+    and the last-resort scan of the whole picture is hundreds of rectangles."""
     x, y, w_box, h_box = box
     w, h = size
     xs = [x, x + w_box - w]  # left-aligned with the box, then right-aligned
-    out = [_clamp(cx, cy, w, h, bounds) for cy in (y - h, y + h_box) for cx in xs]  # above, below
-    out += [_clamp(x + w_box, y, w, h, bounds), _clamp(x - w, y, w, h, bounds)]  # beside: right, left
-    out += [_clamp(cx, y, w, h, bounds) for cx in xs]  # inside the top edge
+    yield from (_clamp(cx, cy, w, h, bounds) for cy in (y - h, y + h_box) for cx in xs)  # above, below
+    yield from (_clamp(x + w_box, y, w, h, bounds), _clamp(x - w, y, w, h, bounds))  # beside: right, left
+    yield from (_clamp(cx, y, w, h, bounds) for cx in xs)  # inside the top edge
     # then free rows further away, nearest first, in steps of one label height
     steps = int(bounds[3] // max(h, 1.0)) + 1
     for k in range(1, steps + 1):
         for cy in (y - h - k * h, y + h_box + k * h):
-            out += [_clamp(cx, cy, w, h, bounds) for cx in xs]
+            yield from (_clamp(cx, cy, w, h, bounds) for cx in xs)
     # last resort: every row of the picture, scanning across
     for k in range(steps):
         cy = bounds[1] + k * h
-        for cx in (bounds[0] + i * w / 2 for i in range(int(bounds[2] // max(w / 2, 1.0)) + 1)):
-            out.append(_clamp(cx, cy, w, h, bounds))
-    return out
+        for i in range(int(bounds[2] // max(w / 2, 1.0)) + 1):
+            yield _clamp(bounds[0] + i * w / 2, cy, w, h, bounds)
 
 
 def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], bounds: Rect) -> list[Rect]:
@@ -56,15 +57,16 @@ def place_labels(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], bo
     order = sorted(range(len(boxes)), key=lambda i: (boxes[i][1], boxes[i][0]))
     placed: dict[int, Rect] = {}
     for i in order:
-        candidates = _candidates(boxes[i], sizes[i], bounds)
         others = [b for j, b in enumerate(boxes) if j != i]
         rules = (lambda c: not any(overlaps(c, b) for b in boxes),  # covers no face at all
                  lambda c: not any(overlaps(c, b) for b in others),  # only its own face's edge
                  lambda c: True)  # labels stay readable before faces stay visible
         free = None
         for rule in rules:
-            free = next((c for c in candidates if rule(c) and not any(overlaps(c, p) for p in placed.values())), None)
+            free = next((c for c in _candidates(boxes[i], sizes[i], bounds)
+                         if rule(c) and not any(overlaps(c, p) for p in placed.values())), None)
             if free is not None:
                 break
-        placed[i] = free if free is not None else candidates[0]
+        # no free place at all (more text than picture): the best place, overlapping a label
+        placed[i] = free if free is not None else next(_candidates(boxes[i], sizes[i], bounds))
     return [placed[i] for i in range(len(boxes))]
