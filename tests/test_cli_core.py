@@ -93,6 +93,25 @@ def test_eval_on_ckplus48_maps_class_names(run: dict[str, Path], capsys: pytest.
     assert set(res["per_class"]) <= set(res["classes"]) and "happiness" in res["classes"]
 
 
+def test_eval_of_a_fold_model_counts_its_training_subjects_and_can_score_the_heldout_ones(
+        run: dict[str, Path], capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    """The shipped fersnet is a CK+ fold-0 model: S011 is one of its held-out subjects, S010 and
+    S022 are not, so 9 of the fixture's 12 images are training faces and --heldout-only keeps 3."""
+    make_ckplus48_tree(tmp_path)
+    rc, out, err = call(capsys, "eval", "--weights", "fersnet", "--data", str(tmp_path), "--json", "--device", "cpu")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["n"] == 12 and res["seen_in_training"] == 9 and not res["heldout_only"]
+    rc, out, err = call(capsys, "eval", "--weights", "fersnet", "--data", str(tmp_path), "--device", "cpu")
+    assert rc == 0 and "9 of these 12 images show subjects fersnet trained on" in out
+    rc, out, err = call(capsys, "eval", "--weights", "fersnet", "--data", str(tmp_path), "--json", "--heldout-only")
+    res = json.loads(out)
+    assert rc == 0 and res["n"] == 3 and res["seen_in_training"] == 0 and res["heldout_only"]
+    # weights without held-out subjects (a FER+ run) cannot honour the option, and say so
+    rc, _, err = call(capsys, "eval", "--checkpoint", str(run["ckpt"]), "--data", str(tmp_path), "--heldout-only")
+    assert rc == 2 and "names no held-out subjects" in err
+
+
 def test_train_kill_resume_then_eval_end_to_end(run: dict[str, Path], capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     """tiny train -> (stop) -> resume -> eval: the resumed checkpoint evaluates like any weights."""
     out = tmp_path / "r"

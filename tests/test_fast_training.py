@@ -264,6 +264,8 @@ def test_eval_reads_fer2013_usage_and_maps_shared_classes(tmp_path: Path) -> Non
     make_ferplus_tree(valid, votes=[[10] + [0] * 9, [0] * 7 + [10, 0, 0], [0, 10] + [0] * 8])
     res = evaluate("netb-dal-mse", valid, device="cpu")
     assert res["n"] == 2 and res["excluded"] == {"contempt": 1}
+    # FER2013's card says "happy" / "angry"; the result speaks every command's spelling
+    assert res["classes"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
     from ferkit.data.errors import DataError
 
     with pytest.raises(DataError, match="FER2013"):

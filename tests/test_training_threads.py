@@ -157,7 +157,7 @@ def _ferkit(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", [["predict", "x.png"], ["eval", "--weights", "tfe-jl", "--data", "x"]])
 def test_cli_threads_rejects_nonsense(command: list[str]) -> None:
     proc = _ferkit(*command, "--threads", "lots")
-    assert proc.returncode == 2 and "threads must be 'auto' or a whole number" in proc.stderr
+    assert proc.returncode == 2 and "threads must be 'auto' (also written 0) or a whole number" in proc.stderr
 
 
 def test_cli_train_and_cv_take_threads_auto(fer_dir: Path) -> None:

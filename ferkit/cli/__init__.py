@@ -32,8 +32,23 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+DESCRIPTION = ("Identity-aware facial expression recognition and synthesis: predict, evaluate, train and "
+               "cross-validate the four papers' models, synthesise expressions, benchmark. "
+               "`ferkit COMMAND --help` says what each command takes.")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ferkit")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferkit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ferkit", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"ferkit {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"ferkit.cli.{name}").register(sub)
@@ -48,6 +63,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("ferkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`ferkit predict ... | head`): not an error of ours; stdout is
+        # pointed at devnull so the interpreter's final flush does not raise a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except UserError as exc:
         if os.environ.get("FERKIT_DEBUG"):
             raise

@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ferkit.cli.options import device_arg
 from ferkit.errors import NotFoundError
+from ferkit.utils.argtypes import non_negative_int, positive_float, positive_int
 
 SECTIONS = ("models", "pipeline", "agreement", "training")
 
@@ -51,16 +53,16 @@ def register(subparsers: Any) -> None:
                         "this machine: ferkit-live without a GPU on <= 4 cores, else tfe-jl)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
                    help="engine of the live pipeline runs (default auto: ONNX Runtime where installed)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op threads of live (few-face) inference and batch-1 latency (default 1)")
-    p.add_argument("--detect-every", type=int, default=5,
+    p.add_argument("--detect-every", type=positive_int, default=5,
                    help="fast face path: run the detector every N frames, optical flow between (default 5)")
-    p.add_argument("--load-cores", type=int, default=1,
+    p.add_argument("--load-cores", type=non_negative_int, default=1,
                    help="cores kept busy for the pipeline's and training's background-load runs "
                         "(default 1; 0 skips them)")
-    p.add_argument("--busy-seconds", type=float, default=6.0,
+    p.add_argument("--busy-seconds", type=positive_float, default=6.0,
                    help="training section: seconds of training per busy-core run (default 6)")
-    p.add_argument("--busy-repeats", type=int, default=2,
+    p.add_argument("--busy-repeats", type=positive_int, default=2,
                    help="training section: runs per busy-core row, taking turns; the median is reported (default 2)")
     p.add_argument("--multi-face", type=Path, default=None,
                    help="image looped as a many-face video (default resources/samples/multi_face.jpg)")
@@ -68,15 +70,15 @@ def register(subparsers: Any) -> None:
                    help="face crops calibrating the int8 per-face figures (default: shared data "
                         "ferplus/FER2013Valid; skipped when absent)")
     p.add_argument("--no-int8", action="store_true", help="leave int8 ONNX out of the per-face figures")
-    p.add_argument("--agreement-frames", type=int, default=None,
+    p.add_argument("--agreement-frames", type=positive_int, default=None,
                    help="agreement section: only the first N frames of the video (default all)")
     p.add_argument("--synthesis-weights", default=None,
                    help="FERSNet weights for the synthesis run (default: shipped fersnet weights, else fersnet_light)")
     p.add_argument("--video", type=Path, default=None, help="video (default resources/samples/expressions_pexels_640x360.mp4)")
-    p.add_argument("--frames", type=int, default=100, help="timed frames per pipeline pass (default 100)")
-    p.add_argument("--passes", type=int, default=3, help="pipeline passes per configuration (default 3)")
+    p.add_argument("--frames", type=positive_int, default=100, help="timed frames per pipeline pass (default 100)")
+    p.add_argument("--passes", type=positive_int, default=3, help="pipeline passes per configuration (default 3)")
     p.add_argument("--recipes", nargs="+", default=None, help="training section: these recipes only")
-    p.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (CPU, plus CUDA when present), cpu or cuda")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this file")
     p.add_argument("--keep-denormals", action="store_true",
                    help="do not flush subnormal floats to zero (shows the slow path trained weights hit)")

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ferkit.cli.options import device_arg
 from ferkit.errors import NotFoundError, UsageError
+from ferkit.utils.argtypes import non_negative_float, positive_int
 
 #: fold options that ``ferkit cv`` sets itself; a recipe's own definitions of them are skipped
 _CV_FLAGS = {"--folds", "--fold", "--split-seed", "--epochs", "--threads"}
@@ -56,14 +58,14 @@ def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
 
     parser = argparse.ArgumentParser(prog=f"ferkit cv {recipe_cls.name}", description=recipe_cls.description or None)
     parser.add_argument("--data", required=True, type=Path, help=recipe_cls.data_help or "dataset folder")
-    parser.add_argument("--folds", type=int, default=10, help="number of folds (papers: 10)")
+    parser.add_argument("--folds", type=positive_int, default=10, help="number of folds (papers: 10)")
     parser.add_argument("--by", choices=["subject"], default="subject",
                         help="split unit: subject (no person in two folds; the only protocol the papers use)")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default runs/cv/<recipe>); one sub-folder per fold")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"epochs per fold (paper: {recipe_cls.default_epochs})")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", type=device_arg, help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every fold")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the subject fold assignment")
     parser.add_argument("--fold-only", type=int, nargs="+", default=None, metavar="I",
@@ -72,7 +74,7 @@ def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
                         help="torch threads for CPU training (default auto: the free cores, re-checked every "
                              "few seconds; see ferkit train --help)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
-    parser.add_argument("--progress-interval", type=float, default=5.0,
+    parser.add_argument("--progress-interval", type=non_negative_float, default=5.0,
                         help="seconds between JSON 'step' events (default 5)")
     parser.add_argument("--json", action="store_true", help="print the cv.json summary on stdout at the end")
     before = {a.dest for a in parser._actions}

@@ -13,7 +13,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     from ferkit.cli.predict import add_weights_arguments
-    from ferkit.cli.options import add_batch_threads
+    from ferkit.cli.options import add_batch_threads, device_arg
 
     p = subparsers.add_parser("eval", help="accuracy of weights on a labelled folder of face crops",
                               description="Evaluate weights on a FER+ split folder, CK+48 or a prepared dataset.")
@@ -33,8 +33,11 @@ def register(subparsers: Any) -> None:
                    help="face crops calibrating --engine onnx-int8 (default: shared data ferplus/FER2013Valid)")
     p.add_argument("--onnx", default=None, metavar="FILE",
                    help="score with this exported .onnx file (e.g. from export-onnx --int8) instead of the weights")
+    p.add_argument("--heldout-only", action="store_true",
+                   help="score only the subjects the weights' card says were held out of training (CK+ fold "
+                        "models: their test fold); without it such a run also counts the training subjects and says so")
     p.add_argument("--report", default=None, metavar="DIR", help="write confusion.png, per_class.csv, eval.json here")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (CUDA when present), cpu or cuda")
     add_batch_threads(p, "the evaluation batches")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     choice = use_batch_threads(args)
     result = evaluate(resolve_weights(args), args.data, vote=args.vote, device=args.device, report_dir=args.report,
                       split=args.split, tta=args.tta, engine=args.engine, calibration=args.calibration,
-                      onnx_file=args.onnx)
+                      onnx_file=args.onnx, heldout_only=args.heldout_only)
     result.setdefault("threads", choice.threads)
     print(f"threads: {choice.reason}", file=sys.stderr)  # after the run: an error stays one plain line
     if args.json:

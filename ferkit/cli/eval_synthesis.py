@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ferkit.cli.options import add_batch_threads, add_model_source, add_verbose, run_quietly, use_batch_threads
+from ferkit.cli.options import add_batch_threads, add_model_source, add_verbose, device_arg, run_quietly, use_batch_threads
 from ferkit.errors import NotFoundError, UsageError
+from ferkit.utils.argtypes import positive_int
 
 
 def register(subparsers: Any) -> None:
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
     src.add_argument("--data", type=Path, help="CK+48 folder or FER+ folder")
     src.add_argument("--photos", type=Path, nargs="+", metavar="IMAGE",
                      help="photos: every detected face is synthesised with every expression")
-    p.add_argument("--folds", type=int, default=10, help="CK+48 subject-independent folds (0: all images)")
+    p.add_argument("--folds", type=positive_int, default=10, help="CK+48 subject-independent folds (0: all images)")
     p.add_argument("--fold", type=int, default=0, help="CK+48 held-out fold to synthesise from")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
     p.add_argument("--judge", default=None, metavar="NAME_OR_CHECKPOINT",
@@ -46,8 +47,8 @@ def register(subparsers: Any) -> None:
                    help="identity net (Light CNN / DeepID); 'none' skips it; default, read from the shipped "
                         "cards: the calibrated Light CNN (the paper's), else the calibrated identity net best on "
                         "LFW, else any with an identity feature")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (CUDA when present), cpu or cuda")
     add_batch_threads(p, "the synthesis and judging batches")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_verbose(p)

@@ -22,8 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ferkit.cli.options import add_model_source, add_verbose, run_quietly
+from ferkit.cli.options import add_model_source, add_verbose, device_arg, run_quietly
 from ferkit.errors import NotFoundError, UsageError
+from ferkit.utils.argtypes import positive_int, probability
 
 
 def register(subparsers: Any) -> None:
@@ -33,9 +34,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, type=Path,
                    help="identity folders (<id>/<images>), a Yale folder, a `ferkit prepare` folder, or the LFW root")
     p.add_argument("--pairs", type=Path, default=None, help="LFW pairs.txt / pairsDevTest.txt (10-fold protocol)")
-    p.add_argument("--n-pairs", type=int, default=6000, help="pairs to draw without --pairs (half same; default 6000)")
+    p.add_argument("--n-pairs", type=positive_int, default=6000, help="pairs to draw without --pairs (half same; default 6000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn pairs")
-    p.add_argument("--folds", type=int, default=10, help="folds of the threshold protocol for drawn pairs")
+    p.add_argument("--folds", type=positive_int, default=10, help="folds of the threshold protocol for drawn pairs")
     p.add_argument("--identities", default=None,
                    help="use only these identities: a,b,c | @file | heldout (the names the weights' notes "
                         "list as held out of training)")
@@ -45,7 +46,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--align", action="store_true",
                    help="detect and align every face with the live face pipeline (the weights' crop style) "
                         "instead of resizing whole images; crops are cached")
-    p.add_argument("--far", type=float, default=None, metavar="RATE",
+    p.add_argument("--far", type=probability, default=None, metavar="RATE",
                    help="calibrate the threshold at this false-accept rate (e.g. 0.01) and report the "
                         "true-accept rate there (10-fold)")
     p.add_argument("--write-card", type=Path, default=None, metavar="CARD.json",
@@ -54,7 +55,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metric-prefix", default=None,
                    help="card metric names' prefix (default: lfw_view2 for a 10-fold pairs file, "
                         "yale_across_expressions on Yale, else verification_<data folder>)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto, cpu or cuda")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--report", type=Path, default=None, help="folder for verification.json and roc.png")
     add_verbose(p)

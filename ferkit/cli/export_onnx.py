@@ -24,6 +24,7 @@ from typing import Any
 
 from ferkit.cli.options import add_model_source
 from ferkit.errors import NotFoundError, UsageError
+from ferkit.utils.argtypes import positive_int
 
 
 def register(subparsers: Any) -> None:
@@ -33,12 +34,12 @@ def register(subparsers: Any) -> None:
                            checkpoint_help="a training checkpoint .pt")
     src.add_argument("--all", action="store_true", help="every shipped weights entry into the --out folder")
     p.add_argument("--out", required=True, type=Path, help="output .onnx file (a folder with --all)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-identity", action="store_true", help="export logits only, even for identity models")
     p.add_argument("--int8", action="store_true", help="static int8 quantisation (needs --calibration)")
     p.add_argument("--calibration", type=Path, default=None, metavar="DIR",
                    help="face crops (images, searched recursively) whose activations set the int8 ranges")
-    p.add_argument("--calibration-size", type=int, default=500, help="crops sampled from DIR (default 500)")
+    p.add_argument("--calibration-size", type=positive_int, default=500, help="crops sampled from DIR (default 500)")
     p.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="how activation ranges are set from the crops (default minmax)")
     p.add_argument("--validate", type=Path, default=None, metavar="DATA",

@@ -14,6 +14,22 @@ def add_model_source(p: argparse.ArgumentParser, *, weights_help: str, checkpoin
     return group
 
 
+def device_arg(text: str) -> str:
+    """argparse type of every ``--device``: the spelling is checked before anything runs or is written
+    (``gpu`` used to reach torch and end in a traceback); whether a GPU is present is checked on use."""
+    from ferkit.errors import UsageError
+    from ferkit.models.weights import resolve_device
+
+    if text != "auto":
+        try:
+            resolve_device(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace(f"--device {text!r} is", f"{text!r} is")) from None
+        except Exception:  # noqa: BLE001 - a CUDA device this machine lacks: said when it is used
+            pass
+    return text
+
+
 def add_batch_threads(p: argparse.ArgumentParser, what: str) -> None:
     """``--threads auto|N`` of a command that scores batches (eval, eval-synthesis): auto by default, as training."""
     from ferkit.training.threads import threads_arg

@@ -17,8 +17,9 @@ import json
 import sys
 from typing import Any
 
-from ferkit.cli.options import add_model_source, add_verbose, run_quietly
+from ferkit.cli.options import add_model_source, add_verbose, device_arg, run_quietly
 from ferkit.errors import NotFoundError, UsageError
+from ferkit.utils.argtypes import positive_int
 
 
 def register(subparsers: Any) -> None:
@@ -28,7 +29,7 @@ def register(subparsers: Any) -> None:
                               description="Detect faces and print each one's expression scores.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     add_weights_arguments(p)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--whole-image", action="store_true",
                    help="score each whole image as one face (pictures that already are face crops)")
     p.add_argument("--fallback-whole-image", action="store_true",
@@ -36,7 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--engine", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
                    help="auto (default: ONNX Runtime where installed, else torch), torch eager, onnx, or "
                         "onnx-int8 (static int8, calibrated on the shared FER2013Valid crops)")
-    p.add_argument("--max-faces", type=int, default=5, help="at most this many faces per image (default 5)")
+    p.add_argument("--max-faces", type=positive_int, default=5, help="at most this many faces per image (default 5)")
     p.add_argument("--tta", choices=["none", "flip"], default=None,
                    help="test-time augmentation (default: the weights card's; flip = mean of face and mirror)")
     p.add_argument("--threads", type=threads_arg, default=1, metavar="auto|N",
@@ -46,8 +47,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_verbose(p)
     v = p.add_argument_group("videos (one video file as PATH)")
-    v.add_argument("--every", type=int, default=1, metavar="N", help="analyse every N-th frame (default 1)")
-    v.add_argument("--detect-every", type=int, default=1, metavar="N",
+    v.add_argument("--every", type=positive_int, default=1, metavar="N", help="analyse every N-th frame (default 1)")
+    v.add_argument("--detect-every", type=positive_int, default=1, metavar="N",
                    help="run the face detector every N analysed frames and follow faces by optical flow "
                         "between (faster; default 1 = detect on every frame, as for images)")
     v.add_argument("--csv", default=None, metavar="FILE", help="write one row per analysed frame and face")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.cli.options import add_verbose, run_quietly
+from ferkit.utils.argtypes import positive_int
 
 #: dataset options the CLI knows; each dataset takes the subset listed in its registry entry
 _DATASET_OPTIONS = {
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("dst", type=Path, help="output folder (created; rerun to resume)")
     p.add_argument("--weights", default=None,
                    help="take size / gray / crop style from these weights' preprocessing")
-    p.add_argument("--size", type=int, default=None, help="crop side in pixels (default 48)")
+    p.add_argument("--size", type=positive_int, default=None, help="crop side in pixels (default 48)")
     color = p.add_mutually_exclusive_group()
     color.add_argument("--rgb", dest="grayscale", action="store_false", default=None, help="3-channel crops")
     color.add_argument("--gray", dest="grayscale", action="store_true", help="1-channel crops (default)")
@@ -50,7 +51,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--on-no-face", choices=["whole", "drop"], default=None,
                    help="images without a face: keep the whole image or drop it "
                         "(default: whole for cropped datasets, drop for full frames)")
-    p.add_argument("--chunk-size", type=int, default=256)
+    p.add_argument("--chunk-size", type=positive_int, default=256)
     p.add_argument("--overwrite", action="store_true", help="replace a different preparation in DST")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

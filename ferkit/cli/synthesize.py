@@ -13,8 +13,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ferkit.cli.options import add_model_source, add_verbose, run_quietly
+from ferkit.cli.options import add_model_source, add_verbose, device_arg, run_quietly
 from ferkit.errors import NotFoundError, UsageError
+from ferkit.utils.argtypes import positive_int
 
 DEFAULT_SYNTHESIS_WEIGHTS = "fersnet"
 
@@ -26,11 +27,11 @@ def register(subparsers: Any) -> None:
     add_model_source(p, weights_help=f"shipped weights with a synthesis stream (default {DEFAULT_SYNTHESIS_WEIGHTS})",
                      checkpoint_help="a FERSNet training checkpoint instead", required=False)
     p.add_argument("--target", default="all", help="expression label of the weights, or 'all' (default)")
-    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("--out", type=Path, required=True, help="picture to write; its suffix picks the format (.png, .jpg, .webp, .bmp)")
     p.add_argument("--whole-image", action="store_true", help="use the whole image as the face (no detection)")
     p.add_argument("--all-faces", action="store_true", help="one row per detected face (default: the largest face)")
-    p.add_argument("--scale", type=int, default=3, help="enlarge each face tile this many times (default 3)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--scale", type=positive_int, default=3, help="enlarge each face tile this many times (default 3)")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (CUDA when present), cpu or cuda")
     add_verbose(p)
     p.set_defaults(func=run)
 
@@ -42,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from ferkit.evaluation.synthesis import synthesis_grid, write_png
+    from ferkit.evaluation.synthesis import image_suffix, synthesis_grid, write_image
     from ferkit.inference import crops_to_tensor, faces_in_photos, to_model_input
     from ferkit.models.weights import load_weights
 
+    image_suffix(args.out)  # a name without a picture format fails now, not after the synthesis
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
     from ferkit.data.classes import canonical
@@ -73,8 +75,8 @@ def _run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         syn = model.synthesize_all(x)[:, targets]  # [N, T, C, H, W]
     grid = synthesis_grid(pre.denormalize(x).cpu(), pre.denormalize(syn).cpu(), [classes[t] for t in targets],
-                          scale=max(1, args.scale))
-    write_png(args.out, grid)
+                          scale=args.scale)
+    write_image(args.out, grid)
     print(f"{args.out}: {len(crops)} face{'s' if len(crops) > 1 else ''} ({'; '.join(where)}), {len(targets)} "
           f"target expression{'s' if len(targets) > 1 else ''} ({loaded.weights.name})")
     return 0

@@ -15,7 +15,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ferkit.cli.options import device_arg
 from ferkit.errors import NotFoundError, UsageError
+from ferkit.utils.argtypes import non_negative_float, positive_float, positive_int
 
 EXIT_INTERRUPTED = 130
 
@@ -41,10 +43,10 @@ def recipe_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
     parser.add_argument("--data", required=True, type=Path,
                         help=recipe_cls.data_help or "dataset folder the recipe trains on")
     parser.add_argument("--out", required=True, type=Path, help="run folder: checkpoint.pt, best.pt, curves")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"number of epochs (paper: {recipe_cls.default_epochs})")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", type=device_arg, help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default 0, or the checkpoint's)")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="same as --precision fp32")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -54,11 +56,11 @@ def recipe_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
                         help="torch threads for CPU training (default auto: the cores not busy with other "
                              "programs, re-checked every few seconds while it trains; "
                              "$FERKIT_TRAIN_THREADS sets the default; a fixed N gives bit-identical reruns)")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                         help="stop before an epoch that would end past this many seconds (checkpoint kept)")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic CUDA kernels (slower; CPU runs are deterministic anyway)")
-    parser.add_argument("--progress-interval", type=float, default=0.5,
+    parser.add_argument("--progress-interval", type=non_negative_float, default=0.5,
                         help="seconds between JSON 'step' events (default 0.5)")
     before = {a.dest for a in parser._actions}
     group = parser.add_argument_group(f"{recipe_cls.name} options")

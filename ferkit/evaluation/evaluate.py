@@ -35,7 +35,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -126,15 +126,30 @@ def shared_class_mapping(data_classes: list[str], model_classes: list[str]) -> t
     return mapping, missing
 
 
+def _seen_in_training(dataset: Any, heldout: Sequence[str]) -> Optional[torch.Tensor]:
+    """Mask of the images whose subject the weights trained on, or None when that cannot be told
+    (no held-out list in the card, no subject names in the data, or no held-out subject in it)."""
+    names = dataset.subject_names
+    if not heldout or dataset.subjects is None or not names:
+        return None
+    held = torch.tensor([n in set(heldout) for n in names], dtype=torch.bool)
+    if not bool(held.any()):
+        return None
+    return ~held[dataset.subjects]
+
+
 def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "majority", device: str = "auto",
              report_dir: Union[str, Path, None] = None, batch_size: int = EVAL_BATCH,
              split: Optional[str] = None, tta: Optional[str] = None, engine: str = "torch",
              calibration: Union[str, Path, None] = None,
-             onnx_file: Union[str, Path, None] = None) -> dict[str, Any]:
+             onnx_file: Union[str, Path, None] = None, heldout_only: bool = False) -> dict[str, Any]:
     """Accuracy, per-class metrics and the confusion matrix of ``weights`` (name or checkpoint) on ``data``.
 
     ``onnx_file``: score with this exported file (e.g. an int8 one) instead; ``weights`` still
-    names the card whose classes and preprocessing it must share.
+    names the card whose classes and preprocessing it must share. Weights trained on some subjects
+    of a data set with subject ids (a CK+ fold model) say which they held out; ``seen_in_training``
+    counts the images of the others, whose accuracy is training accuracy, and ``heldout_only``
+    scores the held-out subjects alone (the figure the card reports).
     """
     from ferkit.inference import Predictor
 
@@ -143,12 +158,21 @@ def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "maj
         raise DataError(Path(data), "no labelled images to evaluate (all rows dropped by the vote rule?)")
     predictor = Predictor(weights, device=device, tta=tta, engine=engine,
                           calibration=calibration, onnx_file=onnx_file)
-    model_classes = predictor.classes
+    seen = _seen_in_training(dataset, predictor.weights.heldout_identities)
+    if heldout_only:
+        if seen is None:
+            raise UsageError(f"--heldout-only: the card of {predictor.weights.name!r} names no held-out subjects "
+                             "of this data (only CK+ fold models do); evaluate every image instead")
+        dataset = dataset.subset(~seen)
+        if len(dataset) == 0:
+            raise DataError(Path(data), f"none of the subjects {predictor.weights.name!r} held out is in this data")
+    # every name the result carries in the one spelling the other commands print ("happiness")
+    model_classes = [canonical(c) for c in predictor.classes]
     mapping_list, missing = shared_class_mapping(list(dataset.classes), model_classes)
     mapping = torch.tensor(mapping_list)
     target_all = mapping[dataset.labels]
     keep = target_all >= 0
-    excluded = {c: int((dataset.labels == i).sum()) for i, c in enumerate(dataset.classes) if c in missing}
+    excluded = {canonical(c): int((dataset.labels == i).sum()) for i, c in enumerate(dataset.classes) if c in missing}
     images = dataset.images[keep]
     target = target_all[keep].numpy()
     if len(images) == 0:
@@ -174,6 +198,8 @@ def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "maj
         "engine": predictor.engine,
         "onnx_file": None if onnx_file is None else str(onnx_file),
         "excluded": excluded,
+        "seen_in_training": 0 if seen is None or heldout_only else int(seen.sum()),
+        "heldout_only": heldout_only,
         "data": str(data),
         "layout": layout,
         "weights": predictor.weights.name,
@@ -221,10 +247,15 @@ def format_table(result: dict[str, Any]) -> str:
              f"accuracy {result['accuracy']:.4f} on {result['n']} images; "
              f"mean class accuracy {result['mean_class_accuracy']:.4f}"
              + ("; left out (the model lacks the class): "
-                + ", ".join(f"{k} {v}" for k, v in excluded.items()) if excluded else ""), "",
+                + ", ".join(f"{k} {v}" for k, v in excluded.items()) if excluded else "")
+             + ("; held-out subjects only" if result.get("heldout_only") else ""), "",
              f"{'class':12s} {'n':>6s} {'acc':>7s} {'prec':>7s} {'f1':>7s}"]
     for name, m in result["per_class"].items():
         f = ["   -   " if m[k] is None else f"{m[k]:7.4f}" for k in ("accuracy", "precision", "f1")]
         lines.append(f"{name:12s} {m['n']:6d} {f[0]} {f[1]} {f[2]}")
+    if result.get("seen_in_training"):
+        lines += ["", f"note: {result['seen_in_training']} of these {result['n']} images show subjects "
+                      f"{result['weights']} trained on, so this is mostly training accuracy; "
+                      "--heldout-only scores its held-out subjects alone"]
     return "\n".join(lines)
 

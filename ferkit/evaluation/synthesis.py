@@ -333,13 +333,30 @@ def synthesis_grid(sources01: torch.Tensor, synthesised01: torch.Tensor, classes
     return np.concatenate([band, grid], axis=0)
 
 
-def write_png(path: Union[str, Path], rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image as PNG atomically (cv2 encodes, ferkit.utils.io writes)."""
+#: picture formats a grid can be written as, by file suffix (cv2 encodes each)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def image_suffix(path: Union[str, Path]) -> str:
+    """The picture format ``path`` names by its suffix; checked before the work whose result it will hold."""
+    from ferkit.errors import UsageError
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise UsageError(f"{path}: cannot tell the picture format from {suffix or 'no suffix'!r}; "
+                         f"name the file with one of {', '.join(IMAGE_SUFFIXES)}")
+    return suffix
+
+
+def write_image(path: Union[str, Path], rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image atomically in the format its suffix names (cv2 encodes,
+    ferkit.utils.io writes); PNG bytes in a file called ``.jpg`` confused viewers and uploads."""
     import cv2
 
     from ferkit.utils.io import atomic_write_bytes
 
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    suffix = image_suffix(path)
+    ok, buf = cv2.imencode(suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise RuntimeError(f"could not encode {path} as PNG")
+        raise RuntimeError(f"could not encode {path} as {suffix}")
     atomic_write_bytes(Path(path), buf.tobytes())

@@ -450,7 +450,11 @@ class OnnxModel:
         self.providers = list(providers)
         self._sessions: dict[int, Any] = {}
         self._lock = threading.Lock()
-        self.session = self.session_for(self.threads)
+        try:
+            self.session = self.session_for(self.threads)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a file it cannot read
+            raise UsageError(f"{self.path} is not an ONNX model onnxruntime can load ({type(exc).__name__}); "
+                             "create one with ferkit export-onnx") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise UsageError(f"{self.path} was not written by ferkit export-onnx (no '{METADATA_KEY}' metadata)")

@@ -368,7 +368,12 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
     """``auto`` -> CUDA when present, else CPU; an explicit ``cuda`` without a GPU is a clear error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device ferkit runs on: use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r} is not a device ferkit runs on: use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UnavailableError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     return dev

@@ -33,6 +33,7 @@ from ferkit.training.ema import WeightEMA
 from ferkit.training.precision import memory_format
 from ferkit.training.recipe import Recipe, StepResult, TrainContext
 from ferkit.training.schedule import SCHEDULES, make_schedule, step_schedule
+from ferkit.utils.argtypes import non_negative_float, positive_float, positive_int, probability
 
 INPUT_SIZE = 48
 EVAL_BATCH = 512
@@ -85,28 +86,28 @@ class ClassifierRecipe(Recipe):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--batch-size", type=int, default=None,
+        parser.add_argument("--batch-size", type=positive_int, default=None,
                             help=f"mini-batch (default {cls.default_batch_size})")
-        parser.add_argument("--lr", type=float, default=None,
+        parser.add_argument("--lr", type=positive_float, default=None,
                             help=f"initial (cosine) or peak (onecycle) learning rate (paper: {cls.default_lr})")
-        parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (paper: 0.9)")
+        parser.add_argument("--momentum", type=non_negative_float, default=0.9, help="SGD momentum (paper: 0.9)")
         parser.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                             help="Nesterov momentum (default on; not in the paper)")
-        parser.add_argument("--weight-decay", type=float, default=None,
+        parser.add_argument("--weight-decay", type=non_negative_float, default=None,
                             help=f"L2 weight decay (not in the paper; default {cls.default_weight_decay})")
         parser.add_argument("--schedule", choices=SCHEDULES, default=None,
                             help=f"one-cycle (warm-up to --lr, cosine anneal), cosine decay to 0 with a linear "
                                  f"warm-up, step (/10 every --lr-step epochs) or constant "
                                  f"(default {cls.default_schedule})")
-        parser.add_argument("--lr-step", type=int, default=20, help="epochs between /10 steps of --schedule step")
-        parser.add_argument("--warmup-epochs", type=float, default=None,
+        parser.add_argument("--lr-step", type=positive_int, default=20, help="epochs between /10 steps of --schedule step")
+        parser.add_argument("--warmup-epochs", type=non_negative_float, default=None,
                             help="linear LR warm-up length of the cosine schedule (default 0.5); one-cycle "
                                  "warms up over its first 30 %%")
-        parser.add_argument("--schedule-epochs", type=int, default=None,
+        parser.add_argument("--schedule-epochs", type=positive_int, default=None,
                             help="epochs the schedule spans (default: the run's --epochs)")
-        parser.add_argument("--label-smoothing", type=float, default=None,
+        parser.add_argument("--label-smoothing", type=probability, default=None,
                             help=f"label smoothing of hard-label cross-entropy (default {cls.default_label_smoothing})")
-        parser.add_argument("--ema", type=float, default=None, metavar="DECAY",
+        parser.add_argument("--ema", type=probability, default=None, metavar="DECAY",
                             help="keep an exponential moving average of the weights (e.g. 0.999): it is what "
                                  "is evaluated and saved as the model (default off)")
         parser.add_argument("--tta", choices=["none", "flip"], default="flip",
@@ -114,16 +115,16 @@ class ClassifierRecipe(Recipe):
                                  "model's default): flip = mean of the image's and its mirror's softmax")
         parser.add_argument("--augment", default=None,
                             help=f"comma list of {','.join(cls.augment_items)} or 'none' (default {cls.default_augment})")
-        parser.add_argument("--max-shift", type=float, default=None,
+        parser.add_argument("--max-shift", type=non_negative_float, default=None,
                             help=f"shift range, fraction of the side (default {cls.default_max_shift})")
-        parser.add_argument("--max-rotation", type=float, default=None,
+        parser.add_argument("--max-rotation", type=non_negative_float, default=None,
                             help=f"rotation range in degrees (default {cls.default_max_rotation})")
-        parser.add_argument("--max-scale", type=float, default=None,
+        parser.add_argument("--max-scale", type=non_negative_float, default=None,
                             help=f"zoom range, 0.1 = 0.9-1.1 (default {cls.default_max_scale})")
         parser.add_argument("--init-checkpoint", default=None,
                             help="start from these weights (checkpoint .pt, card or shipped name of the same "
                                  "architecture) instead of a random initialisation: a warm restart")
-        parser.add_argument("--max-steps-per-epoch", type=int, default=None,
+        parser.add_argument("--max-steps-per-epoch", type=positive_int, default=None,
                             help="stop each epoch after this many steps (a random subset of the batches; "
                                  "for short CPU runs of the joint stage)")
         parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",

@@ -44,6 +44,7 @@ from ferkit.recipes.base import ClassifierRecipe, option
 from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import NetSpec, TrainContext
+from ferkit.utils.argtypes import non_negative_float, positive_float, positive_int
 
 #: the paper's rotation set (degrees); with horizontal flips the training set grows 14x
 PAPER_ANGLES = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)
@@ -81,18 +82,18 @@ class _EIFNRecipe(ClassifierRecipe):
         parser.add_argument("--mode", choices=MODES, default=cls.default_mode,
                             help="eifn: L_exp also trains the identity extractor (paper); eifn_star: identity maps "
                                  "detached from L_exp (EIFN*); efn: lambda2 = 0 (EFN baseline)")
-        parser.add_argument("--width", type=float, default=1.0,
+        parser.add_argument("--width", type=positive_float, default=1.0,
                             help="channel multiplier of both VGG-16 extractors (1.0 = the paper; CPU runs use less)")
         parser.add_argument("--batch-norm", action="store_true", default=None,
                             help="VGG-16-BN extractors (BN after each conv) for training from random weights; "
                                  "the paper's VGG-16 has none")
-        parser.add_argument("--id-dim", type=int, default=512, help="identity feature size (FC1 of the identity branch)")
-        parser.add_argument("--lambda1", type=float, default=CKPLUS_LAMBDAS[0], help="center-loss weight inside L_id")
-        parser.add_argument("--lambda2", type=float, default=CKPLUS_LAMBDAS[1],
+        parser.add_argument("--id-dim", type=positive_int, default=512, help="identity feature size (FC1 of the identity branch)")
+        parser.add_argument("--lambda1", type=non_negative_float, default=CKPLUS_LAMBDAS[0], help="center-loss weight inside L_id")
+        parser.add_argument("--lambda2", type=non_negative_float, default=CKPLUS_LAMBDAS[1],
                             help="identity-loss weight (0 in efn mode)")
-        parser.add_argument("--lambda3", type=float, default=CKPLUS_LAMBDAS[2], help="expression-loss weight")
+        parser.add_argument("--lambda3", type=non_negative_float, default=CKPLUS_LAMBDAS[2], help="expression-loss weight")
         parser.add_argument("--alpha", type=float, default=0.5, help="centre learning rate (Wen et al.)")
-        parser.add_argument("--classifier-lr-mult", type=float, default=1.0,
+        parser.add_argument("--classifier-lr-mult", type=positive_float, default=1.0,
                             help="learning-rate multiplier of the expression classifier (it sees an L2-normalised "
                                  "input)")
         parser.add_argument("--init", type=str, default=None,

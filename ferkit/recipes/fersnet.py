@@ -79,7 +79,7 @@ from ferkit.data.sampling import TargetSampler
 from ferkit.errors import UsageError
 from ferkit.evaluation.forward import check_tta, class_probabilities, validation_metrics
 from ferkit.evaluation.synthesis import (FrozenIdentity, every_expression_set, grid_faces,
-                                         training_sample_grid, write_png)
+                                         training_sample_grid, write_image)
 from ferkit.losses.gan import (LOSS_NORMS, FersnetLossWeights, discriminator_loss, generator_adversarial_loss,
                               mean_squared_norm)
 from ferkit.models.fersnet import UPSAMPLING
@@ -93,6 +93,7 @@ from ferkit.recipes.registry import register_recipe
 from ferkit.training.precision import memory_format
 from ferkit.training.recipe import NetSpec, Recipe, StepResult, TrainContext
 from ferkit.training.schedule import exponential_decay
+from ferkit.utils.argtypes import non_negative_float, non_negative_int, positive_float, positive_int, probability
 
 EVAL_BATCH = 256
 
@@ -108,27 +109,27 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--arch", choices=["fersnet", "fersnet_light"], default="fersnet_light",
                             help="fersnet: paper size (256 filters, 96x96); fersnet_light: CPU size, 16 filters, 96x96, "
                                  "FES skip connections (default)")
-        parser.add_argument("--width", type=int, default=None, help="filters per conv layer (overrides --arch)")
+        parser.add_argument("--width", type=positive_int, default=None, help="filters per conv layer (overrides --arch)")
         parser.add_argument("--skips", choices=["on", "off"], default=None,
                             help="FES encoder -> decoder skip connections (default: on for fersnet_light, "
                                  "off for the paper's fersnet, which has none)")
-        parser.add_argument("--input-size", type=int, default=None, help="face side, multiple of 16")
-        parser.add_argument("--batch-size", type=int, default=64, help="mini-batch (paper: 64)")
-        parser.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (paper: 1e-3)")
-        parser.add_argument("--lr-end", type=float, default=1e-5, help="final learning rate (paper: 1e-5)")
-        parser.add_argument("--recognition-lr-mult", type=float, default=1.0, metavar="M",
+        parser.add_argument("--input-size", type=positive_int, default=None, help="face side, multiple of 16")
+        parser.add_argument("--batch-size", type=positive_int, default=64, help="mini-batch (paper: 64)")
+        parser.add_argument("--lr", type=positive_float, default=1e-3, help="initial Adam learning rate (paper: 1e-3)")
+        parser.add_argument("--lr-end", type=positive_float, default=1e-5, help="final learning rate (paper: 1e-5)")
+        parser.add_argument("--recognition-lr-mult", type=positive_float, default=1.0, metavar="M",
                             help="learning rate of the recognition stream (its encoder, the gates into it, the "
                                  "classifier) as a multiple of --lr; the synthesis stream keeps --lr (default 1: "
                                  "one rate, the paper)")
-        parser.add_argument("--schedule-epochs", type=int, default=None,
+        parser.add_argument("--schedule-epochs", type=positive_int, default=None,
                             help="epochs the lr decay and the l4 ramp span (default: the run's --epochs, "
                                  "paper's 500)")
-        parser.add_argument("--lambda-gan", type=float, default=0.3, help="l1 (paper 0.3)")
-        parser.add_argument("--lambda-rec", type=float, default=1.0, help="l2 (paper 1)")
-        parser.add_argument("--lambda-cyc", type=float, default=0.5, help="l3 (paper 0.5)")
-        parser.add_argument("--lambda-idt-start", type=float, default=0.1, help="l4 at the start (paper 0.1)")
-        parser.add_argument("--lambda-idt-end", type=float, default=0.5, help="l4 at the end (paper 0.5)")
-        parser.add_argument("--lambda-cls-fake", type=float, default=0.0,
+        parser.add_argument("--lambda-gan", type=non_negative_float, default=0.3, help="l1 (paper 0.3)")
+        parser.add_argument("--lambda-rec", type=non_negative_float, default=1.0, help="l2 (paper 1)")
+        parser.add_argument("--lambda-cyc", type=non_negative_float, default=0.5, help="l3 (paper 0.5)")
+        parser.add_argument("--lambda-idt-start", type=non_negative_float, default=0.1, help="l4 at the start (paper 0.1)")
+        parser.add_argument("--lambda-idt-end", type=non_negative_float, default=0.5, help="l4 at the end (paper 0.5)")
+        parser.add_argument("--lambda-cls-fake", type=non_negative_float, default=0.0,
                             help="weight of classifying each synthesised face as its target expression by the "
                                  "recognition stream, frozen for this term (StarGAN's L_cls^f; not in the paper: 0)")
         parser.add_argument("--loss-norm", choices=LOSS_NORMS, default="sum",
@@ -140,7 +141,7 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--target-draw", choices=["subject", "uniform"], default=None,
                             help="subject: I^t = a random image of the same subject, z^t its label (default "
                                  "with subject ids); uniform: z^t uniform, L_rec only where the subject has it")
-        parser.add_argument("--own-target-prob", type=float, default=0.0, metavar="P",
+        parser.add_argument("--own-target-prob", type=probability, default=0.0, metavar="P",
                             help="probability of drawing the source's own expression as the target, the "
                                  "source then serving as I^t for L_rec (default 0: uniform targets, paper)")
         parser.add_argument("--init", default=None, metavar="SOURCE",
@@ -152,15 +153,15 @@ class _FersnetRecipe(Recipe):
                                  "the calibrated identity net best on LFW, else any with an identity feature")
         parser.add_argument("--no-mtl", action="store_true", help="ablation: FERSNet w/o MTL (FER stream only)")
         parser.add_argument("--no-convflu", action="store_true", help="ablation: w/o ConvFLU (hard sharing)")
-        parser.add_argument("--fes-da", type=int, default=0, metavar="K",
+        parser.add_argument("--fes-da", type=non_negative_int, default=0, metavar="K",
                             help="FES data augmentation: fine-tune the last K epochs on the balanced synthetic set")
         parser.add_argument("--augment", choices=["on", "off"], default="on",
                             help="random flip, shift and rotation (paper: crop, mirror, rotation up to 15 deg)")
         parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                             help="channels_last memory format (auto: on for CPU, where it is faster)")
-        parser.add_argument("--max-steps-per-epoch", type=int, default=None,
+        parser.add_argument("--max-steps-per-epoch", type=positive_int, default=None,
                             help="stop each epoch after this many steps (smoke runs)")
-        parser.add_argument("--disc-width", type=int, default=None, help="PatchGAN base width (paper 64; light 32)")
+        parser.add_argument("--disc-width", type=positive_int, default=None, help="PatchGAN base width (paper 64; light 32)")
         parser.add_argument("--tta", choices=["none", "flip"], default="none",
                             help="test-time augmentation of the validation, recorded in the card as the model's "
                                  "default (flip: mean of the face's and its mirror's probabilities; paper: none)")
@@ -437,8 +438,8 @@ class _FersnetRecipe(Recipe):
             return
         grid = training_sample_grid(self.model, self.grid_faces.to(self.device), self.preprocessing, self.classes)
         folder = Path(ctx.out_dir) / "samples"
-        write_png(folder / f"epoch_{epoch + 1:04d}.png", grid)
-        write_png(folder / "latest.png", grid)
+        write_image(folder / f"epoch_{epoch + 1:04d}.png", grid)
+        write_image(folder / "latest.png", grid)
 
     def weights_meta(self) -> dict[str, Any]:
         ablation = [n for n, on in (("w/o MTL", not self.model_cfg["mtl"]),

@@ -33,6 +33,7 @@ from ferkit.losses.margin import (MARGIN_DEFAULTS, MARGIN_LOSSES, MarginHead, ma
                                   resolve_margin_kind)
 from ferkit.recipes.base import option
 from ferkit.training.recipe import TrainContext
+from ferkit.utils.argtypes import non_negative_float, positive_float, probability
 
 #: augmentation items the identity recipes add to the base's geometric ones
 IDENTITY_AUGMENT_ITEMS = ("crop", "jitter", "blur")
@@ -53,19 +54,19 @@ class IdentityTrainingMixin:
     @classmethod
     def add_identity_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--margin-loss", choices=MARGIN_LOSSES, default="softmax", help=cls.margin_loss_help)
-        parser.add_argument("--margin", type=float, default=None,
+        parser.add_argument("--margin", type=non_negative_float, default=None,
                             help=f"margin m of --margin-loss (default cosface {MARGIN_DEFAULTS['cosface'][1]}, "
                                  f"arcface {MARGIN_DEFAULTS['arcface'][1]} rad)")
-        parser.add_argument("--scale", type=float, default=None,
+        parser.add_argument("--scale", type=positive_float, default=None,
                             help=f"scale s of --margin-loss (default {MARGIN_DEFAULTS['cosface'][0]})")
-        parser.add_argument("--margin-warmup-epochs", type=float, default=None,
+        parser.add_argument("--margin-warmup-epochs", type=non_negative_float, default=None,
                             help="ramp the margin linearly from 0 over this many epochs (default 2 for margin losses)")
-        parser.add_argument("--crop-area", type=float, default=None,
+        parser.add_argument("--crop-area", type=probability, default=None,
                             help="--augment crop: smallest window area kept, fraction of the image (default 0.7); "
                                  f"--augment heavy = {HEAVY_AUGMENT}")
-        parser.add_argument("--jitter", type=float, default=None,
+        parser.add_argument("--jitter", type=non_negative_float, default=None,
                             help="--augment jitter: brightness / contrast / gamma strength (default 0.3)")
-        parser.add_argument("--blur-prob", type=float, default=None,
+        parser.add_argument("--blur-prob", type=probability, default=None,
                             help="--augment blur: share of images down-up sampled by 0.4-1x (default 0.3)")
 
     # ---- ClassifierRecipe hooks ------------------------------------------------------------

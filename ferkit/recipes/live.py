@@ -29,6 +29,7 @@ from ferkit.recipes.base import EVAL_BATCH, ClassifierRecipe, option
 from ferkit.recipes.data import FerplusData
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import NetSpec, TrainContext
+from ferkit.utils.argtypes import positive_float
 
 
 @register_recipe
@@ -45,7 +46,7 @@ class LiveDistillRecipe(FerplusData, ClassifierRecipe):
         parser.add_argument("--teacher", default="resnet18-ferplus",
                             help="teacher weights (shipped name, card or checkpoint) on the same classes")
         parser.add_argument("--alpha", type=float, default=0.7, help="weight of the distillation term (0..1)")
-        parser.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T of distillation")
+        parser.add_argument("--temperature", type=positive_float, default=2.0, help="softmax temperature T of distillation")
         parser.set_defaults(tta="none")
 
     def setup(self, ctx: TrainContext) -> None:

@@ -41,6 +41,7 @@ from ferkit.recipes.data import Fer2013Data, FerplusData
 from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import NetSpec, TrainContext
+from ferkit.utils.argtypes import positive_float, positive_int, probability
 
 LOSSES = ("softmax", "softmax-mse")
 DEFAULT_IDENTITY_SETS = "celeba_subset,orl_faces"
@@ -50,13 +51,13 @@ ABLATION_NAMES = {("fc", "softmax"): "Net B", ("dal", "softmax"): "Net B_DAL",
 
 
 def _add_net_arguments(parser: argparse.ArgumentParser, size_default: Optional[int]) -> None:
-    parser.add_argument("--input-size", type=int, default=size_default,
+    parser.add_argument("--input-size", type=positive_int, default=size_default,
                         help="network input side (paper 128)" + ("" if size_default else
                                                                  "; taken from the identity checkpoint"))
-    parser.add_argument("--width", type=float, default=None,
+    parser.add_argument("--width", type=positive_float, default=None,
                         help="channel multiplier (1.0 = Light CNN-9)" + ("" if size_default else
                                                                          "; from the identity checkpoint"))
-    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--dropout", type=probability, default=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ class LightCNNIdentity(IdentityTrainingMixin, ClassifierRecipe):
                             help="identities never trained on (verification): N = the last N of the first set, "
                                  "or set=N,... per set (e.g. celeba_subset=48,yalefaces=7 keeps Yale subjects "
                                  "for the across-expressions check)")
-        parser.add_argument("--val-every", type=int, default=10,
+        parser.add_argument("--val-every", type=positive_int, default=10,
                             help="every k-th image of each training identity is kept for validation")
         _add_net_arguments(parser, 128)
         cls.add_identity_arguments(parser)

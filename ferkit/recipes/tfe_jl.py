@@ -51,6 +51,7 @@ from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import NetSpec, TrainContext
+from ferkit.utils.argtypes import non_negative_float, non_negative_int, positive_int
 
 
 # ---- stage 2: emotion ResNets -------------------------------------------------------------------
@@ -157,14 +158,14 @@ class DeepIdIdentityRecipe(IdentityTrainingMixin, ClassifierRecipe):
         super().add_arguments(parser)
         parser.add_argument("--extra-identity", action="append", default=None,
                             help="another identity-folder root to train on (repeatable), e.g. orl_faces")
-        parser.add_argument("--holdout-identities", type=int, default=30,
+        parser.add_argument("--holdout-identities", type=non_negative_int, default=30,
                             help="identities of --data kept out of training for verification")
-        parser.add_argument("--verif-weight", type=float, default=None,
+        parser.add_argument("--verif-weight", type=non_negative_float, default=None,
                             help="lambda of Verif (DeepID2: 0.05; default 0.05 with softmax, 0 with a margin loss)")
-        parser.add_argument("--verif-margin", type=float, default=None,
+        parser.add_argument("--verif-margin", type=non_negative_float, default=None,
                             help="contrastive margin of Verif (default: set from the initial feature distances)")
         cls.add_identity_arguments(parser)
-        parser.add_argument("--min-images", type=int, default=2, help="drop identities with fewer images")
+        parser.add_argument("--min-images", type=positive_int, default=2, help="drop identities with fewer images")
         parser.add_argument("--split-seed", type=int, default=0, help="seed of the verification hold-out draw")
 
     @classmethod

@@ -56,12 +56,12 @@ def parse_threads(value: Threads) -> Union[int, str]:
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"threads must be 'auto' or a whole number >= 1, got {value!r}") from None
+            raise ValueError(f"threads must be 'auto' (also written 0) or a whole number >= 1, got {value!r}") from None
     n = int(value)
     if n == 0:
         return "auto"
     if n < 1:
-        raise ValueError(f"threads must be 'auto' or a whole number >= 1, got {value!r}")
+        raise ValueError(f"threads must be 'auto' (also written 0) or a whole number >= 1, got {value!r}")
     return n
 
 
