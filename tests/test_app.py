@@ -339,7 +339,7 @@ def test_gates_and_synthesis_panels_say_so_without_fersnet(qtbot, window, classi
 def test_comparison_of_two_shipped_models(qtbot, window) -> None:
     from ferkit.models.weights import get_weights, list_weights
 
-    from app.core.labels import canonical, is_expression_classifier
+    from ferkit.data.classes import canonical, is_expression_classifier
 
     names = [n for n in list_weights() if is_expression_classifier(get_weights(n).classes)]
     if len(names) < 2:

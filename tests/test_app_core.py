@@ -388,7 +388,7 @@ def test_identity_choice_prefers_the_best_calibrated_feature_then_the_models_own
 def test_one_canonical_name_per_class_and_only_expression_models_compare() -> None:
     from ferkit.models.weights import get_weights, list_weights
 
-    from app.core.labels import canonical, display_classes, is_expression_classifier
+    from ferkit.data.classes import canonical, display_classes, is_expression_classifier
 
     assert display_classes(["angry", "happy", "sad", "surprise"]) == ["anger", "happiness", "sadness", "surprise"]
     assert canonical("Happiness") == "happiness"

@@ -180,9 +180,24 @@ def test_cli_errors_are_one_plain_line(run: dict[str, Path], capsys: pytest.Capt
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "x.txt").write_text("x")
     line = one_line_error(*call(capsys, "eval", "--checkpoint", ck, "--data", str(tmp_path / "flat"))[::2], "eval")
-    assert "unknown dataset layout" in line
+    assert "not a labelled expression data set" in line
+    # person folders whose names start with S and hold an underscore (LFW's Saddam_Hussein) are not CK+
+    (tmp_path / "lfw" / "Saddam_Hussein").mkdir(parents=True)
+    (tmp_path / "lfw" / "Saddam_Hussein" / "Saddam_Hussein_0001.jpg").write_bytes(b"x")
+    line = one_line_error(*call(capsys, "eval", "--checkpoint", ck, "--data", str(tmp_path / "lfw"))[::2], "eval")
+    assert "not a labelled expression data set" in line
+    line = one_line_error(*call(capsys, "eval", "--checkpoint", ck, "--data", str(tmp_path / "flat" / "x.txt"))[::2],
+                          "eval")
+    assert "is a file, not a data folder" in line
+    line = one_line_error(*call(capsys, "eval", "--checkpoint", str(tmp_path / "flat" / "x.txt"), "--data",
+                                str(run["valid"]))[::2], "eval")
+    assert "is not weights ferkit can read" in line
     line = one_line_error(*call(capsys, "eval", "--checkpoint", ck, "--data", str(run["root"]))[::2], "eval")
     assert "FER+ root" in line and "FER2013Valid" in line
+    # a CK+ recipe pointed at FER+ says which data set it needs, not that a FER+ file name is wrong
+    line = one_line_error(*call(capsys, "train", "tfe-jl/resnet12-ckplus", "--data", str(run["root"]),
+                                "--out", str(tmp_path / "ck"))[::2], "train")
+    assert "this is a FER+ folder, but this needs CK+48" in line
     line = one_line_error(*call(capsys, "eval", "--checkpoint", str(tmp_path / "none.pt"), "--data",
                                 str(run["valid"]))[::2], "eval")
     assert "none.pt" in line

@@ -79,3 +79,11 @@ def test_a_file_that_is_not_onnx_is_named_as_such(tmp_path: Path) -> None:
     fake.write_text("not a model")
     with pytest.raises(UsageError, match="is not an ONNX model"):
         OnnxModel(fake)
+
+
+def test_predict_refuses_an_identity_network(capsys: pytest.CaptureFixture) -> None:
+    from ferkit.paths import samples_dir
+
+    rc = main(["predict", str(samples_dir() / "single_face.jpg"), "--weights", "deepid"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "deepid is an identity network" in err and "tfe-jl" in err

@@ -14,7 +14,7 @@ from PySide6.QtCore import QObject, Signal
 
 from ferkit.models.weights import Preprocessing, Weights, get_weights, list_weights
 
-from app.core.labels import is_expression_classifier
+from ferkit.data.classes import is_expression_classifier
 from app.core.models import display_name, engine_text
 from app.core.state import AppState, LoadedModels
 from app.errors import plain_message

@@ -78,7 +78,7 @@ def weights_rows(names: Optional[list[str]] = None) -> list[WeightsRow]:
     """One row per shipped weights card (``names`` default: every shipped entry); unreadable cards are said so."""
     from ferkit.models.weights import get_weights, list_weights
 
-    from app.core.labels import is_expression_classifier
+    from ferkit.data.classes import is_expression_classifier
 
     rows = []
     for name in list_weights() if names is None else names:

@@ -57,7 +57,7 @@ class ModelHandle:
     @property
     def classes(self) -> list[str]:
         """Class names as the app shows and exports them (one canonical spelling across models)."""
-        from app.core.labels import display_classes
+        from ferkit.data.classes import display_classes
 
         return display_classes(self.weights.classes)
 
@@ -175,7 +175,7 @@ def default_choice(machine: Optional[Machine] = None, names: Optional[Sequence[s
 
     ``machine`` (default :func:`this_machine`) and ``names`` (default the shipped list) are for tests.
     """
-    from app.core.labels import is_expression_classifier
+    from ferkit.data.classes import is_expression_classifier
 
     machine = this_machine() if machine is None else machine
     names = list_weights() if names is None else list(names)

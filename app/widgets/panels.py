@@ -15,7 +15,7 @@ from app.core.analyzer import FrameResult, pick_face
 from app.core.enrolment import enrolment_advice
 from app.core.identity import NO_FEATURE, IdentityChoice, describe
 from app.core.state import LiveSettings
-from app.core.labels import canonical
+from ferkit.data.classes import canonical
 from ferkit.face.tracking import SMOOTHING_MODES, Smoother
 from app.widgets.common import Notice, ScoreBars, qcolour
 

@@ -78,6 +78,13 @@ def resolve_weights(args: argparse.Namespace) -> str:
             raise NotFoundError(f"--checkpoint {args.checkpoint}: no such file")
         return args.checkpoint
     if args.weights:
+        from ferkit.data.classes import is_expression_classifier
+        from ferkit.models.weights import get_weights
+
+        if not is_expression_classifier(get_weights(args.weights).classes):
+            expression = [n for n in list_weights() if is_expression_classifier(get_weights(n).classes)]
+            raise UsageError(f"--weights {args.weights} is an identity network (its classes are people, not "
+                             f"expressions); use expression weights: {', '.join(expression)}")
         return args.weights
     if DEFAULT_WEIGHTS not in list_weights():
         shipped = ", ".join(list_weights()) or "none"

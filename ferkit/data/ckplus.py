@@ -22,6 +22,11 @@ CKPLUS48_CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "sadness", 
 _NAME = re.compile(r"^(S\d+)_(\d+)_(\d+)$")
 
 
+def is_ckplus48_name(file: Path) -> bool:
+    """A CK+48 crop's file name: ``S<subject>_<sequence>_<frame>`` with an image suffix."""
+    return file.suffix.lower() in IMAGE_EXTENSIONS and bool(_NAME.match(file.stem))
+
+
 def _find_root(root: Path) -> Path:
     if (root / "CK+48").is_dir():
         return root / "CK+48"
@@ -63,6 +68,10 @@ def _scan(root: Union[str, Path]) -> tuple[Path, list[str], list[tuple[Path, int
     root = _find_root(Path(root))
     if not root.is_dir():
         raise DataError(root, "CK+48 folder is missing", hint="expected CK+48/<class>/S###_###_########.png")
+    if (root / "label.csv").is_file() or any((root / c).is_dir() for c in ("FER2013Train", "FER2013Valid")):
+        raise DataError(root, "this is a FER+ folder, but this needs CK+48",
+                        hint="pass the CK+48 folder (CK+48/<class>/S###_###_########.png), or use a FER+ recipe "
+                             "(`ferkit train --help` lists them) for FER+")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(root, "no class folders", hint="expected CK+48/<class>/S###_###_########.png")

@@ -172,7 +172,7 @@ def run_cv(recipe_cls: type[Recipe], data_dir: Union[str, Path], out_dir: Union[
     """
     if not getattr(recipe_cls, "supports_folds", False):
         raise UsageError(f"recipe {recipe_cls.name!r} has no subject-independent fold protocol "
-                         "(Recipe.supports_folds is False); ferkit cv needs a recipe such as tfe-jl/resnet12-ckplus")
+                         "(it trains on one split); ferkit cv needs a recipe such as tfe-jl/resnet12-ckplus")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     emit = emit or (lambda event: None)
     target_epochs = int(epochs if epochs is not None else recipe_cls.default_epochs)

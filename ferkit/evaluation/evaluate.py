@@ -67,7 +67,7 @@ def detect_layout(path: Path, split: Optional[str] = None) -> str:
             raise DataError(path, "--split needs FER2013 labels (fer2013.csv or fer2013_emotion.csv) here")
         return "fer2013"
     if not path.is_dir():
-        raise DataError(path, "no such folder")
+        raise DataError(path, "is a file, not a data folder" if path.exists() else "no such folder")
     if is_prepared(path):
         return "prepared"
     from ferkit.data.pack import is_pack, read_manifest
@@ -82,10 +82,12 @@ def detect_layout(path: Path, split: Optional[str] = None) -> str:
         raise DataError(path, "this is a FER+ root, not a split folder",
                         hint=f"pass one split, e.g. {path / children[0]}{fer2013}")
     root = path / "CK+48" if (path / "CK+48").is_dir() else path
+    from ferkit.data.ckplus import is_ckplus48_name
+
     subdirs = [d for d in root.iterdir() if d.is_dir()]
-    if subdirs and any(f.name.startswith("S") and "_" in f.name for d in subdirs for f in list(d.iterdir())[:5]):
+    if subdirs and any(is_ckplus48_name(f) for d in subdirs for f in list(d.iterdir())[:5]):
         return "ckplus48"
-    raise DataError(path, "unknown dataset layout",
+    raise DataError(path, "not a labelled expression data set ferkit reads",
                     hint="expected a FER+ split folder (label.csv + PNGs), CK+48/<class>/S###_###_*.png, "
                          "or a folder written by `ferkit prepare`")
 

@@ -434,8 +434,10 @@ def identity_features(model: torch.nn.Module, images: torch.Tensor, preprocessin
 
     def identity(out):
         if out.identity is None:
-            raise UsageError(f"{type(model).__name__} has no identity feature (ModelOutput.identity is None); "
-                             "verification needs an identity-capable model such as deepid, lightcnn9, eifn or tfe-jl")
+            from ferkit.models.weights import weights_with
+
+            raise UsageError(f"{type(model).__name__} has no identity feature; verification needs weights that "
+                             f"have one: {', '.join(weights_with('identity')) or 'none shipped'}")
         return out.identity
 
     return batched_forward(model, images, lambda x: to_model_input(x.to(device), preprocessing), batch_size=batch,

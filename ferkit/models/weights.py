@@ -340,6 +340,9 @@ def get_weights(name_or_path: Union[str, Path]) -> Weights:
         return Weights.from_dict(checkpoint["weights_meta"], source=str(path))
     if path.suffix == ".json" and path.exists():
         return Weights.from_dict(json.loads(path.read_text()), source=str(path))
+    if path.is_file():  # a file that is neither: say so rather than "no weights named"
+        raise UsageError(f"{path} is not weights ferkit can read: pass a training checkpoint (.pt), a weights "
+                         "card (.json) or a shipped name")
     card = weights_dir() / f"{name_or_path}.json"
     if not card.exists():
         known = ", ".join(list_weights()) or "none"
