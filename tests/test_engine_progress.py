@@ -12,7 +12,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from ferkit.training.engine import _SUBNORMAL_WARNING, _flush_denormals, train
+from ferkit.training.engine import train
+from ferkit.utils.denormals import SUBNORMAL_WARNING, flush_denormals
 from ferkit.training.recipe import StepResult, TrainContext
 from tests.engine_support import RECIPE_NAME, TinyRecipe
 from tests.fixtures.datasets import make_ferplus_tree
@@ -86,7 +87,7 @@ def test_flushing_denormals_keeps_numpy_quiet_and_right() -> None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            _flush_denormals()
+            flush_denormals()
             np.finfo(np.float64), np.finfo(np.float32)  # what matplotlib asks when it draws the curves
         assert not [w for w in caught if "subnormal" in str(w.message)]
         torch.set_flush_denormal(False)
@@ -100,8 +101,8 @@ def test_flushing_denormals_keeps_numpy_quiet_and_right() -> None:
 def test_the_filter_matches_only_numpys_subnormal_warning() -> None:
     import re
 
-    assert re.match(_SUBNORMAL_WARNING, "The value of the smallest subnormal for <class 'numpy.float64'> type is zero.")
-    assert not re.match(_SUBNORMAL_WARNING, "The value of something else is zero.")
+    assert re.match(SUBNORMAL_WARNING, "The value of the smallest subnormal for <class 'numpy.float64'> type is zero.")
+    assert not re.match(SUBNORMAL_WARNING, "The value of something else is zero.")
 
 
 @pytest.mark.slow

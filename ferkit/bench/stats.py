@@ -20,14 +20,11 @@ FLUSH_DENORMAL = False
 
 
 def flush_denormals() -> bool:
-    """Treat subnormal floats as zero in torch's CPU kernels (x86 FTZ/DAZ).
+    """:func:`ferkit.utils.denormals.flush_denormals`, remembered for the report's environment row."""
+    from ferkit.utils.denormals import flush_denormals as flush
 
-    Trained weights and activations contain subnormal values (fp16 cards upcast, BN-scaled tiny
-    features); on x86 every operation touching one takes a slow microcode path. Measured on this
-    project's CPU: shipped ResNet18 batch-1 forward 198 ms -> 7 ms. ONNX Runtime already does this.
-    """
     global FLUSH_DENORMAL
-    FLUSH_DENORMAL = bool(torch.set_flush_denormal(True))
+    FLUSH_DENORMAL = flush()
     return FLUSH_DENORMAL
 
 

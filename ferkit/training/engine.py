@@ -92,6 +92,7 @@ from ferkit.training.precision import precision_name, resolve_precision
 from ferkit.training.progress import ProgressReporter, format_duration
 from ferkit.training.recipe import Recipe, StepResult
 from ferkit.training.threads import ThreadChoice, ThreadGovernor, choose_threads
+from ferkit.utils.denormals import SUBNORMAL_WARNING, flush_denormals
 
 __all__ = ["train", "EngineContext", "seed_everything", "derive_seed"]
 
@@ -247,20 +248,6 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-#: numpy's finfo warns "The value of the smallest subnormal for <class 'numpy.float64'> type is zero."
-#: when first asked while denormals are flushed (the engine turns flushing on); matplotlib asks
-#: when the curves are drawn, so the warning landed in every job log. Priming the cache first
-#: keeps the true values; the filter (scoped to :func:`train`) covers dtypes first seen later.
-_SUBNORMAL_WARNING = r"The value of the smallest subnormal for <class '[\w.]+'> type is zero"
-
-
-def _flush_denormals() -> None:
-    """Turn on denormal flushing after numpy has measured its float types with it off."""
-    for dtype in (np.float16, np.float32, np.float64, np.longdouble):
-        np.finfo(dtype)  # cached by numpy: later calls return these (correct) values
-    torch.set_flush_denormal(True)
-
-
 def _hardware(info: distributed.DistInfo) -> str:
     if info.device.type == "cuda":
         name = torch.cuda.get_device_name(info.device)
@@ -363,7 +350,7 @@ def train(recipe: Recipe, out_dir: Union[str, Path], epochs: Optional[int] = Non
                                                         if choice.auto else ""))
         try:
             with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_SUBNORMAL_WARNING, category=UserWarning)
+                warnings.filterwarnings("ignore", message=SUBNORMAL_WARNING, category=UserWarning)
                 return _run(recipe, out_dir, epochs, resume, seed, amp_dtype, info, reporter,
                             progress_interval, deterministic, time_budget_s, governor)
         finally:
@@ -464,7 +451,7 @@ class _Run:
         # Denormal flushing is process-wide state (load_weights turns it on for inference speed); fix it
         # here so a run's numbers never depend on what the process did before (resume in a new process
         # must equal the uninterrupted run), and so CPU training avoids the slow denormal path.
-        _flush_denormals()
+        flush_denormals()
         self.total_epochs = int(epochs if epochs is not None else (state["epochs"] if state else recipe.default_epochs))
         if self.total_epochs < 1:
             raise UsageError(f"epochs must be at least 1, got {self.total_epochs}")
