@@ -159,3 +159,15 @@ def test_timeline_legend_sits_outside_the_axes() -> None:
     assert legend is not None and len(legend.get_texts()) == len(classes)
     box, axes_box = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
     assert box.x0 >= axes_box.x1  # right of the plot area: no curve underneath
+
+
+def test_models_table_is_one_short_line_per_card(capsys) -> None:
+    from ferkit.cli import main
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:] if line and not line.startswith("*")}
+    assert "tfe-jl *" in rows["tfe-jl"] and " expression " in rows["tfe-jl"] and " identity " in rows["deepid"]
+    assert "ckplus48_10fold_accuracy" in rows["fersnet"] and max(len(r) for r in rows.values()) < 120
+    assert main(["models", "--metrics"]) == 0
+    assert "    val_loss " in capsys.readouterr().out

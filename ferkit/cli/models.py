@@ -15,7 +15,22 @@ def register(subparsers: Any) -> None:
                               description="List the shipped weights entries, or the registered architectures.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--architectures", action="store_true", help="list registered architectures instead")
+    p.add_argument("--metrics", action="store_true",
+                   help="every measured metric of each card, one per line (default: one headline figure)")
     p.set_defaults(func=run)
+
+
+#: the figure the table shows per card, first present wins: the held-out protocol result a paper
+#: reports before any training-time validation figure
+HEADLINE_METRICS = ("ckplus48_10fold_accuracy", "ckplus48_10fold_mean_accuracy", "fer2013publictest_accuracy_flip_tta",
+                    "fer2013valid_accuracy_majority", "lfw_view2_accuracy", "verification_accuracy_celeba_heldout48",
+                    "celeba_heldout30_verification_accuracy", "val_accuracy")
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """``"<key> <value>"`` of the first :data:`HEADLINE_METRICS` key the card has, or ``"-"``."""
+    key = next((k for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float))), None)
+    return "-" if key is None else f"{key} {float(metrics[key]):.4f}"
 
 
 def weights_entries() -> list[dict[str, Any]]:
@@ -67,10 +82,21 @@ def run(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no weights shipped in {weights_dir()}")
         return 0
-    print(f"{'name':18s} {'architecture':24s} {'input':12s} {'classes':>7s}  metrics")
+    from ferkit.data.classes import is_expression_classifier
+    from ferkit.inference import DEFAULT_WEIGHTS
+    from ferkit.models.defaults import LIVE_WEIGHTS
+
+    print(f"{'name':20s} {'kind':10s} {'architecture':18s} {'input':10s} {'classes':>7s}  headline metric")
     for e in entries:
         inp = f"{e['input']['input_size']}px {'gray' if e['input']['grayscale'] else 'RGB'}"
-        metrics = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in e["metrics"].items())
-        missing = "" if e["weights_present"] else "  (weights file missing!)"
-        print(f"{e['name']:18s} {e['architecture']:24s} {inp:12s} {len(e['classes']):7d}  {metrics}{missing}")
+        name = e["name"] + (" *" if e["name"] == DEFAULT_WEIGHTS else "")
+        kind = "expression" if is_expression_classifier(e["classes"]) else "identity"
+        missing = "  (weights file missing!)" if not e["weights_present"] else ""
+        print(f"{name:20s} {kind:10s} {e['architecture']:18s} {inp:10s} {len(e['classes']):7d}  "
+              f"{headline(e['metrics'])}{missing}")
+        if args.metrics:
+            for k, v in e["metrics"].items():
+                print(f"    {k} {v:.4f}" if isinstance(v, float) else f"    {k} {v}")
+    print(f"\n* predict's default (the app's too, or {LIVE_WEIGHTS} on a machine with few cores); --metrics lists "
+          "every measured figure; each card (the .md beside the .json) says how it was measured")
     return 0
