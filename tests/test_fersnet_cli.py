@@ -113,6 +113,14 @@ def test_judge_maps_class_names_between_datasets(tmp_path: Path) -> None:
     # judge index -> generator index: neutral has no counterpart, happiness == happy
     assert judge.to_generator.tolist() == [-1, 2, 3, 0]
     assert judge.covered == [0, 2, 3] and canonical("Happy") == "happiness"
+    # the report says which targets the accuracy leaves out (contempt: the judge has no such class)
+    from ferkit.evaluation.synthesis import evaluate_synthesis
+
+    images = torch.randint(0, 255, (2, 1, 32, 32), dtype=torch.uint8)
+    report = evaluate_synthesis(load_weights(_fersnet(tmp_path), device="cpu"), images, torch.tensor([0, 2]), None,
+                                judge=judge, identity=None)
+    assert report.metrics["targets_the_judge_lacks"] == "contempt" and set(report.per_target_accuracy) == {
+        "anger", "happiness", "surprise"}
 
 
 def test_convert_images_resizes_and_converts_channels() -> None:
@@ -193,7 +201,8 @@ def test_eval_synthesis_on_photos_judges_every_detected_face(tmp_path: Path, cap
     assert res["faces"] == 6 and "single_face.jpg (1)" in res["data"] and "multi_face.jpg (5)" in res["data"]
     assert 0.0 <= res["synthesis_accuracy"] <= 1.0
     assert set(res["per_target_accuracy"]) == {canonical(c) for c in CLASSES}
-    assert res["judge_accuracy_on_real_test_faces"] is None  # no expression labels on photos
+    assert "judge_accuracy_on_real_test_faces" not in res  # no expression labels on photos
+    assert "targets_the_judge_lacks" not in res  # the judge has every class
     flat = tmp_path / "flat.png"
     cv2.imwrite(str(flat), np.full((64, 64, 3), 128, np.uint8))
     assert main(args[:3] + ["--photos", str(flat)] + args[args.index("--judge"):]) == 2

@@ -88,7 +88,7 @@ def _photo_faces(photos: list[Path], pre: Any):
     crops = [f.crop for faces in per_photo for f in faces]
     names = [f"{photo.name} ({len(faces)})" for photo, faces in zip(photos, per_photo)]
     labels = torch.full((len(crops),), -1, dtype=torch.long)  # photos carry no expression label
-    return crops_to_tensor(crops), labels, f"photos {', '.join(names)}: {len(crops)} faces"
+    return crops_to_tensor(crops), labels, f"photos {', '.join(names)}: {len(crops)} face{'s' * (len(crops) != 1)}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -246,8 +246,12 @@ def evaluate_synthesis(generator: LoadedModel, images: torch.Tensor, labels: tor
     if judge is not None:
         covered = counts > 0
         metrics["synthesis_accuracy"] = float(hits[covered].sum() / counts[covered].sum())
-        metrics["judge_accuracy_on_real_test_faces"] = real_hits / real_count if real_count else None
+        if real_count:  # labelled test faces (photos carry no label to check the judge on)
+            metrics["judge_accuracy_on_real_test_faces"] = real_hits / real_count
         metrics["judge"] = _describe(judge.loaded.weights.name, judge.loaded.weights.source)
+        unjudged = [canonical(classes[t]) for t in range(e) if t not in set(judge.covered)]
+        if unjudged:  # e.g. contempt for a FER2013 judge: the accuracy is over the other targets
+            metrics["targets_the_judge_lacks"] = ", ".join(unjudged)
         per_target = {canonical(classes[t]): float(hits[t] / counts[t]) for t in judge.covered}
     if identity is not None:
         metrics["identity_cosine_source_vs_synthesised"] = cos_sum / max(1, cos_n)
