@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "train", help="train a recipe (ferkit train --list shows them)",
         description="Train RECIPE. Options after the name: --data DIR --out DIR [--epochs N] [--resume] "
-                    "[--device auto|cpu|cuda] [--seed N] [--precision auto|fp32|bf16] plus the recipe's own options "
+                    "[--device auto|cpu|cuda] [--seed N] [--precision auto|fp32|bf16|fp16] plus the recipe's own options "
                     "(ferkit train RECIPE --help).")
     p.add_argument("recipe", nargs="?", help="recipe name, e.g. tfe-jl/resnet18-ferplus")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
