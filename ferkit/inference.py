@@ -32,7 +32,7 @@ import torch
 
 from ferkit.data.images import ImageReadError, read_image  # noqa: F401 - ImageReadError: what predict_file raises
 from ferkit.errors import UsageError
-from ferkit.face.types import DetectedFace, FacePath
+from ferkit.face.types import DetectedFace, FacePath, left_to_right
 from ferkit.models.defaults import DEFAULT_WEIGHTS
 from ferkit.models.outputs import ModelOutput
 from ferkit.models.weights import Preprocessing, Weights, check_tta, crops_to_tensor, load_weights, to_model_input
@@ -142,7 +142,7 @@ def faces_in_photos(paths: Sequence[Union[str, Path]], preprocessing: Preprocess
                 raise UsageError(f"{path}: no face found" + (f"; {no_face_hint}" if no_face_hint else ""))
             if not all_faces:
                 faces = [max(faces, key=lambda f: f.face.box[2] * f.face.box[3])]
-            out.append(sorted(faces, key=lambda f: f.face.box[0]))  # left to right, as the app numbers them
+            out.append(left_to_right(faces, box=lambda f: f.face.box))
     return out
 
 
@@ -436,7 +436,8 @@ class Predictor:
         h, w = rgb.shape[:2]
         if not whole_image:
             pipe = self.pipeline if pipeline is None else pipeline
-            scored = self.score_faces(rgb, pipe.detect(rgb)[: self.max_faces], pipe)
+            # the most confident faces, numbered left to right
+            scored = self.score_faces(rgb, left_to_right(pipe.detect(rgb)[: self.max_faces]), pipe)
             if scored.faces or not fallback_whole_image:
                 return ImageResult(self._face_results(scored.faces, scored.crops[self.preprocessing], scored.probs,
                                                       scored.identity, detected=True), image_size=(w, h))

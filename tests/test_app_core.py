@@ -592,3 +592,15 @@ def test_tracked_faces_reuse_their_identity_feature_between_refreshes(tmp_path: 
     finally:
         analyzer.live_pipeline = analyzer.pipeline = type("Closed", (), {"close": lambda self: None})()
         analyzer.close()
+
+
+def test_new_tracks_are_numbered_left_to_right() -> None:
+    from ferkit.face.tracking import FaceTracker
+
+    tracker = FaceTracker()
+    # detections arrive by confidence (right face first); ids follow reading order
+    tracks = tracker.update([(300, 10, 50, 50), (20, 40, 50, 50), (150, 5, 50, 50)])
+    assert [t.id for t in tracks] == [3, 1, 2]
+    # a later newcomer takes the next id whatever its place, known faces keep theirs
+    tracks = tracker.update([(302, 12, 50, 50), (0, 200, 50, 50), (21, 41, 50, 50)])
+    assert [t.id for t in tracks] == [3, 4, 1]

@@ -158,7 +158,8 @@ def format_entry(entry: dict[str, Any], weights: str) -> str:
     faces = entry["faces"]
     if not faces:
         return f"{entry['path']}: no face found (try --whole-image if the picture is a face crop)"
-    lines = [f"{entry['path']}: {len(faces)} face{'s' if len(faces) > 1 else ''} ({weights})"]
+    lines = [f"{entry['path']}: {len(faces)} face{'s' if len(faces) > 1 else ''} ({weights}; numbered left to "
+             "right, box = x, y, width, height in pixels)"]
     for i, f in enumerate(faces, 1):
         top = sorted(f["scores"].items(), key=lambda kv: -kv[1])[:3]
         lines.append(f"  face {i} box {f['box']}: {f['label']}  "

@@ -161,13 +161,14 @@ class FaceTracker:
             if best is not None:
                 used_tracks.add(best)
                 assigned[bi] = live[best]
+        # new faces take ids left to right (face 1 of a picture is its leftmost, as in ferkit predict)
+        for bi in sorted((bi for bi in range(len(boxes)) if bi not in assigned), key=lambda bi: boxes[bi][:2]):
+            track = assigned[bi] = Track(self._next_id, boxes[bi], track_colour(self._next_id))
+            self.tracks[track.id] = track
+            self._next_id += 1
         result: list[Track] = []
         for bi, box in enumerate(boxes):
-            track = assigned.get(bi)
-            if track is None:
-                track = Track(self._next_id, box, track_colour(self._next_id))
-                self.tracks[track.id] = track
-                self._next_id += 1
+            track = assigned[bi]
             track.box = box
             track.age += 1
             track.missed = 0

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -60,3 +60,10 @@ class FacePath(Protocol):
     def check(self, image: np.ndarray, faces: list[DetectedFace],
               probabilities: np.ndarray) -> tuple[list[DetectedFace], list[int]]:
         """After scoring ``faces``: (faces, indices of those detected again, to align and score again)."""
+
+
+def left_to_right(faces: Sequence[Any], box: Callable[[Any], Sequence[float]] = lambda f: f.box) -> list[Any]:
+    """``faces`` in reading order, leftmost first: the numbering every output uses for the faces of
+    one picture (predict's "face 1", synthesize's rows, the app's first track ids), so face 1 is
+    the same face everywhere. Detection order (by confidence) changes with the detector's mood."""
+    return sorted(faces, key=lambda f: (box(f)[0], box(f)[1]))
