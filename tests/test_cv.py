@@ -198,7 +198,7 @@ def test_cv_changed_epochs_do_not_reuse_old_results(ck_tree: Path, tmp_path: Pat
 
 
 def test_cv_errors(ck_tree: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="supports_folds"):
+    with pytest.raises(ValueError, match="no subject-independent fold protocol"):
         run_cv(NoFoldRecipe, ck_tree, tmp_path / "a", folds=3)
     with pytest.raises(ValueError, match=r"6 subject\(s\) into 7"):
         run_cv(TinyFoldRecipe, ck_tree, tmp_path / "b", folds=7)

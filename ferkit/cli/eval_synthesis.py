@@ -26,7 +26,7 @@ from typing import Any
 
 from ferkit.cli.options import add_batch_threads, add_model_source, add_verbose, device_arg, run_quietly, use_batch_threads
 from ferkit.errors import NotFoundError, UsageError
-from ferkit.utils.argtypes import positive_int
+from ferkit.utils.argtypes import non_negative_int, positive_int
 
 
 def register(subparsers: Any) -> None:
@@ -38,8 +38,8 @@ def register(subparsers: Any) -> None:
     src.add_argument("--data", type=Path, help="CK+48 folder or FER+ folder")
     src.add_argument("--photos", type=Path, nargs="+", metavar="IMAGE",
                      help="photos: every detected face is synthesised with every expression")
-    p.add_argument("--folds", type=positive_int, default=10, help="CK+48 subject-independent folds (0: all images)")
-    p.add_argument("--fold", type=int, default=0, help="CK+48 held-out fold to synthesise from")
+    p.add_argument("--folds", type=non_negative_int, default=10, help="CK+48 subject-independent folds (0: all images)")
+    p.add_argument("--fold", type=non_negative_int, default=0, help="CK+48 held-out fold to synthesise from")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the subject split")
     p.add_argument("--judge", default=None, metavar="NAME_OR_CHECKPOINT",
                    help="independently trained expression classifier (without it: identity numbers only)")
