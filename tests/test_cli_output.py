@@ -38,6 +38,9 @@ def test_filter_drops_native_info_and_warnings_keeps_the_rest() -> None:
                 b"W0000 00:00:1796630767.352751    4191 inference_feedback_manager.cc:114] Feedback manager\n"
                 b"I1207 07:50:01.123456  99 calculator_graph.cc:10] started\n"
                 b"E0000 00:00:1796630767.4    4191 gl_context.cc:1] a real error\n"
+                b"[mov,mp4,m4a,3gp,3g2,mj2 @ 0x5585c0db4180] stream 0, offset 0xa62a: partial file\n"
+                b"[h264 @ 0x5585c0e6")  # an FFmpeg line arriving in two writes
+    os.write(w, b"1400] Error splitting the input into NAL units.\n"
                 b"ferkit predict: error: x.png: no such file\n")
     os.write(w, b"\rframes 1/10")  # a progress bar without a newline is shown at once
     os.write(w, b"\rframes 10/10\n")
@@ -51,7 +54,7 @@ def test_filter_drops_native_info_and_warnings_keeps_the_rest() -> None:
     os.close(out_r)
     text = got.decode()
     assert "TensorFlow Lite" not in text and "InitializeLog" not in text and "Feedback manager" not in text
-    assert "started" not in text
+    assert "started" not in text and "partial file" not in text and "NAL units" not in text
     assert "a real error" in text and "ferkit predict: error: x.png: no such file" in text
     assert "\rframes 1/10\rframes 10/10\n" in text
 
@@ -171,3 +174,17 @@ def test_models_table_is_one_short_line_per_card(capsys) -> None:
     assert "ckplus48_10fold_accuracy" in rows["fersnet"] and max(len(r) for r in rows.values()) < 120
     assert main(["models", "--metrics"]) == 0
     assert "    val_loss " in capsys.readouterr().out
+
+
+def test_progress_waits_for_warm_up_before_a_rate_and_names_its_unit() -> None:
+    import io
+
+    from ferkit.data.prepared import Progress
+
+    out = io.StringIO()
+    bar = Progress(100, "frames", stream=out, unit="frames")
+    bar.update(1, force=True)  # right after start: warm-up, no rate yet
+    bar.update(100, force=True)  # the end always says the rate
+    first, last = out.getvalue().splitlines()
+    assert "measuring speed" in first and "eta" not in first
+    assert " frames/s eta 0:00" in last and "img/s" not in last

@@ -202,7 +202,7 @@ def run_video(args: argparse.Namespace) -> int:
     with Predictor(resolve_weights(args), device=args.device, max_faces=args.max_faces,
                    engine=args.engine, tta=args.tta, threads=args.threads) as predictor:
         enrolled = _enrolment(predictor, args.enrol)
-        bar = Progress(0, "frames")
+        bar = Progress(0, "frames", unit="frames")
 
         def progress(done: int, total: int) -> None:
             bar.total = max(total, done)  # the container's count is known once the video is open

@@ -24,12 +24,15 @@ import sys
 import threading
 from typing import Iterator
 
-#: native log lines that are noise for a user: absl/glog INFO and WARNING, TF Lite INFO, absl's notice
+#: native log lines that are noise for a user: absl/glog INFO and WARNING, TF Lite INFO, absl's notice,
+#: and FFmpeg's decoder lines (``[h264 @ 0x55..] Invalid NAL unit size``) on a damaged video, which
+#: ferkit reports itself in one line (how far the video was read, and why it stopped)
 NOISE = re.compile(rb"^(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]]*\]"
                    rb"|INFO: "
-                   rb"|WARNING: All log messages before absl::InitializeLog\(\))")
+                   rb"|WARNING: All log messages before absl::InitializeLog\(\))"
+                   rb"|\[[\w,.-]+ @ 0x[0-9a-f]+\] ")
 #: the start of such a line, while it may still be arriving
-_NOISE_START = re.compile(rb"^(?:[IW]\d{0,4}(?: |$)|INFO|WARNING: All)")
+_NOISE_START = re.compile(rb"^(?:[IW]\d{0,4}(?: |$)|INFO|WARNING: All|\[[^\]]*$)")
 
 
 def quiet_native_libraries() -> None:
