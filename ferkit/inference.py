@@ -124,25 +124,28 @@ def choose_engine(requested: str, model: Any, device: torch.device,
 
 
 def faces_in_photos(paths: Sequence[Union[str, Path]], preprocessing: Preprocessing, *, all_faces: bool = True,
-                    whole_image: bool = False, no_face_hint: str = "", max_faces: int = 10) -> list[list[Any]]:
-    """The aligned faces of each photo, cut in ``preprocessing``'s crop style, left to right.
+                    whole_image: bool = False, no_face_hint: str = "",
+                    max_faces: int = 10) -> list[tuple[Path, list[Any]]]:
+    """(photo, its aligned faces cut in ``preprocessing``'s crop style, left to right) per photo; a
+    folder among ``paths`` stands for its pictures, as in ``ferkit predict``.
 
     One door for the commands that take photos rather than a stream (``ferkit synthesize``,
     ``ferkit eval-synthesis --photos``): one face pipeline for all photos; ``all_faces=False`` keeps
     the largest face, the subject of the picture. A photo without a face is a
     :class:`~ferkit.errors.UsageError` naming it, followed by ``no_face_hint``.
     """
+    from ferkit.data.images import expand_image_paths
     from ferkit.face.pipeline import FacePipeline
 
-    out: list[list[Any]] = []
+    out: list[tuple[Path, list[Any]]] = []
     with FacePipeline(max_faces=max_faces) as pipeline:
-        for path in paths:
+        for path in expand_image_paths(paths):
             faces = pipeline.process(read_image(path), preprocessing, whole_image=whole_image)
             if not faces:
                 raise UsageError(f"{path}: no face found" + (f"; {no_face_hint}" if no_face_hint else ""))
             if not all_faces:
                 faces = [max(faces, key=lambda f: f.face.box[2] * f.face.box[3])]
-            out.append(left_to_right(faces, box=lambda f: f.face.box))
+            out.append((path, left_to_right(faces, box=lambda f: f.face.box)))
     return out
 
 

@@ -87,3 +87,20 @@ def test_predict_refuses_an_identity_network(capsys: pytest.CaptureFixture) -> N
     rc = main(["predict", str(samples_dir() / "single_face.jpg"), "--weights", "deepid"])
     err = capsys.readouterr().err
     assert rc == 2 and "deepid is an identity network" in err and "tfe-jl" in err
+
+
+def test_synthesize_takes_a_folder_and_names_a_video_as_one(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    import shutil
+
+    from ferkit.paths import samples_dir
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    shutil.copy(samples_dir() / "single_face.jpg", folder / "a.jpg")
+    shutil.copy(samples_dir() / "astronaut.png", folder / "b.png")
+    assert main(["synthesize", str(folder), "--target", "happiness", "--out", str(tmp_path / "o.png")]) == 0
+    assert "2 faces" in capsys.readouterr().out
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    assert main(["synthesize", str(video), "--target", "all", "--out", str(tmp_path / "v.png")]) == 2
+    assert "is a video, not a picture" in capsys.readouterr().err

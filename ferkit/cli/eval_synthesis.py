@@ -85,8 +85,8 @@ def _photo_faces(photos: list[Path], pre: Any):
     from ferkit.inference import crops_to_tensor, faces_in_photos
 
     per_photo = faces_in_photos(photos, pre, no_face_hint="--photos needs pictures with detectable faces")
-    crops = [f.crop for faces in per_photo for f in faces]
-    names = [f"{photo.name} ({len(faces)})" for photo, faces in zip(photos, per_photo)]
+    crops = [f.crop for _, faces in per_photo for f in faces]
+    names = [f"{photo.name} ({len(faces)})" for photo, faces in per_photo]
     labels = torch.full((len(crops),), -1, dtype=torch.long)  # photos carry no expression label
     return crops_to_tensor(crops), labels, f"photos {', '.join(names)}: {len(crops)} face{'s' * (len(crops) != 1)}"
 

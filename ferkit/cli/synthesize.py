@@ -23,7 +23,7 @@ DEFAULT_SYNTHESIS_WEIGHTS = "fersnet"
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("synthesize", help="re-express a face with FERSNet (expression synthesis)",
                               description="Detect, align and re-express the largest face of an image.")
-    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="photos (or face crops with --whole-image)")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="photos or folders of photos (or face crops with --whole-image)")
     add_model_source(p, weights_help=f"shipped weights with a synthesis stream (default {DEFAULT_SYNTHESIS_WEIGHTS})",
                      checkpoint_help="a FERSNet training checkpoint instead", required=False)
     p.add_argument("--target", default="all", help="expression label of the weights, or 'all' (default)")
@@ -65,9 +65,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"--target {args.target!r} is not a class of {loaded.weights.name!r}; "
                          f"use one of {', '.join(classes)} or 'all'")
-    faces = [f for per_photo in faces_in_photos(args.images, pre, all_faces=args.all_faces,
-                                                whole_image=args.whole_image,
-                                                no_face_hint="pass --whole-image if the picture already is a face crop")
+    faces = [f for _, per_photo in faces_in_photos(args.images, pre, all_faces=args.all_faces,
+                                                   whole_image=args.whole_image,
+                                                   no_face_hint="pass --whole-image if the picture already is a face crop")
              for f in per_photo]
     crops = [f.crop for f in faces]
     where = ["whole image" if args.whole_image else f"face box {list(f.face.box)}" for f in faces]

@@ -88,7 +88,11 @@ def read_image(path: PathLike, grayscale: bool = False, hint: str = "") -> np.nd
     elif not grayscale:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image is None:
-        problem = "empty file" if data.size == 0 else "not an image, or an unsupported / corrupt image format"
+        from ferkit.video import VIDEO_SUFFIXES
+
+        problem = ("empty file" if data.size == 0 else
+                   "is a video, not a picture (ferkit predict reads videos)" if path.suffix.lower() in VIDEO_SUFFIXES
+                   else "not an image, or an unsupported / corrupt image format")
         raise ImageReadError(path, problem, hint=hint)
     return image
 
