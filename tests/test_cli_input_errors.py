@@ -104,3 +104,11 @@ def test_synthesize_takes_a_folder_and_names_a_video_as_one(capsys: pytest.Captu
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
     assert main(["synthesize", str(video), "--target", "all", "--out", str(tmp_path / "v.png")]) == 2
     assert "is a video, not a picture" in capsys.readouterr().err
+
+
+def test_bench_names_both_kinds_of_model_it_takes() -> None:
+    from ferkit.bench.models import bench_models_list
+    from ferkit.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="neither shipped weights .*tfe-jl.* nor an architecture .*resnet12_fer"):
+        bench_models_list(["nosuch"])

@@ -64,10 +64,15 @@ def bench_models_list(names: Optional[list[str]] = None) -> list[BenchModel]:
     Paper-size networks meant for GPU training (registered with ``cpu_sized=False``) are measured only
     when named (``--models fersnet``): one of them alone would take most of the 5-minute CPU budget.
     """
+    from ferkit.errors import UnknownNameError
     from ferkit.models.registry import list_models, model_info
 
     out: list[BenchModel] = []
     shipped = list_weights()
+    unknown = [n for n in names or [] if n not in shipped and not Path(n).exists() and n not in list_models()]
+    if unknown:
+        raise UnknownNameError(f"--models {', '.join(unknown)}: neither shipped weights ({', '.join(shipped)}) nor "
+                               f"an architecture ({', '.join(m for m in list_models() if not m.startswith('test-'))})")
     for name in names if names is not None else shipped:
         if name in shipped or Path(name).exists():
             lm = load_weights(name, device="cpu")
