@@ -131,21 +131,27 @@ def faces_in_photos(paths: Sequence[Union[str, Path]], preprocessing: Preprocess
 
     One door for the commands that take photos rather than a stream (``ferkit synthesize``,
     ``ferkit eval-synthesis --photos``): one face pipeline for all photos; ``all_faces=False`` keeps
-    the largest face, the subject of the picture. A photo without a face is a
-    :class:`~ferkit.errors.UsageError` naming it, followed by ``no_face_hint``.
+    the largest face, the subject of the picture. A photo named without a face is a
+    :class:`~ferkit.errors.UsageError` naming it, followed by ``no_face_hint``; a folder's faceless
+    pictures come back with no faces (a folder of photos holds some without one), and no face at all
+    is an error.
     """
     from ferkit.data.images import expand_image_paths
     from ferkit.face.pipeline import FacePipeline
 
+    named = {Path(p) for p in paths if not Path(p).is_dir()}
     out: list[tuple[Path, list[Any]]] = []
     with FacePipeline(max_faces=max_faces) as pipeline:
         for path in expand_image_paths(paths):
             faces = pipeline.process(read_image(path), preprocessing, whole_image=whole_image)
-            if not faces:
+            if not faces and path in named:  # a picture the user named: say so; a folder's: skip it
                 raise UsageError(f"{path}: no face found" + (f"; {no_face_hint}" if no_face_hint else ""))
-            if not all_faces:
+            if faces and not all_faces:
                 faces = [max(faces, key=lambda f: f.face.box[2] * f.face.box[3])]
             out.append((path, left_to_right(faces, box=lambda f: f.face.box)))
+    if not any(faces for _, faces in out):
+        raise UsageError(f"no face found in {', '.join(str(p) for p in paths)}"
+                         + (f"; {no_face_hint}" if no_face_hint else ""))
     return out
 
 
@@ -439,11 +445,13 @@ class Predictor:
         h, w = rgb.shape[:2]
         if not whole_image:
             pipe = self.pipeline if pipeline is None else pipeline
-            # the most confident faces, numbered left to right
-            scored = self.score_faces(rgb, left_to_right(pipe.detect(rgb)[: self.max_faces]), pipe)
+            # scored in detection order (a followed pipeline's check indexes its faces so), then
+            # numbered left to right
+            scored = self.score_faces(rgb, pipe.detect(rgb)[: self.max_faces], pipe)
             if scored.faces or not fallback_whole_image:
-                return ImageResult(self._face_results(scored.faces, scored.crops[self.preprocessing], scored.probs,
-                                                      scored.identity, detected=True), image_size=(w, h))
+                results = self._face_results(scored.faces, scored.crops[self.preprocessing], scored.probs,
+                                             scored.identity, detected=True)
+                return ImageResult(left_to_right(results), image_size=(w, h))
         wf = whole_image_face(rgb, self.preprocessing.input_size, self.preprocessing.grayscale)
         out = self.predict_tensor(crops_to_tensor([wf.crop]))
         ident = out.identity.float().cpu().numpy() if out.identity is not None else None

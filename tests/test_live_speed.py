@@ -432,6 +432,19 @@ def test_predict_image_scores_checked_faces_again(tmp_path: Path) -> None:
     assert res.faces[1].box == (100, 30, 50, 50) and res.faces[0].box == (10, 30, 50, 50)
     assert res.faces[0].scores == direct.faces[0].scores and res.faces[1].scores != direct.faces[1].scores
 
+    class RightFirst(Followed):
+        """Detection order right face first: the check's index 0 is the right face; results read left to right."""
+
+        def detect(self, image: np.ndarray) -> list[DetectedFace]:
+            return [face(90, "tracked"), face(10, "tracked")]
+
+        def check(self, image, faces, probabilities):
+            assert faces[0].box[0] == 90  # the check sees detection order, the order it indexes its faces by
+            return [face(95, "mesh"), faces[1]], [0]
+
+    res = pred.predict_image(rgb, pipeline=RightFirst())
+    assert [f.box[0] for f in res.faces] == [10, 95]
+
 
 # ---- benchmark plumbing -------------------------------------------------------------------------------------
 def test_background_load_is_always_stopped() -> None:

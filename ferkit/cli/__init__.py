@@ -55,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone: poll reports an error on a pipe whose read end is
+    closed (where poll is missing, Windows, a broken pipe is taken to be stdout's, as the Python
+    docs' SIGPIPE note does)."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return True
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,6 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("ferkit: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a pipe of the command's own broke: a bug, keep its traceback
         # the reader went away (`ferkit predict ... | head`): not an error of ours; stdout is
         # pointed at devnull so the interpreter's final flush does not raise a second time
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

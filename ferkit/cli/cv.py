@@ -18,7 +18,7 @@ from typing import Any
 
 from ferkit.cli.options import device_arg
 from ferkit.errors import NotFoundError, UsageError
-from ferkit.utils.argtypes import non_negative_float, positive_int
+from ferkit.utils.argtypes import fold_count, non_negative_float, positive_int
 
 #: fold options that ``ferkit cv`` sets itself; a recipe's own definitions of them are skipped
 _CV_FLAGS = {"--folds", "--fold", "--split-seed", "--epochs", "--threads"}
@@ -58,7 +58,7 @@ def cv_parser(recipe_cls: Any) -> tuple[argparse.ArgumentParser, set[str]]:
 
     parser = argparse.ArgumentParser(prog=f"ferkit cv {recipe_cls.name}", description=recipe_cls.description or None)
     parser.add_argument("--data", required=True, type=Path, help=recipe_cls.data_help or "dataset folder")
-    parser.add_argument("--folds", type=positive_int, default=10, help="number of folds (papers: 10)")
+    parser.add_argument("--folds", type=fold_count, default=10, help="number of folds (papers: 10)")
     parser.add_argument("--by", choices=["subject"], default="subject",
                         help="split unit: subject (no person in two folds; the only protocol the papers use)")
     parser.add_argument("--out", type=Path, default=None,

@@ -24,7 +24,7 @@ from typing import Any
 
 from ferkit.cli.options import add_model_source, add_verbose, device_arg, run_quietly
 from ferkit.errors import NotFoundError, UsageError
-from ferkit.utils.argtypes import positive_int, probability
+from ferkit.utils.argtypes import fold_count, positive_int, probability_below_one
 
 
 def register(subparsers: Any) -> None:
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pairs", type=Path, default=None, help="LFW pairs.txt / pairsDevTest.txt (10-fold protocol)")
     p.add_argument("--n-pairs", type=positive_int, default=6000, help="pairs to draw without --pairs (half same; default 6000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn pairs")
-    p.add_argument("--folds", type=positive_int, default=10, help="folds of the threshold protocol for drawn pairs")
+    p.add_argument("--folds", type=fold_count, default=10, help="folds of the threshold protocol for drawn pairs")
     p.add_argument("--identities", default=None,
                    help="use only these identities: a,b,c | @file | heldout (the names the weights' notes "
                         "list as held out of training)")
@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--align", action="store_true",
                    help="detect and align every face with the live face pipeline (the weights' crop style) "
                         "instead of resizing whole images; crops are cached")
-    p.add_argument("--far", type=probability, default=None, metavar="RATE",
+    p.add_argument("--far", type=probability_below_one, default=None, metavar="RATE",
                    help="calibrate the threshold at this false-accept rate (e.g. 0.01) and report the "
                         "true-accept rate there (10-fold)")
     p.add_argument("--write-card", type=Path, default=None, metavar="CARD.json",
@@ -132,8 +132,6 @@ def _run(args: argparse.Namespace) -> int:
         raise NotFoundError(f"--checkpoint {args.checkpoint} does not exist")
     if not args.data.exists():
         raise NotFoundError(f"--data {args.data} does not exist")
-    if args.far is not None and not 0.0 <= args.far < 1.0:
-        raise UsageError(f"--far is a rate in [0, 1), e.g. 0.01; got {args.far}")
     summary, result = run_verification(str(args.checkpoint or args.weights), args.data, pairs_file=args.pairs,
                                        n_pairs=args.n_pairs, seed=args.seed, identities=args.identities,
                                        device=args.device, n_folds=args.folds, align=args.align,

@@ -83,8 +83,8 @@ def resolve_weights(args: argparse.Namespace) -> str:
 
         if not is_expression_classifier(get_weights(args.weights).classes):
             expression = [n for n in list_weights() if is_expression_classifier(get_weights(n).classes)]
-            raise UsageError(f"--weights {args.weights} is an identity network (its classes are people, not "
-                             f"expressions); use expression weights: {', '.join(expression)}")
+            raise UsageError(f"--weights {args.weights} is not an expression classifier (its classes are not "
+                             f"expressions: an identity network's are people); use one of {', '.join(expression)}")
         return args.weights
     if DEFAULT_WEIGHTS not in list_weights():
         shipped = ", ".join(list_weights()) or "none"

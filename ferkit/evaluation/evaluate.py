@@ -200,7 +200,7 @@ def evaluate(weights: Union[str, Path], data: Union[str, Path], vote: str = "maj
         "engine": predictor.engine,
         "onnx_file": None if onnx_file is None else str(onnx_file),
         "excluded": excluded,
-        "seen_in_training": 0 if seen is None or heldout_only else int(seen.sum()),
+        "seen_in_training": 0 if seen is None or heldout_only else int((seen & keep).sum()),
         "heldout_only": heldout_only,
         "data": str(data),
         "layout": layout,

@@ -453,8 +453,9 @@ class OnnxModel:
         try:
             self.session = self.session_for(self.threads)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a file it cannot read
-            raise UsageError(f"{self.path} is not an ONNX model onnxruntime can load ({type(exc).__name__}); "
-                             "create one with ferkit export-onnx") from exc
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"onnxruntime cannot load {self.path} ({reason}); a model written by ferkit "
+                             "export-onnx is what --onnx expects") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
             raise UsageError(f"{self.path} was not written by ferkit export-onnx (no '{METADATA_KEY}' metadata)")

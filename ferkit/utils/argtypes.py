@@ -8,16 +8,19 @@ outside its range is now refused while the command line is parsed, in argparse's
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable, Union
 
 Number = Union[int, float]
 
 
-def _ranged(kind: type, low: Number, *, inclusive: bool, high: Union[Number, None] = None) -> Callable[[str], Number]:
-    """A parser of ``kind`` numbers at or above (``inclusive``) / above ``low``, and at most ``high``."""
+def _ranged(kind: type, low: Number, *, inclusive: bool, high: Union[Number, None] = None,
+            high_inclusive: bool = True) -> Callable[[str], Number]:
+    """A parser of finite ``kind`` numbers at or above (``inclusive``) / above ``low``, and at most
+    (``high_inclusive``) / below ``high``."""
     bound = f">= {low}" if inclusive else f"> {low}"
     if high is not None:
-        bound = f"in [{low}, {high}]"
+        bound = f"in [{low}, {high}{']' if high_inclusive else ')'}"
     noun = "a whole number" if kind is int else "a number"
 
     def parse(text: str) -> Number:
@@ -26,7 +29,8 @@ def _ranged(kind: type, low: Number, *, inclusive: bool, high: Union[Number, Non
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text!r}") from None
         below = value < low if inclusive else value <= low
-        if below or (high is not None and value > high) or value != value:  # value != value: NaN
+        above = high is not None and (value > high if high_inclusive else value >= high)
+        if below or above or not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
@@ -36,6 +40,8 @@ def _ranged(kind: type, low: Number, *, inclusive: bool, high: Union[Number, Non
 
 #: counts and sizes: batch, epochs, faces, folds, pixels
 positive_int = _ranged(int, 1, inclusive=True)
+#: fold counts: a split needs two folds at least
+fold_count = _ranged(int, 2, inclusive=True)
 #: counts where none is meaningful (epochs of FES-DA, background cores)
 non_negative_int = _ranged(int, 0, inclusive=True)
 #: rates, multipliers, widths, seconds
@@ -44,3 +50,5 @@ positive_float = _ranged(float, 0, inclusive=False)
 non_negative_float = _ranged(float, 0, inclusive=True)
 #: probabilities and fractions
 probability = _ranged(float, 0, inclusive=True, high=1)
+#: rates that must leave something out (a false-accept rate of 1 sets no threshold)
+probability_below_one = _ranged(float, 0, inclusive=True, high=1, high_inclusive=False)
