@@ -20,10 +20,9 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
+from ferkit.data.images import VIDEO_SUFFIXES
 from ferkit.errors import NotFoundError, UsageError, UserError
 
-#: file endings ``ferkit predict`` treats as videos
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 #: a file shorter than its header's frame count by more than this many frames is reported damaged
 #: (containers often over-count by one or two)
 FRAME_COUNT_SLACK = 2

@@ -168,7 +168,7 @@ def format_entry(entry: dict[str, Any], weights: str) -> str:
 
 
 def _video_suffixes() -> set[str]:
-    from ferkit.video import VIDEO_SUFFIXES
+    from ferkit.data.images import VIDEO_SUFFIXES
 
     return VIDEO_SUFFIXES
 

@@ -23,6 +23,9 @@ PathLike = Union[str, Path]
 
 #: file endings the folder readers treat as images
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+#: video containers ``ferkit predict`` and the app read frame by frame (here, beside the picture
+#: suffixes, so a reader can tell a user who passed a video where a picture belongs)
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 
 
 #: what a dataset reader adds to an unreadable file's error: the file came with the dataset
@@ -88,8 +91,6 @@ def read_image(path: PathLike, grayscale: bool = False, hint: str = "") -> np.nd
     elif not grayscale:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image is None:
-        from ferkit.video import VIDEO_SUFFIXES
-
         problem = ("empty file" if data.size == 0 else
                    "is a video, not a picture (ferkit predict reads videos)" if path.suffix.lower() in VIDEO_SUFFIXES
                    else "not an image, or an unsupported / corrupt image format")
