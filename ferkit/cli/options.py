@@ -18,15 +18,13 @@ def device_arg(text: str) -> str:
     """argparse type of every ``--device``: the spelling is checked before anything runs or is written
     (``gpu`` used to reach torch and end in a traceback); whether a GPU is present is checked on use."""
     from ferkit.errors import UsageError
-    from ferkit.models.weights import resolve_device
+    from ferkit.models.weights import parse_device
 
     if text != "auto":
         try:
-            resolve_device(text)
+            parse_device(text)
         except UsageError as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace(f"--device {text!r} is", f"{text!r} is")) from None
-        except Exception:  # noqa: BLE001 - a CUDA device this machine lacks: said when it is used
-            pass
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

@@ -134,7 +134,8 @@ def _seen_in_training(dataset: Any, heldout: Sequence[str]) -> Optional[torch.Te
     names = dataset.subject_names
     if not heldout or dataset.subjects is None or not names:
         return None
-    held = torch.tensor([n in set(heldout) for n in names], dtype=torch.bool)
+    heldout_names = set(heldout)
+    held = torch.tensor([n in heldout_names for n in names], dtype=torch.bool)
     if not bool(held.any()):
         return None
     return ~held[dataset.subjects]

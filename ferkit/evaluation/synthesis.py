@@ -249,7 +249,8 @@ def evaluate_synthesis(generator: LoadedModel, images: torch.Tensor, labels: tor
         if real_count:  # labelled test faces (photos carry no label to check the judge on)
             metrics["judge_accuracy_on_real_test_faces"] = real_hits / real_count
         metrics["judge"] = _describe(judge.loaded.weights.name, judge.loaded.weights.source)
-        unjudged = [canonical(classes[t]) for t in range(e) if t not in set(judge.covered)]
+        judged = set(judge.covered)
+        unjudged = [canonical(classes[t]) for t in range(e) if t not in judged]
         if unjudged:  # e.g. contempt for a FER2013 judge: the accuracy is over the other targets
             metrics["targets_the_judge_lacks"] = ", ".join(unjudged)
         per_target = {canonical(classes[t]): float(hits[t] / counts[t]) for t in judge.covered}

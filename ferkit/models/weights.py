@@ -368,16 +368,24 @@ class LoadedModel:
     device: torch.device
 
 
+def parse_device(device: Union[str, torch.device]) -> torch.device:
+    """The device a spelling names (``cpu``, ``cuda``, ``cuda:1``), without asking whether it is
+    present; anything else (``gpu``, ``mps``) is a :class:`UsageError`. ``--device`` parsing and
+    :func:`resolve_device` share it."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"{str(device)!r} is not a device ferkit runs on: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
 def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; an explicit ``cuda`` without a GPU is a clear error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageError(f"--device {device!r} is not a device ferkit runs on: use auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device!r} is not a device ferkit runs on: use auto, cpu, cuda or cuda:N")
+    dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UnavailableError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     return dev
