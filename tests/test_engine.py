@@ -95,6 +95,23 @@ def test_step_updates_parameters_and_clips_gradients() -> None:
     assert not ctx.amp and isinstance(ctx.autocast(), type(ctx.autocast()))  # CPU: AMP off
 
 
+
+def test_one_step_of_several_optimizers_backpropagates_once_and_steps_each() -> None:
+    """Two optimisers over the two halves of one model: one backward, each half moved by its own
+    optimiser (SGD lr 1: the update is the gradient), stale gradients of either cleared first."""
+    ctx = fake_ctx()
+    a, b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+    opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=1.0), torch.optim.SGD(b.parameters(), lr=0.5)
+    for p in [*a.parameters(), *b.parameters()]:
+        p.grad = torch.full_like(p, 100.0)  # left over from an earlier step: must not leak in
+    x = torch.randn(6, 4)
+    loss = b(a(x)).pow(2).mean()
+    ga, gb = torch.autograd.grad(loss, [a.weight, b.weight], retain_graph=True)
+    wa, wb = a.weight.detach().clone(), b.weight.detach().clone()
+    ctx.step(loss, [opt_a, opt_b])
+    assert torch.allclose(wa - a.weight.detach(), ga, atol=1e-6)
+    assert torch.allclose(wb - b.weight.detach(), 0.5 * gb, atol=1e-6)
+
 # ---- training in process -------------------------------------------------------------------------
 def test_train_two_epochs_writes_checkpoints_curves_and_events(fer_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -282,6 +282,128 @@ def test_recognition_lr_mult_gives_the_recognition_stream_its_own_rate(tmp_path:
         _recipe(tmp_path / "c", identity_weights="none", recognition_lr_mult=0).setup(
             LocalContext(tmp_path / "c" / "run", epochs=3))
 
+def test_recognition_optimizer_sgd_trains_the_recognition_stream_on_its_own_one_cycle(tmp_path: Path) -> None:
+    """--recognition-optimizer sgd: encoder, gates into it and classifier move with Nesterov SGD on a
+    per-step one-cycle (not the per-epoch decay), the rest with G's Adam; both move in one G step."""
+    recipe = _recipe(tmp_path / "a", identity_weights="none", recognition_optimizer="sgd", recognition_lr=0.05)
+    ctx = LocalContext(tmp_path / "a" / "run", epochs=3)
+    recipe.setup(ctx)
+    names = {id(p): n for n, p in recipe.model.named_parameters()}
+    rec = {names[id(p)] for g in recipe.opt_rec.param_groups for p in g["params"]}
+    adam = {names[id(p)] for g in recipe.opt_g.param_groups for p in g["params"]}
+    assert {n.split(".")[0] for n in rec} == {"fer_blocks", "flu_fer", "classifier"}
+    assert rec | adam == set(names.values()) and not rec & adam
+    assert recipe.opt_rec.param_groups[0]["nesterov"] and set(recipe.optimizers()) == {
+        "generator", "recognition", "discriminator"}
+    steps_per_epoch = len(recipe.images) // recipe.batch_size
+    assert recipe.recognition_steps == 3 * steps_per_epoch
+    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
+    lr0 = recipe.opt_rec.param_groups[0]["lr"]
+    next(iter(recipe.train_epoch(ctx, 0)))
+    moved = {n for n, p in recipe.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert {"classifier.3.weight", "fer_blocks.0.0.weight"} <= moved  # SGD's half
+    assert any(n.startswith("decoder.") for n in moved)  # Adam's half
+    assert recipe.opt_rec.param_groups[0]["lr"] > lr0  # one-cycle warm-up: stepped per step
+    lr_now, adam_lr = recipe.opt_rec.param_groups[0]["lr"], recipe.opt_g.param_groups[0]["lr"]
+    recipe.end_epoch(ctx, 0)  # the per-epoch decay steps G's Adam, not the one-cycle
+    assert recipe.opt_rec.param_groups[0]["lr"] == lr_now and recipe.opt_g.param_groups[0]["lr"] < adam_lr
+    assert "recognition" in recipe.schedulers()  # checkpointed with the rest
+    with pytest.raises(UsageError, match="recognition-optimizer"):
+        recipe.load_extra_state({"recognition_optimizer": "adam"})
+    with pytest.raises(UsageError, match="one-cycle"):
+        recipe.load_extra_state({"recognition_optimizer": "sgd", "recognition_steps": 999})
+    assert "Nesterov SGD" in recipe.weights_meta()["notes"]
+    with pytest.raises(UsageError, match="recognition-lr-mult"):
+        _recipe(tmp_path / "b", identity_weights="none", recognition_optimizer="sgd",
+                recognition_lr_mult=5).setup(LocalContext(tmp_path / "b" / "run", epochs=3))
+    with pytest.raises(UsageError, match="recognition-lr is the peak rate"):  # given, but Adam would ignore it
+        _recipe(tmp_path / "c", identity_weights="none", recognition_lr=0.1).setup(
+            LocalContext(tmp_path / "c" / "run", epochs=3))
+
+
+def test_shield_recognition_keeps_synthesis_losses_out_of_the_recognition_stream() -> None:
+    """Same outputs; a loss on the synthesised face reaches the FES stream but, shielded, no parameter
+    of the recognition stream, while L_cls still reaches the FES encoder (FER <- FES gates)."""
+    torch.manual_seed(0)
+    net = FERSNet(num_classes=3, input_size=32, width=4, fc_dim=8, skips=True).train()
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([0, 2])
+    recognition = ("fer_blocks.", "flu_fer.", "classifier.")
+
+    def grads(loss: torch.Tensor) -> dict[str, float]:
+        net.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: float(p.grad.abs().sum()) if p.grad is not None else 0.0 for n, p in net.named_parameters()}
+
+    torch.manual_seed(1)
+    plain = net(x, target=t)
+    torch.manual_seed(1)
+    shielded = net(x, target=t, shield_recognition=True)
+    assert torch.allclose(plain.synthesis, shielded.synthesis) and torch.allclose(plain.logits, shielded.logits)
+    open_grads = grads(plain.synthesis.square().mean())
+    shut = grads(net(x, target=t, shield_recognition=True).synthesis.square().mean())
+    assert any(v > 0 for n, v in open_grads.items() if n.startswith(recognition))
+    assert all(v == 0 for n, v in shut.items() if n.startswith(recognition))
+    assert any(v > 0 for n, v in shut.items() if n.startswith("fes_blocks."))
+    cls = grads(torch.nn.functional.cross_entropy(net(x, target=t, shield_recognition=True).logits, t))
+    assert any(v > 0 for n, v in cls.items() if n.startswith("fes_blocks."))
+    with pytest.raises(ValueError, match="shield_recognition"):
+        FERSNet(num_classes=3, input_size=32, width=4, fc_dim=8, convflu=False)(x, target=t, shield_recognition=True)
+
+
+def test_shield_recognition_reaches_both_synthesis_passes_and_needs_two_streams(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path / "a", identity_weights="none", shield_recognition=True)
+    ctx = LocalContext(tmp_path / "a" / "run", epochs=3)
+    recipe.setup(ctx)
+    calls, real_g = [], recipe.g
+
+    def recording_g(x: torch.Tensor, **kw: Any):
+        calls.append(kw.get("shield_recognition"))
+        return real_g(x, **kw)
+
+    recipe.g = recording_g
+    next(iter(recipe.train_epoch(ctx, 0)))
+    assert calls == [True, True]  # source -> target, and the cycle back
+    assert "stop-gradient" in recipe.weights_meta()["notes"]
+    with pytest.raises(UsageError, match="shield-recognition"):
+        _recipe(tmp_path / "b", identity_weights="none", no_convflu=True, shield_recognition=True).setup(
+            LocalContext(tmp_path / "b" / "run", epochs=3))
+
+def test_recognition_sgd_without_mtl_leaves_nothing_for_adam(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, identity_weights="none", recognition_optimizer="sgd", no_mtl=True)
+    ctx = LocalContext(tmp_path / "run", epochs=3)
+    recipe.setup(ctx)
+    assert set(recipe.optimizers()) == {"recognition"} and set(recipe.schedulers()) == {"recognition"}
+    before = recipe.model.classifier[3].weight.detach().clone()
+    result = next(iter(recipe.train_epoch(ctx, 0)))
+    assert torch.isfinite(result.loss) and not torch.equal(before, recipe.model.classifier[3].weight)
+    recipe.end_epoch(ctx, 0)
+
+
+def test_label_smoothing_and_zoom_reach_the_loss_and_the_augmentation(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """L_cls is the label-smoothed cross-entropy of the step's own logits; --max-scale reaches augment_batch."""
+    import ferkit.recipes.fersnet as fersnet_recipe
+
+    recipe = _recipe(tmp_path, identity_weights="none", no_mtl=True, label_smoothing=0.3, max_scale=0.2)
+    ctx = LocalContext(tmp_path / "run", epochs=3)
+    recipe.setup(ctx)
+    seen: dict[str, Any] = {}
+
+    def recording_augment(x: torch.Tensor, **kw: Any) -> torch.Tensor:
+        seen.update(kw)
+        return x  # no random transform: the test can recompute the step's logits
+
+    monkeypatch.setattr(fersnet_recipe, "augment_batch", recording_augment)
+    idx = next(iter(ctx.batches(len(recipe.images), recipe.batch_size, 0)))
+    with torch.no_grad():
+        logits = recipe.model(recipe._prepare(recipe.images[idx])).logits
+    y = recipe.labels[idx]
+    expected = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.3)
+    assert not torch.isclose(expected, torch.nn.functional.cross_entropy(logits, y))
+    result = recipe._classifier_step(ctx, recipe.images[idx], y)
+    assert float(result.loss) == pytest.approx(float(expected), rel=1e-4)
+    assert seen["max_scale"] == 0.2
+
 def test_own_target_prob_uses_the_source_as_its_own_target(tmp_path: Path) -> None:
     """--own-target-prob 1: every target is the source's expression and L_rec compares with the source."""
     recipe = _recipe(tmp_path, identity_weights="none", own_target_prob=1.0, augment="off")

@@ -157,12 +157,18 @@ class FERSNet(FerModel):
             self.to_image = nn.Sequential(nn.Conv2d(width, in_channels, 3, padding=1), nn.Tanh())
 
     # ---- the two streams ------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, return_gates: bool = False
+    def encode(self, x: torch.Tensor, return_gates: bool = False, shield_recognition: bool = False
                ) -> tuple[torch.Tensor, Optional[list[torch.Tensor]], dict[str, torch.Tensor]]:
         """(FER features, FES features of levels 1..4 or None, gate maps) of the four encoder levels.
 
         The last FES map feeds the decoder; the earlier ones are its skip inputs (``skips=True``).
+        ``shield_recognition``: the FES stream reads the FER features through a stop-gradient, so the
+        values are unchanged but losses on the synthesis do not reach the recognition stream (which
+        then learns from L_cls alone, while L_cls still trains the FES stream through the FER <- FES
+        gates). Training only; needs the ConvFLU pair (hard sharing has one encoder).
         """
+        if shield_recognition and not self.convflu:
+            raise ValueError("shield_recognition needs the two streams of the ConvFLU model")
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size or x.shape[1] != self.in_channels:
             raise ValueError(f"FERSNet expects [B, {self.in_channels}, {self.input_size}, {self.input_size}] input, "
                              f"got {tuple(x.shape)}; resize the faces (Preprocessing.input_size)")
@@ -178,7 +184,7 @@ class FERSNet(FerModel):
                 zip(self.fer_blocks, self.fes_blocks, self.flu_fer, self.flu_fes), start=1):
             f_fer, f_fes = b_fer(f_fer), b_fes(f_fes)
             to_fer = flu_fer(f_fer, f_fes)
-            to_fes = flu_fes(f_fes, f_fer)
+            to_fes = flu_fes(f_fes, f_fer.detach() if shield_recognition else f_fer)
             f_fer, f_fes = to_fer.features, to_fes.features
             fes_levels.append(f_fes)
             if return_gates:
@@ -199,9 +205,10 @@ class FERSNet(FerModel):
         return self.to_image(h)
 
     def forward(self, x: torch.Tensor, *, return_gates: bool = False,
-                target: Optional[torch.Tensor] = None) -> ModelOutput:
-        """Logits (and gates when asked); ``target`` also synthesises the face with that expression."""
-        f_fer, f_fes, gates = self.encode(x, return_gates=return_gates)
+                target: Optional[torch.Tensor] = None, shield_recognition: bool = False) -> ModelOutput:
+        """Logits (and gates when asked); ``target`` also synthesises the face with that expression
+        (``shield_recognition``: see :meth:`encode`)."""
+        f_fer, f_fes, gates = self.encode(x, return_gates=return_gates, shield_recognition=shield_recognition)
         hidden = self.classifier[:3](f_fer)
         logits = self.classifier[3](hidden)
         synthesis = None

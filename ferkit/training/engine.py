@@ -75,7 +75,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Optional, Union
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -148,25 +148,33 @@ class EngineContext:
             self._scalers[key] = torch.amp.GradScaler("cuda")
         return self._scalers[key]
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+    def step(self, loss: torch.Tensor, optimizer: Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]],
              parameters: Optional[list[nn.Parameter]] = None, clip_grad: Optional[float] = None) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        scaler = self.scaler(optimizer)
+        """One backward pass, then a step of every optimiser given (several when parts of one model
+        train with different optimisers, e.g. FERSNet's recognition stream on SGD beside G's Adam;
+        under fp16 they share the first one's loss scaler, as torch's GradScaler allows)."""
+        optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        scaler = self.scaler(optimizers[0])
         if scaler is not None:
             scaler.scale(loss).backward()
         else:
             loss.backward()
         if clip_grad:
             if scaler is not None:
-                scaler.unscale_(optimizer)
+                for opt in optimizers:
+                    scaler.unscale_(opt)
             params = parameters if parameters is not None else [
-                p for group in optimizer.param_groups for p in group["params"]]
+                p for opt in optimizers for group in opt.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        for opt in optimizers:
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
         if scaler is not None:
-            scaler.step(optimizer)
             scaler.update()
-        else:
-            optimizer.step()
 
     def wrap(self, module: nn.Module, **ddp_kwargs: Any) -> nn.Module:
         """DDP under torchrun (``ddp_kwargs`` go to DistributedDataParallel, e.g.

@@ -15,7 +15,7 @@ import abc
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, ContextManager, Iterator, Optional, Protocol
+from typing import Any, ClassVar, ContextManager, Iterator, Optional, Protocol, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -69,9 +69,9 @@ class TrainContext(Protocol):
     def autocast(self) -> ContextManager[Any]:
         """bf16/fp16 autocast on CUDA when AMP is on; a no-op on CPU."""
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+    def step(self, loss: torch.Tensor, optimizer: Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer]],
              parameters: Optional[list[nn.Parameter]] = None, clip_grad: Optional[float] = None) -> None:
-        """zero_grad, (scaled) backward, optional clipping, optimiser step, scaler update."""
+        """zero_grad, (scaled) backward, optional clipping, a step of each optimiser, scaler update."""
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """DistributedDataParallel under torchrun, the module itself otherwise."""
