@@ -71,6 +71,8 @@ sample grid (held-out faces x target expressions) to ``<out>/samples/``.
 from __future__ import annotations
 
 import argparse
+import re
+import warnings
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -548,8 +550,11 @@ class _FersnetRecipe(Recipe):
                                   self.val_set.images, self.val_set.labels, self.tta)
 
     def end_epoch(self, ctx: TrainContext, epoch: int) -> None:
-        for scheduler in self._epoch_schedulers().values():
-            scheduler.step()
+        with warnings.catch_warnings():
+            # FES-DA epochs never step D's optimiser, yet its schedule keeps time with the run's
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            for scheduler in self._epoch_schedulers().values():
+                scheduler.step()
         if ctx.rank != 0 or not self.mtl:
             return
         grid = training_sample_grid(self.model, self.grid_faces.to(self.device), self.preprocessing, self.classes)
