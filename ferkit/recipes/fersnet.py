@@ -264,13 +264,42 @@ class _FersnetRecipe(Recipe):
             raise UsageError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs} "
                              "(or equal to it when --init names a trained FERSNet to fine-tune)")
         lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
-        self.recognition_lr_mult = float(option(o, "recognition_lr_mult", 1.0))
-        if self.recognition_lr_mult <= 0:
-            raise UsageError(f"--recognition-lr-mult must be positive, got {self.recognition_lr_mult}")
         self.label_smoothing = float(option(o, "label_smoothing", 0.0))
         self.max_scale = float(option(o, "max_scale", 0.0))
         self.batch_size = int(option(o, "batch_size", 64))
         self.max_steps = o.get("max_steps_per_epoch")  # --max-steps-per-epoch (smoke runs); None: every batch
+        self._make_generator_optimizers(lr, lr_end)
+        self.discriminator: Optional[nn.Module] = None
+        self.identity: Optional[FrozenIdentity] = None
+        if self.mtl:
+            dwidth = int(option(o, "disc_width", 32 if arch == "fersnet_light" else 64))
+            self.discriminator = PatchDiscriminator(e, in_channels=1, width=dwidth).to(self.device)
+            self.discriminator.to(memory_format=self.memory_format)
+            self.d = ctx.wrap(self.discriminator)
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+            self.sched_d = exponential_decay(self.opt_d, lr, lr_end, self.schedule_epochs)
+            self.identity = FrozenIdentity.from_option(o.get("identity_weights"), device=self.device)
+        init = o.get("init")
+        if init:
+            ctx.log(self._load_init(str(init)))
+        self.augment = option(o, "augment", "on") == "on"
+        self.tta = check_tta(option(o, "tta", "none"))
+        self.da_images: Optional[torch.Tensor] = None
+        self.da_labels: Optional[torch.Tensor] = None
+        self.grid_faces = grid_faces(val if val is not None and len(val) else train)
+        ctx.log(f"{self.name}: {arch} {self.model_cfg}; {self._data_desc}; identity net for L_idt: "
+                f"{self.identity.name if self.identity else 'none'}; lr {lr} -> {lr_end} over "
+                f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else "")
+                + "".join(f"; {x}" for x in self._recognition_notes()))
+
+
+    def _make_generator_optimizers(self, lr: float, lr_end: float) -> None:
+        """G's Adam with its per-epoch decay and, with ``--recognition-optimizer sgd``, the recognition
+        stream's own SGD on a per-step one-cycle (the stream's parameters then leave Adam)."""
+        o = self.options
+        self.recognition_lr_mult = float(option(o, "recognition_lr_mult", 1.0))
+        if self.recognition_lr_mult <= 0:
+            raise UsageError(f"--recognition-lr-mult must be positive, got {self.recognition_lr_mult}")
         self.recognition_optimizer = option(o, "recognition_optimizer", "adam")
         if self.recognition_optimizer not in RECOGNITION_OPTIMIZERS:
             raise UsageError(f"--recognition-optimizer must be one of {', '.join(RECOGNITION_OPTIMIZERS)}, "
@@ -296,33 +325,11 @@ class _FersnetRecipe(Recipe):
                                            weight_decay=RECOGNITION_SGD_WEIGHT_DECAY)
             # FES-DA epochs run over the synthetic set: one face per training face and class
             self.recognition_steps = (self._steps_per_epoch() * (self.schedule_epochs - self.fes_da)
-                                      + self._steps_per_epoch(len(self.images) * e) * self.fes_da)
+                                      + self._steps_per_epoch(len(self.images) * len(self.classes)) * self.fes_da)
             self.sched_rec = make_schedule(self.opt_rec, "onecycle", self.recognition_steps, 0)
         # w/o MTL with the stream on SGD, nothing is left for Adam
         self.opt_g = torch.optim.Adam(groups, lr=lr, betas=(0.5, 0.999)) if groups else None
         self.sched_g = exponential_decay(self.opt_g, lr, lr_end, self.schedule_epochs) if groups else None
-        self.discriminator: Optional[nn.Module] = None
-        self.identity: Optional[FrozenIdentity] = None
-        if self.mtl:
-            dwidth = int(option(o, "disc_width", 32 if arch == "fersnet_light" else 64))
-            self.discriminator = PatchDiscriminator(e, in_channels=1, width=dwidth).to(self.device)
-            self.discriminator.to(memory_format=self.memory_format)
-            self.d = ctx.wrap(self.discriminator)
-            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
-            self.sched_d = exponential_decay(self.opt_d, lr, lr_end, self.schedule_epochs)
-            self.identity = FrozenIdentity.from_option(o.get("identity_weights"), device=self.device)
-        init = o.get("init")
-        if init:
-            ctx.log(self._load_init(str(init)))
-        self.augment = option(o, "augment", "on") == "on"
-        self.tta = check_tta(option(o, "tta", "none"))
-        self.da_images: Optional[torch.Tensor] = None
-        self.da_labels: Optional[torch.Tensor] = None
-        self.grid_faces = grid_faces(val if val is not None and len(val) else train)
-        ctx.log(f"{self.name}: {arch} {self.model_cfg}; {self._data_desc}; identity net for L_idt: "
-                f"{self.identity.name if self.identity else 'none'}; lr {lr} -> {lr_end} over "
-                f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else "")
-                + "".join(f"; {x}" for x in self._recognition_notes()))
 
     def _recognition_notes(self) -> list[str]:
         """How the recognition stream's training departs from the paper (for the log and the card)."""
