@@ -292,7 +292,6 @@ class _FersnetRecipe(Recipe):
                 f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else "")
                 + "".join(f"; {x}" for x in self._recognition_notes()))
 
-
     def _make_generator_optimizers(self, lr: float, lr_end: float) -> None:
         """G's Adam with its per-epoch decay and, with ``--recognition-optimizer sgd``, the recognition
         stream's own SGD on a per-step one-cycle (the stream's parameters then leave Adam)."""
