@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -153,6 +154,27 @@ def test_context_knows_the_planned_epochs_before_setup(fer_dir: Path, tmp_path: 
     train(again, tmp_path / "e", epochs=2, device="cpu", resume=True, json_lines=False)
     assert again.planned_epochs == 2
 
+
+def test_resume_asks_the_recipe_before_loading_optimizers(fer_dir: Path, tmp_path: Path) -> None:
+    """A resume whose optimiser changed shape fails with the recipe's own message (load_extra_state),
+    not with torch's complaint about parameter groups, because the recipe is asked first."""
+    from ferkit.errors import UsageError
+
+    train(TinyRecipe(fer_dir, {}), tmp_path / "r", epochs=1, device="cpu", json_lines=False)
+
+    class Reshaped(TinyRecipe):
+        def setup(self, ctx: Any) -> None:
+            super().setup(ctx)
+            head = list(self.model.fc.parameters())
+            rest = [p for p in self.model.parameters() if all(p is not h for h in head)]
+            self.optimizer = torch.optim.SGD([{"params": rest}, {"params": head}], lr=0.05)
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1)
+
+        def load_extra_state(self, state: dict[str, Any]) -> None:
+            raise UsageError("the recipe says: resume with the same optimiser")
+
+    with pytest.raises(UsageError, match="the recipe says"):
+        train(Reshaped(fer_dir, {}), tmp_path / "r", epochs=2, device="cpu", resume=True, json_lines=False)
 
 def test_resume_in_process_matches_uninterrupted(fer_dir: Path, tmp_path: Path) -> None:
     run_inprocess(fer_dir, tmp_path / "full", epochs=3)

@@ -324,6 +324,16 @@ def test_recognition_optimizer_sgd_trains_the_recognition_stream_on_its_own_one_
     with pytest.raises(UsageError, match="recognition-lr is the peak rate"):  # given, but Adam would ignore it
         _recipe(tmp_path / "c", identity_weights="none", recognition_lr=0.1).setup(
             LocalContext(tmp_path / "c" / "run", epochs=3))
+    with pytest.raises(UsageError, match="recognition-lr must be positive"):
+        _recipe(tmp_path / "d", identity_weights="none", recognition_optimizer="sgd", recognition_lr=0).setup(
+            LocalContext(tmp_path / "d" / "run", epochs=3))
+    with pytest.raises(UsageError, match="max-scale"):  # a zoom of 1 would draw a scale of 0
+        _recipe(tmp_path / "e", identity_weights="none", max_scale=1.0).setup(
+            LocalContext(tmp_path / "e" / "run", epochs=3))
+    two_ranks = _recipe(tmp_path / "f", identity_weights="none", recognition_optimizer="sgd", batch_size=7)
+    two_ranks.setup(LocalContext(tmp_path / "f" / "run", epochs=3, world_size=2))
+    # as ctx.batches splits it: 3 faces per rank, global batches of 6
+    assert two_ranks.recognition_steps == 3 * (len(two_ranks.images) // 6)
 
 
 def test_shield_recognition_keeps_synthesis_losses_out_of_the_recognition_stream() -> None:

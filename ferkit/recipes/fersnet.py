@@ -151,7 +151,7 @@ class _FersnetRecipe(Recipe):
                                  "here, made SGD diverge); paper: off")
         parser.add_argument("--label-smoothing", type=probability_below_one, default=0.0,
                             help="label smoothing of L_cls on real faces (default 0: the paper's cross-entropy)")
-        parser.add_argument("--max-scale", type=non_negative_float, default=0.0,
+        parser.add_argument("--max-scale", type=probability_below_one, default=0.0,
                             help="random zoom of the training faces, 0.1 = 0.9-1.1 (default 0: the paper's "
                                  "crop, mirror and rotation only)")
         parser.add_argument("--schedule-epochs", type=positive_int, default=None,
@@ -266,6 +266,9 @@ class _FersnetRecipe(Recipe):
         lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
         self.label_smoothing = float(option(o, "label_smoothing", 0.0))
         self.max_scale = float(option(o, "max_scale", 0.0))
+        if not 0.0 <= self.max_scale < 1.0:
+            raise UsageError(f"--max-scale is a zoom range in [0, 1) (0.1 = 0.9-1.1), got {self.max_scale}")
+        self.world_size = ctx.world_size
         self.batch_size = int(option(o, "batch_size", 64))
         self.max_steps = o.get("max_steps_per_epoch")  # --max-steps-per-epoch (smoke runs); None: every batch
         self._make_generator_optimizers(lr, lr_end)
@@ -318,7 +321,9 @@ class _FersnetRecipe(Recipe):
         self.sched_rec: Optional[torch.optim.lr_scheduler.LRScheduler] = None
         if self.recognition_optimizer == "sgd":
             recognition = groups.pop(0)
-            self.recognition_lr = float(o.get("recognition_lr") or RECOGNITION_SGD_LR)
+            self.recognition_lr = float(option(o, "recognition_lr", RECOGNITION_SGD_LR))
+            if self.recognition_lr <= 0:
+                raise UsageError(f"--recognition-lr must be positive, got {self.recognition_lr}")
             self.opt_rec = torch.optim.SGD(recognition["params"], lr=self.recognition_lr,
                                            momentum=RECOGNITION_SGD_MOMENTUM, nesterov=True,
                                            weight_decay=RECOGNITION_SGD_WEIGHT_DECAY)
@@ -422,7 +427,9 @@ class _FersnetRecipe(Recipe):
     def _steps_per_epoch(self, n_items: Optional[int] = None) -> int:
         """Optimisation steps of one epoch over ``n_items`` faces (default: the training set): full
         batches, capped by --max-steps-per-epoch."""
-        steps = max(1, (len(self.images) if n_items is None else n_items) // self.batch_size)
+        # as ctx.batches splits them: batch_size // world_size faces per rank, full global batches only
+        per_rank = max(1, self.batch_size // self.world_size)
+        steps = max(1, (len(self.images) if n_items is None else n_items) // (per_rank * self.world_size))
         return min(steps, int(self.max_steps)) if self.max_steps else steps
 
     def extra_state(self) -> dict[str, Any]:

@@ -500,11 +500,13 @@ class _Run:
                 if state.get("options", {}).get(k) != v}
         if diff:
             ctx.log(f"note: options differ from the checkpoint's (checkpoint, now): {diff}")
+        # the recipe's own consistency checks first: they say what differs (e.g. another optimiser)
+        # where loading the state dicts would fail with torch's less helpful message
+        recipe.load_extra_state(state.get("extra_state", {}))
         load_state_dicts(self.modules, state["modules"], "module", ckpt_path)
         load_state_dicts(self.optimizers, state["optimizers"], "optimizer", ckpt_path)
         load_state_dicts(self.schedulers, state.get("schedulers", {}), "scheduler", ckpt_path)
         ctx.load_scaler_states(self.optimizers, state.get("scalers", {}))
-        recipe.load_extra_state(state.get("extra_state", {}))
         restore_rng(state.get("rng", {}))
         self.start_epoch = int(state["epoch"])
         # a mid-epoch checkpoint restarts its epoch: count steps from that epoch's start
