@@ -264,13 +264,7 @@ class _FersnetRecipe(Recipe):
             raise UsageError(f"--fes-da {self.fes_da} must be smaller than --schedule-epochs {self.schedule_epochs} "
                              "(or equal to it when --init names a trained FERSNet to fine-tune)")
         lr, lr_end = float(option(o, "lr", 1e-3)), float(option(o, "lr_end", 1e-5))
-        self.label_smoothing = float(option(o, "label_smoothing", 0.0))
-        self.max_scale = float(option(o, "max_scale", 0.0))
-        if not 0.0 <= self.max_scale < 1.0:
-            raise UsageError(f"--max-scale is a zoom range in [0, 1) (0.1 = 0.9-1.1), got {self.max_scale}")
-        self.world_size = ctx.world_size
-        self.batch_size = int(option(o, "batch_size", 64))
-        self.max_steps = o.get("max_steps_per_epoch")  # --max-steps-per-epoch (smoke runs); None: every batch
+        self._read_batch_options(ctx)
         self._make_generator_optimizers(lr, lr_end)
         self.discriminator: Optional[nn.Module] = None
         self.identity: Optional[FrozenIdentity] = None
@@ -294,6 +288,18 @@ class _FersnetRecipe(Recipe):
                 f"{self.identity.name if self.identity else 'none'}; lr {lr} -> {lr_end} over "
                 f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else "")
                 + "".join(f"; {x}" for x in self._recognition_notes()))
+
+    def _read_batch_options(self, ctx: TrainContext) -> None:
+        """Batch size, steps per epoch, label smoothing and zoom: what the optimisers' step count and
+        every training batch need."""
+        o = self.options
+        self.label_smoothing = float(option(o, "label_smoothing", 0.0))
+        self.max_scale = float(option(o, "max_scale", 0.0))
+        if not 0.0 <= self.max_scale < 1.0:
+            raise UsageError(f"--max-scale is a zoom range in [0, 1) (0.1 = 0.9-1.1), got {self.max_scale}")
+        self.world_size = ctx.world_size
+        self.batch_size = int(option(o, "batch_size", 64))
+        self.max_steps = o.get("max_steps_per_epoch")  # --max-steps-per-epoch (smoke runs); None: every batch
 
     def _make_generator_optimizers(self, lr: float, lr_end: float) -> None:
         """G's Adam with its per-epoch decay and, with ``--recognition-optimizer sgd``, the recognition
