@@ -80,6 +80,14 @@ def test_batches_are_seeded_and_sharded_without_overlap() -> None:
     assert derive_seed(1, 2) != derive_seed(2, 1)
 
 
+
+def test_steps_per_epoch_counts_the_batches_the_context_cuts() -> None:
+    """Per-step schedules are sized before training with steps_per_epoch: it must agree with batches()."""
+    from ferkit.training.schedule import steps_per_epoch
+
+    for n, batch, world in [(50, 8, 1), (50, 8, 2), (51, 7, 2), (5, 8, 1), (882, 32, 1), (100, 3, 4)]:
+        assert steps_per_epoch(n, batch, world) == len(list(fake_ctx(0, world).batches(n, batch, epoch=0))), (n, batch, world)
+
 def test_step_updates_parameters_and_clips_gradients() -> None:
     ctx = fake_ctx()
     lin = torch.nn.Linear(4, 3)

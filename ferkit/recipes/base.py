@@ -32,7 +32,7 @@ from ferkit.models.weights import (Preprocessing, check_tta, float_state, get_we
 from ferkit.training.ema import WeightEMA
 from ferkit.training.precision import memory_format
 from ferkit.training.recipe import Recipe, StepResult, TrainContext
-from ferkit.training.schedule import SCHEDULES, make_schedule, step_schedule
+from ferkit.training.schedule import SCHEDULES, make_schedule, step_schedule, steps_per_epoch
 from ferkit.utils.argtypes import non_negative_float, positive_float, positive_int, probability
 
 INPUT_SIZE = 48
@@ -204,8 +204,7 @@ class ClassifierRecipe(Recipe):
         momentum = float(option(o, "momentum", 0.9))
         self.optimizer = torch.optim.SGD(self._param_groups(), lr=lr, momentum=momentum, weight_decay=wd,
                                          nesterov=bool(option(o, "nesterov", True)) and momentum > 0)
-        per_rank = max(1, self.batch_size // ctx.world_size)
-        self.steps_per_epoch = max(1, len(train) // (per_rank * ctx.world_size))
+        self.steps_per_epoch = steps_per_epoch(len(train), self.batch_size, ctx.world_size)
         max_steps = option(o, "max_steps_per_epoch", None)
         if max_steps is not None:
             if int(max_steps) < 1:

@@ -103,7 +103,7 @@ from ferkit.recipes.data import CkplusData, FerplusData
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.precision import memory_format
 from ferkit.training.recipe import NetSpec, Recipe, StepResult, TrainContext
-from ferkit.training.schedule import exponential_decay, make_schedule, step_schedule
+from ferkit.training.schedule import exponential_decay, make_schedule, step_schedule, steps_per_epoch
 from ferkit.utils.argtypes import (non_negative_float, non_negative_int, positive_float, positive_int, probability,
                                   probability_below_one)
 
@@ -325,6 +325,7 @@ class _FersnetRecipe(Recipe):
         groups = self._generator_groups(lr)
         self.opt_rec: Optional[torch.optim.Optimizer] = None
         self.sched_rec: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+        self.recognition_steps: Optional[int] = None  # the one-cycle's length (SGD only)
         if self.recognition_optimizer == "sgd":
             recognition = groups.pop(0)
             self.recognition_lr = float(option(o, "recognition_lr", RECOGNITION_SGD_LR))
@@ -433,14 +434,11 @@ class _FersnetRecipe(Recipe):
     def _steps_per_epoch(self, n_items: Optional[int] = None) -> int:
         """Optimisation steps of one epoch over ``n_items`` faces (default: the training set): full
         batches, capped by --max-steps-per-epoch."""
-        # as ctx.batches splits them: batch_size // world_size faces per rank, full global batches only
-        per_rank = max(1, self.batch_size // self.world_size)
-        steps = max(1, (len(self.images) if n_items is None else n_items) // (per_rank * self.world_size))
+        steps = steps_per_epoch(len(self.images) if n_items is None else n_items, self.batch_size, self.world_size)
         return min(steps, int(self.max_steps)) if self.max_steps else steps
 
     def extra_state(self) -> dict[str, Any]:
-        return {"recognition_optimizer": self.recognition_optimizer,
-                "recognition_steps": getattr(self, "recognition_steps", None)}
+        return {"recognition_optimizer": self.recognition_optimizer, "recognition_steps": self.recognition_steps}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Refuse a resume whose recognition optimiser or one-cycle length differs from the checkpoint's
@@ -450,7 +448,7 @@ class _FersnetRecipe(Recipe):
             raise UsageError(f"the checkpoint's recognition stream trained with --recognition-optimizer {saved}, this "
                              f"run asks for {self.recognition_optimizer}; resume with the same option")
         steps = state.get("recognition_steps")
-        if steps is not None and steps != getattr(self, "recognition_steps", None):
+        if steps is not None and steps != self.recognition_steps:
             raise UsageError(f"the checkpoint's one-cycle schedule spans {steps} steps, this run's would span "
                              f"{self.recognition_steps}: resume with the same --epochs / --schedule-epochs / "
                              "--batch-size, or start a new run from it with --init")

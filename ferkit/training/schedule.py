@@ -38,6 +38,14 @@ def make_schedule(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
     raise UsageError(f"--schedule must be onecycle, cosine, step or constant, got {kind!r}")
 
 
+def steps_per_epoch(n_items: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimisation steps of one epoch as :meth:`EngineContext.batches` cuts it: ``batch_size //
+    world_size`` items per rank, full global batches only, one smaller batch when the set holds less
+    than one. Per-step schedules are sized with it before the first batch exists."""
+    per_rank = max(1, batch_size // world_size)
+    return max(1, n_items // (per_rank * world_size))
+
+
 def cosine_warmup(step: int, total: int, warmup: int) -> float:
     """LR multiplier: linear warm-up over ``warmup`` steps, then cosine from 1 to 0 at ``total``."""
     if warmup > 0 and step < warmup:
