@@ -304,8 +304,9 @@ def test_recognition_optimizer_sgd_trains_the_recognition_stream_on_its_own_one_
     assert recipe.recognition_steps == 3 * steps_per_epoch
     before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
     lr0 = recipe.opt_rec.param_groups[0]["lr"]
-    next(iter(recipe.train_epoch(ctx, 0)))
+    first = next(iter(recipe.train_epoch(ctx, 0)))
     moved = {n for n, p in recipe.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert first.extra["lr_recognition"] == recipe.opt_rec.param_groups[0]["lr"]  # the curves show the one-cycle
     assert {"classifier.3.weight", "fer_blocks.0.0.weight"} <= moved  # SGD's half
     assert any(n.startswith("decoder.") for n in moved)  # Adam's half
     assert recipe.opt_rec.param_groups[0]["lr"] > lr0  # one-cycle warm-up: stepped per step
@@ -673,3 +674,105 @@ def test_export_writes_gate_channels_into_the_card_and_refuses_impossible_ones(t
         export_weights(ckpt, "bad", out_dir=tmp_path / "w", gate_channels={key: 10_000})
     with pytest.raises(UsageError, match="no gate"):
         export_weights(ckpt, "bad", out_dir=tmp_path / "w", gate_channels={"q/x<-y/9": 0})
+
+
+# ---- masked output (GANimation's attention mask) -------------------------------------------------
+def test_masked_output_copies_the_input_where_the_mask_is_zero_and_paints_where_it_is_one() -> None:
+    model = _tiny(output="masked", skips=True).eval()
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        levels = model.encode(x)[1]
+        painted = model.to_image  # the decoder's own image, recomputed below through a hook
+        seen: dict[str, torch.Tensor] = {}
+        handle = painted.register_forward_hook(lambda m, i, o: seen.__setitem__("c", o))
+        y, mask, painted = model.decode(levels, torch.tensor([1, 3]), source=x, return_parts=True)
+        handle.remove()
+        assert mask.shape == (2, 1, 32, 32) and float(mask.min()) > 0 and float(mask.max()) < 1
+        torch.testing.assert_close(painted, seen["c"])
+        torch.testing.assert_close(y, mask * seen["c"] + (1 - mask) * x)  # M * C + (1 - M) * I
+        model.to_mask[0].bias.fill_(-30.0)  # mask ~ 0: the input comes back unchanged
+        torch.testing.assert_close(model.synthesize(x, 2), x, atol=1e-6, rtol=0)
+        model.to_mask[0].bias.fill_(30.0)  # mask ~ 1: the decoder's image alone (the direct output)
+        y1 = model.synthesize(x, 2)
+        torch.testing.assert_close(y1, model.to_image(_decoder_features(model, levels, 2)), atol=1e-6, rtol=0)
+        # synthesize_all blends every target with its own source face
+        torch.testing.assert_close(model.synthesize_all(x)[:, 2], y1)
+        out = model(x, target=torch.tensor([2, 2]))
+        torch.testing.assert_close(out.synthesis, y1)
+        assert out.synthesis_mask is not None and model(x, target=2).synthesis_mask.shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="pass source="):
+        model.decode(levels, torch.tensor([1, 3]))
+    direct = _tiny()(x, target=1)
+    assert direct.synthesis_mask is None and direct.synthesis_painted is direct.synthesis  # nothing blended
+    with pytest.raises(ValueError, match="output must be one of"):
+        _tiny(output="soft")
+
+
+def _decoder_features(model: FERSNet, levels: list[torch.Tensor], target: int) -> torch.Tensor:
+    """The last decoder block's map (what to_image and to_mask read) for one target."""
+    t = torch.full((levels[0].shape[0],), target)
+    onehot = torch.nn.functional.one_hot(t, model.num_classes).float()
+    h = model.decoder[0](torch.cat([levels[-1], model.transformer(onehot)], dim=1))
+    for block, skip in zip(model.decoder[1:], reversed(levels[:-1])):
+        h = block(torch.cat([h, skip], dim=1))
+    return h
+
+
+def test_mask_regularisers_are_the_mean_and_the_total_variation() -> None:
+    from ferkit.losses.gan import mask_regularisers
+
+    flat = torch.full((2, 1, 4, 4), 0.25)
+    mean, tv = mask_regularisers(flat)
+    assert float(mean) == pytest.approx(0.25) and float(tv) == 0.0
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., :, 1::2] = 1.0  # every horizontal neighbour differs by 1, no vertical one
+    mean, tv = mask_regularisers(stripes)
+    assert float(mean) == pytest.approx(0.5) and float(tv) == pytest.approx(1.0)
+
+
+def test_masked_output_trains_its_mask_and_init_fills_the_rest_from_a_direct_model(tmp_path: Path) -> None:
+    first = _recipe(tmp_path / "a", identity_weights="none")
+    first.setup(LocalContext(tmp_path / "a" / "run"))
+    ckpt = tmp_path / "direct.pt"
+    torch.save({"modules": {"model": first.model.state_dict()}, "weights_meta": first.weights_meta()}, ckpt)
+
+    recipe = _recipe(tmp_path / "b", synthesis_output="masked", lambda_mask=0.5, lambda_mask_tv=0.2, lambda_painted=2.0,
+                     init=str(ckpt))
+    ctx = LocalContext(tmp_path / "b" / "run")
+    recipe.setup(ctx)
+    assert recipe.model.output == "masked" and recipe.weights_meta()["model_cfg"]["output"] == "masked"
+    torch.testing.assert_close(recipe.model.to_image[0].weight, first.model.to_image[0].weight)
+    mask0 = recipe.model.to_mask[0].weight.detach().clone()
+    result = next(iter(recipe.train_epoch(ctx, 0)))
+    assert result.extra["L_mask"] > 0 and 0 < result.extra["mask_mean"] < 1 and result.extra["L_painted"] > 0
+    assert not torch.equal(recipe.model.to_mask[0].weight, mask0)  # the mask head trains
+    assert ("masked synthesis output (mask mean x 0.5, total variation x 0.2, L_rec + L_cyc on the painted image x 2.0)"
+            in recipe.weights_meta()["notes"])
+    # a card of the masked model rebuilds it with its mask head
+    rebuilt = create_model(recipe.arch, **recipe.weights_meta()["model_cfg"])
+    assert rebuilt.output == "masked" and hasattr(rebuilt, "to_mask")
+
+    plain = _recipe(tmp_path / "c", identity_weights="none")
+    plain.setup(LocalContext(tmp_path / "c" / "run"))
+    plain_step = next(iter(plain.train_epoch(LocalContext(tmp_path / "c" / "run"), 0)))
+    assert plain_step.extra["L_mask"] == 0 and plain_step.extra["L_painted"] == 0
+    with pytest.raises(UsageError, match="--synthesis-output masked"):
+        _recipe(tmp_path / "d", identity_weights="none", lambda_mask=0.1).setup(LocalContext(tmp_path / "d" / "run"))
+    with pytest.raises(UsageError, match="--synthesis-output masked"):
+        _recipe(tmp_path / "e", identity_weights="none", lambda_painted=1).setup(LocalContext(tmp_path / "e" / "run"))
+
+
+def test_painted_loss_is_rec_and_cyc_on_the_painted_images(tmp_path: Path) -> None:
+    from ferkit.models.outputs import ModelOutput
+
+    recipe = _recipe(tmp_path, identity_weights="none", synthesis_output="masked", lambda_painted=1.0,
+                     lambda_rec=3.0, lambda_cyc=5.0, loss_norm="mean")
+    recipe.setup(LocalContext(tmp_path / "run"))
+    x, x_t = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    logits = torch.zeros(2, 7)
+    out = ModelOutput(logits, synthesis=x, synthesis_mask=x[:, :1], synthesis_painted=torch.full((2, 1, 4, 4), 0.5))
+    cycle = ModelOutput(logits, synthesis=x, synthesis_mask=x[:, :1], synthesis_painted=torch.full((2, 1, 4, 4), 2.0))
+    has_pair = torch.tensor([True, False])
+    # L_rec: (0.5 - 1)^2 on the one sample with a pair; L_cyc: (2 - 0)^2
+    expected = 3.0 * 0.25 + 5.0 * 4.0
+    assert float(recipe._painted_loss(out, cycle, x, x_t, has_pair)) == pytest.approx(expected)

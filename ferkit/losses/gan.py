@@ -77,6 +77,13 @@ class FersnetLossWeights:
     #: weight of the synthesised face's classification into its target expression by the recognition
     #: stream (not in the paper's eq. 10; StarGAN's L_cls^f). 0 = the paper's objective.
     cls_fake: float = 0.0
+    #: weights of the masked output's regularisers (FERSNet ``output="masked"``; not in the paper):
+    #: the mask's mean (paint only what must change) and its total variation (in smooth regions)
+    mask: float = 0.0
+    mask_tv: float = 0.0
+    #: weight of L_rec + L_cyc (with their own lambdas) on the decoder's painted image before the
+    #: mask blends it, so the FES stream still models the whole face
+    painted: float = 0.0
 
     def idt(self, epoch: int, epochs: int) -> float:
         """l4 at ``epoch`` (0-based) of ``epochs``: linear from idt_start to idt_end."""
@@ -84,3 +91,17 @@ class FersnetLossWeights:
             return self.idt_end
         frac = min(max(epoch / (epochs - 1), 0.0), 1.0)
         return self.idt_start + (self.idt_end - self.idt_start) * frac
+
+
+def mask_regularisers(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean of the mask, mean absolute difference of neighbouring mask values) of ``[B, 1, H, W]``.
+
+    GANimation's attention-mask terms (Pumarola et al., 2018), as per-element means so their weights
+    do not change with the input size. The mean is the share of the face the decoder repaints: it
+    pushes towards copying the input wherever the other terms do not ask for a change, which is what
+    keeps the person. The total variation keeps the painted region in one piece instead of a
+    speckle of copied and painted pixels.
+    """
+    m = mask.float()
+    tv = (m[..., 1:, :] - m[..., :-1, :]).abs().mean() + (m[..., :, 1:] - m[..., :, :-1]).abs().mean()
+    return m.mean(), tv

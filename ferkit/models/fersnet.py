@@ -36,11 +36,18 @@ concatenated with its input, as in U-Net / pix2pix generators. Without them the 
 rebuild the person from the last 6x6 map alone; at 16 filters that map holds too little (see
 :func:`fersnet_light`), so the light configuration turns them on.
 
+A second option beyond the paper, also off there: ``output="masked"`` (GANimation's attention
+mask: Pumarola et al., ECCV 2018) gives the decoder a second head, a one-channel sigmoid mask M,
+and the synthesised face is ``M * C + (1 - M) * I``: the decoder's image C where it paints, the input
+face I copied pixel for pixel elsewhere. Why: the decoder's C is a little blurred everywhere, and
+the identity of the person (skin, eye shape, hair) lives in the pixels an expression does not move;
+with the mask those pixels are the source's own, so edits stay local to brows, eyes and mouth.
+
 Gate maps are keyed ``"{r|z}/{fer<-fes|fes<-fer}/{level}"`` with levels 1..4.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -58,6 +65,16 @@ LEVELS = 4
 DIRECTIONS = ("fer<-fes", "fes<-fer")
 
 
+class SynthesisParts(NamedTuple):
+    """A synthesis with what it is made of (``output="masked"``: ``image = mask * painted + (1 - mask) * source``)."""
+
+    image: torch.Tensor
+    #: [B, 1, H, W] in (0, 1), None for the direct output
+    mask: Optional[torch.Tensor]
+    #: the decoder's own image before any blending (= ``image`` for the direct output)
+    painted: torch.Tensor
+
+
 def gate_key(gate: str, direction: str, level: int) -> str:
     return f"{gate}/{direction}/{level}"
 
@@ -72,6 +89,10 @@ def encoder_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(*_conv_bn_relu(in_channels, out_channels), *_conv_bn_relu(out_channels, out_channels),
                          nn.MaxPool2d(2, 2))
 
+
+#: how the decoder's image becomes the synthesised face: all of it (paper), or blended with the
+#: input face through a learned mask (see the module docstring)
+OUTPUTS = ("direct", "masked")
 
 #: how a decoder block doubles its map: the paper's 2x2 stride-2 transposed convolution, or a
 #: resize-convolution (nearest x2, then 3x3 conv), which cannot make checkerboard artefacts
@@ -125,8 +146,10 @@ class FERSNet(FerModel):
 
     def __init__(self, num_classes: int = 7, *, in_channels: int = 1, input_size: int = 96, width: int = 256,
                  fc_dim: int = 512, mtl: bool = True, convflu: bool = True, skips: bool = False,
-                 upsample: str = "transposed") -> None:
+                 upsample: str = "transposed", output: str = "direct") -> None:
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if input_size % 16:
             raise UsageError(f"FERSNet input_size must be a multiple of 16 (four 2x2 poolings), got {input_size}")
         self.num_classes, self.in_channels, self.input_size, self.width = num_classes, in_channels, input_size, width
@@ -134,6 +157,7 @@ class FERSNet(FerModel):
         self.convflu = bool(convflu) and self.mtl
         self.skips = bool(skips) and self.mtl
         self.upsample = upsample
+        self.output = output if self.mtl else "direct"
         # instance flags: an ablated model cannot show gates / synthesise, and panels must say so
         self.has_gates = self.convflu
         self.has_synthesis = self.mtl
@@ -155,6 +179,9 @@ class FERSNet(FerModel):
                                          + [decoder_block((2 if self.skips else 1) * width, width, upsample)
                                             for _ in range(LEVELS - 1)])
             self.to_image = nn.Sequential(nn.Conv2d(width, in_channels, 3, padding=1), nn.Tanh())
+            if self.output == "masked":
+                # a separate head, so an --init from a direct-output FERSNet still fills to_image
+                self.to_mask = nn.Sequential(nn.Conv2d(width, 1, 3, padding=1), nn.Sigmoid())
 
     # ---- the two streams ------------------------------------------------------------------
     def encode(self, x: torch.Tensor, return_gates: bool = False, shield_recognition: bool = False
@@ -193,8 +220,14 @@ class FERSNet(FerModel):
                     gates[gate_key("z", direction, level)] = out.z
         return f_fer, fes_levels, gates
 
-    def decode(self, fes_levels: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        """Face with expression ``target`` (class indices [B]) from the FES maps of :meth:`encode`."""
+    def decode(self, fes_levels: list[torch.Tensor], target: torch.Tensor, source: Optional[torch.Tensor] = None,
+               return_parts: bool = False) -> Union[torch.Tensor, SynthesisParts]:
+        """Face with expression ``target`` (class indices [B]) from the FES maps of :meth:`encode`.
+
+        ``source``: the input faces the maps came from, which ``output="masked"`` copies where its
+        mask is 0 (required there, unused otherwise). ``return_parts``: return the :class:`SynthesisParts`
+        (mask and painted image too), which training regularises.
+        """
         if not self.mtl:
             raise NotImplementedError("FERSNet w/o MTL has no synthesis stream")
         f_fes = fes_levels[-1]
@@ -202,7 +235,14 @@ class FERSNet(FerModel):
         h = self.decoder[0](torch.cat([f_fes, self.transformer(onehot)], dim=1))
         for block, skip in zip(self.decoder[1:], reversed(fes_levels[:-1])):
             h = block(torch.cat([h, skip], dim=1) if self.skips else h)
-        return self.to_image(h)
+        painted, image, mask = self.to_image(h), None, None
+        if self.output == "masked":
+            if source is None:
+                raise ValueError("the masked output blends with the input face: pass source=")
+            mask = self.to_mask(h)
+            image = mask * painted + (1 - mask) * source
+        parts = SynthesisParts(painted if image is None else image, mask, painted)
+        return parts if return_parts else parts.image
 
     def forward(self, x: torch.Tensor, *, return_gates: bool = False,
                 target: Optional[torch.Tensor] = None, shield_recognition: bool = False) -> ModelOutput:
@@ -211,10 +251,11 @@ class FERSNet(FerModel):
         f_fer, f_fes, gates = self.encode(x, return_gates=return_gates, shield_recognition=shield_recognition)
         hidden = self.classifier[:3](f_fer)
         logits = self.classifier[3](hidden)
-        synthesis = None
+        parts = None
         if target is not None:
-            synthesis = self.decode(f_fes, self._targets(target, x.shape[0], x.device))
-        return ModelOutput(logits=logits, embedding=hidden, gates=gates, synthesis=synthesis)
+            parts = self.decode(f_fes, self._targets(target, x.shape[0], x.device), source=x, return_parts=True)
+        return ModelOutput(logits=logits, embedding=hidden, gates=gates, synthesis=parts and parts.image,
+                           synthesis_mask=parts and parts.mask, synthesis_painted=parts and parts.painted)
 
     def _targets(self, target: Union[int, torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
         t = torch.as_tensor(target, dtype=torch.long, device=device)
@@ -231,7 +272,7 @@ class FERSNet(FerModel):
         if not self.mtl:
             raise NotImplementedError("FERSNet w/o MTL has no synthesis stream")
         _, fes_levels, _ = self.encode(x)
-        return self.decode(fes_levels, self._targets(target, x.shape[0], x.device))
+        return self.decode(fes_levels, self._targets(target, x.shape[0], x.device), source=x)
 
     def synthesize_all(self, x: torch.Tensor) -> torch.Tensor:
         """Every expression of every face: ``[B, E, C, H, W]``; the encoder runs once per face."""
@@ -239,25 +280,27 @@ class FERSNet(FerModel):
             raise NotImplementedError("FERSNet w/o MTL has no synthesis stream")
         _, fes_levels, _ = self.encode(x)
         b, e = x.shape[0], self.num_classes
-        feats = [f.unsqueeze(1).expand(b, e, *f.shape[1:]).reshape(b * e, *f.shape[1:]) for f in fes_levels]
+        *feats, sources = [f.unsqueeze(1).expand(b, e, *f.shape[1:]).reshape(b * e, *f.shape[1:])
+                           for f in [*fes_levels, x]]
         targets = torch.arange(e, device=x.device).repeat(b)
-        return self.decode(feats, targets).view(b, e, *x.shape[1:])
+        return self.decode(feats, targets, source=sources).view(b, e, *x.shape[1:])
 
 
 @register_model("fersnet", paper=PAPER, small_cfg={"width": 8, "input_size": 64}, cpu_sized=False,
                 description="FERSNet as published: 256 filters, 96x96 gray, ConvFLU + FES stream (GPU training)")
 def fersnet(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 256, fc_dim: int = 512,
-            mtl: bool = True, convflu: bool = True, skips: bool = False, upsample: str = "transposed") -> FERSNet:
+            mtl: bool = True, convflu: bool = True, skips: bool = False, upsample: str = "transposed",
+            output: str = "direct") -> FERSNet:
     """FERSNet with the paper's sizes (and no skip connections, as published)."""
     return FERSNet(num_classes, in_channels=in_channels, input_size=input_size, width=width, fc_dim=fc_dim,
-                   mtl=mtl, convflu=convflu, skips=skips, upsample=upsample)
+                   mtl=mtl, convflu=convflu, skips=skips, upsample=upsample, output=output)
 
 
 @register_model("fersnet_light", paper=PAPER, small_cfg={"width": 8, "input_size": 64},
                 description="FERSNet for real-time CPU use: 96x96 gray input, 16 filters, FES skip connections")
 def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 96, width: int = 16,
                   fc_dim: int = 128, mtl: bool = True, convflu: bool = True, skips: bool = True,
-                  upsample: str = "transposed") -> FERSNet:
+                  upsample: str = "transposed", output: str = "direct") -> FERSNet:
     """FERSNet with 16 filters instead of 256 and FES skip connections; input and depth as in the paper.
 
     Why: the decoder of the published network rebuilds the face from the FES encoder's last map
@@ -270,4 +313,4 @@ def fersnet_light(num_classes: int = 7, in_channels: int = 1, input_size: int = 
     maps and the 6x6 map + label only have to carry the expression.
     """
     return FERSNet(num_classes, in_channels=in_channels, input_size=input_size, width=width, fc_dim=fc_dim,
-                   mtl=mtl, convflu=convflu, skips=skips, upsample=upsample)
+                   mtl=mtl, convflu=convflu, skips=skips, upsample=upsample, output=output)

@@ -27,6 +27,11 @@ class ModelOutput:
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
     #: synthesised face(s) ``[B, C, H, W]`` in the model's input range, if requested
     synthesis: Optional[torch.Tensor] = None
+    #: where the synthesis was painted by the decoder (1) rather than copied from the input (0),
+    #: ``[B, 1, H, W]``; FERSNet's ``output="masked"`` only
+    synthesis_mask: Optional[torch.Tensor] = None
+    #: the decoder's own image before the mask blends it with the input (FERSNet), ``[B, C, H, W]``
+    synthesis_painted: Optional[torch.Tensor] = None
 
     @property
     def probabilities(self) -> torch.Tensor:

@@ -46,7 +46,10 @@ CPU recipe (options beyond the paper, all off by default): ``--input-size 48 --w
 --upsample resize`` (resize-convolutions against checkerboards), ``--loss-norm mean`` (per-pixel
 means, so L_rec / L_cyc / L_idt do not drown L_cls; the lambdas are raised to match) and
 ``--lambda-cls-fake`` (the synthesised face classified into its target by the recognition stream,
-frozen for that term: StarGAN's L_cls^f, which is what makes a short run edit expressions). The
+frozen for that term: StarGAN's L_cls^f, which is what makes a short run edit expressions) and
+``--synthesis-output masked`` with ``--lambda-mask`` / ``--lambda-mask-tv`` (the decoder paints a mask
+and the input face is copied where it is 0, so the person's own pixels survive the edit; see
+:mod:`ferkit.models.fersnet`). The
 shipped model's card has the full commands: a FER+ stage without subject ids (uniform targets, no
 L_rec), then CK+ with ``--init`` (shared classes carried over by name) and same-subject L_rec.
 
@@ -92,8 +95,9 @@ from ferkit.evaluation.forward import check_tta, class_probabilities, validation
 from ferkit.evaluation.synthesis import (FrozenIdentity, every_expression_set, grid_faces,
                                          training_sample_grid, write_image)
 from ferkit.losses.gan import (LOSS_NORMS, FersnetLossWeights, discriminator_loss, generator_adversarial_loss,
-                              mean_squared_norm)
-from ferkit.models.fersnet import UPSAMPLING
+                              mask_regularisers, mean_squared_norm)
+from ferkit.models.fersnet import OUTPUTS, UPSAMPLING
+from ferkit.models.outputs import ModelOutput
 from ferkit.models.patchgan import PatchDiscriminator
 from ferkit.models.registry import create_model
 from ferkit.models.weights import (Preprocessing, get_weights, load_matching, matching_tensors,
@@ -162,15 +166,7 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--lambda-cyc", type=non_negative_float, default=0.5, help="l3 (paper 0.5)")
         parser.add_argument("--lambda-idt-start", type=non_negative_float, default=0.1, help="l4 at the start (paper 0.1)")
         parser.add_argument("--lambda-idt-end", type=non_negative_float, default=0.5, help="l4 at the end (paper 0.5)")
-        parser.add_argument("--lambda-cls-fake", type=non_negative_float, default=0.0,
-                            help="weight of classifying each synthesised face as its target expression by the "
-                                 "recognition stream, frozen for this term (StarGAN's L_cls^f; not in the paper: 0)")
-        parser.add_argument("--loss-norm", choices=LOSS_NORMS, default="sum",
-                            help="L_rec / L_cyc / L_idt per sample: sum of squared differences (the equations, "
-                                 "default) or their mean (per-pixel MSE; scale the lambdas up to match)")
-        parser.add_argument("--upsample", choices=UPSAMPLING, default="transposed",
-                            help="decoder upsampling: 2x2 stride-2 transposed conv (paper) or nearest x2 + 3x3 conv "
-                                 "(no checkerboard artefacts)")
+        cls._add_synthesis_arguments(parser)
         parser.add_argument("--target-draw", choices=["subject", "uniform"], default=None,
                             help="subject: I^t = a random image of the same subject, z^t its label (default "
                                  "with subject ids); uniform: z^t uniform, L_rec only where the subject has it")
@@ -200,6 +196,30 @@ class _FersnetRecipe(Recipe):
                                  "default (flip: mean of the face's and its mirror's probabilities; paper: none)")
         cls._add_data_arguments(parser)
 
+    @staticmethod
+    def _add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
+        """The options beyond the paper that shape the synthesis (all off by default): L_cls^fake, the
+        loss normalisation, the upsampling and the masked output."""
+        parser.add_argument("--lambda-cls-fake", type=non_negative_float, default=0.0,
+                            help="weight of classifying each synthesised face as its target expression by the "
+                                 "recognition stream, frozen for this term (StarGAN's L_cls^f; not in the paper: 0)")
+        parser.add_argument("--loss-norm", choices=LOSS_NORMS, default="sum",
+                            help="L_rec / L_cyc / L_idt per sample: sum of squared differences (the equations, "
+                                 "default) or their mean (per-pixel MSE; scale the lambdas up to match)")
+        parser.add_argument("--synthesis-output", choices=OUTPUTS, default="direct",
+                            help="direct: the decoder paints the whole face (paper); masked: it also paints a mask "
+                                 "and the input face is kept where the mask is 0 (GANimation's attention mask)")
+        parser.add_argument("--lambda-mask", type=non_negative_float, default=0.0,
+                            help="weight of the masked output's mean (paint only what must change; default 0)")
+        parser.add_argument("--lambda-mask-tv", type=non_negative_float, default=0.0,
+                            help="weight of the masked output's total variation (a smooth mask; default 0)")
+        parser.add_argument("--lambda-painted", type=non_negative_float, default=0.0,
+                            help="weight of L_rec + L_cyc on the masked output's painted image before blending, "
+                                 "so the FES stream still rebuilds whole faces (default 0)")
+        parser.add_argument("--upsample", choices=UPSAMPLING, default="transposed",
+                            help="decoder upsampling: 2x2 stride-2 transposed conv (paper) or nearest x2 + 3x3 conv "
+                                 "(no checkerboard artefacts)")
+
     # ---- setup -----------------------------------------------------------------------------
     def _model_cfg(self, num_classes: int) -> dict[str, Any]:
         o = self.options
@@ -211,6 +231,7 @@ class _FersnetRecipe(Recipe):
                 "fc_dim": 128 if light else 512,
                 "skips": option(o, "skips", "on" if light else "off") == "on",
                 "upsample": option(o, "upsample", "transposed"),
+                "output": option(o, "synthesis_output", "direct"),
                 "mtl": not o.get("no_mtl", False), "convflu": not o.get("no_convflu", False)}
 
     def setup(self, ctx: TrainContext) -> None:
@@ -236,12 +257,7 @@ class _FersnetRecipe(Recipe):
         self.model.to(memory_format=self.memory_format)
         self.g = ctx.wrap(self.model)
         self.mtl = self.model.mtl
-        self.weights = FersnetLossWeights(gan=float(option(o, "lambda_gan", 0.3)),
-                                          rec=float(option(o, "lambda_rec", 1.0)),
-                                          cyc=float(option(o, "lambda_cyc", 0.5)),
-                                          idt_start=float(option(o, "lambda_idt_start", 0.1)),
-                                          idt_end=float(option(o, "lambda_idt_end", 0.5)),
-                                          cls_fake=float(option(o, "lambda_cls_fake", 0.0)))
+        self.weights = self._loss_weights()
         self.loss_norm = option(o, "loss_norm", "sum")
         if self.weights.cls_fake and not self.mtl:
             raise UsageError("--lambda-cls-fake needs the FES stream; it cannot be combined with --no-mtl")
@@ -288,6 +304,22 @@ class _FersnetRecipe(Recipe):
                 f"{self.identity.name if self.identity else 'none'}; lr {lr} -> {lr_end} over "
                 f"{self.schedule_epochs} epochs" + (f"; FES-DA in the last {self.fes_da}" if self.fes_da else "")
                 + "".join(f"; {x}" for x in self._recognition_notes()))
+
+    def _loss_weights(self) -> FersnetLossWeights:
+        """The lambdas of eq. 10 and of the options beyond it, checked against the model they train."""
+        o = self.options
+        weights = FersnetLossWeights(gan=float(option(o, "lambda_gan", 0.3)), rec=float(option(o, "lambda_rec", 1.0)),
+                                     cyc=float(option(o, "lambda_cyc", 0.5)),
+                                     idt_start=float(option(o, "lambda_idt_start", 0.1)),
+                                     idt_end=float(option(o, "lambda_idt_end", 0.5)),
+                                     cls_fake=float(option(o, "lambda_cls_fake", 0.0)),
+                                     mask=float(option(o, "lambda_mask", 0.0)),
+                                     mask_tv=float(option(o, "lambda_mask_tv", 0.0)),
+                                     painted=float(option(o, "lambda_painted", 0.0)))
+        if (weights.mask or weights.mask_tv or weights.painted) and self.model.output != "masked":
+            raise UsageError("--lambda-mask / --lambda-mask-tv / --lambda-painted regularise the masked output: add "
+                             "--synthesis-output masked (the FES stream is needed, so not with --no-mtl)")
+        return weights
 
     def _read_batch_options(self, ctx: TrainContext) -> None:
         """Batch size, steps per epoch, label smoothing and zoom: what the optimisers' step count and
@@ -501,8 +533,10 @@ class _FersnetRecipe(Recipe):
                 loss_gan = (generator_adversarial_loss(self.d(fake, target).float()) if use_gan
                             else torch.zeros((), device=self.device))
                 loss_rec = mean_squared_norm(fake, x_t, has_pair, norm=self.loss_norm)
-                cycled = self.g(fake, target=y, shield_recognition=self.shield_recognition).synthesis
-                loss_cyc = mean_squared_norm(cycled, x, norm=self.loss_norm)
+                cycle = self.g(fake, target=y, shield_recognition=self.shield_recognition)
+                loss_cyc = mean_squared_norm(cycle.synthesis, x, norm=self.loss_norm)
+                loss_mask = self._mask_loss(out.synthesis_mask, cycle.synthesis_mask)
+                loss_painted = self._painted_loss(out, cycle, x, x_t, has_pair)
                 if self.identity is not None:
                     # eq. 9 compares with I^t; without one, the source face shows the same person
                     reference = torch.where(has_pair.view(-1, 1, 1, 1), x_t, x)
@@ -512,15 +546,42 @@ class _FersnetRecipe(Recipe):
                 loss_cls_fake = (F.cross_entropy(self._critic_logits(fake).float(), target)
                                  if self.weights.cls_fake > 0 else torch.zeros((), device=self.device))
                 loss = (loss_cls + self.weights.gan * loss_gan + self.weights.rec * loss_rec
-                        + self.weights.cyc * loss_cyc + l_idt * loss_idt + self.weights.cls_fake * loss_cls_fake)
+                        + self.weights.cyc * loss_cyc + l_idt * loss_idt + self.weights.cls_fake * loss_cls_fake
+                        + loss_mask + self.weights.painted * loss_painted)
             self._step_g(ctx, loss)
             self.discriminator.requires_grad_(True)
             correct = (out.logits.detach().argmax(1) == y).sum()
             yield StepResult(loss.detach(), correct, len(idx), {
                 "L_cls": loss_cls.detach(), "L_GAN": loss_gan.detach(), "L_rec": loss_rec.detach(),
                 "L_cyc": loss_cyc.detach(), "L_idt": loss_idt.detach(), "L_D": loss_d.detach(),
-                "L_cls_fake": loss_cls_fake.detach(),
+                "L_cls_fake": loss_cls_fake.detach(), "L_mask": loss_mask.detach(),
+                "L_painted": loss_painted.detach(),
+                **({"mask_mean": out.synthesis_mask.detach().float().mean()} if out.synthesis_mask is not None else {}),
+                **self._recognition_lr_extra(),
                 "lambda_idt": l_idt, "rec_pairs": has_pair.float().mean()})
+
+    def _mask_loss(self, *masks: Optional[torch.Tensor]) -> torch.Tensor:
+        """The masked output's weighted regularisers, over the synthesis and its cycle (as GANimation
+        regularises both); an exact zero for the direct output."""
+        total = torch.zeros((), device=self.device)
+        for mask in masks:
+            if mask is not None and (self.weights.mask or self.weights.mask_tv):
+                mean, tv = mask_regularisers(mask)
+                total = total + self.weights.mask * mean + self.weights.mask_tv * tv
+        return total
+
+    def _painted_loss(self, out: ModelOutput, cycle: ModelOutput, x: torch.Tensor, x_t: torch.Tensor,
+                      has_pair: torch.Tensor) -> torch.Tensor:
+        """lambda_rec L_rec + lambda_cyc L_cyc on the painted images before the mask blends them.
+
+        Why: with the masked output the blended face can satisfy L_rec and L_cyc by copying the input,
+        so the FES stream no longer has to model the whole face, and that whole-face model is what the
+        FER stream reads through the FER <- FES gates (fold-0/1 probes: recognition fell to the FER
+        stream's level alone). An exact zero without the option or the masked output."""
+        if not self.weights.painted or out.synthesis_mask is None:
+            return torch.zeros((), device=self.device)
+        return (self.weights.rec * mean_squared_norm(out.synthesis_painted, x_t, has_pair, norm=self.loss_norm)
+                + self.weights.cyc * mean_squared_norm(cycle.synthesis_painted, x, norm=self.loss_norm))
 
     def _critic_logits(self, fake: torch.Tensor) -> torch.Tensor:
         """The recognition stream's logits for synthesised faces, with its weights frozen for this term.
@@ -546,7 +607,13 @@ class _FersnetRecipe(Recipe):
             out = self.g(x)
             loss = F.cross_entropy(out.logits.float(), y, label_smoothing=self.label_smoothing)
         self._step_g(ctx, loss)
-        return StepResult(loss.detach(), (out.logits.detach().argmax(1) == y).sum(), len(y), {"L_cls": loss.detach()})
+        return StepResult(loss.detach(), (out.logits.detach().argmax(1) == y).sum(), len(y),
+                          {"L_cls": loss.detach(), **self._recognition_lr_extra()})
+
+    def _recognition_lr_extra(self) -> dict[str, float]:
+        """The recognition stream's own rate for the curves (``--recognition-optimizer sgd``): the
+        logged ``lr`` is G's Adam rate, the first optimiser's."""
+        return {"lr_recognition": float(self.opt_rec.param_groups[0]["lr"])} if self.opt_rec is not None else {}
 
     # ---- FES data augmentation (Table VI, "FERSNet w/ FES-DA") ---------------------------------
     def _train_fes_da(self, ctx: TrainContext, epoch: int) -> Iterator[StepResult]:
@@ -587,6 +654,9 @@ class _FersnetRecipe(Recipe):
         extras += self._recognition_notes()
         if self.weights.cls_fake > 0:
             extras.append(f"L_cls on synthesised faces x {self.weights.cls_fake} (frozen recognition stream)")
+        if self.model.output == "masked":
+            extras.append(f"masked synthesis output (mask mean x {self.weights.mask}, total variation x "
+                          f"{self.weights.mask_tv}, L_rec + L_cyc on the painted image x {self.weights.painted})")
         if self.loss_norm != "sum":
             extras.append(f"L_rec/L_cyc/L_idt as per-element means (lambdas: rec {self.weights.rec}, "
                           f"cyc {self.weights.cyc}, idt {self.weights.idt_start}->{self.weights.idt_end}, "
