@@ -209,13 +209,12 @@ class _FersnetRecipe(Recipe):
         parser.add_argument("--synthesis-output", choices=OUTPUTS, default="direct",
                             help="direct: the decoder paints the whole face (paper); masked: it also paints a mask "
                                  "and the input face is kept where the mask is 0 (GANimation's attention mask)")
-        parser.add_argument("--lambda-mask", type=non_negative_float, default=0.0,
-                            help="weight of the masked output's mean (paint only what must change; default 0)")
-        parser.add_argument("--lambda-mask-tv", type=non_negative_float, default=0.0,
-                            help="weight of the masked output's total variation (a smooth mask; default 0)")
-        parser.add_argument("--lambda-painted", type=non_negative_float, default=0.0,
-                            help="weight of L_rec + L_cyc on the masked output's painted image before blending, "
-                                 "so the FES stream still rebuilds whole faces (default 0)")
+        for flag, weighs in (("--lambda-mask", "the mask's mean (paint only what must change)"),
+                             ("--lambda-mask-tv", "the mask's total variation (a smooth mask)"),
+                             ("--lambda-painted", "L_rec + L_cyc on the painted face before blending (so the FES "
+                                                  "stream still rebuilds whole faces)")):
+            parser.add_argument(flag, type=non_negative_float, default=0.0,
+                                help=f"masked output: weight of {weighs}; default 0")
         parser.add_argument("--upsample", choices=UPSAMPLING, default="transposed",
                             help="decoder upsampling: 2x2 stride-2 transposed conv (paper) or nearest x2 + 3x3 conv "
                                  "(no checkerboard artefacts)")
