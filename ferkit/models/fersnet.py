@@ -251,11 +251,11 @@ class FERSNet(FerModel):
         f_fer, f_fes, gates = self.encode(x, return_gates=return_gates, shield_recognition=shield_recognition)
         hidden = self.classifier[:3](f_fer)
         logits = self.classifier[3](hidden)
-        parts = None
+        out = ModelOutput(logits=logits, embedding=hidden, gates=gates)
         if target is not None:
             parts = self.decode(f_fes, self._targets(target, x.shape[0], x.device), source=x, return_parts=True)
-        return ModelOutput(logits=logits, embedding=hidden, gates=gates, synthesis=parts and parts.image,
-                           synthesis_mask=parts and parts.mask, synthesis_painted=parts and parts.painted)
+            out.synthesis, out.synthesis_mask, out.synthesis_painted = parts
+        return out
 
     def _targets(self, target: Union[int, torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
         t = torch.as_tensor(target, dtype=torch.long, device=device)

@@ -49,7 +49,8 @@ means, so L_rec / L_cyc / L_idt do not drown L_cls; the lambdas are raised to ma
 frozen for that term: StarGAN's L_cls^f, which is what makes a short run edit expressions) and
 ``--synthesis-output masked`` with ``--lambda-mask`` / ``--lambda-mask-tv`` (the decoder paints a mask
 and the input face is copied where it is 0, so the person's own pixels survive the edit; see
-:mod:`ferkit.models.fersnet`). The
+:mod:`ferkit.models.fersnet`) and ``--lambda-painted`` (L_rec and L_cyc also on the painted face, so the
+FES stream keeps modelling whole faces for the recognition stream to read). The
 shipped model's card has the full commands: a FER+ stage without subject ids (uniform targets, no
 L_rec), then CK+ with ``--init`` (shared classes carried over by name) and same-subject L_rec.
 
@@ -575,8 +576,8 @@ class _FersnetRecipe(Recipe):
 
         Why: with the masked output the blended face can satisfy L_rec and L_cyc by copying the input,
         so the FES stream no longer has to model the whole face, and that whole-face model is what the
-        FER stream reads through the FER <- FES gates (fold-0/1 probes: recognition fell to the FER
-        stream's level alone). An exact zero without the option or the masked output."""
+        FER stream reads through the FER <- FES gates (six CK+ folds without this term: recognition
+        fell to the level of the FER stream alone, 94.0 against 95.6 %). An exact zero without the option or the masked output."""
         if not self.weights.painted or out.synthesis_mask is None:
             return torch.zeros((), device=self.device)
         return (self.weights.rec * mean_squared_norm(out.synthesis_painted, x_t, has_pair, norm=self.loss_norm)
