@@ -235,13 +235,13 @@ class FERSNet(FerModel):
         h = self.decoder[0](torch.cat([f_fes, self.transformer(onehot)], dim=1))
         for block, skip in zip(self.decoder[1:], reversed(fes_levels[:-1])):
             h = block(torch.cat([h, skip], dim=1) if self.skips else h)
-        painted, image, mask = self.to_image(h), None, None
+        painted = self.to_image(h)
+        parts = SynthesisParts(painted, None, painted)
         if self.output == "masked":
             if source is None:
                 raise ValueError("the masked output blends with the input face: pass source=")
             mask = self.to_mask(h)
-            image = mask * painted + (1 - mask) * source
-        parts = SynthesisParts(painted if image is None else image, mask, painted)
+            parts = SynthesisParts(mask * painted + (1 - mask) * source, mask, painted)
         return parts if return_parts else parts.image
 
     def forward(self, x: torch.Tensor, *, return_gates: bool = False,

@@ -547,7 +547,7 @@ class _FersnetRecipe(Recipe):
                                  if self.weights.cls_fake > 0 else torch.zeros((), device=self.device))
                 loss = (loss_cls + self.weights.gan * loss_gan + self.weights.rec * loss_rec
                         + self.weights.cyc * loss_cyc + l_idt * loss_idt + self.weights.cls_fake * loss_cls_fake
-                        + loss_mask + self.weights.painted * loss_painted)
+                        + loss_mask + loss_painted)
             self._step_g(ctx, loss)
             self.discriminator.requires_grad_(True)
             correct = (out.logits.detach().argmax(1) == y).sum()
@@ -572,16 +572,18 @@ class _FersnetRecipe(Recipe):
 
     def _painted_loss(self, out: ModelOutput, cycle: ModelOutput, x: torch.Tensor, x_t: torch.Tensor,
                       has_pair: torch.Tensor) -> torch.Tensor:
-        """lambda_rec L_rec + lambda_cyc L_cyc on the painted images before the mask blends them.
+        """lambda_painted (lambda_rec L_rec + lambda_cyc L_cyc) on the painted images before the mask
+        blends them: weighted, as :meth:`_mask_loss` is; an exact zero without the option or the masked output.
 
         Why: with the masked output the blended face can satisfy L_rec and L_cyc by copying the input,
         so the FES stream no longer has to model the whole face, and that whole-face model is what the
         FER stream reads through the FER <- FES gates (six CK+ folds without this term: recognition
-        fell to the level of the FER stream alone, 94.0 against 95.6 %). An exact zero without the option or the masked output."""
+        fell to the level of the FER stream alone, 94.0 against 95.6 %)."""
         if not self.weights.painted or out.synthesis_mask is None:
             return torch.zeros((), device=self.device)
-        return (self.weights.rec * mean_squared_norm(out.synthesis_painted, x_t, has_pair, norm=self.loss_norm)
-                + self.weights.cyc * mean_squared_norm(cycle.synthesis_painted, x, norm=self.loss_norm))
+        return self.weights.painted * (
+            self.weights.rec * mean_squared_norm(out.synthesis_painted, x_t, has_pair, norm=self.loss_norm)
+            + self.weights.cyc * mean_squared_norm(cycle.synthesis_painted, x, norm=self.loss_norm))
 
     def _critic_logits(self, fake: torch.Tensor) -> torch.Tensor:
         """The recognition stream's logits for synthesised faces, with its weights frozen for this term.
