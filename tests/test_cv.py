@@ -251,3 +251,21 @@ def test_cv_formats_fold_placeholders_per_fold(ck_tree: Path, tmp_path: Path) ->
     assert summary["options"] == {"ref": template}
     assert format_fold("a/{fold}/{x}/b{fold:03d}", 7) == "a/7/{x}/b007"
     assert format_fold(["f{fold}", 3], 1) == ["f1", 3] and format_fold(None, 2) is None
+
+
+def test_peak_epoch_reading_is_the_best_curve_value_beside_the_result(ck_tree: Path, tmp_path: Path) -> None:
+    """The paper-style number (best epoch on the held-out fold) is read from each fold's curves."""
+    from ferkit.evaluation.cv import peak_epoch_accuracy
+
+    out = tmp_path / "cv"
+    summary = run_cv(TinyFoldRecipe, ck_tree, out, folds=3, epochs=2, device="cpu")
+    for r, peak in zip(summary["fold_results"], summary["peak_epoch_accuracies"]):
+        rows = (out / f"fold-{r['fold']:02d}" / "curves.csv").read_text().splitlines()
+        assert len(rows) == 3 and peak is not None
+        assert peak >= r["recipe_val_accuracy"] - 1e-9  # the last epoch is one of the candidates
+    assert summary["peak_epoch_mean_accuracy"] == pytest.approx(np.mean(summary["peak_epoch_accuracies"]))
+    # hand-written curves: the maximum, whatever epoch it is in
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "curves.csv").write_text("epoch,val_accuracy\n1,0.5\n2,0.875\n3,0.75\n")
+    assert peak_epoch_accuracy(tmp_path / "f") == 0.875
+    assert peak_epoch_accuracy(tmp_path / "missing") is None

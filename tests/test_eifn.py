@@ -297,3 +297,102 @@ def test_ferplus_stage1_trains_efn_and_initialises_the_ckplus_stage(ck_tree: Pat
     for key in [k for k in own if k.startswith(("expression_extractor.", "identity_extractor.", "identity_fc."))]:
         assert torch.allclose(own[key], src[key]), key
     assert own["expression_classifier.weight"].shape[0] == len(follow.classes) != 8  # FER+ head not taken
+
+
+# ---- the identity stage 1 (eifn/identity-stage1) ----------------------------------------------------
+def test_identity_net_has_the_parameters_of_eifns_identity_branch() -> None:
+    """An identity-stage model must hand EIFN its identity extractor and FC1 by name and shape."""
+    ident = create_model("eifn_identity", num_classes=5, width=1 / 16, id_dim=8, batch_norm=True)
+    full = create_model("eifn", num_subjects=7, width=1 / 16, id_dim=8, batch_norm=True)
+    own, theirs = ident.state_dict(), full.state_dict()
+    shared = [k for k in own if not k.startswith("identity_classifier.")]
+    assert shared and all(k in theirs and theirs[k].shape == own[k].shape for k in shared)
+    out = ident(torch.rand(2, 1, 64, 64))
+    assert out.logits.shape == (2, 5) and out.identity.shape == (2, 8)
+    # the feature is FC1 of the extractor's maps, the logits FC2 of the feature (the EIFN branch's equations)
+    maps = ident.identity_extractor(torch.ones(1, 1, 64, 64))
+    feat = ident.identity_fc(maps.flatten(1))
+    assert torch.allclose(ident(torch.ones(1, 1, 64, 64)).identity, feat)
+    with pytest.raises(ValueError, match="EIFN expects"):
+        ident(torch.rand(1, 1, 48, 48))
+
+
+def _identity_root(tmp_path: Path) -> Path:
+    from tests.fixtures.datasets import make_identity_tree, make_orl_tree
+
+    root = tmp_path / "identity"
+    make_identity_tree(root / "celeba_subset", identities=("0001", "0002", "0003", "0004"), per_identity=4)
+    make_orl_tree(root / "orl_faces", subjects=2, per_subject=4)
+    return root
+
+
+def test_identity_stage_loss_is_softmax_plus_centre_and_goes_down(tmp_path: Path) -> None:
+    from ferkit.recipes.registry import get_recipe
+
+    recipe = get_recipe("eifn/identity-stage1")(_identity_root(tmp_path), {
+        "width": 1 / 16, "id_dim": 8, "batch_size": 8, "lr": 0.01, "val_every": 4, "lambda1": 0.5})
+    ctx = LocalContext(tmp_path)
+    recipe.setup(ctx)
+    assert len(recipe.classes) == 6  # 4 CelebA-style identities + 2 ORL subjects, none held out by default
+    x, y = recipe.inputs(recipe.x_train[:8], augment=False), recipe.y_train[:8]
+    recipe.model.train()
+    with torch.no_grad():
+        out = recipe.model(x)
+        total, parts = recipe._loss(out, y)
+        expected = (F.cross_entropy(out.logits.float(), y, label_smoothing=recipe.label_smoothing)
+                    + 0.5 * recipe.center_loss(out.identity.float(), y))
+    assert torch.allclose(total, expected) and set(parts) == {"L_id_softmax", "L_center"}
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return float(recipe._loss(recipe.model(x), y)[0])
+
+    before, centres = fixed_loss(), recipe.center_loss.centers.clone()
+    for epoch in range(4):
+        assert all(math.isfinite(r.loss) for r in recipe.train_epoch(ctx, epoch))
+        recipe.model.train()
+    assert fixed_loss() < before
+    assert not torch.equal(recipe.center_loss.centers, centres)  # Wen's update after each step
+    assert recipe.preprocessing.input_size == 64 and recipe.preprocessing.mean == 0.5
+
+
+def test_ckplus_takes_the_expression_extractor_from_one_init_and_the_identity_branch_from_the_next(
+        ck_tree: Path, tmp_path: Path) -> None:
+    from ferkit.models.weights import load_weights
+    from ferkit.recipes.registry import get_recipe
+    from ferkit.training.engine import train
+
+    opts = {"width": 1 / 16, "id_dim": 8, "batch_size": 8, "lr": 0.01}
+    end = train(get_recipe("eifn/identity-stage1")(_identity_root(tmp_path), {**opts, "val_every": 4}),
+                tmp_path / "id", epochs=1, device="cpu", json_lines=False)
+    assert end["status"] == "completed"
+    first = train(_recipe(ck_tree, mode="efn"), tmp_path / "exp", epochs=1, device="cpu", json_lines=False)
+    assert first["status"] == "completed"
+
+    both = _recipe(ck_tree, mode="eifn", init=[str(tmp_path / "exp" / "checkpoint.pt"), str(tmp_path / "id" / "checkpoint.pt")])
+    both.setup(LocalContext(tmp_path))
+    exp_state = load_weights(tmp_path / "exp" / "checkpoint.pt", device="cpu").model.state_dict()
+    id_state = load_weights(tmp_path / "id" / "checkpoint.pt", device="cpu").model.state_dict()
+    own = both.model.state_dict()
+    for key in own:
+        if key.startswith("expression_extractor."):
+            assert torch.allclose(own[key], exp_state[key]), key
+        elif key.startswith(("identity_extractor.", "identity_fc.")):
+            assert torch.allclose(own[key], id_state[key]), key  # the later --init wins
+    assert own["identity_classifier.weight"].shape[0] != id_state["identity_classifier.weight"].shape[0]
+    assert "then" in both.weights_meta()["notes"]
+    # one string (older commands and checkpoints) still works
+    single = _recipe(ck_tree, init=str(tmp_path / "id" / "checkpoint.pt"))
+    single.setup(LocalContext(tmp_path))
+
+
+def test_an_identity_stage_of_another_width_is_refused(ck_tree: Path, tmp_path: Path) -> None:
+    from ferkit.errors import UsageError
+    from ferkit.recipes.registry import get_recipe
+    from ferkit.training.engine import train
+
+    train(get_recipe("eifn/identity-stage1")(_identity_root(tmp_path), {"width": 1 / 8, "id_dim": 8, "batch_size": 8,
+                                                                         "val_every": 4}),
+          tmp_path / "id", epochs=1, device="cpu", json_lines=False)
+    with pytest.raises(UsageError, match="another --width"):
+        _recipe(ck_tree, init=[str(tmp_path / "id" / "checkpoint.pt")]).setup(LocalContext(tmp_path))

@@ -114,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("status") == "interrupted":
         return 130
     print(format_table(summary), file=sys.stderr)
+    if summary.get("peak_epoch_mean_accuracy") is not None:
+        print(f"(best epoch of each fold on its own held-out subjects, the reading of TFE-JL's Fig. 5 and not a "
+              f"result: {100 * summary['peak_epoch_mean_accuracy']:.2f}%)", file=sys.stderr)
     if opts.json:
         emit({"event": "summary", **{k: v for k, v in summary.items() if k != "fold_results"}})
     return 0

@@ -74,6 +74,28 @@ def bilinear_fusion(identity_maps: torch.Tensor, expression_maps: torch.Tensor,
     return F.normalize(y, p=2.0, dim=1)
 
 
+def identity_branch(in_channels: int, input_size: int, width: float, id_dim: int, num_subjects: int,
+                    batch_norm: bool) -> tuple[nn.Sequential, nn.Linear, nn.Linear, int]:
+    """EIFN's identity branch: (VGG-16 extractor, FC1 -> ``id_dim`` identity feature, FC2 -> subjects,
+    side of the extractor's maps). Built in one place so that :class:`EIFN` and
+    :class:`EIFNIdentityNet` carry the same parameter names and shapes."""
+    if num_subjects < 1:
+        raise ValueError(f"num_subjects must be >= 1, got {num_subjects}")
+    extractor = vgg_features(in_channels, VGG16_CFG, width, batch_norm=batch_norm)
+    side = input_size >> count_pools(VGG16_CFG)
+    if side < 1 or input_size % (1 << count_pools(VGG16_CFG)):
+        raise UsageError(f"input_size {input_size} must be a multiple of 32 (five 2x2 pools)")
+    fc1 = nn.Linear(extractor.out_channels * side * side, id_dim)
+    return extractor, fc1, nn.Linear(id_dim, num_subjects), side
+
+
+def check_input(x: torch.Tensor, in_channels: int, input_size: int) -> None:
+    """A clear error for input of the wrong shape (the FC1 layer fixes the input side)."""
+    if x.shape[-1] != input_size or x.shape[-2] != input_size or x.shape[1] != in_channels:
+        raise ValueError(f"EIFN expects [B, {in_channels}, {input_size}, {input_size}] "
+                         f"input, got {tuple(x.shape)} (resize faces with the weights' preprocessing)")
+
+
 class EIFN(FerModel):
     """Expression-identity fusion network; ``forward`` fills ``logits``, ``identity`` (FC1 feature),
     ``identity_logits`` (subjects) and ``embedding`` (the normalised bilinear vector)."""
@@ -86,8 +108,6 @@ class EIFN(FerModel):
         super().__init__()
         if mode not in MODES:
             raise UsageError(f"unknown EIFN mode {mode!r}; choose one of {', '.join(MODES)}")
-        if num_subjects < 1:
-            raise ValueError(f"num_subjects must be >= 1, got {num_subjects}")
         self.num_classes = num_classes
         self.num_subjects = num_subjects
         self.in_channels = in_channels
@@ -95,15 +115,9 @@ class EIFN(FerModel):
         self.mode = mode
         self.sqrt_eps = sqrt_eps
         self.expression_extractor = vgg_features(in_channels, VGG16_CFG, width, batch_norm=batch_norm)
-        self.identity_extractor = vgg_features(in_channels, VGG16_CFG, width, batch_norm=batch_norm)
+        self.identity_extractor, self.identity_fc, self.identity_classifier, self.map_size = identity_branch(
+            in_channels, input_size, width, id_dim, num_subjects, batch_norm)
         channels = self.identity_extractor.out_channels
-        side = input_size >> count_pools(VGG16_CFG)
-        if side < 1 or input_size % (1 << count_pools(VGG16_CFG)):
-            raise UsageError(f"input_size {input_size} must be a multiple of 32 (five 2x2 pools)")
-        self.map_size = side
-        # identity branch: FC1 = identity feature (center loss), FC2 = softmax over subjects
-        self.identity_fc = nn.Linear(channels * side * side, id_dim)
-        self.identity_classifier = nn.Linear(id_dim, num_subjects)
         # expression branch: the classifier on the bilinear vector
         self.expression_classifier = nn.Linear(channels * self.expression_extractor.out_channels, num_classes)
 
@@ -113,9 +127,7 @@ class EIFN(FerModel):
         return [self.identity_fc, self.identity_classifier]
 
     def forward(self, x: torch.Tensor, *, return_gates: bool = False) -> ModelOutput:
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size or x.shape[1] != self.in_channels:
-            raise ValueError(f"EIFN expects [B, {self.in_channels}, {self.input_size}, {self.input_size}] "
-                             f"input, got {tuple(x.shape)} (resize faces with the weights' preprocessing)")
+        check_input(x, self.in_channels, self.input_size)
         f_exp = self.expression_extractor(x)
         f_id = self.identity_extractor(x)
         identity = self.identity_fc(f_id.flatten(1))
@@ -125,6 +137,31 @@ class EIFN(FerModel):
         fused = bilinear_fusion(f_id_for_fusion, f_exp, self.sqrt_eps)
         logits = self.expression_classifier(fused)
         return ModelOutput(logits=logits, identity=identity, embedding=fused, identity_logits=identity_logits)
+
+
+class EIFNIdentityNet(FerModel):
+    """EIFN's identity branch alone: extractor, FC1 (the identity feature) and the subject softmax.
+
+    Why a model of its own: the paper's identity extractor starts from weights that already know
+    faces (ImageNet VGG-16, then a stage with Oulu-CASIA identities). Trained on identity folders
+    (``eifn/identity-stage1``), this net has exactly the parameter names and shapes of ``eifn``'s
+    identity branch, so ``eifn/ckplus --init`` copies its extractor and FC1 by name; the subject
+    softmax (another identity count) stays per data set. ``logits`` are the subject scores.
+    """
+
+    has_identity = True
+
+    def __init__(self, num_classes: int = 300, in_channels: int = 1, input_size: int = 64, width: float = 1.0,
+                 id_dim: int = 512, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.num_classes, self.in_channels, self.input_size, self.feature_dim = num_classes, in_channels, input_size, id_dim
+        self.identity_extractor, self.identity_fc, self.identity_classifier, self.map_size = identity_branch(
+            in_channels, input_size, width, id_dim, num_classes, batch_norm)
+
+    def forward(self, x: torch.Tensor, *, return_gates: bool = False) -> ModelOutput:
+        check_input(x, self.in_channels, self.input_size)
+        identity = self.identity_fc(self.identity_extractor(x).flatten(1))
+        return ModelOutput(logits=self.identity_classifier(identity), identity=identity)
 
 
 class EIFNLoss(nn.Module):
@@ -180,3 +217,15 @@ def eifn(num_classes: int = 7, num_subjects: int = 118, in_channels: int = 1, in
     return EIFN(num_classes=num_classes, num_subjects=num_subjects, in_channels=in_channels,
                 input_size=input_size, width=width, id_dim=id_dim, mode=mode, sqrt_eps=sqrt_eps,
                 batch_norm=batch_norm)
+
+
+@register_model("eifn_identity", small_cfg={"width": 0.125, "num_classes": 10},
+                paper="Zhang, Su, Wang. Expression-Identity Fusion Network for Facial Expression "
+                      "Recognition. ICME 2019",
+                description="EIFN's identity branch alone (VGG-16 + FC1 + subject softmax), the identity stage 1 "
+                            "whose extractor initialises eifn")
+def eifn_identity(num_classes: int = 300, in_channels: int = 1, input_size: int = 64, width: float = 1.0,
+                  id_dim: int = 512, batch_norm: bool = False) -> EIFNIdentityNet:
+    """EIFN's identity branch as a face-identity classifier."""
+    return EIFNIdentityNet(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                           width=width, id_dim=id_dim, batch_norm=batch_norm)

@@ -219,23 +219,27 @@ def matching_tensors(model: nn.Module, state: Any) -> dict[str, torch.Tensor]:
 
 
 def load_matching(model: nn.Module, source: Union[str, Path], architecture_prefix: str, what: str,
-                  option: str = "--init", loaded: Optional[tuple["Weights", dict[str, Any]]] = None
-                  ) -> tuple[int, list[str]]:
+                  option: str = "--init", loaded: Optional[tuple["Weights", dict[str, Any]]] = None,
+                  branches: tuple[str, ...] = ()) -> tuple[int, list[str]]:
     """Warm-start ``model`` from weights ``source``: copy every tensor whose name and shape match.
 
     Why a rule and not a strict load: a model trained on another data set differs in its
     class-count layers (another classifier, another subject head), which stay random. What is
     refused: a source of another architecture, or one where most learned tensors do not match
-    (another width or input size: then nearly nothing would be initialised, silently). Returns
-    (tensors taken, names of this model's tensors left as they were). ``loaded``: the source's
+    (another width or input size: then nearly nothing would be initialised, silently). "Most" counts
+    this model's tensors, except for a source whose architecture is one of ``branches`` (a part of
+    this model trained alone, e.g. ``eifn_identity`` for ``eifn``): that must match most of its own.
+    Returns (tensors taken, names of this model's tensors left as they were). ``loaded``: the source's
     (weights entry, state dict) when the caller has read them already and needs them again.
     """
     weights, state = loaded if loaded is not None else (get_weights(source), None)
     if not weights.architecture.startswith(architecture_prefix):
         raise UsageError(f"{option} {source} holds a {weights.architecture!r} model; it must be a {what}")
-    take = matching_tensors(model, weights.state_dict() if state is None else state)
+    state = weights.state_dict() if state is None else state
+    take = matching_tensors(model, state)
     own = model.state_dict()
-    learned = [k for k, v in own.items() if v.is_floating_point()]
+    covered = state if weights.architecture in branches else own
+    learned = [k for k, v in covered.items() if v.is_floating_point()]
     if sum(k in take for k in learned) * 2 < len(learned):
         raise UsageError(f"{option} {source}: no tensor matches this model's names and shapes for most layers; "
                          "was it trained with another --width / --input-size?")

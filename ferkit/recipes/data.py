@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ferkit.data.dataset import FaceDataset
+from ferkit.data.errors import DataError
 from ferkit.data.ferplus import load_ferplus, training_folder, validation_folder
 from ferkit.errors import UsageError
 from ferkit.evaluation.kfold import add_fold_arguments, heldout_subject_names, split_dataset_fold
 from ferkit.recipes.base import INPUT_SIZE, option
+from ferkit.utils.argtypes import positive_int
+
+#: the identity sets under ``../shared/data/identity`` an identity pre-training reads by default
+DEFAULT_IDENTITY_SETS = "celeba_subset,orl_faces"
 
 
 class FerplusData:
@@ -142,3 +147,52 @@ class Fer2013Data:
         self._data_desc = f"FER2013 Training ({len(train)} images, original 7-class labels); validation {usage}"
         self._split_info = {"train": "Training", "validation": None if usage == "none" else usage}
         return train, None if usage == "none" else load_fer2013(self.data_dir, usage=usage)
+
+
+class IdentitySetsData:
+    """Identity sets under one folder (``<set>/<identity>/<images>``), merged: the data of the identity
+    pre-training stages (Light CNN-9 for Net B, EIFN's identity branch).
+
+    Some identities are held out of training entirely (``--holdout-identities``: the strangers a
+    verification check needs); of the others every ``--val-every``-th image is the identification
+    validation. Images are read at ``--input-size`` when the recipe has that option, else at the
+    recipe's ``identity_image_size``.
+    """
+
+    data_help = ("a folder holding identity sets (default celeba_subset and orl_faces, each "
+                 "<set>/<identity>/<images>; a Yale A folder or a `ferkit prepare` folder also counts as a set), "
+                 "e.g. ../shared/data/identity")
+    #: side of the stored images when the recipe has no --input-size
+    identity_image_size = 128
+    default_holdout_identities = "48"
+    data_dir: Path
+    options: dict[str, Any]
+
+    @classmethod
+    def validate_data(cls, data_dir: Path) -> None:
+        if not Path(data_dir).is_dir():
+            raise DataError(data_dir, "identity data folder is missing", hint=cls.data_help)
+
+    @classmethod
+    def _add_data_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--identity-sets", default=DEFAULT_IDENTITY_SETS,
+                            help="comma-separated sub-folders of --data, each <identity>/<images> "
+                                 "('' = --data is one identity-folder root)")
+        parser.add_argument("--holdout-identities", default=cls.default_holdout_identities,
+                            help="identities never trained on (verification): N = the last N of the first set, "
+                                 "or set=N,... per set (e.g. celeba_subset=48,yalefaces=7 keeps Yale subjects "
+                                 "for the across-expressions check)")
+        parser.add_argument("--val-every", type=positive_int, default=10,
+                            help="every k-th image of each training identity is kept for validation")
+
+    def _load_split(self) -> tuple[FaceDataset, Optional[FaceDataset]]:
+        from ferkit.data.identity import image_holdout_split, load_identity_training_data
+
+        size = int(option(self.options, "input_size", self.identity_image_size))
+        sets = option(self.options, "identity_sets", DEFAULT_IDENTITY_SETS)
+        data, self.identity_names, self.heldout_subjects = load_identity_training_data(
+            self.data_dir, sets, size, option(self.options, "holdout_identities", self.default_holdout_identities))
+        tr, va = image_holdout_split(data.labels, int(option(self.options, "val_every", 10)))
+        self._data_desc = (f"identity folders {sets} under {self.data_dir.name}/ ({int(tr.numel())} training "
+                           f"images, {len(self.identity_names)} identities)")
+        return data.subset(tr), data.subset(va)

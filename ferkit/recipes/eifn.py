@@ -13,7 +13,10 @@ What this recipe does differently, and why (also in the model card):
   (every tensor whose name and shape match; the subject classifier and the centres are per data
   set and are skipped); without it the extractors start from random (Kaiming) weights. The closest
   substitute here is ``eifn/ferplus-stage1``: EIFN pre-trained on FER+ expressions (EFN mode, as
-  FER+ has no identities).
+  FER+ has no identities). Its identity half is ``eifn/identity-stage1`` (the identity branch alone
+  on identity folders, softmax + centre loss); ``--init`` is repeatable, so
+  ``--init FER+STAGE1 --init IDENTITY-STAGE1`` starts CK+ with an expression extractor that knows
+  expressions and an identity extractor that knows faces.
 * The 14x offline augmentation is drawn on the fly (``--augment paper``, the default): each
   training image gets one of the 7 angles and a flip with probability 1/2 per step, which samples
   the same 14 variants uniformly.
@@ -28,6 +31,8 @@ What this recipe does differently, and why (also in the model card):
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -41,7 +46,8 @@ from ferkit.models.eifn import MODES, EIFNLoss
 from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing, load_matching
 from ferkit.recipes.base import ClassifierRecipe, option
-from ferkit.recipes.data import CkplusData, FerplusData
+from ferkit.recipes.data import CkplusData, FerplusData, IdentitySetsData
+from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import NetSpec, TrainContext
 from ferkit.utils.argtypes import non_negative_float, positive_float, positive_int
@@ -60,6 +66,13 @@ FERPLUS_PREPROCESSING = Preprocessing(input_size=64, grayscale=True, mean=0.5, s
 def paper_augment(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Rotate each image of ``[N, C, H, W]`` by one of :data:`PAPER_ANGLES` and flip half of them."""
     return random_flip_and_rotation_from(x, PAPER_ANGLES, generator)
+
+
+def init_sources(value: Any) -> list[str]:
+    """``--init`` as a list, in the order given (one string from older callers and checkpoints)."""
+    if not value:
+        return []
+    return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
 class _EIFNRecipe(ClassifierRecipe):
@@ -96,8 +109,10 @@ class _EIFNRecipe(ClassifierRecipe):
         parser.add_argument("--classifier-lr-mult", type=positive_float, default=1.0,
                             help="learning-rate multiplier of the expression classifier (it sees an L2-normalised "
                                  "input)")
-        parser.add_argument("--init", type=str, default=None,
-                            help="stage-1 checkpoint or weights card to start from (matching tensors only)")
+        parser.add_argument("--init", action="append", default=None,
+                            help="stage-1 checkpoint or weights card to start from (matching tensors only); "
+                                 "repeatable, a later one overriding the tensors it has: e.g. the FER+ stage 1, "
+                                 "then an eifn/identity-stage1 run for the identity extractor")
 
     def _preprocessing(self, train: FaceDataset) -> Preprocessing:
         return self.input_preprocessing
@@ -126,8 +141,8 @@ class _EIFNRecipe(ClassifierRecipe):
             "batch_norm": bool(option(o, "batch_norm", False)),
         }
         model = create_model("eifn", **self.model_cfg)
-        if o.get("init"):
-            load_matching(model, str(o["init"]), "eifn", "EIFN")
+        for ref in init_sources(o.get("init")):
+            load_matching(model, ref, "eifn", "EIFN", branches=("eifn_identity",))
         self.center_loss = CenterLoss(num_subjects, self.model_cfg["id_dim"],
                                       alpha=float(option(o, "alpha", 0.5))).to(self.device)
         self.loss_fn = EIFNLoss(self.center_loss, lambda1=float(option(o, "lambda1", CKPLUS_LAMBDAS[0])),
@@ -169,9 +184,9 @@ class _EIFNRecipe(ClassifierRecipe):
             self.center_loss.update_centers(out.identity.detach().float(), self.s_train[idx])
 
     def weights_meta(self) -> dict[str, Any]:
-        init = self.options.get("init")
+        init = init_sources(self.options.get("init"))
         notes = (f"mode={self.mode}; lambdas=({self.loss_fn.lambda1}, {self.loss_fn.lambda2}, {self.loss_fn.lambda3}); "
-                 + (f"init from {init}" if init else "random init (no ImageNet / Oulu-CASIA stage 1)"))
+                 + (f"init from {', then '.join(init)}" if init else "random init (no ImageNet / Oulu-CASIA stage 1)"))
         ids = ("no identity labels (EFN)" if self.s_train is None
                else f"identity labels = {self.model_cfg['num_subjects']} training subjects")
         return self._meta(self.weights_name, "eifn", dict(self.model_cfg), f"{self._data_desc}; {ids}", notes)
@@ -201,3 +216,77 @@ class EIFNFerplusStage1(FerplusData, _EIFNRecipe):
     default_epochs = 10
     input_preprocessing = FERPLUS_PREPROCESSING
     weights_name = "eifn-ferplus-stage1"
+
+
+@register_recipe
+class EIFNIdentityStage1(IdentitySetsData, IdentityTrainingMixin, ClassifierRecipe):
+    """EIFN's identity branch pre-trained on identity folders: the identity half of the paper's stage 1.
+
+    The paper's identity extractor knows faces before CK+ (ImageNet VGG-16, then Oulu-CASIA's 80
+    identities); here the FER+ stage 1 has no identities, so both extractors start CK+ as expression
+    extractors. This stage trains :class:`~ferkit.models.eifn.EIFNIdentityNet` (the identity
+    extractor, FC1 and a subject softmax, with EIFN's parameter names) with EIFN's own identity loss,
+    ``L_id = softmax + lambda1 * centre`` (eq. 5 without the expression term; Wen et al.'s centre
+    update). ``eifn/ckplus --init FER+STAGE1 --init THIS`` then takes the expression extractor from
+    the FER+ stage and the identity extractor and FC1 from this one. Input: EIFN's 64x64 gray,
+    normalised as the CK+ stage reads it; the crops keep the identity sets' CelebA framing (CK+48's
+    are tighter), softened by random resized crops.
+    """
+
+    name = "eifn/identity-stage1"
+    network = NetSpec("eifn_identity", {"num_classes": 338}, 64, 100)
+    description = ("EIFN's identity branch (VGG-16 + FC1, softmax + centre loss) on identity folders; the "
+                   "identity half of eifn/ckplus --init")
+    default_epochs = 30
+    default_lr = 0.05
+    default_batch_size = 100
+    default_augment = "flip,shift,crop"
+    default_max_shift = 0.06
+    default_holdout_identities = "0"
+    identity_image_size = PREPROCESSING.input_size
+    classifier_attr = "identity_classifier"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument("--width", type=positive_float, default=1.0,
+                            help="channel multiplier of the VGG-16 extractor (use eifn/ckplus's --width)")
+        parser.add_argument("--batch-norm", action="store_true", default=None,
+                            help="VGG-16-BN extractor (use eifn/ckplus's setting)")
+        parser.add_argument("--id-dim", type=positive_int, default=512, help="identity feature size (FC1)")
+        parser.add_argument("--lambda1", type=non_negative_float, default=CKPLUS_LAMBDAS[0],
+                            help="centre-loss weight inside L_id")
+        parser.add_argument("--alpha", type=float, default=0.5, help="centre learning rate (Wen et al.)")
+        cls.add_identity_arguments(parser)
+
+    def _preprocessing(self, train: FaceDataset) -> Preprocessing:
+        return replace(PREPROCESSING, alignment="celeba")
+
+    def _build_model(self, train: FaceDataset) -> nn.Module:
+        o = self.options
+        self.model_cfg = {"num_classes": len(self.identity_names), "in_channels": PREPROCESSING.channels,
+                          "input_size": PREPROCESSING.input_size, "width": float(option(o, "width", 1.0)),
+                          "id_dim": int(option(o, "id_dim", 512)), "batch_norm": bool(option(o, "batch_norm", False))}
+        model = create_model("eifn_identity", **self.model_cfg)
+        self.lambda1 = float(option(o, "lambda1", CKPLUS_LAMBDAS[0]))
+        self.center_loss = CenterLoss(len(self.identity_names), self.model_cfg["id_dim"],
+                                      alpha=float(option(o, "alpha", 0.5))).to(self.device)
+        return self._build_identity_classifier(model, self.model_cfg["id_dim"])
+
+    def _loss(self, out: Any, y: torch.Tensor, soft: Optional[torch.Tensor] = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        softmax, _ = super()._loss(out, y, soft)  # the subject softmax (or the margin head)
+        center = self.center_loss(out.identity.float(), y)
+        return softmax + self.lambda1 * center, {"L_id_softmax": softmax.detach(), "L_center": center.detach()}
+
+    def _after_step(self, out: Any, idx: torch.Tensor) -> None:
+        super()._after_step(out, idx)
+        self.center_loss.update_centers(out.identity.detach().float(), self.y_train[idx])
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {**super().modules(), "center_loss": self.center_loss}
+
+    def weights_meta(self) -> dict[str, Any]:
+        return self._meta("eifn-identity", "eifn_identity", dict(self.model_cfg), self._data_desc,
+                          f"{len(self.heldout_subjects)} identities held out of training; L_id = "
+                          f"{self.margin_kind} + {self.lambda1} x centre")

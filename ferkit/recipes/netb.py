@@ -22,29 +22,25 @@ faces can feed a 128x128 net.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
 from ferkit.data.dataset import FaceDataset
-from ferkit.data.errors import DataError
-from ferkit.data.identity import image_holdout_split, load_identity_training_data
 from ferkit.errors import UsageError
 from ferkit.losses.softmax_mse import SoftmaxMSE, expected_class_mse
 from ferkit.models.lightcnn import HEADS, transfer_identity_weights
 from ferkit.models.registry import create_model
 from ferkit.models.weights import Preprocessing, get_weights_of
 from ferkit.recipes.base import ClassifierRecipe, option
-from ferkit.recipes.data import Fer2013Data, FerplusData
+from ferkit.recipes.data import Fer2013Data, FerplusData, IdentitySetsData
 from ferkit.recipes.identity import IdentityTrainingMixin
 from ferkit.recipes.registry import register_recipe
 from ferkit.training.recipe import NetSpec, TrainContext
 from ferkit.utils.argtypes import positive_float, positive_int, probability
 
 LOSSES = ("softmax", "softmax-mse")
-DEFAULT_IDENTITY_SETS = "celeba_subset,orl_faces"
 #: ablation names of the paper's Table 2, keyed by (head, loss)
 ABLATION_NAMES = {("fc", "softmax"): "Net B", ("dal", "softmax"): "Net B_DAL",
                   ("dal", "softmax-mse"): "Net B_DAL_MSE", ("fc", "softmax-mse"): "Net B_MSE"}
@@ -64,7 +60,7 @@ def _add_net_arguments(parser: argparse.ArgumentParser, size_default: Optional[i
 # 1. identity pretraining (the identity-set assembly lives in ferkit.data.identity)
 # ---------------------------------------------------------------------------------------------
 @register_recipe
-class LightCNNIdentity(IdentityTrainingMixin, ClassifierRecipe):
+class LightCNNIdentity(IdentitySetsData, IdentityTrainingMixin, ClassifierRecipe):
     name = "netb/lightcnn-identity"
     network = NetSpec("lightcnn9", {"num_classes": 338}, 128, 128, channels_last=True)
     description = "Light CNN-9 (Net B) face-identity pretraining on identity folders (SGD 0.01, batch 128)"
@@ -74,43 +70,15 @@ class LightCNNIdentity(IdentityTrainingMixin, ClassifierRecipe):
     # Light CNN trains on random 128 crops of 144 faces (+-6 % shifts) with horizontal flips
     default_augment = "flip,shift"
     default_max_shift = 0.06
-    data_help = ("a folder holding identity sets (default celeba_subset and orl_faces, each "
-                 "<set>/<identity>/<images>; a Yale A folder or a `ferkit prepare` folder also counts as a set), "
-                 "e.g. ../shared/data/identity")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--identity-sets", default=DEFAULT_IDENTITY_SETS,
-                            help="comma-separated sub-folders of --data, each <identity>/<images> "
-                                 "('' = --data is one identity-folder root)")
-        parser.add_argument("--holdout-identities", default="48",
-                            help="identities never trained on (verification): N = the last N of the first set, "
-                                 "or set=N,... per set (e.g. celeba_subset=48,yalefaces=7 keeps Yale subjects "
-                                 "for the across-expressions check)")
-        parser.add_argument("--val-every", type=positive_int, default=10,
-                            help="every k-th image of each training identity is kept for validation")
         _add_net_arguments(parser, 128)
         cls.add_identity_arguments(parser)
         parser.add_argument("--alignment", default="celeba",
                             help="crop style recorded for live inference (ferkit.face.align; default celeba, the "
                                  "framing of the CelebA training crops)")
-
-    @classmethod
-    def validate_data(cls, data_dir: Path) -> None:
-        if not Path(data_dir).is_dir():
-            raise DataError(data_dir, "identity data folder is missing", hint=cls.data_help)
-
-    def _load_split(self) -> tuple[FaceDataset, Optional[FaceDataset]]:
-        size = int(option(self.options, "input_size", 128))
-        data, self.identity_names, self.heldout_subjects = load_identity_training_data(
-            self.data_dir, option(self.options, "identity_sets", DEFAULT_IDENTITY_SETS), size,
-            option(self.options, "holdout_identities", 48))
-        tr, va = image_holdout_split(data.labels, int(option(self.options, "val_every", 10)))
-        sets = option(self.options, "identity_sets", DEFAULT_IDENTITY_SETS)
-        self._data_desc = (f"identity folders {sets} under {self.data_dir.name}/ ({int(tr.numel())} training "
-                           f"images, {len(self.identity_names)} identities)")
-        return data.subset(tr), data.subset(va)
 
     def _preprocessing(self, train: FaceDataset) -> Preprocessing:
         # the face crop the app must cut for this net is the framing of its training faces: the
