@@ -22,6 +22,7 @@ killed at any point and re-run with the same command.
 """
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import sys
@@ -268,8 +269,6 @@ def peak_epoch_accuracy(fdir: Path) -> Optional[float]:
     subjects. ferkit's result is the final epoch's; this number stands beside it, labelled as that
     reading, so a gap to a paper can be split into recipe and protocol. It is never the result.
     """
-    import csv
-
     path = Path(fdir) / "curves.csv"
     try:
         with path.open(newline="") as f:

@@ -75,6 +75,25 @@ def init_sources(value: Any) -> list[str]:
     return [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
 
 
+def add_identity_branch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the VGG-16 extractors and the identity branch, shared by the CK+ / FER+ stages and
+    the identity stage (an identity stage must use the settings of the CK+ stage it initialises)."""
+    parser.add_argument("--width", type=positive_float, default=1.0,
+                        help="channel multiplier of the VGG-16 extractors (1.0 = the paper; CPU runs use less)")
+    parser.add_argument("--batch-norm", action="store_true", default=None,
+                        help="VGG-16-BN extractors (BN after each conv) for training from random weights; "
+                             "the paper's VGG-16 has none")
+    parser.add_argument("--id-dim", type=positive_int, default=512, help="identity feature size (FC1 of the identity branch)")
+    parser.add_argument("--lambda1", type=non_negative_float, default=CKPLUS_LAMBDAS[0], help="center-loss weight inside L_id")
+    parser.add_argument("--alpha", type=float, default=0.5, help="centre learning rate (Wen et al.)")
+
+
+def identity_branch_cfg(options: dict[str, Any]) -> dict[str, Any]:
+    """The model_cfg entries those options set (width, id_dim, batch_norm), with their defaults."""
+    return {"width": float(option(options, "width", 1.0)), "id_dim": int(option(options, "id_dim", 512)),
+            "batch_norm": bool(option(options, "batch_norm", False))}
+
+
 class _EIFNRecipe(ClassifierRecipe):
     """EIFN's model, eq. 5 loss, centre update and parameter groups; the data comes from a mix-in."""
 
@@ -95,17 +114,10 @@ class _EIFNRecipe(ClassifierRecipe):
         parser.add_argument("--mode", choices=MODES, default=cls.default_mode,
                             help="eifn: L_exp also trains the identity extractor (paper); eifn_star: identity maps "
                                  "detached from L_exp (EIFN*); efn: lambda2 = 0 (EFN baseline)")
-        parser.add_argument("--width", type=positive_float, default=1.0,
-                            help="channel multiplier of both VGG-16 extractors (1.0 = the paper; CPU runs use less)")
-        parser.add_argument("--batch-norm", action="store_true", default=None,
-                            help="VGG-16-BN extractors (BN after each conv) for training from random weights; "
-                                 "the paper's VGG-16 has none")
-        parser.add_argument("--id-dim", type=positive_int, default=512, help="identity feature size (FC1 of the identity branch)")
-        parser.add_argument("--lambda1", type=non_negative_float, default=CKPLUS_LAMBDAS[0], help="center-loss weight inside L_id")
+        add_identity_branch_arguments(parser)
         parser.add_argument("--lambda2", type=non_negative_float, default=CKPLUS_LAMBDAS[1],
                             help="identity-loss weight (0 in efn mode)")
         parser.add_argument("--lambda3", type=non_negative_float, default=CKPLUS_LAMBDAS[2], help="expression-loss weight")
-        parser.add_argument("--alpha", type=float, default=0.5, help="centre learning rate (Wen et al.)")
         parser.add_argument("--classifier-lr-mult", type=positive_float, default=1.0,
                             help="learning-rate multiplier of the expression classifier (it sees an L2-normalised "
                                  "input)")
@@ -137,8 +149,7 @@ class _EIFNRecipe(ClassifierRecipe):
         self.model_cfg = {
             "num_classes": len(train.classes), "num_subjects": num_subjects,
             "in_channels": pre.channels, "input_size": pre.input_size,
-            "width": float(option(o, "width", 1.0)), "id_dim": int(option(o, "id_dim", 512)), "mode": self.mode,
-            "batch_norm": bool(option(o, "batch_norm", False)),
+            **identity_branch_cfg(o), "mode": self.mode,
         }
         model = create_model("eifn", **self.model_cfg)
         for ref in init_sources(o.get("init")):
@@ -249,14 +260,7 @@ class EIFNIdentityStage1(IdentitySetsData, IdentityTrainingMixin, ClassifierReci
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
-        parser.add_argument("--width", type=positive_float, default=1.0,
-                            help="channel multiplier of the VGG-16 extractor (use eifn/ckplus's --width)")
-        parser.add_argument("--batch-norm", action="store_true", default=None,
-                            help="VGG-16-BN extractor (use eifn/ckplus's setting)")
-        parser.add_argument("--id-dim", type=positive_int, default=512, help="identity feature size (FC1)")
-        parser.add_argument("--lambda1", type=non_negative_float, default=CKPLUS_LAMBDAS[0],
-                            help="centre-loss weight inside L_id")
-        parser.add_argument("--alpha", type=float, default=0.5, help="centre learning rate (Wen et al.)")
+        add_identity_branch_arguments(parser)
         cls.add_identity_arguments(parser)
 
     def _preprocessing(self, train: FaceDataset) -> Preprocessing:
@@ -265,8 +269,7 @@ class EIFNIdentityStage1(IdentitySetsData, IdentityTrainingMixin, ClassifierReci
     def _build_model(self, train: FaceDataset) -> nn.Module:
         o = self.options
         self.model_cfg = {"num_classes": len(self.identity_names), "in_channels": PREPROCESSING.channels,
-                          "input_size": PREPROCESSING.input_size, "width": float(option(o, "width", 1.0)),
-                          "id_dim": int(option(o, "id_dim", 512)), "batch_norm": bool(option(o, "batch_norm", False))}
+                          "input_size": PREPROCESSING.input_size, **identity_branch_cfg(o)}
         model = create_model("eifn_identity", **self.model_cfg)
         self.lambda1 = float(option(o, "lambda1", CKPLUS_LAMBDAS[0]))
         self.center_loss = CenterLoss(len(self.identity_names), self.model_cfg["id_dim"],
